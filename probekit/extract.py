@@ -1,0 +1,249 @@
+"""``extract(model, data, ...) -> FeatureCache``: record pooled layers of a whole dataset to disk.
+
+Work is done shard by shard (``shard_size`` samples). Inside a shard, the next batch is
+preprocessed on a worker thread while the model runs the current one, and finished shards are
+written by a writer thread while the next shard is computed, so the model is rarely idle. Shards
+are written atomically: a killed run resumes at the first missing shard, and a finished cache
+with the same fingerprint is returned without recomputing anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .cache import CacheWriter, FeatureCache
+from .data import Dataset, load_data
+from .hooks import LayerRecorder
+from .layers import LayerSpec, Selection, select_layers
+from .models import LoadedModel, load_model
+from .pooling import expand_poolings, pool
+
+__all__ = ["extract", "record", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "medium", "bf16")
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device) -> Iterator[None]:
+    """Numerics of the forward pass.
+
+    ``fp32``: plain float32. ``medium``: float32 weights, matmuls allowed to use bf16 passes
+    (``torch.set_float32_matmul_precision("medium")``). ``bf16``: bfloat16 autocast.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    old = torch.get_float32_matmul_precision()
+    try:
+        if precision == "medium":
+            torch.set_float32_matmul_precision("medium")
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def _batched_inputs(model: LoadedModel, data: Dataset, start: int, stop: int, batch_size: int,
+                    pool_exec: ThreadPoolExecutor) -> Iterator[tuple[int, dict[str, Tensor]]]:
+    """Yield ``(batch_start, inputs)``, preprocessing the next batch while the caller computes."""
+    starts = list(range(start, stop, batch_size))
+
+    def prep(s: int) -> dict[str, Tensor]:
+        return model.preprocess(data.get_items(range(s, min(s + batch_size, stop))))
+
+    pending = pool_exec.submit(prep, starts[0]) if starts else None
+    for k, s in enumerate(starts):
+        inputs = pending.result()
+        pending = pool_exec.submit(prep, starts[k + 1]) if k + 1 < len(starts) else None
+        yield s, inputs
+
+
+def _forward_pooled(model: LoadedModel, recorder: LayerRecorder, inputs: dict[str, Tensor],
+                    poolings: list[str], device: torch.device) -> dict[str, Tensor]:
+    """One forward pass; returns ``{"<layer>.<pooling>": (B, D) float32}``."""
+    inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    mask = inputs.get("attention_mask")
+    n_prefix = model.n_prefix_tokens
+
+    def transform(name: str, hidden: Tensor) -> dict[str, Tensor]:
+        return {p: pool(hidden, p, mask, n_prefix).float() for p in poolings}
+
+    recorder.transform = transform
+    records = recorder.run(model.forward, inputs)
+    return {f"{name}.{p}": t for name, pooled in records.items() for p, t in pooled.items()}
+
+
+class _ShardWriter:
+    """A background thread writing finished shards; errors are re-raised in the caller."""
+
+    def __init__(self, writer: CacheWriter) -> None:
+        self.writer = writer
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.write_shard(*job)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    self.error = e
+
+    def put(self, *job: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(job)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _layer_dims(model: LoadedModel, data: Dataset, specs: list[LayerSpec], poolings: list[str],
+                device: torch.device) -> list[int]:
+    """Widths of the chosen layers: known from the model, or from one sample's forward pass."""
+    if all(s.dim is not None for s in specs):
+        return [int(s.dim) for s in specs]  # type: ignore[arg-type]
+    with torch.no_grad(), LayerRecorder(model.model, specs) as rec:
+        out = _forward_pooled(model, rec, model.preprocess(data.get_items([0])), poolings[:1], device)
+    return [int(out[f"{s.name}.{poolings[0]}"].shape[-1]) for s in specs]
+
+
+def extract(
+    model: LoadedModel | str,
+    data: Dataset | str,
+    out: str | Path,
+    *,
+    layers: Selection = None,
+    pooling: str | Sequence[str] | None = None,
+    batch_size: int = 64,
+    shard_size: int = 4096,
+    device: str | torch.device | None = None,
+    dtype: str = "float32",
+    precision: str = "fp32",
+    progress: bool = True,
+) -> FeatureCache:
+    """Record pooled layer features of every sample of ``data`` into a cache at ``out``.
+
+    Args:
+        model: a :class:`~probekit.models.LoadedModel` or a spec for :func:`load_model`.
+        data: a :class:`~probekit.data.Dataset` or a spec for :func:`load_data`.
+        out: the cache folder. An unfinished cache with the same settings is resumed, a finished
+            one is returned as it is, one with other settings is refused.
+        layers: which layers (``None`` all, an int n the last n, indices, names or globs).
+        pooling: ``"cls"``, ``"mean"``, ``"last"``, ``"cls+mean"`` or a list; default: the
+            model's (``cls+mean`` for encoders and ViTs, ``last`` for decoder LMs, ``mean`` for CNNs).
+        batch_size: samples per forward pass.
+        shard_size: samples per shard (a shard is the unit of resume).
+        device: where to run the model (default: where it is).
+        dtype: storage dtype of the features (``float32``, ``float16``, ``bfloat16``).
+        precision: numerics of the forward pass: ``fp32``, ``medium`` or ``bf16``.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The finished :class:`~probekit.cache.FeatureCache`; ``cache.load()`` gives ``(N, T, D)``.
+
+    Raises:
+        CacheMismatchError: ``out`` holds a cache made with other settings.
+        IndexError / ValueError: bad ``layers`` or ``pooling``.
+    """
+    model = load_model(model) if isinstance(model, str) else model
+    data = load_data(data) if isinstance(data, str) else data
+    if model.kind != data.kind:
+        raise ValueError(f"{model.spec} takes {model.kind} but {data.name} holds {data.kind} data")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    poolings = expand_poolings(pooling or model.default_pooling)
+    if "tokens" in poolings:
+        raise ValueError("tokens pooling keeps every token and is not cached; use probekit.record")
+    specs = select_layers(model.model, model.layers, layers)
+    device = torch.device(device) if device is not None else model.device
+    model.to(device)
+    dims = _layer_dims(model, data, specs, poolings, device)
+    manifest = {
+        "model": model.info,
+        "layers": [{"name": s.name, "dim": d, "module": s.module, "io": s.io} for s, d in zip(specs, dims)],
+        "poolings": poolings,
+        "dtype": dtype,
+        "precision": precision,
+        "preprocessing": model.info.get("preprocessing"),
+        "dataset": {"name": data.name, "fingerprint": data.fingerprint, "n": len(data),
+                    "label_names": list(data.label_names), "kind": data.kind},
+    }
+    writer = CacheWriter.create(out, manifest, n_samples=len(data), shard_size=shard_size,
+                                texts=data.texts)
+    todo = writer.missing_shards()
+    if not todo and writer.complete:
+        return FeatureCache.open(out)
+    labels = torch.as_tensor(data.labels, dtype=torch.int64)
+    total = sum(writer.shard_range(i)[1] - writer.shard_range(i)[0] for i in todo)
+    bar = tqdm(total=total, desc=f"extract {model.spec}", unit="sample", disable=not progress)
+    shard_writer = _ShardWriter(writer)
+    try:
+        with (torch.no_grad(), precision_context(precision, device),
+              LayerRecorder(model.model, specs) as recorder,
+              ThreadPoolExecutor(1, thread_name_prefix="probekit-prep") as prep):
+            for i in todo:
+                start, stop = writer.shard_range(i)
+                parts: dict[str, list[Tensor]] = {}
+                for _, inputs in _batched_inputs(model, data, start, stop, batch_size, prep):
+                    for key, t in _forward_pooled(model, recorder, inputs, poolings, device).items():
+                        parts.setdefault(key, []).append(t.to("cpu", non_blocking=True))
+                    bar.update(next(iter(inputs.values())).shape[0])
+                tensors = {k: torch.cat(v) for k, v in parts.items()}
+                shard_writer.put(i, tensors, labels[start:stop], torch.arange(start, stop))
+    finally:
+        bar.close()
+        shard_writer.close()
+    return writer.finalize()
+
+
+def record(
+    model: LoadedModel,
+    items: Sequence[Any],
+    *,
+    layers: Selection = None,
+    pooling: str | Sequence[str] | None = "tokens",
+    batch_size: int = 32,
+) -> dict[str, Tensor]:
+    """Record layers of a few inputs in memory, without a cache.
+
+    Args:
+        model: a loaded model.
+        items: strings or images.
+        layers: as in :func:`extract`.
+        pooling: as in :func:`extract`, plus ``"tokens"`` (every token).
+
+    Returns:
+        ``{"<layer>.<pooling>": Tensor}``: ``(N, D)`` pooled, or ``(N, S, D)`` for ``tokens``
+        (text padded to the longest input of each batch, then to the longest overall with zeros).
+    """
+    poolings = expand_poolings(pooling or model.default_pooling)
+    specs = select_layers(model.model, model.layers, layers)
+    device = model.device
+    parts: dict[str, list[Tensor]] = {}
+    with torch.no_grad(), LayerRecorder(model.model, specs) as recorder:
+        for s in range(0, len(items), batch_size):
+            inputs = model.preprocess(list(items[s:s + batch_size]))
+            for key, t in _forward_pooled(model, recorder, inputs, poolings, device).items():
+                parts.setdefault(key, []).append(t.cpu())
+    out = {}
+    for key, ts in parts.items():
+        if ts[0].ndim == 3:
+            width = max(t.shape[1] for t in ts)
+            ts = [torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t in ts]
+        out[key] = torch.cat(ts)
+    return out
