@@ -255,8 +255,10 @@ def _alloc(n: int, t: int, d: int, dtype: torch.dtype, device: Any, padded: bool
     return (torch.zeros if padded else torch.empty)(n, t, d, dtype=dtype, device=dev)
 
 
-def _as_poolings(pooling: str | Sequence[str], recorded: Sequence[str]) -> list[str]:
-    pools = [pooling] if isinstance(pooling, str) else list(pooling)
+def _as_poolings(pooling: str | Sequence[str] | None, recorded: Sequence[str]) -> list[str]:
+    if pooling is None:
+        return list(recorded)
+    pools = pooling.split("+") if isinstance(pooling, str) else list(pooling)
     if not pools:
         raise ValueError(f"empty pooling selection; recorded poolings: {list(recorded)}")
     for p in pools:
@@ -851,7 +853,7 @@ class FeatureCache:
     def load(
         self,
         layers: Any = None,
-        pooling: str | Sequence[str] = "cls",
+        pooling: str | Sequence[str] | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
@@ -860,7 +862,8 @@ class FeatureCache:
         Args:
             layers: timm convention over the recorded layers: ``None`` all, int ``k`` the last
                 ``k``, a list of indices (negatives from the end) or names (globs allowed).
-            pooling: one recorded pooling or a list of them.
+            pooling: one recorded pooling, a list of them, or ``"cls+mean"``; default: every
+                recorded pooling, in recorded order.
             device: where the result lives (default CPU); blocks are copied there one by one.
             dtype: result dtype.
 
@@ -883,7 +886,7 @@ class FeatureCache:
         self,
         batch_size: int,
         layers: Any = None,
-        pooling: str | Sequence[str] = "cls",
+        pooling: str | Sequence[str] | None = None,
         shuffle: bool = False,
         seed: int = 0,
         device: str | torch.device | None = None,

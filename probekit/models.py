@@ -169,10 +169,18 @@ def _load_hf(name: str, *, spec: str, revision: str | None, trust_remote_code: b
     import transformers
     from transformers import AutoConfig, AutoModel
 
+    from transformers.utils import logging as hf_logging
+
     config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-    model = AutoModel.from_pretrained(
-        name, revision=revision, trust_remote_code=trust_remote_code, **kwargs
-    )
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one bar per weight file is noise in a CLI
+    try:
+        model = AutoModel.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code, **kwargs
+        )
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     _freeze(model)
     vision = hasattr(config, "image_size") and not hasattr(config, "vocab_size")
     info: dict[str, Any] = {

@@ -1,0 +1,137 @@
+"""KCLA-style aggregator over frozen layers (key-norm cumulative layer attention).
+
+KCLA (reference: bgx666/KCLA, ``kcla_layer.forward``) sits inside a ResNet trained end to end:
+every block adds attention over all earlier blocks, computed with running sums. Using it as a
+probe head over frozen, cached layers is **our adaptation**, not the paper's: the layers are
+fixed inputs, one recurrence runs over them in depth order, and only its final state is
+classified. Features are standardised (``input_norm = "standardize"``: train-split mean and
+std per token and feature) before the per-layer adapters.
+
+Cost: compute is linear in depth and the recurrence keeps only ``(B, d)`` sums (plus the
+``(B, L, G)`` per-layer weights kept for attribution), unlike full softmax attention over
+layers, which is ``(B, L, L)``. ``benchmarks/bench_kcla.py`` measures both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import register_probe
+from .base import GroupLinear, ProbeHead, ProbeOutput
+
+__all__ = ["KCLAHead", "eca_kernel_size", "head_scales"]
+
+
+def eca_kernel_size(channels: int) -> int:
+    """ECA's adaptive kernel size for a Conv1d across ``channels`` (odd; 5 for 128)."""
+    t = int(abs((math.log2(channels) + 1) / 2))
+    return t if t % 2 else t + 1
+
+
+def head_scales(n_heads: int) -> Tensor:
+    """The fixed per-head scales ``s_g``: log-uniformly spaced in [0.7, 1/0.7], shape ``(G,)``."""
+    return torch.logspace(math.log10(0.7), math.log10(1 / 0.7), n_heads)
+
+
+@register_probe("kcla")
+class KCLAHead(ProbeHead):
+    """Key-norm cumulative layer attention as a head (a frozen-feature adaptation of KCLA).
+
+    For every layer t in depth order (P tokens of a layer concatenated, then adapted)::
+
+        x_t = P_t X_t                           (B, d)      per-layer adapter
+        K_t = W_k x_t, split in G heads         (B, G, d_g) ECA Conv1d across channels, as the reference
+        w_t = exp(min(||K_{t,g}|| * s_g, 10))   (B, G)      s_g fixed buffer, log-uniform in [0.7, 1/0.7]
+        U_t = U_{t-1} + w_t x_t,  Z_t = Z_{t-1} + w_t       running sums, memory independent of L
+    then::
+
+        y = U_L / (Z_L + 1e-3);  O = W_v y                   (B, d)
+        a_g = <Q_{L,g}, K_{L,g}> / ||K_{L,g}||,  Q_L = W_q x_L  (B, G)
+        out_g = sigmoid(Linear_GxG(a))_g * O_g;  logits = Linear(out)   (B, C)
+        layer_weights = mean_g w_{t,g} / Z_{L,g}             (B, L)
+
+    The head gate uses the last layer's Q and K: in the reference each block gates the output
+    it emits with its own (current-layer) Q and K, and the head's output is the last step's.
+    ``W_v`` is a full ``d x d`` matrix: the reference's depthwise 3x3 conv acts on pooled
+    ``1 x 1`` maps as a per-channel scale, which a matrix generalises.
+
+    Args:
+        n_layers: L.
+        dims: width of every layer.
+        n_classes: C.
+        tokens_per_layer: P; a layer's P tokens are concatenated before its adapter.
+        dim: common width d (128).
+        head_dim: channels per head d_g (16, as the paper); G = d / d_g.
+        dropout: dropout on ``out`` before the classifier.
+    """
+
+    input_norm = "standardize"
+
+    def __init__(
+        self,
+        n_layers: int,
+        dims: int | Sequence[int],
+        n_classes: int,
+        tokens_per_layer: int = 1,
+        *,
+        dim: int = 128,
+        head_dim: int = 16,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(n_layers, dims, n_classes, tokens_per_layer)
+        if dim % head_dim:
+            raise ValueError(f"dim={dim} must be a multiple of head_dim={head_dim}")
+        self.dim, self.head_dim, self.n_heads = dim, head_dim, dim // head_dim
+        self.adapters = GroupLinear(self.feature_mask(per_layer=True), dim)  # (L, P*D, d)
+        k = eca_kernel_size(dim)
+        self.w_q = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+        self.w_k = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+        self.w_v = nn.Linear(dim, dim, bias=False)
+        self.head_gate = nn.Linear(self.n_heads, self.n_heads, bias=False)
+        for m in (self.w_q, self.w_k, self.head_gate):
+            nn.init.xavier_uniform_(m.weight)
+        self.register_buffer("head_scale", head_scales(self.n_heads))  # s_g (G,)
+        # conv1d(x, w) == x @ sum_s w[s] * shifts[s]: the ECA conv as a banded (d, d) matrix
+        pad = (k - 1) // 2
+        shifts = torch.stack(
+            [torch.diag(torch.ones(dim - abs(pad - s)), pad - s) for s in range(k)]
+        )
+        self.register_buffer("shifts", shifts, persistent=False)  # (k, d, d)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(dim, n_classes)
+
+    def _band(self, conv: nn.Conv1d) -> Tensor:
+        """The ECA conv as a matrix ``(d, d)``: ``conv(x) == x @ band`` (one matmul per step)."""
+        return torch.einsum("s,sij->ij", conv.weight.view(-1), self.shifts)
+
+    def forward(self, x: Tensor) -> ProbeOutput:
+        """Args: x ``(B, T, D)``. Returns logits ``(B, C)`` and layer_weights ``(B, L)``."""
+        b = x.shape[0]
+        xs = x.reshape(b, self.n_layers, -1).unbind(1)  # L x (B, P*D)
+        weights = self.adapters.weight.unbind(0)  # L x (P*D, d): masked one step at a time
+        masks = self.adapters.mask.unbind(0)  # L x (P*D, 1)
+        assert self.adapters.bias is not None
+        biases = self.adapters.bias.unbind(0)  # L x (d,)
+        band_k = self._band(self.w_k)  # (d, d)
+        u = x.new_zeros(b, self.n_heads, self.head_dim)  # U (B, G, d_g)
+        z = x.new_zeros(b, self.n_heads)  # Z (B, G)
+        ws = []
+        for t in range(self.n_layers):  # the depth recurrence (the point of KCLA)
+            x_t = xs[t] @ (weights[t] * masks[t]) + biases[t]  # (B, d)
+            k_t = (x_t @ band_k).view_as(u)  # K_t (B, G, d_g)
+            w_t = torch.exp(torch.clamp(k_t.norm(dim=-1) * self.head_scale, max=10.0))  # (B, G)
+            u = u + w_t.unsqueeze(-1) * x_t.view_as(u)
+            z = z + w_t
+            ws.append(w_t)
+        y = u / (z.unsqueeze(-1) + 1e-3)  # (B, G, d_g)
+        o = self.w_v(y.reshape(b, self.dim)).view_as(u)  # O (B, G, d_g)
+        q_last = (x_t @ self._band(self.w_q)).view_as(u)  # Q_L (B, G, d_g)
+        a = (q_last * k_t).sum(-1) / k_t.norm(dim=-1).clamp_min(1e-6)  # (B, G)
+        out = (torch.sigmoid(self.head_gate(a)).unsqueeze(-1) * o).reshape(b, self.dim)
+        logits = self.classifier(self.dropout(out))
+        layer_weights = (torch.stack(ws, 1) / z.unsqueeze(1)).mean(-1)  # (B, L)
+        return ProbeOutput(logits=logits, layer_weights=layer_weights)

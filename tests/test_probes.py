@@ -1,0 +1,333 @@
+"""Probe heads: the shared contract (check_probe over the registry), the registry, and the math."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from probekit.probes import (
+    ProbeHead,
+    ProbeOutput,
+    check_probe,
+    create_probe,
+    get_probe_class,
+    head_params,
+    list_probes,
+    register_probe,
+)
+from probekit.probes.alf import alf_head_dim
+from probekit.probes.kcla import eca_kernel_size, head_scales
+
+DIMS = (8, 8, 12, 16)
+
+
+def padded(b: int, dims: tuple[int, ...], p: int = 1, seed: int = 0) -> torch.Tensor:
+    """Random (B, L*P, max(dims)) features, zero-padded per layer."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, len(dims) * p, max(dims), generator=g)
+    widths = torch.tensor([d for d in dims for _ in range(p)])
+    return x * (torch.arange(max(dims)) < widths[:, None])
+
+
+# ---------------------------------------------------------------- contract over the registry
+
+
+def test_registry_has_every_head() -> None:
+    expected = {
+        "linear",
+        "concat",
+        "scalar-mix",
+        "alf",
+        "laya",
+        "kcla",
+        "aila-linear",
+        "aila-attention",
+    }
+    assert expected <= set(list_probes())
+
+
+@pytest.mark.parametrize("name", list_probes())
+def test_check_probe(name: str) -> None:
+    check_probe(name)
+
+
+@pytest.mark.parametrize("name", list_probes())
+def test_check_probe_with_dropout(name: str) -> None:
+    check_probe(name, params={"dropout": 0.3}, seed=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("laya", {"psi": "mlp", "tau": 0.5, "adapter_dim": 8, "hidden": 16}),
+        ("alf", {"n_heads": 2, "attn_dropout": 0.1}),
+        ("alf", {"n_heads": 32}),  # H > D: d_h falls back to 2
+        ("kcla", {"dim": 32, "head_dim": 8}),
+        ("aila-linear", {"dim": 16, "n_heads": 4}),
+        ("aila-attention", {"dim": 16, "n_heads": 4}),
+    ],
+)
+def test_check_probe_params(name: str, params: dict) -> None:
+    check_probe(name, params=params)
+
+
+def test_check_probe_catches_a_broken_head() -> None:
+    class Broken(ProbeHead):
+        def __init__(self, n_layers, dims, n_classes, tokens_per_layer=1):
+            super().__init__(n_layers, dims, n_classes, tokens_per_layer)
+            self.w = torch.nn.Parameter(torch.ones(n_layers))
+
+        def forward(self, x):
+            w = self.w.expand(x.shape[0], -1)  # not normalised
+            return ProbeOutput(logits=x.sum(1)[:, :3] * self.w.sum(), layer_weights=w)
+
+    with pytest.raises(AssertionError, match="sum to 1"):
+        check_probe(Broken)
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_unknown_name_lists_known_heads() -> None:
+    with pytest.raises(ValueError, match="unknown probe head 'nope'.*alf.*linear"):
+        create_probe("nope", n_layers=2, dims=4, n_classes=2)
+    with pytest.raises(ValueError, match="known heads"):
+        get_probe_class("nope")
+
+
+def test_unknown_param_is_a_clear_type_error() -> None:
+    with pytest.raises(TypeError, match="unknown parameter.*'taux'.*tau"):
+        create_probe("laya", n_layers=2, dims=4, n_classes=2, taux=1.0)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="one width per layer"):
+        create_probe("linear", n_layers=3, dims=(4, 4), n_classes=2)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        create_probe("linear", n_layers=3, dims=4, n_classes=1)
+    with pytest.raises(ValueError, match="psi"):
+        create_probe("laya", n_layers=3, dims=4, n_classes=2, psi="relu")
+    with pytest.raises(ValueError, match="multiple"):
+        create_probe("kcla", n_layers=3, dims=4, n_classes=2, dim=30, head_dim=16)
+
+
+def test_register_rejects_duplicates_and_non_heads() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_probe("linear")
+        class Other(ProbeHead):
+            pass
+
+    with pytest.raises(TypeError, match="ProbeHead subclass"):
+        register_probe("thing")(int)  # type: ignore[type-var]
+    assert "thing" not in list_probes()
+
+
+def test_head_params() -> None:
+    assert head_params("laya") == {
+        "adapter_dim": 96, "hidden": 192, "tau": 1.5, "psi": "identity", "dropout": 0.0
+    }  # fmt: skip
+    assert head_params("alf") == {
+        "n_heads": None,
+        "head_dim": None,
+        "attn_dropout": 0.0,
+        "dropout": 0.0,
+    }
+    assert head_params("kcla") == {"dim": 128, "head_dim": 16, "dropout": 0.0}
+    for name in list_probes():
+        assert "dropout" in head_params(name), name
+
+
+# ---------------------------------------------------------------- math, per head
+
+
+def test_linear_is_per_layer_affine() -> None:
+    torch.manual_seed(0)
+    head = create_probe("linear", n_layers=4, dims=DIMS, n_classes=3)
+    x = padded(5, DIMS)
+    out = head(x)
+    assert out.layer_weights is None and out.layer_logits is not None
+    w, b = head.probes.weight, head.probes.bias
+    for layer, d in enumerate(DIMS):
+        ref = x[:, layer, :d] @ w[layer, :d] + b[layer]
+        torch.testing.assert_close(out.layer_logits[:, layer], ref)
+    torch.testing.assert_close(out.logits, out.layer_logits[:, -1])
+    head.selected_layer.fill_(1)
+    torch.testing.assert_close(head(x).logits, out.layer_logits[:, 1])
+    assert "selected_layer" in head.state_dict()
+
+
+def test_linear_tokens_are_concatenated_per_layer() -> None:
+    torch.manual_seed(0)
+    head = create_probe("linear", n_layers=4, dims=DIMS, n_classes=3, tokens_per_layer=2)
+    x = padded(5, DIMS, p=2)
+    out = head(x)
+    w, b = head.probes.weight, head.probes.bias  # (L, 2*D, C)
+    assert w.shape == (4, 2 * 16, 3)
+    for layer in range(4):
+        ref = x[:, 2 * layer : 2 * layer + 2].flatten(1) @ w[layer] + b[layer]
+        torch.testing.assert_close(out.layer_logits[:, layer], ref)
+
+
+@pytest.mark.parametrize(
+    "name", ["linear", "concat", "laya", "kcla", "aila-linear", "aila-attention"]
+)
+def test_adapter_heads_ignore_padding(name: str) -> None:
+    torch.manual_seed(0)
+    head = create_probe(name, n_layers=4, dims=DIMS, n_classes=3).eval()
+    x = padded(4, DIMS)
+    noisy = x + 100 * (x == 0)  # garbage in the padded columns
+    torch.testing.assert_close(head(noisy).logits, head(x).logits)
+
+
+def test_concat_and_scalar_mix() -> None:
+    torch.manual_seed(0)
+    x = padded(5, DIMS)
+    concat = create_probe("concat", n_layers=4, dims=DIMS, n_classes=3)
+    ref = x.flatten(1) @ concat.probe.weight[0] + concat.probe.bias[0]
+    torch.testing.assert_close(concat(x).logits, ref)
+
+    mix = create_probe("scalar-mix", n_layers=4, dims=DIMS, n_classes=3)
+    with torch.no_grad():
+        mix.mix_logits.copy_(torch.tensor([0.0, 1.0, -1.0, 2.0]))
+        mix.gamma.fill_(0.5)
+    s = torch.softmax(torch.tensor([0.0, 1.0, -1.0, 2.0]), 0)
+    h = 0.5 * sum(s[k] * x[:, k] for k in range(4))
+    out = mix(x)
+    torch.testing.assert_close(out.logits, mix.classifier(h))
+    torch.testing.assert_close(out.layer_weights, s.expand(5, 4))
+
+
+def test_alf_head_dim_rule() -> None:
+    assert alf_head_dim(384, 26) == 28  # ViT-B/16 width 384 (S), 13 layers x (CLS, AP)
+    assert alf_head_dim(768, 8) == 192
+    assert alf_head_dim(16, 8) == 4
+    assert alf_head_dim(16, 16) == 2
+    assert alf_head_dim(8, 16) == 2  # reference would give 0 and fail
+    head = create_probe("alf", n_layers=4, dims=DIMS, n_classes=3, tokens_per_layer=2)
+    assert (head.n_heads, head.head_dim) == (8, 4)  # H = T = 8, d_h = 2 * (16 // 8)
+    assert head.input_norm == "l2"
+
+
+def test_alf_matches_reference_computation() -> None:
+    torch.manual_seed(0)
+    head = create_probe("alf", n_layers=4, dims=DIMS, n_classes=3, tokens_per_layer=2).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        head.bn.running_mean.uniform_(-0.1, 0.1)
+        head.bn.running_var.uniform_(0.5, 2.0)
+    x = F.normalize(padded(5, DIMS, p=2), dim=-1)
+    out = head(x)
+    heads, dh = head.n_heads, head.head_dim
+    q = head.w_q(head.norm_q(head.query[0]))[0]  # (H*d_h,)
+    k, v = head.w_k(head.norm_k(x)), head.w_v(head.norm_v(x))  # (B, T, H*d_h)
+    parts, attn = [], []
+    for h in range(heads):
+        sl = slice(h * dh, (h + 1) * dh)
+        a = torch.softmax((k[:, :, sl] @ q[sl]) / math.sqrt(dh), dim=-1)  # (B, T)
+        parts.append((a[:, :, None] * v[:, :, sl]).sum(1))
+        attn.append(a)
+    o = head.w_o(torch.cat(parts, -1))
+    torch.testing.assert_close(out.logits, head.classifier(head.bn(o)))
+    token_w = torch.stack(attn).mean(0)  # (B, T)
+    torch.testing.assert_close(out.layer_weights, token_w[:, 0::2] + token_w[:, 1::2])
+
+
+def test_laya_matches_formula() -> None:
+    torch.manual_seed(0)
+    head = create_probe(
+        "laya", n_layers=4, dims=DIMS, n_classes=3, adapter_dim=6, hidden=10, tau=2.0
+    )
+    x = padded(5, DIMS)
+    z = torch.stack(
+        [
+            x[:, i, :d] @ head.adapters.weight[i, :d] + head.adapters.bias[i]
+            for i, d in enumerate(DIMS)
+        ],
+        1,
+    )
+    alpha = torch.softmax(head.scorer(z.flatten(1)) / 2.0, -1)
+    out = head(x)
+    torch.testing.assert_close(out.layer_weights, alpha)
+    torch.testing.assert_close(out.logits, head.classifier((alpha[..., None] * z).sum(1)))
+
+
+def test_kcla_running_sums_equal_direct_weighted_mean() -> None:
+    torch.manual_seed(0)
+    head = create_probe("kcla", n_layers=4, dims=DIMS, n_classes=3, dim=32, head_dim=8)
+    x = padded(5, DIMS)
+    b, g, dg = 5, 4, 8
+    xs = head.adapters(x)  # (B, L, d), all layers at once
+    k = head.w_k(xs.reshape(-1, 1, 32)).view(b, 4, g, dg)  # (B, L, G, d_g)
+    w = torch.exp(torch.clamp(k.norm(dim=-1) * head.head_scale, max=10))  # (B, L, G)
+    y = (w[..., None] * xs.view(b, 4, g, dg)).sum(1) / (w.sum(1)[..., None] + 1e-3)  # (B, G, d_g)
+    o = head.w_v(y.reshape(b, 32)).view(b, g, dg)
+    q_last, k_last = head.w_q(xs[:, -1:].reshape(b, 1, 32)).view(b, g, dg), k[:, -1]
+    a = (q_last * k_last).sum(-1) / k_last.norm(dim=-1)
+    out_ref = (torch.sigmoid(head.head_gate(a))[..., None] * o).reshape(b, 32)
+    out = head(x)
+    torch.testing.assert_close(out.logits, head.classifier(out_ref))
+    torch.testing.assert_close(out.layer_weights, (w / w.sum(1, keepdim=True)).mean(-1))
+
+
+def test_kcla_constants() -> None:
+    s = head_scales(8)
+    torch.testing.assert_close(s[[0, -1]], torch.tensor([0.7, 1 / 0.7]))
+    ratios = s[1:] / s[:-1]
+    torch.testing.assert_close(ratios, ratios[0].expand(7))  # log-uniform spacing
+    assert eca_kernel_size(128) == 5 and eca_kernel_size(64) == 3 and eca_kernel_size(256) == 5
+    head = create_probe("kcla", n_layers=2, dims=8, n_classes=2)
+    assert "head_scale" in dict(head.named_buffers()) and head.head_scale.shape == (8,)
+    assert all(p is not head.head_scale for p in head.parameters())
+
+
+@pytest.mark.parametrize("name", ["aila-linear", "aila-attention"])
+def test_aila_layer_map(name: str) -> None:
+    torch.manual_seed(0)
+    head = create_probe(name, n_layers=5, dims=(4, 6, 8, 8, 10), n_classes=3, n_heads=2)
+    out = head(padded(3, (4, 6, 8, 8, 10)))
+    m = out.layer_map
+    assert m is not None and m.shape == (3, 5, 5)
+    assert torch.equal(m, m.tril()), "layer_map must be zero above the diagonal"
+    torch.testing.assert_close(m.sum(-1), torch.ones(3, 5))
+    torch.testing.assert_close(m[:, 0, 0], torch.ones(3))  # layer 0 has only itself
+    torch.testing.assert_close(out.layer_weights, m[:, -1])
+
+
+def _aila_naive(head, x: torch.Tensor, attention: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direct per-pair computation of both AILA architectures (slow, obvious)."""
+    b, n, d, heads = x.shape[0], head.n_layers, head.dim, head.n_heads
+    dk = d // heads
+    ht = head.adapters(x)
+    hs, rows = [], []
+    for j in range(n):
+        cands = hs + [ht[:, j]]  # earlier processed outputs, then self
+        if attention:
+            q = head.w_q(ht[:, j]).view(b, heads, dk)
+            ks = torch.stack([head.w_k(c).view(b, heads, dk) for c in cands], -1)  # (B, H, dk, j+1)
+            vs = torch.stack([head.w_v(c).view(b, heads, dk) for c in cands], -1)
+            alpha = torch.softmax((q[..., None] * ks).sum(2) / math.sqrt(dk), -1)  # (B, H, j+1)
+            a = (alpha[:, :, None] * vs).sum(-1).reshape(b, d)
+            alpha = alpha.mean(1)
+        else:
+            vs = [hs[i] @ head.pair_weight[j * (j - 1) // 2 + i] for i in range(j)] + [ht[:, j]]
+            c = torch.stack(vs, 1)  # (B, j+1, d)
+            s = (c.view(b, j + 1, heads, dk) * head.score[j]).sum(-1)  # (B, j+1, H)
+            alpha = torch.softmax(s, 1).mean(-1)
+            a = (alpha[..., None] * c).sum(1)
+        hs.append(head.norm(torch.relu(ht[:, j] + a)))
+        rows.append(F.pad(alpha, (0, n - j - 1)))
+    return head.classifier(hs[-1]), torch.stack(rows, 1)
+
+
+@pytest.mark.parametrize("name", ["aila-linear", "aila-attention"])
+def test_aila_matches_naive(name: str) -> None:
+    torch.manual_seed(0)
+    head = create_probe(name, n_layers=4, dims=DIMS, n_classes=3, dim=16, n_heads=2)
+    x = padded(3, DIMS)
+    out = head(x)
+    logits, layer_map = _aila_naive(head, x, attention=name == "aila-attention")
+    torch.testing.assert_close(out.logits, logits)
+    torch.testing.assert_close(out.layer_map, layer_map)
