@@ -168,7 +168,6 @@ def _load_hf(name: str, *, spec: str, revision: str | None, trust_remote_code: b
              max_length: int | None, **kwargs: Any) -> LoadedModel:
     import transformers
     from transformers import AutoConfig, AutoModel
-
     from transformers.utils import logging as hf_logging
 
     config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)

@@ -262,7 +262,12 @@ def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int 
     import torch
     from safetensors.torch import save_file
 
-    from .attribution import ablation_sensitivity, attribution_agreement, layer_attribution, layer_map
+    from .attribution import (
+        ablation_sensitivity,
+        attribution_agreement,
+        layer_attribution,
+        layer_map,
+    )
     from .cache import FeatureCache
     from .estimator import ProbeClassifier
 

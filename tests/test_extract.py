@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from probekit import CacheMismatchError, FeatureCache, extract, from_arrays, load_model, record
+from probekit import CacheMismatchError, extract, from_arrays, load_model, record
 from probekit.cache import CacheWriter
 from probekit.cli import main
 
