@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
@@ -47,6 +46,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
+
+from .layers import resolve_indices
 
 __all__ = ["CacheError", "CacheMismatchError", "CacheWriter", "FeatureCache", "FORMAT_VERSION"]
 
@@ -179,70 +180,6 @@ def _first_difference(old: Any, new: Any, prefix: str = "") -> tuple[str, Any, A
                 return d
         return None
     return None if old == new else (prefix or "<manifest>", old, new)
-
-
-def _resolve_indices(selection: Any, n: int, names: Sequence[str] | None = None) -> list[int]:
-    """Resolve a ``layers=`` selection to positions in ``range(n)``, timm style.
-
-    Args:
-        selection: ``None`` (all), an int ``k`` (the last ``k``), a list/tuple of ints (negatives
-            count from the end) and/or names (glob patterns like ``"blocks.*"`` allowed), or a
-            single name.
-        n: number of recorded layers.
-        names: the ``n`` layer names, for name selection.
-
-    Returns:
-        The positions, in the order given (a glob expands in recorded order).
-
-    Raises:
-        ValueError: an int ``k`` outside ``1..n``, an unknown name, an empty selection.
-        IndexError: a list index outside ``-n..n-1``.
-        TypeError: anything else.
-    """
-    if selection is None:
-        return list(range(n))
-    if isinstance(selection, (int, np.integer)) and not isinstance(selection, bool):
-        k = int(selection)
-        if not 1 <= k <= n:
-            raise ValueError(
-                f"layers={k} asks for the last {k} layers; valid: 1..{n} "
-                f"(or a list of indices in -{n}..{n - 1}, or names)"
-            )
-        return list(range(n - k, n))
-    if isinstance(selection, str):
-        selection = [selection]
-    if isinstance(selection, (torch.Tensor, np.ndarray)):
-        selection = selection.tolist()
-    if not isinstance(selection, (list, tuple, range)):
-        raise TypeError(
-            f"layers must be None, an int, a name, or a list of indices/names; "
-            f"got {type(selection).__name__}"
-        )
-    out: list[int] = []
-    for item in selection:
-        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-            j = int(item)
-            if not -n <= j < n:
-                raise IndexError(
-                    f"layer index {j} out of range for {n} layers (valid: -{n}..{n - 1})"
-                )
-            out.append(j % n)
-        elif isinstance(item, str):
-            known = list(names or [])
-            if item in known:
-                out.append(known.index(item))
-            elif any(ch in item for ch in "*?["):
-                hits = [j for j, nm in enumerate(known) if fnmatch.fnmatchcase(nm, item)]
-                if not hits:
-                    raise ValueError(f"layer pattern {item!r} matches none of {known}")
-                out.extend(hits)
-            else:
-                raise ValueError(f"unknown layer {item!r}; recorded layers: {known}")
-        else:
-            raise TypeError(f"layer selections are ints or names, got {item!r}")
-    if not out:
-        raise ValueError("empty layer selection")
-    return out
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -826,7 +763,7 @@ class FeatureCache:
 
     def _selection(self, layers: Any, pooling: str | Sequence[str]) -> tuple[list[int], list[str]]:
         return (
-            _resolve_indices(layers, len(self.layer_names), self.layer_names),
+            resolve_indices(layers, len(self.layer_names), self.layer_names),
             _as_poolings(pooling, self.poolings),
         )
 

@@ -19,7 +19,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
 __all__ = ["LayerSpec", "resolve_indices", "select_layers", "glob_modules"]
@@ -46,34 +49,69 @@ class LayerSpec:
     dim: int | None = None
 
 
-def resolve_indices(selection: int | Sequence[int] | None, n: int) -> list[int]:
-    """Resolve a timm-style selection over ``n`` items to sorted, unique, non-negative indices.
+def resolve_indices(selection: Any, n: int, names: Sequence[str] | None = None) -> list[int]:
+    """Resolve a ``layers=`` selection to positions in ``range(n)``, timm style.
 
     Args:
-        selection: ``None`` (all), an int k (the last k), or a sequence of ints (negatives from
-            the end).
-        n: how many items there are.
+        selection: ``None`` (all), an int ``k`` (the last ``k``), a list/tuple of ints (negatives
+            count from the end) and/or names (glob patterns like ``"blocks.*"`` allowed), or a
+            single name.
+        n: number of recorded layers.
+        names: the ``n`` layer names, for name selection.
 
     Returns:
-        The selected indices in increasing order.
+        The positions, in the order given (a glob expands in recorded order).
 
     Raises:
-        IndexError: an index or count outside ``[-n, n)`` / ``[1, n]``, naming the valid range.
+        ValueError: an int ``k`` outside ``1..n``, an unknown name, an empty selection.
+        IndexError: a list index outside ``-n..n-1``.
+        TypeError: anything else.
     """
     if selection is None:
         return list(range(n))
-    if isinstance(selection, bool):
-        raise TypeError("layers must be None, an int or a list of ints, not a bool")
-    if isinstance(selection, int):
-        if not 1 <= selection <= n:
-            raise IndexError(f"layers={selection} asks for the last {selection} of {n} layers; use 1..{n}")
-        return list(range(n - selection, n))
-    out = []
-    for i in selection:
-        if not -n <= int(i) < n:
-            raise IndexError(f"layer index {i} is out of range: this model has layers 0..{n - 1} (or -{n}..-1)")
-        out.append(int(i) % n)
-    return sorted(set(out))
+    if isinstance(selection, (int, np.integer)) and not isinstance(selection, bool):
+        k = int(selection)
+        if not 1 <= k <= n:
+            raise ValueError(
+                f"layers={k} asks for the last {k} layers; valid: 1..{n} "
+                f"(or a list of indices in -{n}..{n - 1}, or names)"
+            )
+        return list(range(n - k, n))
+    if isinstance(selection, str):
+        selection = [selection]
+    if isinstance(selection, (torch.Tensor, np.ndarray)):
+        selection = selection.tolist()
+    if not isinstance(selection, (list, tuple, range)):
+        raise TypeError(
+            f"layers must be None, an int, a name, or a list of indices/names; "
+            f"got {type(selection).__name__}"
+        )
+    out: list[int] = []
+    for item in selection:
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            j = int(item)
+            if not -n <= j < n:
+                raise IndexError(
+                    f"layer index {j} out of range for {n} layers (valid: -{n}..{n - 1})"
+                )
+            out.append(j % n)
+        elif isinstance(item, str):
+            known = list(names or [])
+            if item in known:
+                out.append(known.index(item))
+            elif any(ch in item for ch in "*?["):
+                regex = _glob_regex(item)
+                hits = [j for j, nm in enumerate(known) if regex.fullmatch(nm)]
+                if not hits:
+                    raise ValueError(f"layer pattern {item!r} matches none of {known}")
+                out.extend(hits)
+            else:
+                raise ValueError(f"unknown layer {item!r}; recorded layers: {known}")
+        else:
+            raise TypeError(f"layer selections are ints or names, got {item!r}")
+    if not out:
+        raise ValueError("empty layer selection")
+    return out
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:

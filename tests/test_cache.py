@@ -126,8 +126,10 @@ def test_load_parity_and_selection(tmp_path):
     assert cache.layer_names == names and cache.dims == [3, 5, 4] and cache.poolings == POOLINGS
     assert cache.label_names == ["a", "b"]
 
-    torch.testing.assert_close(cache.load(), expected(feats, names, ["cls"]), rtol=0, atol=0)
+    torch.testing.assert_close(cache.load(pooling="cls"), expected(feats, names, ["cls"]), rtol=0, atol=0)
     both = cache.load(pooling=["cls", "mean"])
+    torch.testing.assert_close(cache.load(), both, rtol=0, atol=0)  # default: every pooling
+    torch.testing.assert_close(cache.load(pooling="cls+mean"), both, rtol=0, atol=0)
     assert both.shape == (N, 6, 5)
     torch.testing.assert_close(both, expected(feats, names, ["cls", "mean"]), rtol=0, atol=0)
     # layer-major: token 1 is layer 0 / mean, token 2 is layer 1 / cls; zero padding on the right
@@ -149,7 +151,7 @@ def test_load_parity_and_selection(tmp_path):
         got = cache.load(layers=sel, pooling="mean")
         torch.testing.assert_close(got, expected(feats, want, ["mean"]), rtol=0, atol=0)
     # width follows the selected layers only
-    assert cache.load(layers=[0]).shape == (N, 1, 3)
+    assert cache.load(layers=[0], pooling="cls").shape == (N, 1, 3)
 
 
 def test_dict_like_and_repr(tmp_path):
@@ -432,7 +434,7 @@ def test_empty_cache(tmp_path):
     writer = CacheWriter.create(tmp_path / "c", make_manifest(), 0)
     assert writer.n_shards == 0 and writer.missing_shards() == []
     cache = writer.finalize()
-    assert len(cache) == 0 and cache.load().shape == (0, 3, 5)
+    assert len(cache) == 0 and cache.load(pooling="cls").shape == (0, 3, 5)
     assert list(cache.batches(4)) == []
 
 
