@@ -1,0 +1,234 @@
+"""Figures and one self-contained ``report.html`` for a run folder.
+
+Everything is rebuilt from what the run saved (``metrics.json``, ``attribution/*.safetensors``,
+the cache's labels and texts), so ``probekit report RUN_DIR`` works on its own and never shows a
+stale figure.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Figure", "build_figures", "write_figures", "write_report"]
+
+WEIGHT_HEADS_ORDER = ("alf", "laya", "kcla", "aila-attention", "aila-linear", "scalar-mix")
+
+
+@dataclass
+class Figure:
+    """One figure of a run: a file stem, a title, a caption and the plotly figure."""
+
+    name: str
+    title: str
+    caption: str
+    figure: Any
+    key: bool = False  # exported as an image too
+
+
+def _load_run(run_dir: Path) -> dict[str, Any]:
+    from safetensors.numpy import load_file
+
+    from .cache import FeatureCache
+    from .pipeline import _read_config
+
+    cfg = _read_config(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no metrics.json: run `probekit fit` first")
+    metrics = json.loads(metrics_path.read_text())
+    att_dir = run_dir / "attribution"
+    summary = json.loads((att_dir / "attribution.json").read_text()) if (att_dir / "attribution.json").is_file() else None
+    arrays = {p.stem: load_file(str(p)) for p in sorted(att_dir.glob("*.safetensors"))} if summary else {}
+    cache = FeatureCache.open(cfg.cache_dir)
+    return {"cfg": cfg, "metrics": metrics, "summary": summary, "arrays": arrays, "cache": cache}
+
+
+def _best_weight_head(metrics: dict[str, Any], arrays: dict[str, Any]) -> str | None:
+    """The fusion head with layer weights that scores best (balanced accuracy) on the test split."""
+    heads = [h for h in arrays if "layer_weights" in arrays[h] and h != "scalar-mix"]
+    if not heads:
+        return None
+    return max(heads, key=lambda h: metrics["heads"][h]["balanced_accuracy"])
+
+
+def build_figures(run_dir: str | Path) -> list[Figure]:
+    """Every figure of a run, most telling first."""
+    from .attribution import AblationResult
+    from .viz import (AblationDisplay, ClassProfileDisplay, LayerAccuracyDisplay,
+                      LayerAttributionDisplay, LayerMapDisplay)
+
+    run = _load_run(Path(run_dir))
+    metrics, summary, arrays, cache = run["metrics"], run["summary"], run["arrays"], run["cache"]
+    layers = metrics["layer_names"]
+    label_names = metrics["label_names"]
+    figs: list[Figure] = []
+    linear = metrics["heads"].get("linear")
+    if linear and "per_layer" in linear:
+        rows = linear["per_layer"]
+        disp = LayerAccuracyDisplay.from_arrays(
+            layers, [r["balanced_accuracy"] for r in rows],
+            [r["balanced_accuracy_ci"][0] for r in rows], [r["balanced_accuracy_ci"][1] for r in rows],
+            chance=1.0 / len(label_names), name="linear probe (balanced accuracy)")
+        figs.append(Figure("accuracy", "Per-layer linear probes",
+                           "Balanced test accuracy of one linear probe per layer, with a 95% bootstrap "
+                           "interval.", disp.figure_, key=True))
+    if not summary:
+        return figs
+    test = np.asarray(summary["test"])
+    labels = np.asarray(cache.labels)[test]
+    texts = [cache.texts[i] for i in test] if cache.texts else None
+    best = _best_weight_head(metrics, arrays)
+    order = sorted(arrays, key=lambda h: (h != best, h))
+    for head in order:
+        a = arrays[head]
+        if "layer_weights" in a and head != "scalar-mix":
+            disp = LayerAttributionDisplay.from_arrays(
+                a["layer_weights"], layers, labels, label_names, predictions=a["predictions"],
+                sample_ids=np.asarray(cache.index)[test], texts=texts, value_name=f"{head} layer weight")
+            agree = summary["heads"][head].get("agreement_median")
+            figs.append(Figure(f"weights-{head}", f"{head}: layer weights per test sample",
+                               "Each row is a test sample, grouped by class; each column a layer. "
+                               f"Median Spearman agreement with ablation: {agree:.2f}." if agree is not None
+                               else "", disp.figure_, key=head == best))
+            prof = ClassProfileDisplay.from_arrays(a["layer_weights"], layers, labels, label_names,
+                                                   value_name=f"{head} layer weight")
+            figs.append(Figure(f"profile-{head}", f"{head}: class-mean layer profile",
+                               "Mean layer weight within each true class.", prof.figure_, key=head == best))
+        result = AblationResult(per_sample=a["ablation"], accuracy_drop=a["accuracy_drop"],
+                                base_accuracy=summary["heads"][head]["base_accuracy"],
+                                layer_names=list(layers), mode=summary["mode"])
+        abl = AblationDisplay.from_result(result)
+        figs.append(Figure(f"ablation-{head}", f"{head}: layer ablation sensitivity",
+                           f"Drop in true-class probability and in accuracy when one layer is replaced "
+                           f"by its {summary['mode']} ({'train mean' if summary['mode'] == 'mean' else summary['mode']}).",
+                           abl.figure_, key=head == best))
+        if "layer_map" in a:
+            lm = LayerMapDisplay.from_arrays(a["layer_map"], layers)
+            figs.append(Figure(f"layermap-{head}", f"{head}: layer-to-layer attention",
+                               "Row j: how layer j mixes itself and the layers below it (mean over test samples).",
+                               lm.figure_))
+    return figs
+
+
+def write_figures(run_dir: str | Path, formats: list[str] | tuple[str, ...] = ("png",)) -> list[Path]:
+    """Write every figure as HTML to ``RUN/figures/``, and the key ones as images too.
+
+    Images need a Chrome/Chromium for kaleido; without one a warning says what to install and
+    only HTML is written.
+    """
+    from .viz import ExportError, export, find_chrome
+
+    out = Path(run_dir) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    images = [f for f in formats if f != "html"]
+    if images and find_chrome() is None:
+        warnings.warn("no Chrome/Chromium found: figures are written as HTML only "
+                      "(install one, e.g. `apt-get install chromium`, for PNG/SVG/PDF)", stacklevel=2)
+        images = []
+    for fig in build_figures(run_dir):
+        written.append(export(fig.figure, out / f"{fig.name}.html"))
+        for fmt in images if fig.key else []:
+            try:
+                written.append(export(fig.figure, out / f"{fig.name}.{fmt}", scale=2))
+            except ExportError as err:
+                warnings.warn(str(err), stacklevel=2)
+                images = []
+    return written
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+color:#222;padding:0 1em} h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:2em;
+border-bottom:1px solid #ddd;padding-bottom:.2em} table{border-collapse:collapse;margin:.6em 0}
+td,th{padding:.25em .8em;border-bottom:1px solid #eee;text-align:right} th{background:#f6f6f6}
+td:first-child,th:first-child{text-align:left} .muted{color:#777;font-size:.9em} .best{font-weight:600}
+figure{margin:1.2em 0} figcaption{color:#555;font-size:.9em;margin-top:-.4em}
+code{background:#f3f3f3;padding:0 .3em;border-radius:3px}
+"""
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _ci(ci: list[float]) -> str:
+    return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
+def _heads_table(metrics: dict[str, Any], summary: dict[str, Any] | None) -> str:
+    heads = metrics["heads"]
+    best = max(heads, key=lambda h: heads[h]["balanced_accuracy"])
+    rows = []
+    for head, e in heads.items():
+        agree = (summary or {}).get("heads", {}).get(head, {}).get("agreement_median")
+        name = head + (f" (layer {e['selected_layer']})" if "selected_layer" in e else "")
+        rows.append(
+            f"<tr class='{'best' if head == best else ''}'><td>{html.escape(name)}</td>"
+            f"<td>{_pct(e['accuracy'])}</td><td>{_ci(e['accuracy_ci'])}</td>"
+            f"<td>{_pct(e['balanced_accuracy'])}</td><td>{_ci(e['balanced_accuracy_ci'])}</td>"
+            f"<td>{'' if agree is None else f'{agree:.2f}'}</td><td>{e.get('fit_seconds', '')}</td></tr>")
+    return ("<table><tr><th>head</th><th>accuracy %</th><th>95% CI</th><th>balanced %</th>"
+            "<th>95% CI</th><th>weights vs ablation (Spearman, median)</th><th>fit s</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _layer_table(metrics: dict[str, Any]) -> str:
+    linear = metrics["heads"].get("linear")
+    if not linear or "per_layer" not in linear:
+        return "<p class='muted'>No per-layer linear probes in this run.</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(r['layer'])}</td><td>{_pct(r['accuracy'])}</td>"
+        f"<td>{_pct(r['balanced_accuracy'])}</td><td>{_ci(r['balanced_accuracy_ci'])}</td></tr>"
+        for r in linear["per_layer"])
+    return ("<table><tr><th>layer</th><th>accuracy %</th><th>balanced %</th><th>95% CI</th></tr>"
+            + rows + "</table>")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``RUN/report.html``: one file, plotly.js inlined once, opens offline."""
+    run_dir = Path(run_dir)
+    run = _load_run(run_dir)
+    cfg, metrics, summary, cache = run["cfg"], run["metrics"], run["summary"], run["cache"]
+    m = cache.manifest
+    figs = build_figures(run_dir)
+    parts = []
+    for i, fig in enumerate(figs):
+        div = fig.figure.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False})
+        parts.append(f"<figure><h3>{html.escape(fig.title)}</h3>{div}"
+                     f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
+    counts = np.bincount(np.asarray(cache.labels), minlength=len(cache.label_names))
+    classes = ", ".join(f"{html.escape(n)} ({c})" for n, c in zip(cache.label_names, counts))
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>probekit report: {html.escape(cfg.name)}</title><style>{_CSS}</style></head><body>
+<h1>probekit report: {html.escape(cfg.name)}</h1>
+<p class="muted">{when} · probekit {html.escape(str(m.get('probekit_version')))}</p>
+<h2>Model and data</h2>
+<table>
+<tr><td>model</td><td>{html.escape(str(m['model'].get('id')))} ({html.escape(str(m['model'].get('class')))})</td></tr>
+<tr><td>dataset</td><td>{html.escape(m['dataset']['name'])}: {len(cache)} samples; {classes}</td></tr>
+<tr><td>layers</td><td>{len(cache.layer_names)}: {html.escape(', '.join(f'{n} ({d})' for n, d in zip(cache.layer_names, cache.dims)))}</td></tr>
+<tr><td>poolings</td><td>{html.escape(', '.join(cache.poolings))} · dtype {m['dtype']} · precision {m.get('precision')}</td></tr>
+<tr><td>split</td><td>{metrics['n_train']} train / {metrics['n_test']} test (stratified, seed {cfg.seed})</td></tr>
+<tr><td>cache</td><td><code>{html.escape(str(cfg.cache_dir))}</code> · fingerprint {m['fingerprint'][:16]}</td></tr>
+</table>
+<h2>Probe heads on the test split</h2>
+{_heads_table(metrics, summary)}
+<p class="muted">Intervals: 95% percentile bootstrap over test samples ({cfg.bootstrap} resamples).</p>
+<h2>Per-layer linear probes</h2>
+{_layer_table(metrics)}
+<h2>Figures</h2>
+{''.join(parts)}
+</body></html>"""
+    path = run_dir / "report.html"
+    path.write_text(body, encoding="utf-8")
+    return path
