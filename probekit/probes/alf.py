@@ -92,15 +92,23 @@ class ALFHead(ProbeHead):
         self.classifier = nn.Linear(dim, n_classes)
 
     def forward(self, x: Tensor) -> ProbeOutput:
-        """Args: x ``(B, T, D)`` L2-normalised tokens. Returns logits ``(B, C)``, layer_weights ``(B, L)``."""
-        b, t, _ = x.shape
+        """Args: x ``(B, T, D)`` L2-normalised tokens. Returns logits ``(B, C)``, layer_weights ``(B, L)``.
+
+        With a single query, ``K`` and ``V`` are never formed: ``Q_h K_h^T = LN_k(X) (W_k,h^T Q_h)``
+        projects the query into input space (``(B, T, D) @ (D, H)``), and
+        ``A_h V_h = (A_h LN_v(X)) W_v,h`` averages the tokens before projecting them. The result
+        is the reference's, re-associated: B*T*D*H instead of B*T*D*H*d_h multiply-adds per
+        projection, which is what makes the head cheap on a CPU.
+        """
+        b, _, dim = x.shape
         heads, dh = self.n_heads, self.head_dim
-        q = self.w_q(self.norm_q(self.query)).view(1, heads, 1, dh)  # (1, H, 1, d_h)
-        k = self.w_k(self.norm_k(x)).view(b, t, heads, dh).transpose(1, 2)  # (B, H, T, d_h)
-        v = self.w_v(self.norm_v(x)).view(b, t, heads, dh).transpose(1, 2)  # (B, H, T, d_h)
-        attn = ((q / math.sqrt(dh)) @ k.transpose(-1, -2)).softmax(-1)  # (B, H, 1, T)
-        o = (self.attn_dropout(attn) @ v).reshape(b, heads * dh)  # (B, H*d_h)
-        o = self.dropout(self.w_o(o))  # (B, D)
+        q = self.w_q(self.norm_q(self.query)).view(heads, dh)  # (H, d_h)
+        q_in = torch.einsum("hk,hkd->hd", q, self.w_k.weight.view(heads, dh, dim))  # (H, D)
+        scores = self.norm_k(x) @ (q_in.t() / math.sqrt(dh))  # (B, T, H)
+        attn = scores.softmax(dim=1)  # (B, T, H), over tokens
+        pooled = torch.einsum("bth,btd->bhd", self.attn_dropout(attn), self.norm_v(x))  # (B, H, D)
+        o = torch.einsum("bhd,hkd->bhk", pooled, self.w_v.weight.view(heads, dh, dim))  # (B, H, d_h)
+        o = self.dropout(self.w_o(o.reshape(b, heads * dh)))  # (B, D)
         logits = self.classifier(self.bn(o))  # (B, C)
-        token_weights = attn[:, :, 0].mean(1)  # (B, T)
+        token_weights = attn.mean(-1)  # (B, T)
         return ProbeOutput(logits=logits, layer_weights=self.fold_tokens(token_weights))

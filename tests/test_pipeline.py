@@ -1,0 +1,120 @@
+"""The whole flow: probekit run / fit / attribute / report on a tiny model, and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from probekit.cli import main
+from probekit.pipeline import RunConfig, load_config, run
+
+POS = ["good", "great", "nice", "lovely", "happy", "joy", "fine", "super", "kind", "calm"]
+NEG = ["bad", "awful", "nasty", "horrid", "sad", "pain", "grim", "vile", "mean", "cruel"]
+
+
+@pytest.fixture
+def word_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "words.csv"
+    rows = [f"{w} {i},positive" for i in range(3) for w in POS] + [f"{w} {i},negative" for i in range(3) for w in NEG]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+FAST = ["linear", "concat", "laya", "aila-attention"]
+
+
+def test_run_end_to_end_and_rerun_reuses_cache(tiny_bert_dir, word_csv, tmp_path):
+    cfg = RunConfig(name="tiny", model=f"hf:{tiny_bert_dir}", data=f"csv:{word_csv}",
+                    probes=FAST, out=str(tmp_path / "runs"), bootstrap=50, figures=[])
+    (run_dir,) = run(cfg, progress=False)
+    for name in ("config.json", "split.json", "metrics.json", "metrics.csv", "report.html",
+                 "cache/manifest.json", "attribution/attribution.json", "figures/accuracy.html"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["heads"]) == set(FAST)
+    per_layer = metrics["heads"]["linear"]["per_layer"]
+    assert [r["layer"] for r in per_layer] == [f"layers.{i}" for i in range(4)]
+    for e in metrics["heads"].values():
+        lo, hi = e["balanced_accuracy_ci"]
+        assert 0 <= lo <= e["balanced_accuracy"] <= hi <= 1
+    report = (run_dir / "report.html").read_text()
+    assert "plotly" in report and "Per-layer linear probes" in report
+    mtime = (run_dir / "cache" / "manifest.json").stat().st_mtime_ns
+    run(cfg, progress=False)
+    assert (run_dir / "cache" / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_config_files_hold_the_cli_options(tmp_path, word_csv):
+    (tmp_path / "a.yaml").write_text(f"model: bundled:minilm-l6\ndata: csv:{word_csv}\nprobes: linear,alf\n")
+    (tmp_path / "b.toml").write_text('out = "x"\n[[runs]]\nname = "one"\n[[runs]]\nname = "two"\nlimit = 10\n')
+    (a,) = load_config(tmp_path / "a.yaml")
+    assert a.probes == ["linear", "alf"] and a.data == f"csv:{word_csv}"
+    one, two = load_config(tmp_path / "b.toml")
+    assert (one.name, two.name, two.limit, one.out) == ("one", "two", 10, "x")
+    (tmp_path / "bad.yaml").write_text("modle: x\n")
+    with pytest.raises(ValueError, match="unknown config keys"):
+        load_config(tmp_path / "bad.yaml")
+
+
+@pytest.fixture
+def tiny_cache(tiny_bert_dir, word_csv, tmp_path):
+    out = tmp_path / "cache"
+    assert main(["extract", "--model", f"hf:{tiny_bert_dir}", "--data", f"csv:{word_csv}", "--out", str(out)]) == 0
+    return out
+
+
+def test_cli_fit_attribute_report(tiny_cache, tmp_path, capsys):
+    out = tmp_path / "fit"
+    assert main(["fit", "--cache", str(tiny_cache), "--probe", "linear,laya", "--out", str(out),
+                 "--bootstrap", "50"]) == 0
+    assert (out / "metrics.csv").read_text().startswith("head,layer,accuracy")
+    assert (out / "probes" / "laya" / "model.safetensors").is_file()
+    assert main(["attribute", str(out)]) == 0
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").is_file()
+
+
+def _one_line_error(capsys, argv, needle):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert needle in err[0].lower(), err[0]
+
+
+def test_cli_fit_bad_input(tiny_cache, tmp_path, capsys):
+    out = str(tmp_path / "fit")
+    _one_line_error(capsys, ["fit", "--cache", str(tmp_path / "none"), "--out", out], "no feature cache")
+    _one_line_error(capsys, ["fit", "--cache", str(tiny_cache), "--probe", "linear,nope", "--out", out], "unknown probe")
+    # incomplete cache
+    manifest = json.loads((tiny_cache / "manifest.json").read_text())
+    (tiny_cache / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    _one_line_error(capsys, ["fit", "--cache", str(tiny_cache), "--out", out], "incomplete")
+    (tiny_cache / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _rewrite_cache(src, dst, labels=None, nan=False):
+    """A copy of a cache with other labels or a NaN feature (written through CacheWriter)."""
+    from probekit.cache import CacheWriter, FeatureCache
+
+    cache = FeatureCache.open(src)
+    m = dict(cache.manifest)
+    m["dataset"] = dict(m["dataset"], fingerprint="edited")
+    w = CacheWriter.create(dst, {k: m[k] for k in ("model", "layers", "poolings", "dtype", "dataset")},
+                           n_samples=len(cache))
+    tensors = {k: cache[k].clone() for k in cache.keys()}
+    if nan:
+        tensors[cache.keys()[0]][0, 0] = float("nan")
+    y = np.zeros(len(cache), dtype=np.int64) if labels == "single" else cache.labels
+    w.write_shard(0, tensors, torch.as_tensor(y))
+    return w.finalize()
+
+
+def test_cli_fit_single_class_and_nan(tiny_cache, tmp_path, capsys):
+    _rewrite_cache(tiny_cache, tmp_path / "single", labels="single")
+    _one_line_error(capsys, ["fit", "--cache", str(tmp_path / "single"), "--out", str(tmp_path / "f1")], "single class")
+    _rewrite_cache(tiny_cache, tmp_path / "nan", nan=True)
+    _one_line_error(capsys, ["fit", "--cache", str(tmp_path / "nan"), "--out", str(tmp_path / "f2")], "nan")
