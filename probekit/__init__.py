@@ -8,16 +8,44 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .attribution import (
+    AblationResult,
+    ablation_sensitivity,
+    attribution_agreement,
+    captum_attribution,
+    layer_attribution,
+    layer_map,
+)
 from .cache import CacheError, CacheMismatchError, CacheWriter, FeatureCache
 from .data import DataError, Dataset, from_arrays, load_data
+from .estimator import ProbeClassifier
 from .extract import extract, record
 from .hooks import LayerRecorder
 from .layers import LayerSpec, resolve_indices, select_layers
 from .models import LoadedModel, ModelError, load_model
+from .pipeline import RunConfig, run
 from .pooling import POOLINGS, pool
+from .probes import ProbeHead, ProbeOutput, check_probe, create_probe, list_probes, register_probe
+
+# plotly stays out of the core: figures live in the subpackage ``probekit.viz``.
 
 __all__ = [
     "__version__",
+    "AblationResult",
+    "ProbeClassifier",
+    "ProbeHead",
+    "ProbeOutput",
+    "RunConfig",
+    "ablation_sensitivity",
+    "attribution_agreement",
+    "captum_attribution",
+    "check_probe",
+    "create_probe",
+    "layer_attribution",
+    "layer_map",
+    "list_probes",
+    "register_probe",
+    "run",
     "CacheError",
     "CacheMismatchError",
     "CacheWriter",

@@ -49,6 +49,8 @@ class RunConfig:
         pooling: what to record (default: the model's).
         batch_size, precision, dtype, device: extraction settings.
         probes: the heads to train.
+        probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
+            ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
         test_size: fraction of samples held out (stratified) for every reported score.
         seed: seeds the split, the probes and the bootstrap.
         ablation: replacement for ablation sensitivity: ``mean``, ``zero`` or ``shuffle``.
@@ -72,6 +74,7 @@ class RunConfig:
     dtype: str = "float32"
     device: str | None = None
     probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES))
+    probe_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     test_size: float = 0.2
     seed: int = 0
     ablation: str = "mean"
@@ -217,8 +220,9 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
     }
     for head in cfg.probes:
         t0 = time.perf_counter()
-        clf = ProbeClassifier(head=head, tokens_per_layer=tokens, random_state=cfg.seed,
-                              device=cfg.device, verbose=progress)
+        params = {"tokens_per_layer": tokens, "random_state": cfg.seed, "device": cfg.device,
+                  "verbose": progress, **cfg.probe_params.get(head, {})}
+        clf = ProbeClassifier(head=head, **params)
         clf.fit(X[train], labels[train], layer_names=list(cache.layer_names))
         seconds = time.perf_counter() - t0
         clf.save(run_dir / "probes" / head)
@@ -377,6 +381,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for key in ("limit", "batch_size", "seed", "bootstrap"):
         if key in overrides:
             overrides[key] = int(overrides[key])
+    if "probe_params" in overrides:
+        overrides["probe_params"] = json.loads(overrides["probe_params"])
     if "test_size" in overrides:
         overrides["test_size"] = float(overrides["test_size"])
     if "layers" in overrides:
