@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .cache import CacheWriter, FeatureCache
 from .data import Dataset, load_data
