@@ -33,6 +33,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
+from .layers import resolve_indices
 from .probes import create_probe, get_probe_class, head_params
 from .probes.base import ProbeOutput
 from .train import (
@@ -219,34 +220,6 @@ def _pad_layers(arrays: Sequence[Any]) -> tuple[Tensor, tuple[int, ...]]:
     for i, t in enumerate(ts):
         out[:, i, : dims[i]] = t
     return out, dims
-
-
-def _select_layers(selection: Any, n: int, names: Sequence[str] | None = None) -> list[int]:
-    """timm-style ``layers=`` over ``n`` layers: None all, int k last k, list of ints or names."""
-    if selection is None:
-        return list(range(n))
-    if isinstance(selection, bool):
-        raise TypeError("layers must be None, an int, or a list of indices/names, got a bool")
-    if isinstance(selection, (int, np.integer)):
-        if not 1 <= int(selection) <= n:
-            raise ValueError(f"layers={selection} asks for the last {selection} of {n} layers")
-        return list(range(n - int(selection), n))
-    items = [selection] if isinstance(selection, str) else list(selection)
-    out = []
-    for item in items:
-        if isinstance(item, str):
-            if names is None or item not in names:
-                raise ValueError(f"unknown layer {item!r}; layers: {list(names or [])}")
-            out.append(list(names).index(item))
-        elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-            if not -n <= int(item) < n:
-                raise ValueError(f"layer index {item} out of range for {n} layers")
-            out.append(int(item) % n)
-        else:
-            raise TypeError(f"layer selections are ints or names, got {item!r}")
-    if not out:
-        raise ValueError("empty layer selection")
-    return out
 
 
 def _available_memory() -> int:
@@ -443,7 +416,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"T={x.shape[1]} tokens is not a multiple of tokens_per_layer={p}")
             dims = None
         n_in = x.shape[1] // p
-        sel = _select_layers(self.layers, n_in)
+        sel = resolve_indices(self.layers, n_in)
         if sel != list(range(n_in)):
             x = x.unflatten(1, (n_in, p))[:, sel].flatten(1, 2)
             dims = tuple(dims[j] for j in sel) if dims is not None else None
@@ -461,7 +434,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         if hasattr(cache, "_selection"):
             sel, pools = cache._selection(self.layers, pools)
         else:
-            sel = _select_layers(self.layers, len(cache.layer_names), cache.layer_names)
+            sel = resolve_indices(self.layers, len(cache.layer_names), cache.layer_names)
         return {
             "dims": tuple(int(cache.dims[j]) for j in sel),
             "p": len(pools),
