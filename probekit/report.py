@@ -151,7 +151,8 @@ color:#222;padding:0 1em} h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.
 border-bottom:1px solid #ddd;padding-bottom:.2em} table{border-collapse:collapse;margin:.6em 0}
 td,th{padding:.25em .8em;border-bottom:1px solid #eee;text-align:right} th{background:#f6f6f6}
 td:first-child,th:first-child{text-align:left} .muted{color:#777;font-size:.9em} .best{font-weight:600}
-figure{margin:1.2em 0} figcaption{color:#555;font-size:.9em;margin-top:-.4em}
+figure{margin:1.2em 0} figcaption{color:#555;font-size:.9em;margin-top:.2em}
+.info td{text-align:left}
 code{background:#f3f3f3;padding:0 .3em;border-radius:3px}
 """
 
@@ -213,7 +214,7 @@ def write_report(run_dir: str | Path) -> Path:
 <h1>probekit report: {html.escape(cfg.name)}</h1>
 <p class="muted">{when} · probekit {html.escape(str(m.get('probekit_version')))}</p>
 <h2>Model and data</h2>
-<table>
+<table class="info">
 <tr><td>model</td><td>{html.escape(str(m['model'].get('id')))} ({html.escape(str(m['model'].get('class')))})</td></tr>
 <tr><td>dataset</td><td>{html.escape(m['dataset']['name'])}: {len(cache)} samples; {classes}</td></tr>
 <tr><td>layers</td><td>{len(cache.layer_names)}: {html.escape(', '.join(f'{n} ({d})' for n, d in zip(cache.layer_names, cache.dims)))}</td></tr>
