@@ -62,8 +62,13 @@ def _best_weight_head(metrics: dict[str, Any], arrays: dict[str, Any]) -> str | 
 def build_figures(run_dir: str | Path) -> list[Figure]:
     """Every figure of a run, most telling first."""
     from .attribution import AblationResult
-    from .viz import (AblationDisplay, ClassProfileDisplay, LayerAccuracyDisplay,
-                      LayerAttributionDisplay, LayerMapDisplay)
+    from .viz import (
+        AblationDisplay,
+        ClassProfileDisplay,
+        LayerAccuracyDisplay,
+        LayerAttributionDisplay,
+        LayerMapDisplay,
+    )
 
     run = _load_run(Path(run_dir))
     metrics, summary, arrays, cache = run["metrics"], run["summary"], run["arrays"], run["cache"]
