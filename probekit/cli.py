@@ -86,7 +86,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="probekit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="probekit",
+        description="Look inside frozen pretrained models: record layers, train probes, attribute, report.",
+    )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"probekit {__version__}")
