@@ -198,12 +198,16 @@ def extract(
               ThreadPoolExecutor(1, thread_name_prefix="probekit-prep") as prep):
             for i in todo:
                 start, stop = writer.shard_range(i)
-                parts: dict[str, list[Tensor]] = {}
-                for _, inputs in _batched_inputs(model, data, start, stop, batch_size, prep):
-                    for key, t in _forward_pooled(model, recorder, inputs, poolings, device).items():
-                        parts.setdefault(key, []).append(t.to("cpu", non_blocking=True))
+                # One preallocated (n, D) buffer per key: pooled rows are copied out at once, so
+                # no view (``hidden[:, 0]``) keeps a whole (B, T, D) layer output alive.
+                tensors: dict[str, Tensor] = {}
+                for s, inputs in _batched_inputs(model, data, start, stop, batch_size, prep):
+                    out = _forward_pooled(model, recorder, inputs, poolings, device)
+                    for key, t in out.items():
+                        if key not in tensors:
+                            tensors[key] = torch.empty(stop - start, t.shape[-1], dtype=torch.float32)
+                        tensors[key][s - start:s - start + t.shape[0]].copy_(t)
                     bar.update(next(iter(inputs.values())).shape[0])
-                tensors = {k: torch.cat(v) for k, v in parts.items()}
                 shard_writer.put(i, tensors, labels[start:stop], torch.arange(start, stop))
     finally:
         bar.close()
@@ -239,7 +243,7 @@ def record(
         for s in range(0, len(items), batch_size):
             inputs = model.preprocess(list(items[s:s + batch_size]))
             for key, t in _forward_pooled(model, recorder, inputs, poolings, device).items():
-                parts.setdefault(key, []).append(t.cpu())
+                parts.setdefault(key, []).append(t.cpu().clone())  # no view of a layer output
     out = {}
     for key, ts in parts.items():
         if ts[0].ndim == 3:
