@@ -41,8 +41,8 @@ prints torch.profiler tables.
 
 Usage::
 
-    python benchmarks/bench_extract.py            # about 3-5 minutes on a quiet 2-core CPU
-    python benchmarks/bench_extract.py --quick    # smoke run, well under a minute
+    python benchmarks/bench_extract.py            # about 4-5 minutes on a quiet 2-core CPU
+    python benchmarks/bench_extract.py --quick    # smoke run, about a minute (mostly loading)
     python benchmarks/bench_extract.py --threads 2 --repeats 7 --vit-n 128 --profile
     python benchmarks/bench_extract.py --proposed --memory --wait-idle 85   # shared machine
 """
