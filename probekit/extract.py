@@ -1,7 +1,8 @@
 """``extract(model, data, ...) -> FeatureCache``: record pooled layers of a whole dataset to disk.
 
-Work is done shard by shard (``shard_size`` samples). Inside a shard, the next batch is
-preprocessed on a worker thread while the model runs the current one, and finished shards are
+Work is done shard by shard (``shard_size`` samples). On an accelerator the next batch is
+preprocessed on a worker thread while the model runs the current one (on a CPU inline: the
+forward pass already uses every core); pooled rows go into one preallocated buffer per key, and finished shards are
 written by a writer thread while the next shard is computed, so the model is rarely idle. Shards
 are written atomically: a killed run resumes at the first missing shard, and a finished cache
 with the same fingerprint is returned without recomputing anything.
@@ -53,12 +54,18 @@ def precision_context(precision: str, device: torch.device) -> Iterator[None]:
 
 
 def _batched_inputs(model: LoadedModel, data: Dataset, start: int, stop: int, batch_size: int,
-                    pool_exec: ThreadPoolExecutor) -> Iterator[tuple[int, dict[str, Tensor]]]:
-    """Yield ``(batch_start, inputs)``, preprocessing the next batch while the caller computes."""
+                    pool_exec: ThreadPoolExecutor | None) -> Iterator[tuple[int, dict[str, Tensor]]]:
+    """Yield ``(batch_start, inputs)``; with ``pool_exec`` the next batch is preprocessed while the
+    caller computes (accelerators), without it inline (CPU)."""
     starts = list(range(start, stop, batch_size))
 
     def prep(s: int) -> dict[str, Tensor]:
         return model.preprocess(data.get_items(range(s, min(s + batch_size, stop))))
+
+    if pool_exec is None:  # CPU: the forward pass already uses every core; a second thread's
+        for s in starts:   # torch ops would only start a competing OpenMP pool
+            yield s, prep(s)
+        return
 
     pending = pool_exec.submit(prep, starts[0]) if starts else None
     for k, s in enumerate(starts):
@@ -201,7 +208,8 @@ def extract(
                 # One preallocated (n, D) buffer per key: pooled rows are copied out at once, so
                 # no view (``hidden[:, 0]``) keeps a whole (B, T, D) layer output alive.
                 tensors: dict[str, Tensor] = {}
-                for s, inputs in _batched_inputs(model, data, start, stop, batch_size, prep):
+                prefetch = prep if device.type != "cpu" else None
+                for s, inputs in _batched_inputs(model, data, start, stop, batch_size, prefetch):
                     out = _forward_pooled(model, recorder, inputs, poolings, device)
                     for key, t in out.items():
                         if key not in tensors:

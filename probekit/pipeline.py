@@ -197,7 +197,7 @@ def _scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str
     }
 
 
-def _load_features(cache: Any, cfg: RunConfig) -> Any:
+def _load_features(cache: Any) -> Any:
     """``(N, L * P, D)`` with every cached pooling as a token of its layer."""
     return cache.load(pooling=cache.poolings)
 
@@ -216,7 +216,7 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
     labels = np.asarray(cache.labels)
     if np.unique(labels).size < 2:
         raise ValueError("the cache holds a single class; probes need at least two")
-    X = _load_features(cache, cfg)
+    X = _load_features(cache)
     if not torch.isfinite(X).all():
         raise ValueError("the cache holds NaN or infinite features")
     train, test = _split(labels, cfg.test_size, cfg.seed)
@@ -291,7 +291,7 @@ def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int 
     cache = FeatureCache.open(cfg.cache_dir)
     split = json.loads((run_dir / "split.json").read_text())
     test = np.asarray(split["test"])
-    X = _load_features(cache, cfg)[test]
+    X = _load_features(cache)[test]
     y = np.asarray(cache.labels)[test]
     out_dir = run_dir / "attribution"
     out_dir.mkdir(exist_ok=True)
