@@ -18,6 +18,7 @@ from .attribution import (
 )
 from .cache import CacheError, CacheMismatchError, CacheWriter, FeatureCache
 from .data import DataError, Dataset, from_arrays, load_data
+from .errors import ConfigError, ProbekitError
 from .estimator import ProbeClassifier
 from .extract import extract, record
 from .hooks import LayerRecorder
@@ -47,6 +48,8 @@ __all__ = [
     "register_probe",
     "run",
     "CacheError",
+    "ConfigError",
+    "ProbekitError",
     "CacheMismatchError",
     "CacheWriter",
     "DataError",

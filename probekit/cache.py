@@ -47,6 +47,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from .errors import CacheError, CacheMismatchError
 from .layers import resolve_indices
 
 __all__ = ["CacheError", "CacheMismatchError", "CacheWriter", "FeatureCache", "FORMAT_VERSION"]
@@ -67,14 +68,6 @@ _DERIVED_KEYS = (
 )
 _UNHASHED_KEYS = ("info",)  # free-form notes (timings, host): stored, never compared
 _TMP_MARK = ".tmp-"
-
-
-class CacheError(RuntimeError):
-    """A cache is missing, incomplete, corrupt, or a path is not a cache."""
-
-
-class CacheMismatchError(CacheError):
-    """A cache exists at the path but was made with other settings (different fingerprint)."""
 
 
 # ----------------------------------------------------------------------------- file helpers

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError
+
 __all__ = ["BUNDLED_DATASETS", "DataError", "Dataset", "SCHEMES", "from_arrays", "load_data"]
 
 SCHEMES = ("hf", "csv", "imagefolder", "bundled")
@@ -59,10 +61,6 @@ _VADER_WORD = re.compile(r"[A-Za-z][A-Za-z' \-]*[A-Za-z]")
 
 _TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "image", "img")
 _LABEL_COLUMNS = ("label", "labels", "class", "target")
-
-
-class DataError(ValueError):
-    """Bad data or a bad data spec: unknown scheme, missing column, empty dataset, ..."""
 
 
 class Dataset:

