@@ -67,7 +67,7 @@ def _png(fig: Any, width: int | None, height: int | None, scale: float) -> bytes
         except Exception:  # an older kaleido: every image starts its own browser (slower)
             _state["server"] = None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "kopts ignored when using a server"
+        warnings.filterwarnings("ignore", message="The kopts argument is ignored")
         return pio.to_image(fig, format="png", width=width, height=height, scale=scale)
 
 
