@@ -8,25 +8,49 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .attribution import (
-    AblationResult,
-    ablation_sensitivity,
-    attribution_agreement,
-    captum_attribution,
-    layer_attribution,
-    layer_map,
-)
-from .cache import CacheError, CacheMismatchError, CacheWriter, FeatureCache
-from .data import DataError, Dataset, from_arrays, load_data
-from .errors import ConfigError, ProbekitError
-from .estimator import ProbeClassifier
-from .extract import extract, record
-from .hooks import LayerRecorder
-from .layers import LayerSpec, resolve_indices, select_layers
-from .models import LoadedModel, ModelError, load_model
-from .pipeline import RunConfig, run
-from .pooling import POOLINGS, pool
-from .probes import ProbeHead, ProbeOutput, check_probe, create_probe, list_probes, register_probe
+import importlib
+from typing import Any
+
+# Public names -> the module that defines them. Imported on first use (PEP 562), so that
+# ``import probekit`` and ``probekit --help`` load neither torch nor scikit-learn.
+_EXPORTS: dict[str, str] = {
+    "AblationResult": "attribution",
+    "ablation_sensitivity": "attribution",
+    "attribution_agreement": "attribution",
+    "captum_attribution": "attribution",
+    "layer_attribution": "attribution",
+    "layer_map": "attribution",
+    "CacheWriter": "cache",
+    "FeatureCache": "cache",
+    "Dataset": "data",
+    "from_arrays": "data",
+    "load_data": "data",
+    "CacheError": "errors",
+    "CacheMismatchError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "ModelError": "errors",
+    "ProbekitError": "errors",
+    "ProbeClassifier": "estimator",
+    "extract": "extract",
+    "record": "extract",
+    "LayerRecorder": "hooks",
+    "LayerSpec": "layers",
+    "resolve_indices": "layers",
+    "select_layers": "layers",
+    "LoadedModel": "models",
+    "load_model": "models",
+    "run": "pipeline",
+    "RunConfig": "runs",
+    "POOLINGS": "pooling",
+    "pool": "pooling",
+    "ProbeHead": "probes",
+    "ProbeOutput": "probes",
+    "check_probe": "probes",
+    "create_probe": "probes",
+    "list_probes": "probes",
+    "register_probe": "probes",
+}
 
 # plotly stays out of the core: figures live in the subpackage ``probekit.viz``.
 
@@ -69,3 +93,16 @@ __all__ = [
     "resolve_indices",
     "select_layers",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probekit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
