@@ -60,10 +60,9 @@ def validate_run(cfg: RunConfig) -> RunConfig:
     unknown = [p for p in cfg.probes if p not in known]
     if unknown:
         raise ConfigError(f"unknown probe {unknown[0]!r}; known: {', '.join(known)}")
-    stray = [h for h in cfg.probe_params if h not in cfg.probes]
+    stray = [h for h in cfg.probe_params if h not in known]
     if stray:
-        raise ConfigError(f"probe_params names {stray[0]!r}, which is not in probes "
-                          f"({', '.join(cfg.probes)})")
+        raise ConfigError(f"probe_params names unknown head {stray[0]!r}; known: {', '.join(known)}")
     for head in cfg.probes:
         params = cfg.probe_params.get(head, {})
         try:
