@@ -9,7 +9,7 @@ Every head is an ``nn.Module`` subclass of :class:`ProbeHead`, registered by nam
     out = head(x)  # x (B, T, D) -> ProbeOutput(logits (B, C), layer_weights (B, L), ...)
 
 Registered names: ``linear``, ``concat``, ``scalar-mix``, ``alf``, ``laya``, ``kcla``,
-``aila-linear``, ``aila-attention``. ``PROBES.md`` (design docs) has the math of each.
+``aila-linear``, ``aila-attention``. Each head's module cites its paper and states its math.
 """
 
 from __future__ import annotations

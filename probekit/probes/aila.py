@@ -1,6 +1,6 @@
 """AILA aggregators over frozen layers (Arch 1: linear scoring; Arch 2: scaled dot-product).
 
-There is no public code: this follows the paper as ``PROBES.md`` section 5 summarises it.
+There is no public code: this follows the paper's description of both architectures.
 Features are standardised (``input_norm = "standardize"``: train-split mean and std per token
 and feature) before the per-layer adapters ``h~_j = P_j X_j`` (d = 64; the P tokens of a
 layer are concatenated first).
