@@ -114,7 +114,7 @@ def pool(hidden: Tensor, how: str, mask: Tensor | None = None, n_prefix: int = 0
             return hidden.mean(dim=(2, 3))
         if how == "tokens":
             return hidden.flatten(2).transpose(1, 2)  # (B, H*W, C)
-        raise ValueError(f"pooling {how!r} does not apply to a CNN feature map; use mean or tokens")
+        raise ConfigError(f"pooling {how!r} does not apply to a CNN feature map; use mean or tokens")
     if hidden.ndim == 2:  # already one vector per sample (a pooler or a head)
         return hidden
     if hidden.ndim != 3:
@@ -137,4 +137,4 @@ def pool(hidden: Tensor, how: str, mask: Tensor | None = None, n_prefix: int = 0
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = (mask.bool() * positions).amax(dim=1)  # (B,) index of the last kept token
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise ValueError(f"unknown pooling {how!r}; choose from {', '.join(POOLINGS)}")
+    raise ConfigError(f"unknown pooling {how!r}; choose from {', '.join(POOLINGS)}")

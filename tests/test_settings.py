@@ -250,3 +250,26 @@ def test_user_error_through_a_real_process(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_run_names_the_run_and_prints_the_summary(tmp_path, capsys, monkeypatch):
+    """``probekit run`` without --name: the folder is named after model and data, and the
+    command ends with the summary table (run_one stubbed: this checks the CLI, not the flow)."""
+    seen = []
+
+    def fake_run_one(cfg, progress=True):
+        seen.append(cfg)
+        e = {"accuracy": 0.75, "accuracy_ci": [0.5, 0.9], "balanced_accuracy": 0.7,
+             "balanced_accuracy_ci": [0.55, 0.85]}
+        cfg.run_dir.mkdir(parents=True)
+        write_metrics({"model": cfg.model, "data": cfg.data, "n_train": 4, "n_test": 2,
+                       "heads": {"laya": e}}, cfg.run_dir)
+        return cfg.run_dir
+
+    monkeypatch.setattr(pipeline, "run_one", fake_run_one)
+    code = main(["run", "--model", "bundled:efficientnet-lite0", "--data", "bundled:mnist",
+                 "--probes", "laya", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and [c.name for c in seen] == ["efficientnet-lite0_mnist"]
+    assert f"run {tmp_path / 'efficientnet-lite0_mnist'}" in out
+    assert "laya                    0.700  [0.550, 0.850]  <- best" in out

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 __all__ = ["accuracy", "balanced_accuracy", "batch_size_for", "class_weights", "stratified_split"]
 
@@ -35,7 +35,7 @@ def accuracy(y_true: Any, y_pred: Any) -> float:
     """
     t, p = _as_long_tensor(y_true), _as_long_tensor(y_pred)
     if t.shape != p.shape or t.numel() == 0:
-        raise ValueError(
+        raise DataError(
             f"need two non-empty label vectors of one shape, got {t.shape} and {p.shape}"
         )
     return float((t == p).double().mean())
@@ -53,7 +53,7 @@ def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
     """
     t, p = _as_long_tensor(y_true), _as_long_tensor(y_pred)
     if t.shape != p.shape or t.numel() == 0:
-        raise ValueError(
+        raise DataError(
             f"need two non-empty label vectors of one shape, got {t.shape} and {p.shape}"
         )
     classes = torch.unique(torch.cat([t, p]))
