@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import ProbekitError
 from .layers import parse_layers
-from .runs import RunConfig, run_options, summary_table
+from .runs import RunConfig, parse_bool, run_options, summary_table
 
 __all__ = ["build_parser", "main"]
 
@@ -160,7 +160,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
             if isinstance(default, dict) else default
         help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
         choices = f.metadata.get("choices")
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, choices=choices,
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.metadata.get("parse") is parse_bool:  # --flag alone means true; --flag false too
+            p.add_argument(flag, dest=f.name, default=None, nargs="?", const="true",
+                           metavar="true|false", help=help_text)
+            continue
+        p.add_argument(flag, dest=f.name, default=None, choices=choices,
                        metavar=None if choices else f.name.upper(), help=help_text)
 
 

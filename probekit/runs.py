@@ -26,7 +26,10 @@ Adding an option is a one-field change. For example, a model-loading option::
 
 adds ``--checkpoint`` to ``probekit run``, the ``checkpoint:`` config key and
 ``probekit.run(checkpoint=...)``, and passes ``checkpoint=...`` to ``load_model`` whenever it is
-not ``None`` (an int option adds ``parse=int``; a flag adds ``parse=parse_bool``).
+not ``None`` (an int option adds ``parse=int``; a yes/no option adds ``parse=parse_bool``, and
+then ``--flag`` alone means true). Document the field under ``Attributes`` of :class:`RunConfig`
+and, where the loader lacks the keyword, add it there. Nothing else changes: the test that
+compares the CLI flags, the config keys and :func:`probekit.run`'s keywords covers the new one.
 
 This module is light (no torch, numpy or scikit-learn): the CLI reads it to build its parser.
 """
