@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -44,7 +43,6 @@ from ..train import (
     fit_linear_probes,
     stratified_split,
     train_grid,
-    train_stream,
 )
 from .inputs import (
     _available_memory,
@@ -62,11 +60,11 @@ from .model import (
     _linear_rows,
     _load_linear,
     _set_selected_layer,
-    _stream_stats,
     fit_feature_norm,
 )
 from .persist import _jsonable, load_probe, save_probe
 from .recipes import OVERRIDABLE, recipe_for
+from .stream import fit_from_stream
 
 __all__ = ["ProbeClassifier"]
 
@@ -455,64 +453,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         device: torch.device,
     ) -> ProbeClassifier:
         """Train from ``cache.batches`` (one config, fixed epochs, no validation)."""
-        info = self._cache_layout(cache)
-        self.classes_, y_idx = encode_labels(y, len(cache))
-        self._set_layout(info, None)
-        self.device_ = device
-        n_tokens, dim = self.n_layers_ * self.tokens_per_layer_, max(self.dims_)
-        mode = get_probe_class(self.head).input_norm
-        norm = FeatureNorm(mode, n_tokens, dim)
-        stats = _stream_stats(
-            lambda: cache.batches(8192, layers=info["sel"], pooling=info["pools"]), n_tokens, dim
-        )
-        if not math.isfinite(float(stats[0].sum() + stats[1].sum())):
-            raise DataError("the cache contains NaN or infinity")
-        if mode == "standardize":
-            norm.mean.copy_(stats[0].float())
-            norm.std.copy_(
-                torch.where(stats[1] > 1e-12, stats[1], torch.ones_like(stats[1])).float()
-            )
-        norm = norm.to(device)
-        cfg = self._train_config(s, seed, device)
-        if cfg.solver == "lbfgs":  # L-BFGS needs every sample at once: stream with AdamW
-            cfg = dataclasses.replace(cfg, solver="adamw")
-        classes_t = (
-            torch.as_tensor(self.classes_, device=device)
-            if self.classes_.dtype.kind in "iu"
-            else None
-        )
-        epoch = itertools.count()
-
-        def batches() -> Iterator[tuple[Tensor, Tensor]]:
-            it = cache.batches(
-                cfg.batch_size,
-                layers=info["sel"],
-                pooling=info["pools"],
-                shuffle=True,
-                seed=seed + next(epoch),
-            )
-            for xb, yb in it:
-                yb = yb.to(device)
-                yield xb, (torch.searchsorted(classes_t, yb) if classes_t is not None else yb)
-
-        variant = variants[0]
-        result = train_stream(
-            lambda **v: create_probe(self.head, **self._head_kwargs(v)),
-            batches,
-            len(cache),
-            len(self.classes_),
-            np.bincount(y_idx, minlength=len(self.classes_)).tolist(),
-            cfg,
-            transform=norm,
-            variant=variant,
-        )
-        head = create_probe(self.head, **self._head_kwargs(variant))
-        head.load_state_dict(result.state_dict)
-        self._record(result)
-        if hasattr(head, "selected_layer"):
-            self.selected_layer_ = int(_buffer(head, "selected_layer"))
-        self._finish(norm.cpu(), head, dict(variant), stats[0].float())
-        return self
+        return fit_from_stream(self, cache, y, s, variants, seed, device)
 
     def _finish(
         self, norm: FeatureNorm, head: nn.Module, kwargs: dict[str, Any], mean: Tensor | None
