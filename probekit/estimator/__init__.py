@@ -2,8 +2,8 @@
 
 The package is split by concern: :mod:`.model` (``model_``: the feature normalisation and the
 head), :mod:`.inputs` (what ``X`` and ``y`` may be), :mod:`.recipes` (each head's training
-recipe, a :class:`~probekit.train.TrainConfig`), :mod:`.persist` (save and load) and
-:mod:`.classifier` (the estimator).
+recipe, a :class:`~probekit.train.TrainConfig`), :mod:`.persist` (save and load), :mod:`.stream` (training
+from a cache streamed in batches) and :mod:`.classifier` (the estimator).
 """
 
 from __future__ import annotations
