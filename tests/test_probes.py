@@ -91,6 +91,25 @@ def test_check_probe_catches_a_broken_head() -> None:
         check_probe(Broken)
 
 
+def test_check_probe_catches_a_broken_layer_map() -> None:
+    class HalfMap(ProbeHead):
+        """Row 0 empty (allowed: no candidates), other rows summing to 0.5 (not allowed)."""
+
+        def __init__(self, n_layers, dims, n_classes, tokens_per_layer=1):
+            super().__init__(n_layers, dims, n_classes, tokens_per_layer)
+            self.lin = torch.nn.Linear(self.max_dim, n_classes)
+
+        def forward(self, x):
+            b, n = x.shape[0], self.n_layers
+            m = torch.full((b, n, n), 0.5 / n)
+            m[:, 0] = 0
+            w = torch.full((b, n), 1 / n)
+            return ProbeOutput(logits=self.lin(x.mean(1)), layer_weights=w, layer_map=m)
+
+    with pytest.raises(AssertionError, match="layer_map rows must sum to 1, or be all zero"):
+        check_probe(HalfMap)
+
+
 # ---------------------------------------------------------------- registry
 
 

@@ -1,6 +1,6 @@
 """KCLA-style aggregator over frozen layers (key-norm cumulative layer attention).
 
-KCLA (reference: bgx666/KCLA, ``kcla_layer.forward``) sits inside a ResNet trained end to end:
+KCLA (Xiong et al.; reference code bgx666/KCLA, ``kcla_layer.forward``) sits inside a ResNet trained end to end:
 every block adds attention over all earlier blocks, computed with running sums. Using it as a
 probe head over frozen, cached layers is **our adaptation**, not the paper's: the layers are
 fixed inputs, one recurrence runs over them in depth order, and only its final state is

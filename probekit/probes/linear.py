@@ -103,7 +103,7 @@ class ConcatHead(ProbeHead):
 
 @register_probe("scalar-mix")
 class ScalarMixHead(ProbeHead):
-    """ELMo scalar mix: ``h = gamma * sum_l softmax(w)_l X_l``, ``logits = h @ W + b``.
+    """ELMo scalar mix (Peters et al., 2018): ``h = gamma * sum_l softmax(w)_l X_l``, ``logits = h @ W + b``.
 
     The layer weights ``softmax(w)`` ``(L,)`` are learned but the same for every input. Narrow
     layers are zero-padded to D, which makes the sum well-defined (a narrow layer contributes
