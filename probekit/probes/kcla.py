@@ -1,10 +1,10 @@
 """KCLA-style aggregator over frozen layers (key-norm cumulative layer attention).
 
-KCLA (Xiong et al.; reference code bgx666/KCLA, ``kcla_layer.forward``) sits inside a ResNet trained end to end:
-every block adds attention over all earlier blocks, computed with running sums. Using it as a
-probe head over frozen, cached layers is **our adaptation**, not the paper's: the layers are
-fixed inputs, one recurrence runs over them in depth order, and only its final state is
-classified. Features are standardised (``input_norm = "standardize"``: train-split mean and
+KCLA (Xiong et al.; reference code bgx666/KCLA, ``kcla_layer.forward``) sits inside a ResNet
+trained end to end: every block adds attention over all earlier blocks, computed with running
+sums. Using it as a probe head over frozen, cached layers is **our adaptation**, not the
+paper's: the layers are fixed inputs, one recurrence runs over them in depth order, and only
+its final state is classified. Features are standardised (``input_norm = "standardize"``: train-split mean and
 std per token and feature) before the per-layer adapters.
 
 Cost: compute is linear in depth and the recurrence keeps only ``(B, d)`` sums (plus the
