@@ -158,7 +158,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
             default = f.default_factory()  # type: ignore[misc]
         shown = ",".join(default) if isinstance(default, list) else json.dumps(default) \
             if isinstance(default, dict) else default
-        help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text and default is not None:
+            help_text += f" (default: {shown})"
+        help_text = help_text.replace("%", "%%")
         choices = f.metadata.get("choices")
         flag = f"--{f.name.replace('_', '-')}"
         if f.metadata.get("parse") is parse_bool:  # --flag alone means true; --flag false too
