@@ -26,6 +26,7 @@ from .layers import LayerSpec, resolve_indices, select_layers
 from .models import LoadedModel, ModelError, load_model
 from .pipeline import RunConfig, run
 from .pooling import POOLINGS, pool
+from .similarity import similarity
 from .probes import ProbeHead, ProbeOutput, check_probe, create_probe, list_probes, register_probe
 
 # plotly stays out of the core: figures live in the subpackage ``probekit.viz``.
@@ -68,4 +69,5 @@ __all__ = [
     "record",
     "resolve_indices",
     "select_layers",
+    "similarity",
 ]
