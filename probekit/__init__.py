@@ -26,6 +26,7 @@ from .layers import LayerSpec, resolve_indices, select_layers
 from .models import LoadedModel, ModelError, load_model
 from .pipeline import RunConfig, run
 from .pooling import POOLINGS, pool
+from .mdl import MDLResult, mdl
 from .similarity import similarity
 from .probes import ProbeHead, ProbeOutput, check_probe, create_probe, list_probes, register_probe
 
@@ -34,6 +35,7 @@ from .probes import ProbeHead, ProbeOutput, check_probe, create_probe, list_prob
 __all__ = [
     "__version__",
     "AblationResult",
+    "MDLResult",
     "ProbeClassifier",
     "ProbeHead",
     "ProbeOutput",
@@ -65,6 +67,7 @@ __all__ = [
     "from_arrays",
     "load_data",
     "load_model",
+    "mdl",
     "pool",
     "record",
     "resolve_indices",
