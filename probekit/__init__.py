@@ -17,6 +17,7 @@ from .attribution import (
     layer_map,
 )
 from .cache import CacheError, CacheMismatchError, CacheWriter, FeatureCache
+from .control import control_labels, sample_keys, selectivity
 from .data import DataError, Dataset, from_arrays, load_data
 from .errors import ConfigError, ProbekitError
 from .estimator import ProbeClassifier
@@ -44,12 +45,15 @@ __all__ = [
     "attribution_agreement",
     "captum_attribution",
     "check_probe",
+    "control_labels",
     "create_probe",
     "layer_attribution",
     "layer_map",
     "list_probes",
     "register_probe",
     "run",
+    "sample_keys",
+    "selectivity",
     "CacheError",
     "ConfigError",
     "ProbekitError",
