@@ -24,12 +24,12 @@ from .estimator import ProbeClassifier
 from .extract import extract, record
 from .hooks import LayerRecorder
 from .layers import LayerSpec, resolve_indices, select_layers
+from .mdl import MDLResult, mdl
 from .models import LoadedModel, ModelError, load_model
 from .pipeline import RunConfig, run
 from .pooling import POOLINGS, pool
-from .mdl import MDLResult, mdl
-from .similarity import similarity
 from .probes import ProbeHead, ProbeOutput, check_probe, create_probe, list_probes, register_probe
+from .similarity import similarity
 
 # plotly stays out of the core: figures live in the subpackage ``probekit.viz``.
 

@@ -17,7 +17,9 @@ def _graded(n: int = 1500, d: int = 12, snrs=(0.0, 0.4, 1.0, 2.5), seed: int = 0
     """(n, len(snrs), d): layer k shifts the class means by +-snrs[k] along one axis."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    x = np.stack([rng.normal(size=(n, d)) + s * (2 * y[:, None] - 1) * np.eye(d)[0] for s in snrs], 1)
+    x = np.stack(
+        [rng.normal(size=(n, d)) + s * (2 * y[:, None] - 1) * np.eye(d)[0] for s in snrs], 1
+    )
     return x.astype(np.float32), y
 
 
