@@ -79,6 +79,31 @@ def test_fusion_head_gives_one_fused_row():
     assert np.isnan(res.chosen_C).all()
 
 
+def test_cache_with_two_poolings_codes_like_concatenated_arrays(tmp_path):
+    """Each layer's tokens (cls, mean) are read together, like one (N, 2D) array per layer."""
+    from probekit import CacheWriter
+
+    x, y = _graded(n=300, snrs=(0.3, 1.5), seed=4)
+    second = (x + np.random.default_rng(1).normal(size=x.shape)).astype(np.float32)
+    manifest = {
+        "layers": [{"name": f"layers.{k}", "dim": 12} for k in range(2)],
+        "poolings": ["cls", "mean"],
+        "dtype": "float32",
+    }
+    writer = CacheWriter.create(tmp_path / "c", manifest, n_samples=300, shard_size=128)
+    for i in writer.missing_shards():
+        lo, hi = writer.shard_range(i)
+        tensors = {f"layers.{k}.{p}": a[lo:hi, k] for p, a in (("cls", x), ("mean", second))
+                   for k in range(2)}  # fmt: skip
+        writer.write_shard(i, tensors, y[lo:hi])
+    cache = writer.finalize()
+    from_cache = mdl(cache, pooling="cls+mean", C=0.1)
+    arrays = [np.concatenate([x[:, k], second[:, k]], 1) for k in range(2)]
+    np.testing.assert_allclose(from_cache.online_bits, mdl(arrays, y, C=0.1).online_bits, rtol=1e-4)
+    assert from_cache.layers == ["layers.0", "layers.1"]
+    assert not np.allclose(from_cache.online_bits, mdl(cache, pooling="cls", C=0.1).online_bits)
+
+
 def test_bad_settings_are_refused():
     x, y = _graded(n=100)
     with pytest.raises(ConfigError, match="unknown probe head"):

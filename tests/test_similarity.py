@@ -122,20 +122,22 @@ def test_rsa_subsamples_with_a_seed():
     np.testing.assert_allclose(a, ref, atol=1e-6)
 
 
-def _cache(path, feats: np.ndarray, labels: np.ndarray, dataset: str, fingerprint: str):
-    """A one-pooling cache of ``feats`` ``(N, L, D)`` written through the public writer."""
-    n, n_layers, d = feats.shape
+def _cache(path, feats, labels: np.ndarray, dataset: str, fingerprint: str):
+    """A cache written through the public writer: ``feats`` ``(N, L, D)`` as pooling "mean",
+    or a dict ``{pooling: (N, L, D)}``."""
+    feats = feats if isinstance(feats, dict) else {"mean": feats}
+    n, n_layers, d = next(iter(feats.values())).shape
     manifest = {
         "layers": [{"name": f"layers.{k}", "dim": d} for k in range(n_layers)],
-        "poolings": ["mean"],
+        "poolings": list(feats),
         "dtype": "float32",
         "dataset": {"name": dataset, "fingerprint": fingerprint, "n": n},
     }
     writer = CacheWriter.create(path, manifest, n_samples=n, shard_size=25)
     for i in writer.missing_shards():
         lo, hi = writer.shard_range(i)
-        tensors = {f"layers.{k}.mean": torch.from_numpy(feats[lo:hi, k]).float()
-                   for k in range(n_layers)}  # fmt: skip
+        tensors = {f"layers.{k}.{p}": torch.from_numpy(f[lo:hi, k]).float()
+                   for p, f in feats.items() for k in range(n_layers)}  # fmt: skip
         writer.write_shard(i, tensors, torch.from_numpy(labels[lo:hi]))
     return writer.finalize()
 
@@ -164,6 +166,29 @@ def test_caches_stream_like_arrays_and_other_datasets_are_refused(tmp_path):
         similarity(a, shuffled)
     with pytest.raises(DataError, match="same samples"):
         similarity(x, y[:50])
+
+
+def test_several_poolings_are_compared_as_their_concatenation(tmp_path):
+    rng = np.random.default_rng(7)
+    cls_ = rng.normal(size=(50, 3, 4)).astype(np.float32)
+    mean = (cls_ + 0.5 * rng.normal(size=(50, 3, 4))).astype(np.float32)
+    cache = _cache(tmp_path / "p", {"cls": cls_, "mean": mean}, np.arange(50) % 2, "w", "a" * 64)
+    both = [np.concatenate([cls_[:, k], mean[:, k]], 1).astype(np.float64) for k in range(3)]
+    ref = _naive_cka(both, both, _hsic_biased)
+    np.testing.assert_allclose(similarity(cache, pooling="cls+mean"), ref, atol=1e-6)
+    only_cls = _naive_cka(list(cls_.transpose(1, 0, 2).astype(np.float64)),
+                          list(cls_.transpose(1, 0, 2).astype(np.float64)), _hsic_biased)  # fmt: skip
+    np.testing.assert_allclose(similarity(cache), only_cls, atol=1e-6)  # default: "cls"
+    with pytest.raises(ConfigError, match="recorded poolings"):
+        similarity(cache, pooling="max")
+
+
+@pytest.mark.parametrize("method", ["cka", "cka-debiased"])
+def test_cka_on_the_device_matches_the_reference(device, method):
+    x = _layers(n=50, seed=8)
+    hsic = _hsic_biased if method == "cka" else _hsic_unbiased
+    ref = _naive_cka(list(x.transpose(1, 0, 2)), list(x.transpose(1, 0, 2)), hsic)
+    np.testing.assert_allclose(similarity(x, method=method, device=device), ref, atol=1e-6)
 
 
 def test_bad_options_are_config_errors():
