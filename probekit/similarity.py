@@ -453,7 +453,8 @@ def similarity(
     max_samples: int = 1000,
     seed: int = 0,
     device: str | torch.device | None = None,
-) -> np.ndarray:
+    return_names: bool = False,
+) -> np.ndarray | tuple[np.ndarray, list[str], list[str]]:
     """Similarity between every layer of ``cache_a`` and every layer of ``cache_b``.
 
     Args:
@@ -475,11 +476,13 @@ def similarity(
         max_samples: RSA only: at most this many samples (random, seeded) build the RDMs.
         seed: RSA only: seed of the sample draw.
         device: where CKA accumulates (float64); default CPU.
+        return_names: also return the selected layer names of both inputs (caches: their
+            recorded names; arrays: ``"layer j"``).
 
     Returns:
         ``(L_a, L_b)`` float64 array (``L_b = L_a`` when ``cache_b`` is None): CKA in
         ``[0, 1]`` (the debiased estimate can be slightly negative), RSA in ``[-1, 1]``;
-        NaN for a constant layer.
+        NaN for a constant layer. With ``return_names``: ``(matrix, names_a, names_b)``.
 
     Raises:
         ConfigError: unknown method or distance, bad layer/pooling selection or sizes.
@@ -514,8 +517,10 @@ def similarity(
     if a.n < need:
         raise DataError(f"{method} needs at least {need} samples, got {a.n}")
     if method == "rsa":
-        return _rsa(a, b, int(max_samples), distance, int(seed), int(batch_size))
-    return linear_cka_pairs(
-        a, b, debiased=method == "cka-debiased", batch_size=int(batch_size),
-        max_memory=int(max_memory), device=device,
-    )  # fmt: skip
+        out = _rsa(a, b, int(max_samples), distance, int(seed), int(batch_size))
+    else:
+        out = linear_cka_pairs(
+            a, b, debiased=method == "cka-debiased", batch_size=int(batch_size),
+            max_memory=int(max_memory), device=device,
+        )  # fmt: skip
+    return (out, list(a.names), list(b.names)) if return_names else out

@@ -156,9 +156,11 @@ def test_caches_stream_like_arrays_and_other_datasets_are_refused(tmp_path):
             similarity(x.astype(np.float64), y.astype(np.float64), method=method),
             atol=1e-6,
         )
+    sub, names_a, names_b = similarity(a, b, layers=[0, -1], layers_b=[1], return_names=True)
     np.testing.assert_allclose(
-        similarity(a, layers=[0, -1]), similarity(x.astype(np.float64)[:, [0, 4]]), atol=1e-6
+        sub, similarity(x.astype(np.float64)[:, [0, 4]], y.astype(np.float64)[:, [1]]), atol=1e-6
     )
+    assert (names_a, names_b) == (["layers.0", "layers.4"], ["layers.1"])
     with pytest.raises(DataError, match="different datasets"):
         similarity(a, other)
     shuffled = _cache(tmp_path / "d", y, labels[::-1].copy(), "words", "f" * 64)
