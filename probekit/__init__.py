@@ -17,22 +17,26 @@ from .attribution import (
     layer_map,
 )
 from .cache import CacheError, CacheMismatchError, CacheWriter, FeatureCache
+from .control import control_labels, sample_keys, selectivity
 from .data import DataError, Dataset, from_arrays, load_data
 from .errors import ConfigError, ProbekitError
 from .estimator import ProbeClassifier
 from .extract import extract, record
 from .hooks import LayerRecorder
 from .layers import LayerSpec, resolve_indices, select_layers
+from .mdl import MDLResult, mdl
 from .models import LoadedModel, ModelError, load_model
 from .pipeline import RunConfig, run
 from .pooling import POOLINGS, pool
 from .probes import ProbeHead, ProbeOutput, check_probe, create_probe, list_probes, register_probe
+from .similarity import similarity
 
 # plotly stays out of the core: figures live in the subpackage ``probekit.viz``.
 
 __all__ = [
     "__version__",
     "AblationResult",
+    "MDLResult",
     "ProbeClassifier",
     "ProbeHead",
     "ProbeOutput",
@@ -41,12 +45,15 @@ __all__ = [
     "attribution_agreement",
     "captum_attribution",
     "check_probe",
+    "control_labels",
     "create_probe",
     "layer_attribution",
     "layer_map",
     "list_probes",
     "register_probe",
     "run",
+    "sample_keys",
+    "selectivity",
     "CacheError",
     "ConfigError",
     "ProbekitError",
@@ -64,8 +71,10 @@ __all__ = [
     "from_arrays",
     "load_data",
     "load_model",
+    "mdl",
     "pool",
     "record",
     "resolve_indices",
     "select_layers",
+    "similarity",
 ]
