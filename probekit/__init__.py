@@ -9,6 +9,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import importlib
+import sys
+import types
 from typing import Any
 
 # Public names -> the module that defines them. Imported on first use (PEP 562), so that
@@ -31,6 +33,12 @@ _EXPORTS: dict[str, str] = {
     "DataError": "errors",
     "ModelError": "errors",
     "ProbekitError": "errors",
+    "control_labels": "control",
+    "sample_keys": "control",
+    "selectivity": "control",
+    "MDLResult": "mdl",
+    "mdl": "mdl",
+    "similarity": "similarity",
     "ProbeClassifier": "estimator",
     "extract": "extract",
     "record": "extract",
@@ -59,6 +67,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "__version__",
     "AblationResult",
+    "MDLResult",
     "ProbeClassifier",
     "ProbeHead",
     "ProbeOutput",
@@ -67,12 +76,15 @@ __all__ = [
     "attribution_agreement",
     "captum_attribution",
     "check_probe",
+    "control_labels",
     "create_probe",
     "layer_attribution",
     "layer_map",
     "list_probes",
     "register_probe",
     "run",
+    "sample_keys",
+    "selectivity",
     "CacheError",
     "ConfigError",
     "ProbekitError",
@@ -92,10 +104,12 @@ __all__ = [
     "from_arrays",
     "load_data",
     "load_model",
+    "mdl",
     "pool",
     "record",
     "resolve_indices",
     "select_layers",
+    "similarity",
 ]
 
 
@@ -110,3 +124,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+# ``probekit.mdl`` and ``probekit.similarity`` are functions named like their modules. Importing
+# the submodule makes Python bind the module on the package; bind the function instead, as the
+# eager ``from .mdl import mdl`` did (``from probekit.mdl import ...`` still reads the module).
+_SAME_NAME = {name for name, module in _EXPORTS.items() if name == module}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SAME_NAME and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
