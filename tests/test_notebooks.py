@@ -14,7 +14,7 @@ html`` writes, and close to what GitHub's static viewer draws: neither runs the 
 renderer) and every cell that shows a plotly figure must show it there too: an embedded PNG that
 decodes to a non-blank image, or (without Chromium) an inline plotly.js figure with data. The
 interactive plotly output must stay in the notebook for JupyterLab and VS Code. Set
-``PROBEKIT_NOTEBOOK_HTML`` to a folder to keep the HTML pages (to look at them).
+``PROBEKIT_NOTEBOOK_HTML`` to a folder to keep the HTML pages and the executed notebooks there.
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def _check_figures_render_in_html(nb: nbformat.NotebookNode, path: Path) -> None
     if keep := os.environ.get("PROBEKIT_NOTEBOOK_HTML"):
         Path(keep).mkdir(parents=True, exist_ok=True)
         (Path(keep) / f"{path.stem}.html").write_text(page)
+        nbformat.write(nb, Path(keep) / path.name)
     starts = [m.start() for m in _CELL.finditer(page)]
     assert len(starts) == len(nb.cells), "cannot find each cell in the HTML export"
     chunks = [page[a:b] for a, b in zip(starts, starts[1:] + [len(page)])]
