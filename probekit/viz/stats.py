@@ -59,7 +59,12 @@ class PairedBootstrap:
             return f"{name_a} beats {name_b} {acc}: {stats}."
         if hi < 0:
             return f"{name_a} is worse than {name_b} {acc}: {stats}."
-        return f"{name_a} and {name_b} cannot be told apart on these samples {acc}: {stats}."
+        lean = ""
+        if self.frac_le_zero >= 0.9:
+            lean = f"; {name_a} is not ahead in most resamples, so a gain from it is unlikely"
+        elif self.frac_le_zero <= 0.1:
+            lean = f"; {name_a} is ahead in most resamples, short of 95% confidence"
+        return f"{name_a} and {name_b} cannot be told apart on these samples {acc}: {stats}{lean}."
 
 
 def paired_bootstrap(
