@@ -41,6 +41,9 @@ NO_CHROME_NOTE = (
     "VS Code and an HTML export (plotly.js is inlined), but not in viewers that run no JavaScript "
     "(GitHub). Install Chromium (apt-get install chromium) or set BROWSER_PATH, then re-run."
 )
+_SETUP_NOTE = NO_CHROME_NOTE.replace("this figure has", "figures will have").replace(
+    "it shows", "they show"
+)
 
 _state: dict[str, Any] = {"server": False, "plotlyjs_sent": False}
 
@@ -152,5 +155,5 @@ def use_notebook_renderer() -> bool:
     pio.renderers.default = RENDERER_NAME
     available = static_images_available()
     if not available:
-        print(NO_CHROME_NOTE)
+        print(_SETUP_NOTE)
     return available
