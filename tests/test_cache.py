@@ -288,7 +288,7 @@ def test_crash_leftovers_are_ignored_and_rewritten(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(cache_mod.files.os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(CacheError, match="000001.safetensors.*disk full"):
         resumed.write_shard(1, {k: v[4:8] for k, v in feats.items()}, labels[4:8])
     monkeypatch.undo()
     assert not (shards / "000001.json").exists()

@@ -323,25 +323,27 @@ class CacheWriter:
             if t.shape[0] != n:
                 raise CacheError(f"shard {i}: {name} has {t.shape[0]} entries, expected {n}")
             out[name] = t
-        data = st_save(
-            out,
-            metadata={
-                "format": "probekit",
-                "fingerprint": self.fingerprint,
-                "shard": str(i),
-                "start": str(start),
-            },
-        )
+        # one metadata entry: safetensors writes several in hash-map order, which varies between
+        # processes, and a shard must come out byte-for-byte the same every time
+        info = {"format": "probekit", "fingerprint": self.fingerprint, "shard": i, "start": start}
+        data = st_save(out, metadata={"probekit": _canonical(info).decode()})
         meta = dict(shard_digests(data), n=n, start=start)
         st, js = self._shard_paths(i)
         if self.complete:  # repairing a finished cache: it is unfinished until finalize() again
             self.manifest = dict(self.manifest, complete=False)
             files._atomic_write(self.path / "manifest.json", manifest_bytes(self.manifest))
         js.unlink(missing_ok=True)
-        files._kill_point("shard-write")
-        files._atomic_write(st, data)
-        files._kill_point("shard-renamed")
-        files._atomic_write(js, shard_meta_bytes(meta))
+        try:
+            files._atomic_write(st, data)
+            files._kill_point("shard-renamed")
+            files._atomic_write(js, shard_meta_bytes(meta))
+        except OSError as e:
+            # the temporary file is gone; a shard without its .json counts as missing
+            js.unlink(missing_ok=True)
+            raise CacheError(
+                f"cannot write shard {st}: {e.strerror or e}; free space (or fix the folder) "
+                "and re-run to resume"
+            ) from e
         return str(meta["sha256"])
 
     def finalize(self) -> FeatureCache:
