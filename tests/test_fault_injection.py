@@ -178,6 +178,34 @@ def test_a_shard_replaced_after_open_is_caught_at_read(tmp_path):
     assert any(not torch.equal(unchecked[k][:SHARD], feats[k][:SHARD]) for k in feats)
 
 
+def test_cli_fit_and_info_refuse_a_corrupt_cache(tiny_bert_dir, tmp_path, capsys):
+    from probekit.cli import main
+
+    lm = load_model(tiny_bert_dir)
+    extract(lm, _data(), tmp_path / "c", batch_size=4, shard_size=16, progress=False)
+    shard = tmp_path / "c" / "shards" / "000001.safetensors"
+    raw = bytearray(shard.read_bytes())
+    raw[-7] ^= 0x10  # a feature byte: fit must not train on it
+    shard.write_bytes(bytes(raw))
+    capsys.readouterr()
+    code = main(["fit", "--cache", str(tmp_path / "c"), "--probe", "linear", "--out",
+                 str(tmp_path / "fit")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "000001.safetensors" in err[0], err
+    assert not (tmp_path / "fit" / "metrics.csv").exists()
+    # a flipped label byte is caught by every command that opens the cache, info included
+    shard.write_bytes(bytes(raw[:-7]) + bytes([raw[-7] ^ 0x10]) + bytes(raw[-6:]))
+    hlen = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + hlen])
+    b, _ = header["labels"]["data_offsets"]
+    fixed = bytearray(shard.read_bytes())
+    fixed[8 + hlen + b] ^= 0x01
+    shard.write_bytes(bytes(fixed))
+    code = main(["info", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "000001.safetensors" in err[0], err
+
+
 # ----------------------------------------------------------------------------- extraction
 
 
