@@ -181,11 +181,13 @@ class ShardFile:
             header = json.loads(head)
             base = 8 + hlen
             self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
-            for key, e in header.items():
+            for key, ent in header.items():
                 if key == "__metadata__":
                     continue
-                b, end = (int(x) for x in e["data_offsets"])
-                self.entries[key] = (_ST_DTYPES[e["dtype"]], tuple(e["shape"]), base + b, base + end)
+                b, end = (int(x) for x in ent["data_offsets"])
+                self.entries[key] = (
+                    _ST_DTYPES[ent["dtype"]], tuple(ent["shape"]), base + b, base + end
+                )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CacheError(f"corrupt shard {path}: unreadable header ({e})") from e
         self.size = size

@@ -189,7 +189,7 @@ class FeatureCache:
                 meta = parse_shard_meta(js.read_bytes(), js)
                 h = hashlib.sha256()
                 with open(file, "rb") as f:
-                    for block in iter(lambda f=f: f.read(1 << 22), b""):
+                    while block := f.read(1 << 22):
                         h.update(block)
                 ok = meta["sha256"] == h.hexdigest() and meta["n"] == rows
                 ok = ok and meta["start"] == start
@@ -240,7 +240,9 @@ class FeatureCache:
 
     # -- stacking ----------------------------------------------------------------------
 
-    def _selection(self, layers: Any, pooling: str | Sequence[str]) -> tuple[list[int], list[str]]:
+    def _selection(
+        self, layers: Any, pooling: str | Sequence[str] | None
+    ) -> tuple[list[int], list[str]]:
         return (
             resolve_indices(layers, len(self.layer_names), self.layer_names),
             _as_poolings(pooling, self.poolings),
