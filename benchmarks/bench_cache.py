@@ -38,7 +38,7 @@ def bench(path: str, repeats: int, layers: object) -> dict[str, float]:
         "verified": lambda: FeatureCache.open(path).load(layers=layers),
         "unverified": lambda: FeatureCache.open(path, verify=False).load(layers=layers),
     }
-    for name, fn in variants.items():  # warm the page cache and the allocator
+    for fn in variants.values():  # warm the page cache and the allocator
         fn()
     for r in range(repeats):
         order = list(variants) if r % 2 == 0 else list(variants)[::-1]
