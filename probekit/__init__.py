@@ -23,6 +23,7 @@ from .estimator import ProbeClassifier
 from .extract import extract, record
 from .hooks import LayerRecorder
 from .layers import LayerSpec, resolve_indices, select_layers
+from .listing import LayerListing, format_layers, list_layers
 from .models import LoadedModel, ModelError, load_model
 from .pipeline import RunConfig, run
 from .pooling import POOLINGS, pool
@@ -56,13 +57,16 @@ __all__ = [
     "Dataset",
     "FeatureCache",
     "LayerRecorder",
+    "LayerListing",
     "LayerSpec",
     "LoadedModel",
     "ModelError",
     "POOLINGS",
     "extract",
+    "format_layers",
     "from_arrays",
     "load_data",
+    "list_layers",
     "load_model",
     "pool",
     "record",
