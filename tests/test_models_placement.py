@@ -126,3 +126,16 @@ def test_placement_options_are_checked_before_loading(tmp_path, tiny_bert_dir):
         load_model(tiny_bert_dir, weights="random", device_map="auto")
     with pytest.raises(ModelError, match="not both"):
         load_model(tiny_bert_dir, device="cpu", device_map="auto")
+    with pytest.raises(ModelError, match="exclude each other"):
+        load_model("timm:test_resnet", weights="random", checkpoint=__file__)
+
+
+def test_model_options_describe_every_load_model_option():
+    import inspect
+
+    from probekit.models import MODEL_OPTIONS
+
+    params = inspect.signature(load_model).parameters
+    keyword_only = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(MODEL_OPTIONS) == keyword_only
+
