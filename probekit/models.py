@@ -318,8 +318,10 @@ def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_
 
             processor = AutoImageProcessor.from_pretrained(name, revision=revision)
 
-            def preprocess(items: Sequence[Any]) -> dict[str, Tensor]:
+            def image_preprocess(items: Sequence[Any]) -> dict[str, Tensor]:
                 return dict(processor(images=[_to_rgb(im) for im in items], return_tensors="pt"))
+
+            preprocess: Callable[[Sequence[Any]], dict[str, Tensor]] = image_preprocess
 
             size = getattr(config, "image_size", 224)
             size = size if isinstance(size, int) else size[0]
@@ -354,7 +356,7 @@ def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_
     placed = None
     if getattr(model, "hf_device_map", None) is not None and "device_map" in placement:
         placed = {k: placement.get(k) for k in ("device_map", "max_memory", "offload_folder")}
-        placed["hf_device_map"] = dict(model.hf_device_map)
+        placed["hf_device_map"] = dict(getattr(model, "hf_device_map"))  # noqa: B009
 
     def call(inputs: dict[str, Tensor]) -> Any:
         return model(**_cast_floats(inputs, dtype))
