@@ -130,7 +130,8 @@ def load_checked(model: nn.Module, state: dict[str, Tensor], spec: str, source: 
         base_prefix: the transformers ``base_model_prefix``, if any.
 
     Returns:
-        ``{"ignored_keys": n}``: checkpoint keys outside the base model that were left out.
+        ``{"ignored_keys": n}``: checkpoint keys left out (outside the base model, or buffers
+        the model does not save).
 
     Raises:
         ModelError: naming the first missing key, the first unexpected key, or the first shape
@@ -145,6 +146,11 @@ def load_checked(model: nn.Module, state: dict[str, Tensor], spec: str, source: 
         if inner and set(expected) <= set(inner):
             ignored = len(state) - len(inner)
             state = inner
+    # Buffers the model no longer saves (``position_ids`` in checkpoints of older transformers).
+    stale = [k for k, _ in model.named_buffers() if k in state and k not in expected]
+    if stale:
+        state = {k: v for k, v in state.items() if k not in stale}
+        ignored += len(stale)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
