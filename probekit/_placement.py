@@ -2,7 +2,9 @@
 ``offload_folder``, ``torch_dtype`` and ``quantization``, checked before anything is loaded.
 
 The parsers accept what a config file or a command line gives (strings, JSON) as well as Python
-values, so the CLI, the run config and :func:`probekit.load_model` share one definition.
+values, so the CLI, the run config and :func:`probekit.load_model` share one definition. The
+module is light (torch is imported only by the functions that return torch objects), so a CLI
+parser can use it.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEVICE_MAP_STRATEGIES",
@@ -30,9 +33,8 @@ __all__ = [
 ]
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16}
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+          "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 QUANTIZATIONS = ("8bit", "4bit")
 _SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _DEVICE = re.compile(r"^(cpu|disk|mps|meta|cuda(:\d+)?|xpu(:\d+)?|npu(:\d+)?|\d+)$")
@@ -132,6 +134,8 @@ def parse_dtype(value: Any) -> torch.dtype | None:
     ``"bfloat16"`` (or ``fp32``/``fp16``/``bf16``/``half``), or a floating ``torch.dtype``."""
     if value is None:
         return None
+    import torch
+
     if isinstance(value, torch.dtype):
         if not value.is_floating_point:
             raise ModelError(f"torch_dtype {value} is not a floating dtype")
@@ -139,7 +143,7 @@ def parse_dtype(value: Any) -> torch.dtype | None:
     key = str(value).strip().lower().removeprefix("torch.")
     if key not in DTYPES:
         raise ModelError(f"torch_dtype {value!r} is not one of float32, float16, bfloat16")
-    return DTYPES[key]
+    return getattr(torch, DTYPES[key])
 
 
 def parse_quantization(value: Any) -> str | None:
@@ -167,6 +171,8 @@ def dtype_name(dtype: torch.dtype | None) -> str | None:
 def main_device(hf_device_map: dict[str, Any]) -> torch.device:
     """The device inputs go to for a dispatched model: its first accelerator, else the CPU
     (accelerate runs CPU- and disk-offloaded blocks on that same main device)."""
+    import torch
+
     for dev in hf_device_map.values():
         if isinstance(dev, int):
             return torch.device("cuda", dev)
@@ -177,6 +183,7 @@ def main_device(hf_device_map: dict[str, Any]) -> torch.device:
 
 def placement_kwargs(device_map: Any, max_memory: Any, offload_folder: Any,
                       quantization: str | None, dtype: torch.dtype | None) -> dict[str, Any]:
+    import torch
     import transformers
     from packaging.version import Version
 
