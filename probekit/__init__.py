@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import _runtime  # noqa: F401, I001  (first: tunes glibc malloc, see probekit/_runtime.py)
+
 from .attribution import (
     AblationResult,
     ablation_sensitivity,
