@@ -46,7 +46,7 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "medium", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "medium", "bf16"])
     p.add_argument("--checkpoint", default=None, help="local weights for a timm model")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--out", required=True, help="cache folder")

@@ -79,7 +79,7 @@ class RunConfig:
     layers: Any = None
     pooling: str | None = None
     batch_size: int = 64
-    precision: str = "fp32"
+    precision: str = "auto"
     dtype: str = "float32"
     device: str | None = None
     probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES))
