@@ -51,20 +51,28 @@ def _rows_per_chunk(n_samples: int) -> int:
 
 def _per_class_counts(y: np.ndarray, hits: list[np.ndarray], idx: np.ndarray,
                       k: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``(R, K)`` samples per class and, for each of ``hits``, ``(R, K)`` correct per class."""
+    """``(R, K)`` samples per class and, for each of ``hits`` (bool ``(N,)``), ``(R, K)`` correct.
+
+    One integer ``bincount`` per chunk of resamples over ``row * C + code``, where each sample's
+    ``code`` packs its class and whether each classifier is right (``C = K * 2**len(hits)``).
+    """
+    m = len(hits)
+    code = y.astype(np.int64) << m
+    for j, h in enumerate(hits):
+        code |= h.astype(np.int64) << j
+    c = k << m
     r = idx.shape[0]
-    total = np.empty((r, k), dtype=np.int64)
-    correct = [np.empty((r, k), dtype=np.int64) for _ in hits]
+    counts = np.empty((r, k, 1 << m), dtype=np.int64)
     step = _rows_per_chunk(idx.shape[1])
     for a in range(0, r, step):
         rows = idx[a:a + step]  # (r', N)
-        keys = (np.arange(rows.shape[0])[:, None] * k + y[rows]).ravel()
-        size = rows.shape[0] * k
-        total[a:a + step] = np.bincount(keys, minlength=size).reshape(-1, k)
-        for out, h in zip(correct, hits):
-            out[a:a + step] = np.bincount(keys, weights=h[rows].ravel(),
-                                          minlength=size).reshape(-1, k).astype(np.int64)
-    return total, correct
+        keys = code[rows]
+        keys += np.arange(rows.shape[0])[:, None] * c
+        counts[a:a + step] = np.bincount(keys.ravel(), minlength=rows.shape[0] * c).reshape(
+            -1, k, 1 << m)
+    bits = np.arange(1 << m)
+    correct = [counts[:, :, (bits >> j) & 1 == 1].sum(axis=2) for j in range(m)]
+    return counts.sum(axis=2), correct
 
 
 def _balanced(total: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -78,7 +86,7 @@ def _balanced(total: np.ndarray, correct: np.ndarray) -> np.ndarray:
 def resampled_balanced_accuracy(y_true: Any, y_pred: Any, idx: np.ndarray) -> np.ndarray:
     """Balanced accuracy of every resample ``idx[r]``: ``(R, N) -> (R,)``."""
     y, (p,), k = _encode(y_true, y_pred)
-    total, (correct,) = _per_class_counts(y, [(p == y).astype(np.float64)], idx, k)
+    total, (correct,) = _per_class_counts(y, [p == y], idx, k)
     return _balanced(total, correct)
 
 
@@ -149,7 +157,7 @@ def paired_bootstrap(y_true: Any, pred_a: Any, pred_b: Any, n_resamples: int = 1
     """
     y, (a, b), k = _encode(y_true, pred_a, pred_b)
     full = np.arange(len(y))[None, :]
-    hits = [(a == y).astype(np.float64), (b == y).astype(np.float64)]
+    hits = [a == y, b == y]
     total, (ca, cb) = _per_class_counts(y, hits, full, k)
     difference = float(_balanced(total, ca)[0] - _balanced(total, cb)[0])
     idx = bootstrap_indices(len(y), n_resamples, seed)
