@@ -593,6 +593,9 @@ def churn_section(args: argparse.Namespace) -> None:
                        proc_cpu=c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime,
                        proc_minflt=c1.ru_minflt - c0.ru_minflt)
             runs[name].append(run)
+            print(f"  run: {name:<18} extract {run['wall']:7.2f} s wall, {run['user']:7.2f} s "
+                  f"user, {run['sys']:6.2f} s kernel, {run['minflt'] / 1e6:5.2f} M faults "
+                  f"(process {wall:6.1f} s)", flush=True)
     med = {name: {k: statistics.median(float(r[k]) for r in rs) for k in rs[0]}
            for name, rs in runs.items()}
     head = (f"{'variant':<18} {'precision':<9} {'samples/s':>9} {'x old':>6} {'wall s':>7} "
