@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 import warnings
@@ -199,7 +200,7 @@ def bench_grid(
     """The 3 x 7 grid in one vectorised pass vs config after config (search phase only)."""
     from probekit.estimator import HEAD_DEFAULTS
     from probekit.probes import create_probe
-    from probekit.train import TrainConfig, train_grid
+    from probekit.train import train_grid
 
     x, y = synthetic_layers(n, n_layers, dim, n_classes, seed=1)
     xt = torch.from_numpy(x)
@@ -207,39 +208,26 @@ def bench_grid(
     if head == "alf":
         xt = torch.nn.functional.normalize(xt, dim=-1)
     yt = torch.from_numpy(y)
-    d = HEAD_DEFAULTS[head]
     lrs, wds = [1e-1, 1e-2, 1e-3], [float(w) for w in np.logspace(-6, 0, 7)]
-    base = dict(
-        optimizer=d["solver"],
-        epochs=epochs,
-        batch_size=d["batch_size"],
-        min_batches=d["min_batches"],
-        schedule=d["schedule"],
-        val_size=0.2,
-        patience=None,
-        refit=False,
-        seed=0,
-        device="cpu",
-        jitter_p=0.5 if d["jitter"] else 0.0,
-    )
+    base = dataclasses.replace(HEAD_DEFAULTS[head], epochs=epochs, val_size=0.2, patience=None,
+                               refit=False, seed=0, device="cpu")
 
     def build(**kw: Any) -> torch.nn.Module:
         return create_probe(head, n_layers=n_layers, dims=dim, n_classes=n_classes, **kw)
 
     def grid() -> Any:
-        return train_grid(build, xt, yt, n_classes, TrainConfig(lr=lrs, weight_decay=wds, **base))
+        return train_grid(build, xt, yt, n_classes,
+                          dataclasses.replace(base, lr=lrs, weight_decay=wds))
 
     def one_by_one() -> list[Any]:
         return [
-            train_grid(build, xt, yt, n_classes, TrainConfig(lr=[lr], weight_decay=[wd], **base))
+            train_grid(build, xt, yt, n_classes, dataclasses.replace(base, lr=[lr], weight_decay=[wd]))
             for lr in lrs
             for wd in wds
         ]
 
-    warm = dict(base, epochs=1)
-    train_grid(
-        build, xt[:256], yt[:256], n_classes, TrainConfig(lr=lrs[:2], weight_decay=wds[:1], **warm)
-    )
+    warm = dataclasses.replace(base, epochs=1, lr=lrs[:2], weight_decay=wds[:1])
+    train_grid(build, xt[:256], yt[:256], n_classes, warm)
     t_grids, t_seqs = [], []
     for _ in range(repeat):  # interleaved
         t0 = time.perf_counter()
