@@ -596,8 +596,8 @@ def churn_section(args: argparse.Namespace) -> None:
             print(f"  run: {name:<18} extract {run['wall']:7.2f} s wall, {run['user']:7.2f} s "
                   f"user, {run['sys']:6.2f} s kernel, {run['minflt'] / 1e6:5.2f} M faults "
                   f"(process {wall:6.1f} s)", flush=True)
-    med = {name: {k: statistics.median(float(r[k]) for r in rs) for k in rs[0]}
-           for name, rs in runs.items()}
+    med = {name: {k: statistics.median(float(r[k]) for r in rs) for k in rs[0]
+                  if k not in ("precision", "tuned")} for name, rs in runs.items()}
     head = (f"{'variant':<18} {'precision':<9} {'samples/s':>9} {'x old':>6} {'(cpu)':>6} {'wall s':>7} "
             f"{'user s':>7} {'kernel s':>8} {'kernel %':>8} {'faults':>7} {'GFLOP/s':>8} "
             f"{'% ceil':>6} | {'process: wall s':>15} {'kernel s':>8} {'faults':>7}")
