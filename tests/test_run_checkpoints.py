@@ -279,3 +279,16 @@ def test_a_checkpoint_that_does_not_fit_fails_in_one_line(tmp_path, image_folder
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "cannot load timm:test_resnet" in err[0] and "layer3.0.conv1.weight" in err[0], err[0]
+
+
+def test_extract_takes_the_same_model_options(tmp_path, image_folder, finetuned_timm):
+    path = tmp_path / "finetuned.safetensors"
+    save_file({k: v.contiguous() for k, v in finetuned_timm.state_dict().items()}, str(path))
+    base = ["extract", "--model", "timm:test_resnet", "--data", f"imagefolder:{image_folder}",
+            "--limit", "4", "--layers", "-1"]
+    assert main([*base, "--checkpoint", str(path), "--out", str(tmp_path / "a")]) == 0
+    model_info = FeatureCache.open(tmp_path / "a").manifest["model"]
+    assert (model_info["weights_sha256"], model_info["checkpoint"]) == (_sha(path), str(path.resolve()))
+    assert main([*base, "--random-init", "--init-seed", "3", "--out", str(tmp_path / "b")]) == 0
+    model_info = FeatureCache.open(tmp_path / "b").manifest["model"]
+    assert (model_info["weights"], model_info["seed"]) == ("random", 3)
