@@ -269,6 +269,27 @@ def test_run_random_init_is_the_seeded_random_model(tmp_path, word_csv, tiny_ber
     assert not torch.allclose(ref[-1], _bert_reference(tiny_bert_dir, texts, trained.model)[-1])
 
 
+def test_a_missing_checkpoint_or_no_weights_fail_in_one_line(tmp_path, image_folder, capsys,
+                                                             monkeypatch):
+    from probekit import pipeline
+
+    def boom(*a, **k):
+        raise AssertionError("work started before the checkpoint was checked")
+
+    monkeypatch.setattr(pipeline, "extract_stage", boom)
+    base = ["run", "--model", "timm:test_resnet", "--data", f"imagefolder:{image_folder}",
+            "--out", str(tmp_path / "runs"), *_flags(FAST)]
+    assert main([*base, "--checkpoint", str(tmp_path / "typo.pth")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"probekit run: error: cannot load timm:test_resnet: checkpoint "
+                   f"{tmp_path / 'typo.pth'} does not exist"]
+    monkeypatch.undo()
+    assert main(base) == 2  # offline, no checkpoint: timm has no weights to give
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("probekit run: error: cannot load timm:test_resnet: "), err
+    assert "--checkpoint" in err[0], err[0]
+
+
 def test_a_checkpoint_that_does_not_fit_fails_in_one_line(tmp_path, image_folder, finetuned_timm, capsys):
     state = dict(finetuned_timm.state_dict())
     del state["layer3.0.conv1.weight"]
