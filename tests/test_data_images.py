@@ -69,3 +69,20 @@ def test_from_arrays_keeps_the_mean_of_16_bit_and_float_arrays():
         for i in range(2):
             got = np.asarray(ds[i][0], dtype=np.float64).mean()
             assert abs(got - _expected_mean(arrays[i], full_scale)) < 0.6, (arrays.dtype, i, got)
+
+
+def test_hf_saved_dataset_keeps_the_mean_of_16_bit_images(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(3)
+    arrays = [_grey_16bit(rng, level) for level in (10000, 45000)]
+    ds = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(a) for a in arrays], "label": [0, 1]},
+        features=datasets.Features({"image": datasets.Image(),
+                                    "label": datasets.ClassLabel(names=["a", "b"])}))
+    ds.save_to_disk(str(tmp_path / "wide"))
+    assert ds[0]["image"].mode in ("I;16", "I")  # stored and decoded as a wide image
+    loaded = load_data(f"hf:{tmp_path / 'wide'}")
+    for i, a in enumerate(arrays):
+        got = np.asarray(loaded[i][0], dtype=np.float64).mean()
+        assert abs(got - _expected_mean(a, 65535.0)) < 0.6, (i, got)
