@@ -161,6 +161,12 @@ def _weights_choice(random_init: bool) -> str:
     return "random" if random_init else "pretrained"
 
 
+def _quantization_name(value: Any) -> str | None:
+    """The spelling only: whether bitsandbytes is installed is checked before a run starts
+    (:func:`probekit.pipeline.validate_run`), so a saved config reads anywhere."""
+    return parse_quantization(value, check_installed=False)
+
+
 SHARED_KEYWORDS: dict[str, dict[str, str]] = {"model": {"device": "device"}, "data": {"seed": "seed"}}
 """Loader keywords filled from a field of another stage: ``{stage: {keyword: field}}``."""
 
@@ -254,7 +260,7 @@ class RunConfig:
     torch_dtype: str | None = option(None, "dtype of the weights: float32, float16, bfloat16 "
                                      "(default: float32)", parse=parse_weights_dtype, stage="model")
     quantization: str | None = option(None, "8bit | 4bit through bitsandbytes (hf: models)",
-                                      parse=parse_quantization, stage="model")
+                                      parse=_quantization_name, stage="model")
     random_init: bool = option(False, "the same architecture at a seeded random init (the "
                                "random-weights baseline)", parse=parse_bool, stage="model",
                                keyword="weights", to_loader=_weights_choice)

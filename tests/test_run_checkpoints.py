@@ -269,6 +269,23 @@ def test_run_random_init_is_the_seeded_random_model(tmp_path, word_csv, tiny_ber
     assert not torch.allclose(ref[-1], _bert_reference(tiny_bert_dir, texts, trained.model)[-1])
 
 
+def test_quantization_needs_bitsandbytes_to_run_not_to_read_a_config(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from probekit import pipeline
+    from probekit.runs import read_config, write_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(pipeline, "extract_stage", lambda *a, **k: 1 / 0)
+    cfg = RunConfig(model="hf:x", quantization="int8", out=str(tmp_path))
+    assert read_config(write_config(cfg)).quantization == "8bit"  # a saved run reads anywhere
+    assert main(["run", "--model", "hf:x", "--quantization", "4", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "quantization=4bit needs the bitsandbytes package" in err[0], err
+
+
 def test_a_missing_checkpoint_or_no_weights_fail_in_one_line(tmp_path, image_folder, capsys,
                                                              monkeypatch):
     from probekit import pipeline
