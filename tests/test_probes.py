@@ -56,6 +56,12 @@ def test_check_probe(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list_probes())
+def test_check_probe_one_output(name: str) -> None:
+    """C = 1: every head can be a regression head (one output, trained with squared error)."""
+    check_probe(name, n_classes=1)
+
+
+@pytest.mark.parametrize("name", list_probes())
 def test_check_probe_with_dropout(name: str) -> None:
     check_probe(name, params={"dropout": 0.3}, seed=1)
 
