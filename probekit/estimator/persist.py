@@ -92,15 +92,15 @@ def load_probe(
     config = json.loads((path / "config.json").read_text())
     if config.get("format_version") != FORMAT_VERSION:
         raise DataError(f"unsupported probe format {config.get('format_version')!r} in {path}")
-    params = config["params"]
-    if device is not None:
-        params["device"] = device
-    clf = cls(**params)
-    if config.get("task", "classification") != clf._task:
+    if config.get("task", "classification") != cls._task:
         raise DataError(
             f"{path} holds a {config.get('task', 'classification')} probe; load it with "
             f"{'ProbeRegressor' if config.get('task') == 'regression' else 'ProbeClassifier'}.load"
         )
+    params = config["params"]
+    if device is not None:
+        params["device"] = device
+    clf = cls(**params)
     clf._load_task_state(config)
     clf._set_layout(
         {
