@@ -151,3 +151,43 @@ def test_contract_and_errors():
         ProbeRegressor().fit(x, np.array(["a"] * 40))
     with pytest.raises(DataError, match="NaN"):
         ProbeRegressor().fit(x, np.full(40, np.nan))
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def test_vader_valence_scores_are_the_lexicon_means():
+    import importlib.util
+    from pathlib import Path
+
+    from probekit.data import load_data
+
+    ds = load_data("bundled:vader-valence-scores", target="regression")
+    folder = Path(next(iter(importlib.util.find_spec("vaderSentiment").submodule_search_locations)))
+    ref = {}
+    for line in (folder / "vader_lexicon.txt").read_text(encoding="utf-8").splitlines():
+        token, mean = line.split("\t")[:2]
+        ref[token] = float(mean)  # a later duplicate overwrites
+    assert len(ds) == len(ref) == 7506
+    assert dict(zip(ds.texts, ds.targets.tolist(), strict=True)) == ref
+    assert (np.abs(ds.targets) < 1.0).sum() > 1000  # near-neutral tokens kept, not thresholded
+    sub = load_data("bundled:vader-valence-scores", target="regression", limit=300, seed=1)
+    assert len(sub) == 300 and all(ref[t] == v for t, v in zip(sub.texts, sub.targets, strict=True))
+    assert sub.fingerprint != load_data("bundled:vader-valence-scores", target="regression",
+                                        limit=300, seed=2).fingerprint
+    with pytest.raises(DataError, match="target='regression'"):
+        load_data("bundled:vader-valence-scores")
+
+
+def test_csv_numeric_target_column_is_detected(tmp_path):
+    from probekit.data import load_data
+
+    path = tmp_path / "words.csv"
+    path.write_text("text,kind,score\ngood,adj,2.5\nbad,adj,-1.25\nfine,adj,0.5\n")
+    ds = load_data(f"csv:{path}", target="regression")
+    assert ds.target_name == "score" and ds.texts == ["good", "bad", "fine"]
+    np.testing.assert_array_equal(ds.targets, [2.5, -1.25, 0.5])
+    with pytest.raises(DataError, match="not numeric"):
+        load_data(f"csv:{path}", target="regression", label_column="kind")
+    with pytest.raises(DataError, match="target must be"):
+        load_data(f"csv:{path}", target="ordinal")
