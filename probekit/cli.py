@@ -51,6 +51,9 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="local weights for a timm model")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--task", default="classification", choices=["classification", "regression"],
+                   help="regression: continuous targets (a numeric CSV column, "
+                   "bundled:vader-valence-scores), kept in CACHE/targets.json")
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -65,12 +68,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .models import load_model
 
     data = load_data(args.data, split=args.split, text_column=args.text_column,
-                     label_column=args.label_column, limit=args.limit)
+                     label_column=args.label_column, limit=args.limit, target=args.task)
     kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     model = load_model(args.model, trust_remote_code=args.trust_remote_code, **kwargs)
     cache = extract(model, data, args.out, layers=layers, pooling=args.pooling,
                     batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
                     dtype=args.dtype, precision=args.precision)
+    if args.task == "regression":
+        from .runs import write_targets
+
+        write_targets(args.out, data.targets, data.target_name, data.fingerprint)
     print(cache)
     return 0
 
@@ -101,6 +108,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     probes = [p.strip() for p in args.probe.split(",") if p.strip()]
     cfg = RunConfig(name=out.name, out=str(out.parent), probes=probes, seed=args.seed,
                     test_size=args.test_size, bootstrap=args.bootstrap, cache=str(args.cache),
+                    task=args.task,
                     probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes})
     validate_run(cfg)  # unknown heads fail before the cache is read
     cache = FeatureCache.open(args.cache)
@@ -108,6 +116,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg.data = cache.manifest["dataset"]["name"]
     write_config(cfg, out)
     metrics = fit_stage(cache, cfg)
+    if cfg.task == "regression":
+        for head, e in metrics["heads"].items():
+            lo, hi = e["r2_ci"]
+            print(f"{head:16s} R2 {e['r2']:.3f} [{lo:.3f}, {hi:.3f}]  Spearman {e['spearman']:.3f}")
+        return 0
     for head, e in metrics["heads"].items():
         lo, hi = e["balanced_accuracy_ci"]
         print(f"{head:16s} acc {e['accuracy']:.3f}  balanced {e['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]")
@@ -199,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-size", type=float, default=0.2)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--task", default="classification", choices=["classification", "regression"],
+                   help="regression: continuous targets (the cache must be extracted with --task regression)")
     p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("attribute", help="layer attribution of a run's heads on its test split")

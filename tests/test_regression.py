@@ -191,3 +191,47 @@ def test_csv_numeric_target_column_is_detected(tmp_path):
         load_data(f"csv:{path}", target="regression", label_column="kind")
     with pytest.raises(DataError, match="target must be"):
         load_data(f"csv:{path}", target="ordinal")
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def test_run_regression_end_to_end_on_minilm(tmp_path, capsys):
+    """probekit run --task regression on 300 VADER tokens with the bundled MiniLM: metrics,
+    report, and per-layer R² equal to scikit-learn's Ridge on the same cache and split."""
+    import json
+
+    from probekit.cache import FeatureCache
+    from probekit.cli import main
+
+    out = tmp_path / "runs"
+    rc = main(["run", "--model", "bundled:minilm-l6", "--data", "bundled:vader-valence-scores",
+               "--task", "regression", "--limit", "300", "--probes", "linear,laya",
+               "--pooling", "mean", "--probe-params", '{"linear": {"alpha": 100.0}, "laya": {"epochs": 4}}',
+               "--bootstrap", "50", "--figures", "html",
+               "--out", str(out), "--name", "reg"])
+    assert rc == 0
+    run_dir = out / "reg"
+    assert "R2" in capsys.readouterr().out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["task"] == "regression" and set(metrics["heads"]) == {"linear", "laya"}
+    cache = FeatureCache.open(run_dir / "cache")
+    split = json.loads((run_dir / "split.json").read_text())
+    tr, te = np.asarray(split["train"]), np.asarray(split["test"])
+    targets = json.loads((run_dir / "cache" / "targets.json").read_text())["targets"]
+    y = np.asarray(targets)[np.asarray(cache.index)]
+    X = cache.load(pooling=cache.poolings).numpy()  # (N, L, D)
+    rows = metrics["heads"]["linear"]["per_layer"]
+    assert len(rows) == X.shape[1]
+    for layer, row in enumerate(rows):
+        ref = make_pipeline(StandardScaler(), Ridge(alpha=100.0)).fit(X[tr, layer], y[tr])
+        assert abs(row["r2"] - r2_score(y[te], ref.predict(X[te, layer]))) < 0.005
+        lo, hi = row["r2_ci"]
+        assert lo <= row["r2"] <= hi
+    assert max(r["r2"] for r in rows) > 0.3  # MiniLM encodes valence
+    csv_text = (run_dir / "metrics.csv").read_text()
+    assert csv_text.startswith("head,layer,r2,r2_lo,r2_hi,spearman")
+    report = (run_dir / "report.html").read_text()
+    assert "predicted vs true" in report and "Spearman" in report
+    assert (run_dir / "figures" / "scatter.html").is_file()
+    assert (run_dir / "figures" / "weights-laya.html").is_file()
