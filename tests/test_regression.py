@@ -235,3 +235,37 @@ def test_run_regression_end_to_end_on_minilm(tmp_path, capsys):
     assert "predicted vs true" in report and "Spearman" in report
     assert (run_dir / "figures" / "scatter.html").is_file()
     assert (run_dir / "figures" / "weights-laya.html").is_file()
+
+
+def test_cli_extract_fit_attribute_report_regression(tiny_bert_dir, tmp_path, capsys):
+    """The step-by-step CLI with --task regression on a CSV with a numeric column."""
+    import json
+
+    from probekit.cli import main
+
+    words = ["good", "great", "nice", "bad", "awful", "sad", "fine", "calm", "grim", "vile"]
+    rows = [f"{w} {i},{(j % 5) - 2 + 0.1 * i}" for i in range(4) for j, w in enumerate(words)]
+    path = tmp_path / "scores.csv"
+    path.write_text("text,score\n" + "\n".join(rows) + "\n")
+    cache = tmp_path / "cache"
+    assert main(["extract", "--model", f"hf:{tiny_bert_dir}", "--data", f"csv:{path}",
+                 "--task", "regression", "--out", str(cache)]) == 0
+    saved = json.loads((cache / "targets.json").read_text())
+    assert saved["name"] == "score" and len(saved["targets"]) == 40
+    # a classification fit of a regression-only cache still works on its labels: one class
+    assert main(["fit", "--cache", str(cache), "--probe", "linear", "--out", str(tmp_path / "c")]) == 2
+    capsys.readouterr()
+    out = tmp_path / "fit"
+    assert main(["fit", "--cache", str(cache), "--probe", "linear,scalar-mix", "--task", "regression",
+                 "--out", str(out), "--bootstrap", "20"]) == 0
+    assert "R2" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["target_name"] == "score" and len(metrics["heads"]["linear"]["per_layer"]) == 4
+    assert main(["attribute", str(out)]) == 0
+    assert main(["report", str(out)]) == 0
+    assert "Spearman" in (out / "report.html").read_text()
+    # a cache without targets: one clear line
+    (cache / "targets.json").unlink()
+    code = main(["fit", "--cache", str(cache), "--task", "regression", "--out", str(tmp_path / "g")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no regression targets" in err[0]
