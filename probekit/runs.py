@@ -174,7 +174,7 @@ class RunConfig:
     model: str = option("bundled:minilm-l6", "hf:NAME, timm:NAME, bundled:minilm-l6, "
                         "bundled:efficientnet-lite0, or a directory")
     data: str = option("bundled:vader-valence", "hf:NAME, csv:PATH, imagefolder:DIR, "
-                       "bundled:vader-valence, bundled:mnist")
+                       "bundled:vader-valence, bundled:mnist, bundled:vader-valence-scores (--task regression)")
     split: str | None = option(None, "dataset split (hf: and bundled:mnist)", stage="data")
     text_column: str | None = option(None, "text column of the data", stage="data")
     label_column: str | None = option(None, "label column of the data", stage="data")
