@@ -20,7 +20,7 @@ import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ class ProbeEstimator(BaseEstimator):
             raise ConfigError(str(err)) from None
         return recipe_for(self.head, {k: getattr(self, k) for k in OVERRIDABLE if hasattr(self, k)})
 
-    def validate(self) -> Any:
+    def validate(self) -> Self:
         """Check the head, its parameters and the training settings without fitting.
 
         Returns:
@@ -159,13 +159,14 @@ class ProbeEstimator(BaseEstimator):
 
     def fit(
         self, X: Any, y: Any = None, *, layer_names: Sequence[str] | None = None
-    ) -> Any:
+    ) -> Self:
         """Train the probe.
 
         Args:
             X: ``(N, T, D)`` or ``(N, D)`` features (array or tensor), a list of per-layer
                 ``(N, D_l)`` arrays of any widths (zero-padded), or a FeatureCache.
-            y: ``(N,)`` labels; for a cache, defaults to ``cache.labels``.
+            y: ``(N,)`` class labels (classifier) or ``(N,)`` / ``(N, K)`` float targets
+                (regressor); for a cache, defaults to ``cache.labels``.
             layer_names: names of the input layers (before ``layers`` selection); default
                 the cache's, else ``"layer 0"``...
 
@@ -173,8 +174,8 @@ class ProbeEstimator(BaseEstimator):
             self.
 
         Raises:
-            ConfigError: bad parameters or an unknown head. DataError: a single class, NaN/inf features,
-                mismatched lengths.
+            ConfigError: bad parameters or an unknown head. DataError: a single class (or
+                non-numeric targets), NaN/inf features or targets, mismatched lengths.
         """
         s = self._settings()
         variants = self._variants()
