@@ -105,15 +105,14 @@ def _is_regressor(clf: Any) -> bool:
     return bool(is_regressor(clf))
 
 
-def _target_fn(clf: Any) -> Callable[[Tensor], Tensor]:
-    """``x (B, T, D) -> predicted targets (B, K)`` in target units (a regressor's ``model_``
-    outputs standardised targets)."""
-    scale = torch.as_tensor(np.asarray(clf.target_scale_), dtype=torch.float64)
-    shift = torch.as_tensor(np.asarray(clf.target_mean_), dtype=torch.float64)
+def _target_fn(clf: Any, device: Any = "cpu") -> Callable[[Tensor], Tensor]:
+    """``x (B, T, D) -> predicted targets (B, K)`` float64 on ``device``, in target units (a
+    regressor's ``model_`` outputs standardised targets)."""
+    scale = torch.as_tensor(np.asarray(clf.target_scale_), dtype=torch.float64, device=device)
+    shift = torch.as_tensor(np.asarray(clf.target_mean_), dtype=torch.float64, device=device)
 
     def forward(x: Tensor) -> Tensor:
-        z = clf.model_(x).logits.double().cpu()
-        return z * scale + shift
+        return clf.model_(x).logits.double() * scale + shift
 
     return forward
 
@@ -337,7 +336,7 @@ def ablation_sensitivity(
         fill = _resolve_baseline(clf, x, mode if baseline is None else baseline)  # (T, D)
 
     model, device = clf.model_, _device(clf)
-    forward = _target_fn(clf) if regression else _proba_fn(model)
+    forward = _target_fn(clf, device) if regression else _proba_fn(model)
     chunk = max(1, _MAX_ELEMENTS // (n_layers * n_tokens * dim))
     if regression:
         base_out = torch.empty(n, target.shape[1], dtype=torch.float64)
@@ -403,7 +402,9 @@ def captum_attribution(
         baseline: ``"mean"`` (train mean, resolved as in :func:`ablation_sensitivity`),
             ``"zero"``, or an explicit ``(T, D)`` array.
         target: whose probability is explained: ``None`` -- the predicted class; ``"true"`` --
-            the class in ``y``; a label of ``clf.classes_``; or ``(N,)`` labels.
+            the class in ``y``; a label of ``clf.classes_``; or ``(N,)`` labels. For a
+            :class:`~probekit.ProbeRegressor` the predicted value (in target units) is
+            explained: ``None`` (the first target) or a target index.
         n_steps: integration steps of integrated gradients.
         internal_batch_size: samples x steps per forward of integrated gradients (memory bound);
             default: about 2**25 input elements per forward.
@@ -426,8 +427,14 @@ def captum_attribution(
     base = _resolve_baseline(clf, x, baseline)[None]  # (1, T, D)
     model, device = clf.model_, _device(clf)
     forward = _proba_fn(model)
-
-    if isinstance(target, str) and target == "true":
+    if _is_regressor(clf):  # explain the predicted value of one target, in target units
+        if target is not None and not (isinstance(target, (int, np.integer))
+                                       and 0 <= target < len(clf.target_scale_)):
+            raise ValueError(f"for a regressor, target is None or an output index in "
+                             f"0..{len(clf.target_scale_) - 1}, got {target!r}")
+        forward = _target_fn(clf, device)
+        tgt = np.full(n, int(target or 0), dtype=np.int64)
+    elif isinstance(target, str) and target == "true":
         if y is None:
             raise ValueError("target='true' needs y")
         tgt = _class_index(clf, y, n)

@@ -269,3 +269,19 @@ def test_cli_extract_fit_attribute_report_regression(tiny_bert_dir, tmp_path, ca
     code = main(["fit", "--cache", str(cache), "--task", "regression", "--out", str(tmp_path / "g")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no regression targets" in err[0]
+
+
+def test_captum_feature_ablation_explains_the_predicted_value():
+    from probekit import captum_attribution
+
+    x, y = _task(n=120, n_layers=3, dim=6, seed=8)
+    reg = ProbeRegressor(head="concat", epochs=3, random_state=0).fit(x, y)
+    attr = captum_attribution(reg, x[:10], method="feature_ablation", baseline="zero")
+    base = reg.predict(x[:10])
+    for layer in range(3):
+        xa = x[:10].copy()
+        xa[:, layer] = 0
+        np.testing.assert_allclose(attr[:, layer], base - reg.predict(xa), rtol=1e-4,
+                                   atol=1e-4 * y.std())
+    with pytest.raises(ValueError, match="output index"):
+        captum_attribution(reg, x[:10], target="true", y=y[:10])
