@@ -85,6 +85,7 @@ class ProbeRegressor(RegressorMixin, ProbeEstimator):
     """
 
     _task = "regression"
+    stream = False  # not a parameter: training from a streamed cache is classification-only
     target_mean_: np.ndarray
     target_scale_: np.ndarray
 
@@ -130,8 +131,6 @@ class ProbeRegressor(RegressorMixin, ProbeEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
-
-    stream = False  # training from a streamed cache is classification-only
 
     def _settings(self) -> TrainConfig:
         alpha = self.alpha
