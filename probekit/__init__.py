@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import _runtime  # noqa: F401, E402, I001  (tunes glibc malloc; imports no torch)
+
 import importlib
 import sys
 import types
@@ -40,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "mdl": "mdl",
     "similarity": "similarity",
     "ProbeClassifier": "estimator",
+    "ProbeRegressor": "estimator",
     "extract": "extract",
     "record": "extract",
     "LayerRecorder": "hooks",
@@ -73,6 +76,7 @@ __all__ = [
     "MDLResult",
     "ProbeClassifier",
     "ProbeHead",
+    "ProbeRegressor",
     "ProbeOutput",
     "RunConfig",
     "ablation_sensitivity",
