@@ -372,7 +372,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 f"  (d) {r['task']} {r['a']}: drop when one layer is mean-ablated (pp) {drops}"
                 f" -> largest at the {where} layer"
                 if where != "middle"
-                else f" -> largest at a middle layer"
+                else " -> largest at a middle layer"
             )
 
 
