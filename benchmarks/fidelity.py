@@ -365,14 +365,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 for n, d in zip(r["layer_names"], r["ablation_drop"], strict=True)
             )
             L = len(r["layer_names"])
-            where = (
-                "first" if r["top_layer"] == 0 else "last" if r["top_layer"] == L - 1 else "middle"
-            )
+            top = r["top_layer"]
+            where = "the first" if top == 0 else "the last" if top == L - 1 else "a middle"
             print(
                 f"  (d) {r['task']} {r['a']}: drop when one layer is mean-ablated (pp) {drops}"
-                f" -> largest at the {where} layer"
-                if where != "middle"
-                else " -> largest at a middle layer"
+                f" -> largest at {where} layer"
             )
 
 
