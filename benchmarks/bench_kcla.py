@@ -14,9 +14,15 @@ timeline (``profile_memory=True``; every tensor allocation and free, in order), 
 the peak of live bytes is taken. Process RSS would not see the caching of the CPU allocator
 reliably, and tracemalloc does not see torch's allocations.
 
+With ``--cache DIR`` it measures accuracy instead: ``ProbeClassifier(head="kcla")`` with and
+without the batch norm + ReLU after the gate (``bn_attention``), fitted on the same stratified
+80/20 split of a feature cache (CLS pooling) for each seed, with a paired bootstrap of the
+difference in test balanced accuracy over the same test samples.
+
 Usage::
 
     python benchmarks/bench_kcla.py [--device cuda] [--depths 6 12 24 48 96] [--repeats 5] [--threads 1]
+    python benchmarks/bench_kcla.py --cache DIR [--seeds 0 1 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from collections.abc import Sequence
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's C++ logging
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
@@ -134,6 +141,59 @@ def peak_bytes(head: nn.Module, x: Tensor, y: Tensor, backward: bool) -> int:
     return peak
 
 
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Balanced accuracy of every row: ``y, pred (R, N)`` class indices -> ``(R,)``."""
+    hits = np.stack([((y == c) & (pred == c)).sum(1) for c in range(n_classes)], 1)  # (R, C)
+    support = np.stack([(y == c).sum(1) for c in range(n_classes)], 1)
+    return (hits / np.maximum(support, 1)).mean(1)
+
+
+def compare_bn_attention(cache_dir: str, seeds: list[int], n_boot: int = 2000) -> None:
+    """Test balanced accuracy of KCLA with and without ``bn_attention``, paired per seed."""
+    from sklearn.model_selection import train_test_split
+
+    from probekit import FeatureCache, ProbeClassifier
+
+    cache = FeatureCache.open(cache_dir)
+    x = cache.load(pooling="cls").numpy()  # (N, L, D)
+    classes, y = np.unique(np.asarray(cache.labels), return_inverse=True)
+    tr, te = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
+    print(
+        f"cache={cache_dir}  X={x.shape}  train={len(tr)} test={len(te)}  threads={torch.get_num_threads()}"
+    )
+    print(f"paired bootstrap over the {len(te)} test samples, {n_boot} resamples\n")
+    print(
+        f"{'seed':>4} {'bn on':>8} {'bn off':>8} {'on - off':>9} {'95% interval':>18} {'P(<=0)':>7} {'fit s':>11}"
+    )
+    rng = np.random.default_rng(0)
+    diffs = []
+    for seed in seeds:
+        preds, secs = {}, {}
+        for bn in (True, False):
+            t0 = time.perf_counter()
+            clf = ProbeClassifier(
+                head="kcla", head_params={"bn_attention": bn}, random_state=seed
+            ).fit(x[tr], y[tr])
+            secs[bn] = time.perf_counter() - t0
+            preds[bn] = clf.predict(x[te])
+        idx = rng.integers(0, len(te), (n_boot, len(te)))
+        yt = y[te]
+        boot = balanced_accuracy(yt[idx], preds[True][idx], len(classes)) - balanced_accuracy(
+            yt[idx], preds[False][idx], len(classes)
+        )
+        on, off = (
+            balanced_accuracy(yt[None], preds[b][None], len(classes))[0] for b in (True, False)
+        )
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        diffs.append(on - off)
+        print(
+            f"{seed:>4} {100 * on:>8.1f} {100 * off:>8.1f} {100 * (on - off):>+9.1f} "
+            f"[{100 * lo:>+6.1f}, {100 * hi:>+6.1f}] pp {np.mean(boot <= 0):>7.3f} "
+            f"{secs[True]:>5.0f}/{secs[False]:<5.0f}"
+        )
+    print(f"\nmean difference over seeds: {100 * np.mean(diffs):+.2f} pp (balanced accuracy, %)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -142,9 +202,14 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--cache", default=None, help="measure bn_attention accuracy on a cache")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cache:
+        compare_bn_attention(args.cache, args.seeds)
+        return
     device = torch.device(args.device)
     print(f"device={device}  torch={torch.__version__}  threads={torch.get_num_threads()}")
     print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -68,6 +69,8 @@ def test_check_probe_with_dropout(name: str) -> None:
         ("kcla", {"dim": 32, "head_dim": 8}),
         ("aila-linear", {"dim": 16, "n_heads": 4}),
         ("aila-attention", {"dim": 16, "n_heads": 4}),
+        ("aila-attention", {"dim": 16, "n_heads": 2, "tie_weights": True}),
+        ("kcla", {"dim": 32, "head_dim": 8, "bn_attention": False}),
     ],
 )
 def test_check_probe_params(name: str, params: dict) -> None:
@@ -86,6 +89,25 @@ def test_check_probe_catches_a_broken_head() -> None:
 
     with pytest.raises(AssertionError, match="sum to 1"):
         check_probe(Broken)
+
+
+def test_check_probe_catches_a_broken_layer_map() -> None:
+    class HalfMap(ProbeHead):
+        """Row 0 empty (allowed: no candidates), other rows summing to 0.5 (not allowed)."""
+
+        def __init__(self, n_layers, dims, n_classes, tokens_per_layer=1):
+            super().__init__(n_layers, dims, n_classes, tokens_per_layer)
+            self.lin = torch.nn.Linear(self.max_dim, n_classes)
+
+        def forward(self, x):
+            b, n = x.shape[0], self.n_layers
+            m = torch.full((b, n, n), 0.5 / n)
+            m[:, 0] = 0
+            w = torch.full((b, n), 1 / n)
+            return ProbeOutput(logits=self.lin(x.mean(1)), layer_weights=w, layer_map=m)
+
+    with pytest.raises(AssertionError, match="layer_map rows must sum to 1, or be all zero"):
+        check_probe(HalfMap)
 
 
 # ---------------------------------------------------------------- registry
@@ -136,7 +158,12 @@ def test_head_params() -> None:
         "attn_dropout": 0.0,
         "dropout": 0.0,
     }
-    assert head_params("kcla") == {"dim": 128, "head_dim": 16, "dropout": 0.0}
+    assert head_params("kcla") == {
+        "dim": 128, "head_dim": 16, "bn_attention": True, "dropout": 0.0
+    }  # fmt: skip
+    assert head_params("aila-attention") == {
+        "dim": 64, "n_heads": 1, "tie_weights": False, "dropout": 0.0
+    }  # fmt: skip
     for name in list_probes():
         assert "dropout" in head_params(name), name
 
@@ -254,9 +281,20 @@ def test_laya_matches_formula() -> None:
     torch.testing.assert_close(out.logits, head.classifier((alpha[..., None] * z).sum(1)))
 
 
-def test_kcla_running_sums_equal_direct_weighted_mean() -> None:
+@pytest.mark.parametrize("bn_attention", [True, False])
+def test_kcla_running_sums_equal_direct_weighted_mean(bn_attention: bool) -> None:
     torch.manual_seed(0)
-    head = create_probe("kcla", n_layers=4, dims=DIMS, n_classes=3, dim=32, head_dim=8)
+    head = create_probe(
+        "kcla", n_layers=4, dims=DIMS, n_classes=3, dim=32, head_dim=8, bn_attention=bn_attention
+    ).eval()
+    if bn_attention:
+        with torch.no_grad():  # non-trivial BatchNorm statistics and affine
+            head.bn_attention.running_mean.uniform_(-0.2, 0.2)
+            head.bn_attention.running_var.uniform_(0.5, 2.0)
+            head.bn_attention.weight.uniform_(0.5, 1.5)
+            head.bn_attention.bias.uniform_(-0.3, 0.3)
+    else:
+        assert head.bn_attention is None
     x = padded(5, DIMS)
     b, g, dg = 5, 4, 8
     xs = head.adapters(x)  # (B, L, d), all layers at once
@@ -267,6 +305,11 @@ def test_kcla_running_sums_equal_direct_weighted_mean() -> None:
     q_last, k_last = head.w_q(xs[:, -1:].reshape(b, 1, 32)).view(b, g, dg), k[:, -1]
     a = (q_last * k_last).sum(-1) / k_last.norm(dim=-1)
     out_ref = (torch.sigmoid(head.head_gate(a))[..., None] * o).reshape(b, 32)
+    if bn_attention:  # the reference's bn_attention + ReLU, written out
+        bn = head.bn_attention
+        out_ref = torch.relu(
+            (out_ref - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        )
     out = head(x)
     torch.testing.assert_close(out.logits, head.classifier(out_ref))
     torch.testing.assert_close(out.layer_weights, (w / w.sum(1, keepdim=True)).mean(-1))
@@ -283,51 +326,210 @@ def test_kcla_constants() -> None:
     assert all(p is not head.head_scale for p in head.parameters())
 
 
-@pytest.mark.parametrize("name", ["aila-linear", "aila-attention"])
-def test_aila_layer_map(name: str) -> None:
+def test_aila_linear_layer_map() -> None:
     torch.manual_seed(0)
-    head = create_probe(name, n_layers=5, dims=(4, 6, 8, 8, 10), n_classes=3, n_heads=2)
+    head = create_probe("aila-linear", n_layers=5, dims=(4, 6, 8, 8, 10), n_classes=3, n_heads=2)
     out = head(padded(3, (4, 6, 8, 8, 10)))
     m = out.layer_map
     assert m is not None and m.shape == (3, 5, 5)
     assert torch.equal(m, m.tril()), "layer_map must be zero above the diagonal"
     torch.testing.assert_close(m.sum(-1), torch.ones(3, 5))
-    torch.testing.assert_close(m[:, 0, 0], torch.ones(3))  # layer 0 has only itself
+    torch.testing.assert_close(m[:, 0, 0], torch.ones(3))  # Arch 1: layer 0 has only itself
     torch.testing.assert_close(out.layer_weights, m[:, -1])
 
 
-def _aila_naive(head, x: torch.Tensor, attention: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Direct per-pair computation of both AILA architectures (slow, obvious)."""
+def test_aila_attention_layer_map_covers_earlier_layers_only() -> None:
+    torch.manual_seed(0)
+    head = create_probe("aila-attention", n_layers=5, dims=(4, 6, 8, 8, 10), n_classes=3, n_heads=2)
+    out = head(padded(3, (4, 6, 8, 8, 10)))
+    m = out.layer_map
+    assert m is not None and m.shape == (3, 5, 5)
+    assert torch.equal(m[:, 0], torch.zeros(3, 5)), "layer 0 has no earlier layer: no mass"
+    assert torch.equal(m, m.tril(-1)), "row j must cover columns 0..j-1 only (no self)"
+    assert (m[:, 1:].diagonal(dim1=1, dim2=2) > 0).all()  # the layer just before counts
+    torch.testing.assert_close(m[:, 1:].sum(-1), torch.ones(3, 4))
+    torch.testing.assert_close(out.layer_weights, m[:, -1])
+
+
+def _aila_attention_naive(
+    head, x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AILA Arch 2 (Eq. 4-5) with explicit per-pair keys and values, one layer at a time.
+
+    ``w_q, w_k, w_v`` are ``(L, d, d)`` (row j used as ``x @ W[j]``) so that a tied head can be
+    checked against the same loop with its single matrix repeated.
+    """
+    b, n, d, heads = x.shape[0], head.n_layers, head.dim, head.n_heads
+    dk = d // heads
+    ht = torch.stack(
+        [
+            x[:, j, : head.dims[j]] @ head.adapters.weight[j, : head.dims[j]]
+            + head.adapters.bias[j]
+            for j in range(n)
+        ],
+        1,
+    )  # h~_j (B, L, d)
+    hs, rows = [], []
+    for j in range(n):
+        a = torch.zeros(b, d)
+        row = torch.zeros(b, n)
+        if j > 0:
+            q = (ht[:, j] @ w_q[j]).view(b, heads, dk)
+            out_heads = []
+            for h in range(heads):
+                sl = slice(h * dk, (h + 1) * dk)
+                scores = torch.stack(
+                    [(q[:, h] * (hs[i] @ w_k[j])[:, sl]).sum(-1) / math.sqrt(dk) for i in range(j)],
+                    -1,
+                )  # (B, j)
+                alpha = torch.softmax(scores, -1)
+                out_heads.append(sum(alpha[:, i, None] * (hs[i] @ w_v[j])[:, sl] for i in range(j)))
+                row[:, :j] += alpha / heads
+            a = torch.cat(out_heads, -1)
+        hs.append(F.layer_norm(torch.relu(ht[:, j] + a), (d,), head.norm.weight, head.norm.bias))
+        rows.append(row)
+    return hs[-1] @ head.classifier.weight.T + head.classifier.bias, torch.stack(rows, 1)
+
+
+@pytest.mark.parametrize("n_heads", [1, 2])
+def test_aila_attention_matches_naive_per_layer_loop(n_heads: int) -> None:
+    torch.manual_seed(0)
+    head = create_probe(
+        "aila-attention", n_layers=4, dims=DIMS, n_classes=3, dim=16, n_heads=n_heads
+    )
+    assert head.w_q.shape == head.w_k.shape == head.w_v.shape == (4, 16, 16)
+    x = padded(3, DIMS)
+    out = head(x)
+    logits, layer_map = _aila_attention_naive(head, x, head.w_q, head.w_k, head.w_v)
+    torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.layer_map, layer_map, atol=1e-5, rtol=1e-5)
+
+
+def test_aila_attention_tied_weights_match_naive_loop() -> None:
+    torch.manual_seed(0)
+    head = create_probe(
+        "aila-attention", n_layers=4, dims=DIMS, n_classes=3, dim=16, n_heads=2, tie_weights=True
+    )
+    assert head.w_q.shape == (1, 16, 16)
+    x = padded(3, DIMS)
+    out = head(x)
+    w = [p.expand(4, -1, -1) for p in (head.w_q, head.w_k, head.w_v)]
+    logits, layer_map = _aila_attention_naive(head, x, *w)
+    torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.layer_map, layer_map, atol=1e-5, rtol=1e-5)
+
+
+def test_aila_attention_layer_never_attends_to_itself() -> None:
+    """h~_j enters a_j only through the query: with W_j^Q = 0, a_j ignores h~_j entirely."""
+    torch.manual_seed(0)
+    head = create_probe("aila-attention", n_layers=4, dims=DIMS, n_classes=3, dim=16, n_heads=2)
+    with torch.no_grad():
+        head.w_q.zero_()
+    h_tilde = torch.randn(3, 4, 16, requires_grad=True)
+    prev = torch.randn(3, 3, 16)
+    ctx = head.prepare(h_tilde)
+    a, row = head.mix(3, h_tilde[:, 3], prev, ctx)
+    (grad,) = torch.autograd.grad(a.square().sum(), h_tilde, allow_unused=True)
+    assert grad is None or torch.equal(grad, torch.zeros_like(grad))
+    # uniform attention over the three earlier layers, their mean through W_3^V
+    torch.testing.assert_close(a, prev.mean(1) @ head.w_v[3])
+    torch.testing.assert_close(row, torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]).expand(3, 4))
+    a0, row0 = head.mix(0, h_tilde[:, 0], prev[:, :0], ctx)  # layer 0: a_0 = 0
+    assert torch.equal(a0, torch.zeros(3, 16)) and torch.equal(row0, torch.zeros(3, 4))
+
+
+def test_aila_attention_single_layer_has_no_cross_layer_term() -> None:
+    torch.manual_seed(0)
+    head = create_probe("aila-attention", n_layers=1, dims=8, n_classes=3, dim=16).eval()
+    x = padded(4, (8,))
+    h0 = head.adapters(x)[:, 0]  # h~_0
+    out = head(x)
+    torch.testing.assert_close(out.logits, head.classifier(head.norm(torch.relu(h0))))
+    torch.testing.assert_close(out.layer_weights, torch.ones(4, 1))
+
+
+def test_aila_attention_per_layer_weights_diverge_in_training() -> None:
+    """Start every W_j^Q, W_j^K, W_j^V equal: a few steps must make them differ across j."""
+    torch.manual_seed(0)
+    head = create_probe("aila-attention", n_layers=4, dims=DIMS, n_classes=3, dim=16)
+    with torch.no_grad():
+        for w in (head.w_q, head.w_k, head.w_v):
+            w.copy_(w[1].expand_as(w))
+    x, y = padded(32, DIMS, seed=1), torch.arange(32) % 3
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(head(x).logits, y).backward()
+        opt.step()
+    for name in ("w_q", "w_k", "w_v"):
+        w = getattr(head, name).detach()
+        for i in range(1, 4):  # row 0 is never used (layer 0 attends to nothing)
+            for j in range(i + 1, 4):
+                gap = (w[i] - w[j]).abs().max().item()
+                assert gap > 1e-3, f"{name}[{i}] and {name}[{j}] did not diverge ({gap:.1e})"
+    tied = create_probe(
+        "aila-attention", n_layers=4, dims=DIMS, n_classes=3, dim=16, tie_weights=True
+    )
+    assert tied.w_q.shape[0] == 1 and sum(p.numel() for p in tied.parameters()) < sum(
+        p.numel() for p in head.parameters()
+    )
+
+
+def _aila_linear_naive(head, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direct per-pair computation of AILA Arch 1 (slow, obvious)."""
     b, n, d, heads = x.shape[0], head.n_layers, head.dim, head.n_heads
     dk = d // heads
     ht = head.adapters(x)
     hs, rows = [], []
     for j in range(n):
-        cands = hs + [ht[:, j]]  # earlier processed outputs, then self
-        if attention:
-            q = head.w_q(ht[:, j]).view(b, heads, dk)
-            ks = torch.stack([head.w_k(c).view(b, heads, dk) for c in cands], -1)  # (B, H, dk, j+1)
-            vs = torch.stack([head.w_v(c).view(b, heads, dk) for c in cands], -1)
-            alpha = torch.softmax((q[..., None] * ks).sum(2) / math.sqrt(dk), -1)  # (B, H, j+1)
-            a = (alpha[:, :, None] * vs).sum(-1).reshape(b, d)
-            alpha = alpha.mean(1)
-        else:
-            vs = [hs[i] @ head.pair_weight[j * (j - 1) // 2 + i] for i in range(j)] + [ht[:, j]]
-            c = torch.stack(vs, 1)  # (B, j+1, d)
-            s = (c.view(b, j + 1, heads, dk) * head.score[j]).sum(-1)  # (B, j+1, H)
-            alpha = torch.softmax(s, 1).mean(-1)
-            a = (alpha[..., None] * c).sum(1)
+        vs = [hs[i] @ head.pair_weight[j * (j - 1) // 2 + i] for i in range(j)] + [ht[:, j]]
+        c = torch.stack(vs, 1)  # (B, j+1, d)
+        s = (c.view(b, j + 1, heads, dk) * head.score[j]).sum(-1)  # (B, j+1, H)
+        alpha = torch.softmax(s, 1).mean(-1)
+        a = (alpha[..., None] * c).sum(1)
         hs.append(head.norm(torch.relu(ht[:, j] + a)))
         rows.append(F.pad(alpha, (0, n - j - 1)))
     return head.classifier(hs[-1]), torch.stack(rows, 1)
 
 
-@pytest.mark.parametrize("name", ["aila-linear", "aila-attention"])
-def test_aila_matches_naive(name: str) -> None:
+def test_aila_linear_matches_naive() -> None:
     torch.manual_seed(0)
-    head = create_probe(name, n_layers=4, dims=DIMS, n_classes=3, dim=16, n_heads=2)
+    head = create_probe("aila-linear", n_layers=4, dims=DIMS, n_classes=3, dim=16, n_heads=2)
     x = padded(3, DIMS)
     out = head(x)
-    logits, layer_map = _aila_naive(head, x, attention=name == "aila-attention")
+    logits, layer_map = _aila_linear_naive(head, x)
     torch.testing.assert_close(out.logits, logits)
     torch.testing.assert_close(out.layer_map, layer_map)
+
+
+# ---------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize(
+    ("module", "old", "new"),
+    [
+        ("linear", "LinearProbes", "LinearHead"),
+        ("linear", "ConcatProbe", "ConcatHead"),
+        ("linear", "ScalarMixProbe", "ScalarMixHead"),
+        ("laya", "LayaHead", "LAYAHead"),
+        ("aila", "AILALinear", "AILALinearHead"),
+        ("aila", "AILAAttention", "AILAAttentionHead"),
+    ],
+)
+def test_old_head_names_still_work_and_warn(module: str, old: str, new: str) -> None:
+    mod = importlib.import_module(f"probekit.probes.{module}")
+    with pytest.warns(DeprecationWarning, match=rf"{old} is deprecated.*use .*\.{new}$") as rec:
+        cls = getattr(mod, old)
+    assert cls is getattr(mod, new)
+    assert rec[0].filename == __file__, "the warning must point at the caller (stacklevel=2)"
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        mod.Nope  # noqa: B018
+
+
+def test_every_registered_head_class_ends_in_head() -> None:
+    import probekit.probes as probes
+
+    for name in list_probes():
+        cls = get_probe_class(name)
+        assert cls.__name__.endswith("Head"), (name, cls.__name__)
+        assert getattr(probes, cls.__name__) is cls and cls.__name__ in probes.__all__

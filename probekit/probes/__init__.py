@@ -3,13 +3,16 @@
 Every head is an ``nn.Module`` subclass of :class:`ProbeHead`, registered by name::
 
     @register_probe("laya")
-    class LayaHead(ProbeHead): ...
+    class LAYAHead(ProbeHead): ...
 
     head = create_probe("laya", n_layers=13, dims=384, n_classes=4, tau=1.5)
     out = head(x)  # x (B, T, D) -> ProbeOutput(logits (B, C), layer_weights (B, L), ...)
 
-Registered names: ``linear``, ``concat``, ``scalar-mix``, ``alf``, ``laya``, ``kcla``,
-``aila-linear``, ``aila-attention``. ``PROBES.md`` (design docs) has the math of each.
+Registered names and classes (every head class ends in ``Head``): ``linear``
+(:class:`LinearHead`), ``concat`` (:class:`ConcatHead`), ``scalar-mix`` (:class:`ScalarMixHead`),
+``alf`` (:class:`ALFHead`), ``laya`` (:class:`LAYAHead`), ``kcla`` (:class:`KCLAHead`),
+``aila-linear`` (:class:`AILALinearHead`), ``aila-attention`` (:class:`AILAAttentionHead`).
+Each head's docstring gives its math, its tensor shapes and the paper it follows.
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from typing import TypeVar
 from .base import GroupLinear, ProbeHead, ProbeOutput
 
 __all__ = [
+    "AILAAttentionHead",
+    "AILALinearHead",
+    "ALFHead",
+    "ConcatHead",
     "GroupLinear",
+    "KCLAHead",
+    "LAYAHead",
+    "LinearHead",
+    "ScalarMixHead",
     "ProbeHead",
     "ProbeOutput",
     "check_probe",
@@ -137,4 +148,9 @@ def head_params(cls: type[ProbeHead] | str) -> dict[str, object]:
 
 # Importing the head modules registers them.
 from . import aila, alf, kcla, laya, linear  # noqa: E402, F401
+from .aila import AILAAttentionHead, AILALinearHead  # noqa: E402
+from .alf import ALFHead  # noqa: E402
 from .check import check_probe  # noqa: E402
+from .kcla import KCLAHead  # noqa: E402
+from .laya import LAYAHead  # noqa: E402
+from .linear import ConcatHead, LinearHead, ScalarMixHead  # noqa: E402

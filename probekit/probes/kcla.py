@@ -1,10 +1,10 @@
 """KCLA-style aggregator over frozen layers (key-norm cumulative layer attention).
 
-KCLA (reference: bgx666/KCLA, ``kcla_layer.forward``) sits inside a ResNet trained end to end:
-every block adds attention over all earlier blocks, computed with running sums. Using it as a
-probe head over frozen, cached layers is **our adaptation**, not the paper's: the layers are
-fixed inputs, one recurrence runs over them in depth order, and only its final state is
-classified. Features are standardised (``input_norm = "standardize"``: train-split mean and
+KCLA (Xiong et al.; reference code bgx666/KCLA, ``kcla_layer.forward``) sits inside a ResNet
+trained end to end: every block adds attention over all earlier blocks, computed with running
+sums. Using it as a probe head over frozen, cached layers is **our adaptation**, not the
+paper's: the layers are fixed inputs, one recurrence runs over them in depth order, and only
+its final state is classified. Features are standardised (``input_norm = "standardize"``: train-split mean and
 std per token and feature) before the per-layer adapters.
 
 Cost: compute is linear in depth and the recurrence keeps only ``(B, d)`` sums (plus the
@@ -51,13 +51,36 @@ class KCLAHead(ProbeHead):
 
         y = U_L / (Z_L + 1e-3);  O = W_v y                   (B, d)
         a_g = <Q_{L,g}, K_{L,g}> / ||K_{L,g}||,  Q_L = W_q x_L  (B, G)
-        out_g = sigmoid(Linear_GxG(a))_g * O_g;  logits = Linear(out)   (B, C)
+        out_g = sigmoid(Linear_GxG(a))_g * O_g               (B, d)
+        out = ReLU(BatchNorm1d(out))                          (B, d)  bn_attention (default on)
+        logits = Linear(out)                                  (B, C)
         layer_weights = mean_g w_{t,g} / Z_{L,g}             (B, L)
 
     The head gate uses the last layer's Q and K: in the reference each block gates the output
     it emits with its own (current-layer) Q and K, and the head's output is the last step's.
     ``W_v`` is a full ``d x d`` matrix: the reference's depthwise 3x3 conv acts on pooled
-    ``1 x 1`` maps as a per-channel scale, which a matrix generalises.
+    ``1 x 1`` maps as a per-channel scale, which a matrix generalises. The batch norm + ReLU
+    after the gate is the reference's ``bn_attention``; in the reference the result is then
+    added to the block's own output (a residual inside the ResNet), while this head classifies
+    it directly. ``bn_attention=False`` drops the batch norm + ReLU.
+
+    Measured with the public API on the bundled MiniLM-L6 cache (word valence, 2 classes,
+    7 layers, CLS; ``ProbeClassifier(head="kcla", random_state=seed)``, default recipe, one
+    stratified 80/20 split, test balanced accuracy in %, paired bootstrap over the 1118 test
+    words; ``python benchmarks/bench_kcla.py --cache DIR --seeds 0 1 2 3 4``)::
+
+        seed   bn on  bn off  on - off   95% interval
+           0    95.5    93.0     +2.5    [+1.4, +3.6]
+           1    95.0    94.8     +0.2    [-1.0, +1.2]
+           2    93.5    93.4     +0.1    [-1.2, +1.3]
+           3    94.4    93.1     +1.3    [+0.3, +2.4]
+           4    94.1    93.0     +1.1    [-0.2, +2.4]
+        mean    94.5    93.5     +1.0
+
+    With the batch norm + ReLU the score was higher for all five seeds, by 1.0 point on
+    average (the paired interval excludes 0 for two of them), so it is on by default.
+
+    Shapes: x ``(B, T, D)`` -> logits ``(B, C)``, layer_weights ``(B, L)``.
 
     Args:
         n_layers: L.
@@ -66,7 +89,12 @@ class KCLAHead(ProbeHead):
         tokens_per_layer: P; a layer's P tokens are concatenated before its adapter.
         dim: common width d (128).
         head_dim: channels per head d_g (16, as the paper); G = d / d_g.
+        bn_attention: batch norm + ReLU on the gated output, as the reference (True).
         dropout: dropout on ``out`` before the classifier.
+
+    Note:
+        With ``bn_attention`` BatchNorm1d needs B >= 2 in training mode; in eval mode it uses
+        running statistics.
     """
 
     input_norm = "standardize"
@@ -80,6 +108,7 @@ class KCLAHead(ProbeHead):
         *,
         dim: int = 128,
         head_dim: int = 16,
+        bn_attention: bool = True,
         dropout: float = 0.0,
     ) -> None:
         super().__init__(n_layers, dims, n_classes, tokens_per_layer)
@@ -101,6 +130,7 @@ class KCLAHead(ProbeHead):
             [torch.diag(torch.ones(dim - abs(pad - s)), pad - s) for s in range(k)]
         )
         self.register_buffer("shifts", shifts, persistent=False)  # (k, d, d)
+        self.bn_attention = nn.BatchNorm1d(dim) if bn_attention else None
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(dim, n_classes)
 
@@ -132,6 +162,8 @@ class KCLAHead(ProbeHead):
         q_last = (x_t @ self._band(self.w_q)).view_as(u)  # Q_L (B, G, d_g)
         a = (q_last * k_t).sum(-1) / k_t.norm(dim=-1).clamp_min(1e-6)  # (B, G)
         out = (torch.sigmoid(self.head_gate(a)).unsqueeze(-1) * o).reshape(b, self.dim)
+        if self.bn_attention is not None:
+            out = torch.relu(self.bn_attention(out))  # the reference's bn_attention + ReLU
         logits = self.classifier(self.dropout(out))
         layer_weights = (torch.stack(ws, 1) / z.unsqueeze(1)).mean(-1)  # (B, L)
         return ProbeOutput(logits=logits, layer_weights=layer_weights)

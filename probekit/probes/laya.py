@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from . import register_probe
-from .base import GroupLinear, ProbeHead, ProbeOutput
+from .base import GroupLinear, ProbeHead, ProbeOutput, deprecated_aliases
 
-__all__ = ["LayaHead"]
+__all__ = ["LAYAHead"]
 
 
 @register_probe("laya")
-class LayaHead(ProbeHead):
+class LAYAHead(ProbeHead):
     """LAYA: adapters, an MLP scorer over all layers together, softmax over layers.
 
     ::
@@ -88,3 +88,8 @@ class LayaHead(ProbeHead):
         h_agg = (alpha.unsqueeze(-1) * z).sum(1)  # (B, d*)
         logits = self.classifier(self.dropout(h_agg))
         return ProbeOutput(logits=logits, layer_weights=self.fold_tokens(alpha))
+
+
+# Old names (before every head class ended in ``Head``), kept for one release.
+_RENAMED = {"LayaHead": "LAYAHead"}
+__getattr__ = deprecated_aliases(__name__, _RENAMED, globals())

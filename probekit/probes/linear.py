@@ -17,13 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from . import register_probe
-from .base import GroupLinear, ProbeHead, ProbeOutput
+from .base import GroupLinear, ProbeHead, ProbeOutput, deprecated_aliases
 
-__all__ = ["ConcatProbe", "LinearProbes", "ScalarMixProbe"]
+__all__ = ["ConcatHead", "LinearHead", "ScalarMixHead"]
 
 
 @register_probe("linear")
-class LinearProbes(ProbeHead):
+class LinearHead(ProbeHead):
     """One independent linear probe per layer, trained together as one batched problem.
 
     ``layer_logits[:, l] = X_l @ W_l + b_l`` with ``W`` of shape ``(L, P * D, C)`` (one einsum);
@@ -66,7 +66,7 @@ class LinearProbes(ProbeHead):
 
 
 @register_probe("concat")
-class ConcatProbe(ProbeHead):
+class ConcatHead(ProbeHead):
     """One linear probe over all layers concatenated: ``logits = concat_l X_l @ W + b``.
 
     Args:
@@ -102,8 +102,8 @@ class ConcatProbe(ProbeHead):
 
 
 @register_probe("scalar-mix")
-class ScalarMixProbe(ProbeHead):
-    """ELMo scalar mix: ``h = gamma * sum_l softmax(w)_l X_l``, ``logits = h @ W + b``.
+class ScalarMixHead(ProbeHead):
+    """ELMo scalar mix (Peters et al., 2018): ``h = gamma * sum_l softmax(w)_l X_l``, ``logits = h @ W + b``.
 
     The layer weights ``softmax(w)`` ``(L,)`` are learned but the same for every input. Narrow
     layers are zero-padded to D, which makes the sum well-defined (a narrow layer contributes
@@ -143,3 +143,12 @@ class ScalarMixProbe(ProbeHead):
         weights = self.mix_logits.softmax(0)  # (L,)
         h = self.gamma * torch.einsum("l,blk->bk", weights, x)  # (B, P*D)
         return ProbeOutput(logits=self.classifier(h), layer_weights=weights.expand(x.shape[0], -1))
+
+
+# Old names (before every head class ended in ``Head``), kept for one release.
+_RENAMED = {
+    "LinearProbes": "LinearHead",
+    "ConcatProbe": "ConcatHead",
+    "ScalarMixProbe": "ScalarMixHead",
+}
+__getattr__ = deprecated_aliases(__name__, _RENAMED, globals())
