@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["RunConfig", "DEFAULT_RUNS", "run", "run_one", "load_config", "add_pipeline_commands",
-           "fit_stage", "attribute_stage"]
+           "fit_stage", "attribute_stage", "paired_comparison"]
 
 DEFAULT_PROBES = ("linear", "concat", "scalar-mix", "alf", "laya", "kcla", "aila-linear", "aila-attention")
 
@@ -197,6 +197,39 @@ def _scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str
     }
 
 
+def paired_comparison(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int,
+                      seed: int) -> dict[str, Any]:
+    """Balanced accuracy of A minus B, paired over the same bootstrap resamples of the test samples.
+
+    Resamples are ``np.random.default_rng(seed).integers(0, N, size=(n, N))``; both classifiers
+    are scored on each, as scikit-learn's ``balanced_accuracy_score`` would (mean recall over the
+    classes present in the resample).
+
+    Returns:
+        ``difference`` (on the test samples themselves), ``ci`` (95% percentile interval of the
+        resampled differences) and ``p_le0`` (fraction of resamples where A - B <= 0).
+    """
+    classes, yi = np.unique(np.concatenate([y, pred_a, pred_b]), return_inverse=True)
+    yi, ai, bi = np.split(yi, 3)
+    k = len(classes)
+    idx = np.random.default_rng(seed).integers(0, len(yi), size=(n, len(yi)))
+
+    def balanced(rows: np.ndarray, hit: np.ndarray) -> np.ndarray:  # (R, N) -> (R,)
+        keys = (np.arange(rows.shape[0])[:, None] * k + yi[rows]).ravel()
+        total = np.bincount(keys, minlength=rows.shape[0] * k).reshape(-1, k)
+        correct = np.bincount(keys, weights=hit[rows].ravel(), minlength=rows.shape[0] * k)
+        present = total > 0
+        recall = np.divide(correct.reshape(-1, k), total, out=np.zeros(total.shape), where=present)
+        return recall.sum(1) / present.sum(1)
+
+    hit_a, hit_b = (ai == yi).astype(np.float64), (bi == yi).astype(np.float64)
+    full = np.arange(len(yi))[None]
+    diff = float((balanced(full, hit_a) - balanced(full, hit_b))[0])
+    diffs = balanced(idx, hit_a) - balanced(idx, hit_b)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {"difference": diff, "ci": [float(lo), float(hi)], "p_le0": float(np.mean(diffs <= 0))}
+
+
 def _load_features(cache: Any) -> Any:
     """``(N, L * P, D)`` with every cached pooling as a token of its layer."""
     return cache.load(pooling=cache.poolings)
@@ -205,7 +238,10 @@ def _load_features(cache: Any) -> Any:
 def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Train every head of ``cfg.probes`` on the train split; score them on the test split.
 
-    Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``.
+    Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``. When the
+    ``linear`` head is among the probes, every head also gets ``paired``: its balanced accuracy
+    minus that of the last layer's linear probe (``vs_last_layer``) and of the single layer chosen
+    on a validation split of the train samples (``vs_best_layer``), by :func:`paired_comparison`.
     """
     import torch
 
@@ -228,7 +264,10 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
         "n_train": int(train.size), "n_test": int(test.size), "label_names": list(cache.label_names),
         "layer_names": list(cache.layer_names), "poolings": list(cache.poolings), "heads": {},
     }
-    for head in cfg.probes:
+    preds: dict[str, np.ndarray] = {}
+    baseline: dict[str, np.ndarray] = {}
+    # the per-layer linear probes come first: every head is compared with two of them
+    for head in sorted(cfg.probes, key=lambda h: h != "linear"):
         t0 = time.perf_counter()
         params = {"tokens_per_layer": tokens, "random_state": cfg.seed, "device": cfg.device,
                   "verbose": progress, **cfg.probe_params.get(head, {})}
@@ -237,6 +276,7 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
         seconds = time.perf_counter() - t0
         clf.save(run_dir / "probes" / head)
         pred = clf.predict(X[test])
+        preds[head] = pred
         entry = {"fit_seconds": round(seconds, 2), **_scores(labels[test], pred, cfg.bootstrap, cfg.seed)}
         if head == "linear":
             layer_pred = clf.predict_layers(X[test])  # (N, L)
@@ -245,7 +285,16 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
                 for l, name in enumerate(cache.layer_names)
             ]
             entry["selected_layer"] = cache.layer_names[int(clf.selected_layer_)]
+            baseline = {"last_layer": layer_pred[:, -1], "best_layer": layer_pred[:, int(clf.selected_layer_)]}
+            metrics["baselines"] = {"last_layer": cache.layer_names[-1],
+                                    "best_layer": entry["selected_layer"]}
         metrics["heads"][head] = entry
+    for head, pred in preds.items():  # paired: the same resampled test samples score both
+        metrics["heads"][head]["paired"] = {
+            f"vs_{name}": paired_comparison(labels[test], pred, ref, cfg.bootstrap, cfg.seed)
+            for name, ref in baseline.items()
+        }
+    metrics["heads"] = {h: metrics["heads"][h] for h in cfg.probes}  # the configured order
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_csv(metrics, run_dir / "metrics.csv")
     return metrics
@@ -256,14 +305,22 @@ def _write_csv(metrics: dict[str, Any], path: Path) -> None:
 
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
+        paired = [f"{ref}{suffix}" for ref in ("vs_last_layer", "vs_best_layer")
+                  for suffix in ("", "_lo", "_hi", "_p_le0")]
         w.writerow(["head", "layer", "accuracy", "accuracy_lo", "accuracy_hi", "balanced_accuracy",
-                    "balanced_accuracy_lo", "balanced_accuracy_hi"])
+                    "balanced_accuracy_lo", "balanced_accuracy_hi", *paired])
         for head, e in metrics["heads"].items():
             rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
             for h, layer, r in rows:
+                cmp = []
+                for ref in ("vs_last_layer", "vs_best_layer"):
+                    c = r.get("paired", {}).get(ref)
+                    cmp += ([f"{c['difference']:.4f}", f"{c['ci'][0]:.4f}", f"{c['ci'][1]:.4f}",
+                             f"{c['p_le0']:.4f}"] if c else ["", "", "", ""])
                 w.writerow([h, layer, f"{r['accuracy']:.4f}", f"{r['accuracy_ci'][0]:.4f}",
                             f"{r['accuracy_ci'][1]:.4f}", f"{r['balanced_accuracy']:.4f}",
-                            f"{r['balanced_accuracy_ci'][0]:.4f}", f"{r['balanced_accuracy_ci'][1]:.4f}"])
+                            f"{r['balanced_accuracy_ci'][0]:.4f}", f"{r['balanced_accuracy_ci'][1]:.4f}",
+                            *cmp])
 
 
 def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int = 0) -> dict[str, Any]:
