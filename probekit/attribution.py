@@ -26,6 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._fitted import _BATCH as _BATCH
+from ._fitted import class_index as _class_index
+from ._fitted import fitted_device as _device
+from ._fitted import head_outputs as _head_outputs
+from ._fitted import inputs as _inputs
+
 __all__ = [
     "AblationResult",
     "ablation_sensitivity",
@@ -37,8 +43,6 @@ __all__ = [
 
 # Largest number of float elements of ablated input built at once (128 MiB in fp32).
 _MAX_ELEMENTS = 2**25
-# Samples per forward pass when only reading the head's outputs.
-_BATCH = 1024
 
 
 @dataclass
@@ -78,66 +82,6 @@ class AblationResult:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _check_fitted(clf: Any) -> None:
-    missing = [
-        a
-        for a in ("model_", "classes_", "n_layers_", "tokens_per_layer_", "layer_names_")
-        if not hasattr(clf, a)
-    ]
-    if missing or not hasattr(clf, "as_tensor"):
-        raise ValueError(
-            f"{type(clf).__name__} is not fitted (missing {', '.join(missing) or 'as_tensor'}): "
-            "call fit(X, y) first"
-        )
-
-
-def _device(clf: Any) -> torch.device:
-    dev = getattr(clf, "device_", None)
-    if dev is not None:
-        return torch.device(dev)
-    try:
-        return next(clf.model_.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-def _inputs(clf: Any, X: Any) -> Tensor:
-    """The raw model input ``(N, T, D)`` float32 on CPU, checked against the fitted layout."""
-    _check_fitted(clf)
-    x = clf.as_tensor(X)
-    if not isinstance(x, Tensor):
-        x = torch.as_tensor(np.asarray(x))
-    x = x.detach().to("cpu", torch.float32)
-    n_tokens = int(clf.n_layers_) * int(clf.tokens_per_layer_)
-    if x.ndim != 3 or x.shape[1] != n_tokens:
-        raise ValueError(
-            f"expected input of shape (N, {n_tokens}, D) from clf.as_tensor(X), got {tuple(x.shape)}"
-        )
-    if x.shape[0] == 0:
-        raise ValueError("X is empty")
-    return x
-
-
-def _class_index(clf: Any, labels: Any, n: int, what: str = "y") -> np.ndarray:
-    """Map class labels to column indices of the model's logits: ``(N,)`` int64."""
-    classes = np.asarray(clf.classes_)
-    lab = np.asarray(labels)
-    if lab.ndim == 0:
-        lab = np.full(n, lab.item())
-    if lab.shape != (n,):
-        raise ValueError(f"{what} must have shape ({n},), got {lab.shape}")
-    lookup = {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
-    out = np.empty(n, dtype=np.int64)
-    for value in np.unique(lab):
-        key = value.item() if hasattr(value, "item") else value
-        if key not in lookup:
-            raise ValueError(
-                f"{what} contains label {key!r} that is not one of clf.classes_ {classes.tolist()}"
-            )
-        out[lab == value] = lookup[key]
-    return out
 
 
 def _proba_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -204,17 +148,6 @@ def _resolve_baseline(clf: Any, x: Tensor, baseline: str | np.ndarray | Tensor) 
             f"baseline must have shape (T, D) = {(n_tokens, dim)}, got {tuple(b.shape)}"
         )
     return b
-
-
-def _head_outputs(clf: Any, x: Tensor, attr: str) -> list[Tensor | None]:
-    """Run ``clf.model_`` over ``x (N, T, D)`` in batches and collect ``ProbeOutput.<attr>``."""
-    model, device = clf.model_, _device(clf)
-    out: list[Tensor | None] = []
-    with torch.inference_mode():
-        for start in range(0, x.shape[0], _BATCH):
-            value = getattr(model(x[start : start + _BATCH].to(device)), attr)
-            out.append(None if value is None else value.detach().float().cpu())
-    return out
 
 
 def _heads_with(attr: str) -> list[str]:

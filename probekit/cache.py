@@ -49,6 +49,7 @@ from safetensors.torch import save as st_save
 
 from .errors import CacheError, CacheMismatchError
 from .layers import resolve_indices
+from .pooling import expand_poolings
 
 __all__ = ["CacheError", "CacheMismatchError", "CacheWriter", "FeatureCache", "FORMAT_VERSION"]
 
@@ -186,15 +187,8 @@ def _alloc(n: int, t: int, d: int, dtype: torch.dtype, device: Any, padded: bool
 
 
 def _as_poolings(pooling: str | Sequence[str] | None, recorded: Sequence[str]) -> list[str]:
-    if pooling is None:
-        return list(recorded)
-    pools = pooling.split("+") if isinstance(pooling, str) else list(pooling)
-    if not pools:
-        raise ValueError(f"empty pooling selection; recorded poolings: {list(recorded)}")
-    for p in pools:
-        if p not in recorded:
-            raise ValueError(f"pooling {p!r} was not recorded; recorded poolings: {list(recorded)}")
-    return pools
+    """All recorded poolings for ``None``, else :func:`~probekit.pooling.expand_poolings`."""
+    return list(recorded) if pooling is None else expand_poolings(pooling, recorded=recorded)
 
 
 def _validate_identity(manifest: dict[str, Any]) -> None:
@@ -754,11 +748,23 @@ class FeatureCache:
 
     # -- stacking ----------------------------------------------------------------------
 
-    def _selection(self, layers: Any, pooling: str | Sequence[str]) -> tuple[list[int], list[str]]:
+    def select(
+        self, layers: Any = None, pooling: str | Sequence[str] | None = None
+    ) -> tuple[list[int], list[str]]:
+        """Resolve a selection against this cache: ``(layer positions, pooling names)``.
+
+        Args:
+            layers: ``None`` (all), an int k (the last k), indices and/or names or globs.
+            pooling: ``None`` (every recorded pooling), ``"cls"``, ``"cls+mean"``,
+                ``"cls,mean"`` or a list of names; each must have been recorded.
+        """
         return (
             resolve_indices(layers, len(self.layer_names), self.layer_names),
             _as_poolings(pooling, self.poolings),
         )
+
+    def _selection(self, layers: Any, pooling: str | Sequence[str]) -> tuple[list[int], list[str]]:
+        return self.select(layers, pooling)
 
     def _padded(self, sel: list[int]) -> bool:
         return len({self.dims[j] for j in sel}) > 1

@@ -1,36 +1,37 @@
 """``probekit`` command line: ``extract | info | fit | attribute | report | run``.
 
-Bad input (an unknown model or dataset spec, a layer out of range, a missing column, an empty
-dataset, a folder holding another cache, ...) ends with one line on stderr and exit code 2; set
-``PROBEKIT_DEBUG=1`` for the traceback.
+Error contract: a user mistake (a :class:`~probekit.errors.ProbekitError`: an unknown model or
+dataset spec, a layer out of range, a missing column, an empty dataset, a folder holding another
+cache, an unknown head, ...) ends with one line on stderr and exit code 2 (set
+``PROBEKIT_DEBUG=1`` for its traceback). Anything else is a bug in probekit: its traceback is
+shown and the exit code is 1. Bad command-line syntax is argparse's usage error, exit code 2.
+
+The parser imports nothing heavy: ``probekit --help`` and argument errors load neither torch nor
+scikit-learn; the commands import what they use.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
-__all__ = ["main"]
+from .errors import ProbekitError
+from .layers import parse_layers
+from .runs import RunConfig, parse_bool, run_options, summary_table
+
+__all__ = ["build_parser", "main"]
 
 EXIT_USAGE = 2
+EXIT_BUG = 1
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit code 2."""
-
-
-def _layers_arg(text: str | None) -> Any:
-    """``"all"``/None -> None; ``"4"`` -> 4 (the last 4); ``"0,3,-1"`` -> [0, 3, -1]; names kept."""
-    if text is None or text == "all":
-        return None
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if len(parts) == 1 and parts[0].isdigit():
-        return int(parts[0])
-    return [int(p) if p.lstrip("-").isdigit() else p for p in parts]
+# ------------------------------------------------------------------------------- commands
 
 
 def _add_common_extract(p: argparse.ArgumentParser) -> None:
@@ -41,7 +42,7 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default=None)
     p.add_argument("--limit", type=int, default=None, help="use at most this many samples (stratified)")
     p.add_argument("--layers", default=None, help="all (default), N (last N), 0,3,-1, or module globs like 'blocks.*.norm2'")
-    p.add_argument("--pooling", default=None, help="cls, mean, last, cls+mean (default: the model's)")
+    p.add_argument("--pooling", default=None, help="cls, mean, last, cls+mean or cls,mean (default: the model's)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--device", default=None)
@@ -53,6 +54,12 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from .pooling import expand_poolings
+
+    layers = parse_layers(args.layers)  # checked before anything is loaded
+    if args.pooling is not None:
+        expand_poolings(args.pooling)
+
     from .data import load_data
     from .extract import extract
     from .models import load_model
@@ -61,7 +68,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                      label_column=args.label_column, limit=args.limit)
     kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     model = load_model(args.model, trust_remote_code=args.trust_remote_code, **kwargs)
-    cache = extract(model, data, args.out, layers=_layers_arg(args.layers), pooling=args.pooling,
+    cache = extract(model, data, args.out, layers=layers, pooling=args.pooling,
                     batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
                     dtype=args.dtype, precision=args.precision)
     print(cache)
@@ -85,13 +92,93 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .cache import FeatureCache
+    from .pipeline import fit_stage, validate_run
+    from .runs import CPU_PROBE_PARAMS, write_config
+
+    out = Path(args.out)
+    probes = [p.strip() for p in args.probe.split(",") if p.strip()]
+    cfg = RunConfig(name=out.name, out=str(out.parent), probes=probes, seed=args.seed,
+                    test_size=args.test_size, bootstrap=args.bootstrap, cache=str(args.cache),
+                    probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes})
+    validate_run(cfg)  # unknown heads fail before the cache is read
+    cache = FeatureCache.open(args.cache)
+    cfg.model = cache.manifest["model"].get("id", "")
+    cfg.data = cache.manifest["dataset"]["name"]
+    write_config(cfg, out)
+    metrics = fit_stage(cache, cfg)
+    for head, e in metrics["heads"].items():
+        lo, hi = e["balanced_accuracy_ci"]
+        print(f"{head:16s} acc {e['accuracy']:.3f}  balanced {e['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]")
+    return 0
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from .pipeline import attribute_stage
+    from .report import write_figures
+
+    summary = attribute_stage(args.run_dir, ablation=args.ablation)
+    write_figures(args.run_dir)
+    print(f"attributed {', '.join(summary['heads'])} in {Path(args.run_dir) / 'attribution'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import resolve_configs, run_one
+
+    options = {f.name: getattr(args, f.name) for f in run_options() if getattr(args, f.name) is not None}
+    if args.config is None and set(options) <= {"out"}:
+        configs = resolve_configs(None)  # the bundled demos
+        configs = [RunConfig.from_dict({**c.to_dict(), **options}) for c in configs]
+    else:
+        configs = resolve_configs(args.config, **options)  # every run checked before any work
+    for cfg in configs:
+        run_dir = run_one(cfg)
+        print(summary_table(run_dir))
+    return 0
+
+
+# ------------------------------------------------------------------------------- parser
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per :class:`~probekit.runs.RunConfig` field (text, parsed by the field)."""
+    for f in run_options():
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()  # type: ignore[misc]
+        shown = ",".join(default) if isinstance(default, list) else json.dumps(default) \
+            if isinstance(default, dict) else default
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text and default is not None:
+            help_text += f" (default: {shown})"
+        help_text = help_text.replace("%", "%%")
+        choices = f.metadata.get("choices")
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.metadata.get("parse") is parse_bool:  # --flag alone means true; --flag false too
+            p.add_argument(flag, dest=f.name, default=None, nargs="?", const="true",
+                           metavar="true|false", help=help_text)
+            continue
+        p.add_argument(flag, dest=f.name, default=None, choices=choices,
+                       metavar=None if choices else f.name.upper(), help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="probekit",
         description="Look inside frozen pretrained models: record layers, train probes, attribute, report.",
     )
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"probekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -104,19 +191,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the manifest")
     p.set_defaults(fn=cmd_info)
 
-    from .pipeline import add_pipeline_commands
+    p = sub.add_parser("fit", help="train probe heads on a cache; write metrics.json/csv")
+    p.add_argument("--cache", required=True)
+    p.add_argument("--probe", default="linear,alf,laya,kcla,aila-attention",
+                   help="comma-separated heads (see probekit.list_probes())")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-size", type=float, default=0.2)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.set_defaults(fn=cmd_fit)
 
-    add_pipeline_commands(sub)
+    p = sub.add_parser("attribute", help="layer attribution of a run's heads on its test split")
+    p.add_argument("run_dir")
+    p.add_argument("--ablation", default=None, choices=["mean", "zero", "shuffle"])
+    p.set_defaults(fn=cmd_attribute)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("run", help="extract -> fit -> attribute -> report (bundled demos without a config)")
+    p.add_argument("config", nargs="?", default=None, help="YAML or TOML file with the options below")
+    add_run_options(p)
+    p.set_defaults(fn=cmd_run)
     return parser
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .cache import CacheError
-    from .data import DataError
-    from .models import ModelError
-
-    return (UsageError, CacheError, DataError, ModelError, IndexError, ValueError,
-            FileNotFoundError, NotADirectoryError, KeyError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,14 +226,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("probekit: interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as err:
+    except ProbekitError as err:
         if os.environ.get("PROBEKIT_DEBUG"):
             raise
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, KeyError):
-            msg = f"missing key {msg}"
+        text = str(err).strip()
+        msg = text.splitlines()[0] if text else type(err).__name__
         print(f"probekit {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception:
+        traceback.print_exc()
+        print(f"probekit {args.command}: internal error (a bug in probekit; the traceback above "
+              "says where)", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,6 @@
 """Which modules are "the layers" of a model, and one meaning for ``layers=`` everywhere.
 
-Index convention (ARCHITECTURE.md):
+Index convention:
 
 * Transformers (HF and timm ViTs): layer 0 is the embedding output (HF ``hidden_states[0]``;
   timm: tokens after patch embedding, position embedding and ``norm_pre``), layers 1..L are the
@@ -12,20 +12,79 @@ Index convention (ARCHITECTURE.md):
 Selections follow timm's ``feature_take_indices``: ``None`` = all, an int n = the last n, a list
 of ints = those indices (negatives count from the end). Strings select modules by name or glob
 (``"blocks.*.norm2"``).
+
+On the command line and in config files a selection is written as text and read by
+:func:`parse_layers` (``"all"``, ``"4"``, ``"0,3,-1"``, ``"blocks.*.norm2"``).
+
+A bad selection raises :class:`~probekit.errors.ConfigError` (the out-of-range and wrong-type
+cases are also ``IndexError`` / ``TypeError``, as before). This module imports neither torch nor
+numpy, so the CLI can parse and check ``--layers`` before loading anything heavy.
 """
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import nn
+from .errors import ConfigError
 
-__all__ = ["LayerSpec", "resolve_indices", "select_layers", "glob_modules"]
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+__all__ = ["LayerSpec", "parse_layers", "resolve_indices", "select_layers", "glob_modules"]
+
+
+class LayerIndexError(ConfigError, IndexError):
+    """A layer index outside the model's range."""
+
+
+class LayerTypeError(ConfigError, TypeError):
+    """A ``layers=`` value of the wrong type."""
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def parse_layers(text: Any) -> Any:
+    """Read a ``--layers`` value: ``"all"``/None -> None; ``"4"`` -> 4 (the last 4);
+    ``"0,3,-1"`` -> ``[0, 3, -1]``; names and globs kept (``"blocks.*.norm2"``).
+
+    Non-string values (already parsed, e.g. from a YAML list) are returned unchanged.
+
+    Raises:
+        ConfigError: an empty selection.
+    """
+    if not isinstance(text, str):
+        return text
+    if text.strip() == "all":
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ConfigError(f"--layers {text!r} selects nothing; give all, N, 0,3,-1, or names")
+    if len(parts) == 1 and parts[0].isdigit():
+        return int(parts[0])
+    return [int(p) if p.lstrip("-").isdigit() else p for p in parts]
+
+
+def check_layers(selection: Any) -> None:
+    """Check the shape of a selection before any model is loaded (ConfigError if malformed)."""
+    if selection is None or isinstance(selection, str):
+        return
+    if _is_int(selection):
+        if int(selection) < 1:
+            raise ConfigError(f"layers={selection} asks for the last {selection} layers; give N >= 1")
+        return
+    if not isinstance(selection, (list, tuple)) or not selection:
+        raise ConfigError(
+            f"layers must be all, N, a list of indices and/or names; got {selection!r}"
+        )
+    for item in selection:
+        if not (_is_int(item) or isinstance(item, str)):
+            raise ConfigError(f"layer selections are ints or names, got {item!r}")
 
 Selection = int | str | Sequence[int | str] | None
 
@@ -63,35 +122,35 @@ def resolve_indices(selection: Any, n: int, names: Sequence[str] | None = None) 
         The positions, in the order given (a glob expands in recorded order).
 
     Raises:
-        ValueError: an int ``k`` outside ``1..n``, an unknown name, an empty selection.
-        IndexError: a list index outside ``-n..n-1``.
-        TypeError: anything else.
+        ConfigError: an int ``k`` outside ``1..n``, an unknown name, an empty selection; a list
+            index outside ``-n..n-1`` (also an ``IndexError``); anything else (also a
+            ``TypeError``).
     """
     if selection is None:
         return list(range(n))
-    if isinstance(selection, (int, np.integer)) and not isinstance(selection, bool):
+    if _is_int(selection):
         k = int(selection)
         if not 1 <= k <= n:
-            raise ValueError(
+            raise ConfigError(
                 f"layers={k} asks for the last {k} layers; valid: 1..{n} "
                 f"(or a list of indices in -{n}..{n - 1}, or names)"
             )
         return list(range(n - k, n))
     if isinstance(selection, str):
         selection = [selection]
-    if isinstance(selection, (torch.Tensor, np.ndarray)):
-        selection = selection.tolist()
+    if hasattr(selection, "tolist") and not isinstance(selection, (list, tuple)):
+        selection = selection.tolist()  # a numpy array or a tensor
     if not isinstance(selection, (list, tuple, range)):
-        raise TypeError(
+        raise LayerTypeError(
             f"layers must be None, an int, a name, or a list of indices/names; "
             f"got {type(selection).__name__}"
         )
     out: list[int] = []
     for item in selection:
-        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+        if _is_int(item):
             j = int(item)
             if not -n <= j < n:
-                raise IndexError(
+                raise LayerIndexError(
                     f"layer index {j} out of range for {n} layers (valid: -{n}..{n - 1})"
                 )
             out.append(j % n)
@@ -103,14 +162,14 @@ def resolve_indices(selection: Any, n: int, names: Sequence[str] | None = None) 
                 regex = _glob_regex(item)
                 hits = [j for j, nm in enumerate(known) if regex.fullmatch(nm)]
                 if not hits:
-                    raise ValueError(f"layer pattern {item!r} matches none of {known}")
+                    raise ConfigError(f"layer pattern {item!r} matches none of {known}")
                 out.extend(hits)
             else:
-                raise ValueError(f"unknown layer {item!r}; recorded layers: {known}")
+                raise ConfigError(f"unknown layer {item!r}; recorded layers: {known}")
         else:
-            raise TypeError(f"layer selections are ints or names, got {item!r}")
+            raise LayerTypeError(f"layer selections are ints or names, got {item!r}")
     if not out:
-        raise ValueError("empty layer selection")
+        raise ConfigError("empty layer selection")
     return out
 
 
@@ -149,7 +208,8 @@ def select_layers(model: nn.Module, layers: Sequence[LayerSpec], selection: Sele
         The chosen layers, canonical layers first in index order, then named modules in model order.
 
     Raises:
-        IndexError: an index out of range. ValueError: a name or glob matching no module.
+        ConfigError: an index out of range (also an ``IndexError``), a name or glob matching
+            no module.
     """
     if selection is None or isinstance(selection, int):
         return [layers[i] for i in resolve_indices(selection, len(layers))]
@@ -167,7 +227,7 @@ def select_layers(model: nn.Module, layers: Sequence[LayerSpec], selection: Sele
         else:
             matches = glob_modules(model, pattern)
             if not matches:
-                raise ValueError(
+                raise ConfigError(
                     f"no module matches {pattern!r}; layers are {layers[0].name}..{layers[-1].name}, "
                     "or give a module name such as "
                     f"{next((n for n, _ in model.named_modules() if n.count('.') == 2), 'blocks.0.norm1')!r}"

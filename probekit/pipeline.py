@@ -1,153 +1,77 @@
 """The whole flow, extract -> fit -> attribute -> report, from a config or the CLI.
 
-``probekit run [CONFIG]`` and :func:`run` make identical run folders::
+``probekit run [CONFIG]`` and :func:`run` make identical run folders (the layout and the run
+options live in :mod:`probekit.runs`). A config file (YAML or TOML) holds exactly the CLI's
+options, either for one run or as ``runs: [{...}, {...}]``. Without a config,
+:data:`~probekit.runs.DEFAULT_RUNS` run offline on bundled models and data.
 
-    RUN/
-      config.json            the resolved RunConfig
-      cache/                 the feature cache (reused when it is already complete)
-      split.json             train / test sample positions (stratified, seeded)
-      probes/<head>/         model.safetensors + config.json for every head
-      metrics.json, metrics.csv
-      attribution/<head>.safetensors + attribution.json
-      figures/*.html (+ .png where a Chromium is found)
-      report.html
-
-A config file (YAML or TOML) holds exactly the CLI's options, either for one run or as
-``runs: [{...}, {...}]``. Without a config, :data:`DEFAULT_RUNS` run offline on bundled models
-and data.
+Every run configuration is checked (heads, head parameters, layers, pooling spelling) before
+any model is loaded or any feature extracted (:func:`validate_run`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RunConfig", "DEFAULT_RUNS", "run", "run_one", "load_config", "add_pipeline_commands",
-           "fit_stage", "attribute_stage", "paired_comparison"]
-
-DEFAULT_PROBES = ("linear", "concat", "scalar-mix", "alf", "laya", "kcla", "aila-linear", "aila-attention")
-
-
-# Runs train ALF as one configuration of its grid (lr 1e-2, weight decay 1e-4) for 20 epochs with
-# batches of 256, so that a run finishes in minutes on a 2-core CPU. The paper's recipe (a 21-config
-# lr x weight-decay grid, >= 1000 steps, then a refit) is a GPU recipe: ``probe_params={}`` gives it.
-CPU_PROBE_PARAMS: dict[str, dict[str, Any]] = {
-    "alf": {"lr": 1e-2, "weight_decay": 1e-4, "batch_size": 256, "epochs": 20}
-}
-
-
-@dataclass
-class RunConfig:
-    """One run: every field is also a ``probekit run`` option (``--text-column`` for ``text_column``).
-
-    Attributes:
-        name: the run folder's name under ``out``.
-        model: model spec (see :func:`probekit.load_model`).
-        data: dataset spec (see :func:`probekit.load_data`).
-        split, text_column, label_column, limit: passed to :func:`probekit.load_data`.
-        layers: which layers to record (None = all).
-        pooling: what to record (default: the model's).
-        batch_size, precision, dtype, device: extraction settings.
-        probes: the heads to train.
-        probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
-            ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
-            Default: :data:`CPU_PROBE_PARAMS` (a light ALF); ``{}`` gives every head its paper recipe.
-        test_size: fraction of samples held out (stratified) for every reported score.
-        seed: seeds the split, the probes and the bootstrap.
-        ablation: replacement for ablation sensitivity: ``mean``, ``zero`` or ``shuffle``.
-        bootstrap: bootstrap resamples for the 95% confidence intervals.
-        figures: image formats to export besides HTML (``png``, ``svg``, ``pdf``).
-        out: the folder that holds run folders.
-        cache: the feature cache folder (default ``RUN/cache``).
-    """
-
-    name: str = "minilm-vader"
-    model: str = "bundled:minilm-l6"
-    data: str = "bundled:vader-valence"
-    split: str | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    limit: int | None = None
-    layers: Any = None
-    pooling: str | None = None
-    batch_size: int = 64
-    precision: str = "fp32"
-    dtype: str = "float32"
-    device: str | None = None
-    probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES))
-    probe_params: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {k: dict(v) for k, v in CPU_PROBE_PARAMS.items()})
-    test_size: float = 0.2
-    seed: int = 0
-    ablation: str = "mean"
-    bootstrap: int = 1000
-    figures: list[str] = field(default_factory=lambda: ["png"])
-    out: str = "runs"
-    cache: str | None = None
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out) / self.name
-
-    @property
-    def cache_dir(self) -> Path:
-        """Where the features are cached: ``cache``, or ``RUN/cache``."""
-        return Path(self.cache) if self.cache else self.run_dir / "cache"
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        """Build from a mapping; unknown keys are an error naming the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known: {', '.join(sorted(known))}")
-        for key in ("probes", "figures"):
-            if isinstance(values.get(key), str):
-                values[key] = [p.strip() for p in values[key].split(",") if p.strip()]
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-DEFAULT_RUNS = (
-    RunConfig(name="minilm-vader", model="bundled:minilm-l6", data="bundled:vader-valence"),
-    RunConfig(name="effnet-mnist", model="bundled:efficientnet-lite0", data="bundled:mnist",
-              limit=2000, batch_size=50),
+from .errors import ConfigError, DataError
+from .runs import (
+    CPU_PROBE_PARAMS,
+    DEFAULT_PROBES,
+    DEFAULT_RUN_OPTIONS,
+    DEFAULT_RUNS,
+    RunConfig,
+    load_config,
+    load_config_dicts,
+    read_config,
+    read_split,
+    run_name,
+    write_config,
+    write_metrics,
+    write_split,
 )
 
+__all__ = ["CPU_PROBE_PARAMS", "DEFAULT_PROBES", "DEFAULT_RUNS", "RunConfig", "attribute_stage",
+           "extract_stage", "fit_stage", "load_config", "resolve_configs", "run", "run_one",
+           "paired_comparison", "validate_run"]
 
-def load_config(path: str | Path) -> list[RunConfig]:
-    """Read a YAML or TOML config: one run's options, or ``runs: [...]`` (shared keys on top)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} does not exist")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib
+_read_config = read_config  # its old name here
 
-        values = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        import yaml
 
-        values = yaml.safe_load(text) or {}
-    else:
-        raise ValueError(f"config {path} must be .yaml, .yml or .toml")
-    if not isinstance(values, dict):
-        raise ValueError(f"config {path} must hold a mapping of options")
-    runs = values.pop("runs", None)
-    if runs is None:
-        return [RunConfig.from_dict(values)]
-    return [RunConfig.from_dict({**values, **r}) for r in runs]
+def validate_run(cfg: RunConfig) -> RunConfig:
+    """Check a whole run configuration before any work: the fields (at construction), the heads,
+    and every head's parameters.
+
+    Raises:
+        ConfigError: an unknown head, a parameter a head does not take or a value outside its
+            range, naming the head, the parameter and the valid choices.
+    """
+    from .estimator import ProbeClassifier
+    from .probes import list_probes
+
+    cfg.validate()
+    known = list_probes()
+    unknown = [p for p in cfg.probes if p not in known]
+    if unknown:
+        raise ConfigError(f"unknown probe {unknown[0]!r}; known: {', '.join(known)}")
+    stray = [h for h in cfg.probe_params if h not in known]
+    if stray:
+        raise ConfigError(f"probe_params names unknown head {stray[0]!r}; known: {', '.join(known)}")
+    for head in cfg.probes:
+        params = cfg.probe_params.get(head, {})
+        try:
+            ProbeClassifier(head=head, **params).validate()
+        except TypeError as err:  # an unknown keyword of ProbeClassifier
+            raise ConfigError(f"probe_params for {head!r}: {err}") from None
+        except ConfigError as err:
+            raise ConfigError(f"probe_params for {head!r}: {err}") from None
+    return cfg
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -159,14 +83,11 @@ def extract_stage(cfg: RunConfig, progress: bool = True) -> Any:
     from .extract import extract
     from .models import load_model
 
-    data = load_data(cfg.data, split=cfg.split, text_column=cfg.text_column,
-                     label_column=cfg.label_column, limit=cfg.limit, seed=cfg.seed)
+    data = load_data(cfg.data, seed=cfg.seed, **cfg.stage_options("data"))
     if len(data.label_names) < 2 or len(np.unique(data.labels)) < 2:
-        raise ValueError(f"{cfg.data} has a single class; probes need at least two")
-    model = load_model(cfg.model)
-    return extract(model, data, cfg.cache_dir, layers=cfg.layers, pooling=cfg.pooling,
-                   batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
-                   precision=cfg.precision, progress=progress)
+        raise DataError(f"{cfg.data} has a single class; probes need at least two")
+    model = load_model(cfg.model, **cfg.stage_options("model"))
+    return extract(model, data, cfg.cache_dir, progress=progress, **cfg.stage_options("extract"))
 
 
 def _split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -251,13 +172,12 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
     run_dir.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(cache.labels)
     if np.unique(labels).size < 2:
-        raise ValueError("the cache holds a single class; probes need at least two")
+        raise DataError("the cache holds a single class; probes need at least two")
     X = _load_features(cache)
     if not torch.isfinite(X).all():
-        raise ValueError("the cache holds NaN or infinite features")
+        raise DataError("the cache holds NaN or infinite features")
     train, test = _split(labels, cfg.test_size, cfg.seed)
-    (run_dir / "split.json").write_text(json.dumps({"train": train.tolist(), "test": test.tolist(),
-                                                    "seed": cfg.seed, "test_size": cfg.test_size}))
+    write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
     tokens = len(cache.poolings)
     metrics: dict[str, Any] = {
         "model": cache.manifest["model"].get("id"), "data": cache.manifest["dataset"]["name"],
@@ -295,32 +215,8 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
             for name, ref in baseline.items()
         }
     metrics["heads"] = {h: metrics["heads"][h] for h in cfg.probes}  # the configured order
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_csv(metrics, run_dir / "metrics.csv")
+    write_metrics(metrics, run_dir)
     return metrics
-
-
-def _write_csv(metrics: dict[str, Any], path: Path) -> None:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        paired = [f"{ref}{suffix}" for ref in ("vs_last_layer", "vs_best_layer")
-                  for suffix in ("", "_lo", "_hi", "_p_le0")]
-        w.writerow(["head", "layer", "accuracy", "accuracy_lo", "accuracy_hi", "balanced_accuracy",
-                    "balanced_accuracy_lo", "balanced_accuracy_hi", *paired])
-        for head, e in metrics["heads"].items():
-            rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
-            for h, layer, r in rows:
-                cmp = []
-                for ref in ("vs_last_layer", "vs_best_layer"):
-                    c = r.get("paired", {}).get(ref)
-                    cmp += ([f"{c['difference']:.4f}", f"{c['ci'][0]:.4f}", f"{c['ci'][1]:.4f}",
-                             f"{c['p_le0']:.4f}"] if c else ["", "", "", ""])
-                w.writerow([h, layer, f"{r['accuracy']:.4f}", f"{r['accuracy_ci'][0]:.4f}",
-                            f"{r['accuracy_ci'][1]:.4f}", f"{r['balanced_accuracy']:.4f}",
-                            f"{r['balanced_accuracy_ci'][0]:.4f}", f"{r['balanced_accuracy_ci'][1]:.4f}",
-                            *cmp])
 
 
 def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int = 0) -> dict[str, Any]:
@@ -343,10 +239,10 @@ def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int 
     from .estimator import ProbeClassifier
 
     run_dir = Path(run_dir)
-    cfg = _read_config(run_dir)
+    cfg = read_config(run_dir)
     mode = ablation or cfg.ablation
     cache = FeatureCache.open(cfg.cache_dir)
-    split = json.loads((run_dir / "split.json").read_text())
+    split = read_split(run_dir)
     test = np.asarray(split["test"])
     X = _load_features(cache)[test]
     y = np.asarray(cache.labels)[test]
@@ -387,20 +283,12 @@ def _maybe(fn: Any, *args: Any) -> Any:
         return None
 
 
-def _read_config(run_dir: Path) -> RunConfig:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a probekit run folder (no config.json)")
-    return RunConfig.from_dict(json.loads(path.read_text()))
-
-
 def run_one(cfg: RunConfig, progress: bool = True) -> Path:
     """Run one config end to end; returns the run folder."""
     from .report import write_figures, write_report
 
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    validate_run(cfg)
+    run_dir = write_config(cfg)
     cache = extract_stage(cfg, progress=progress)
     fit_stage(cache, cfg, progress=progress)
     attribute_stage(run_dir, seed=cfg.seed)
@@ -409,126 +297,55 @@ def run_one(cfg: RunConfig, progress: bool = True) -> Path:
     return run_dir
 
 
+def resolve_configs(config: str | Path | RunConfig | dict[str, Any] | Sequence[RunConfig] | None = None,
+                    **options: Any) -> list[RunConfig]:
+    """The run configurations :func:`run` would run (see there), each validated."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown run options {unknown}; known: {', '.join(sorted(known))}")
+    if config is None:
+        dicts = [dict(d) for d in DEFAULT_RUN_OPTIONS] if not options else [{}]
+    elif isinstance(config, (str, Path)):
+        dicts = load_config_dicts(config)
+    elif isinstance(config, RunConfig):
+        dicts = [_explicit(config)]
+    elif isinstance(config, dict):
+        dicts = [dict(config)]
+    else:
+        dicts = [_explicit(c) if isinstance(c, RunConfig) else dict(c) for c in config]
+    configs = [RunConfig.from_dict({**d, **options}) for d in dicts]
+    for cfg in configs:
+        validate_run(cfg)
+    return configs
+
+
+def _explicit(cfg: RunConfig) -> dict[str, Any]:
+    """A config's options, without the derived name when the name was derived (so that an
+    override of ``model`` or ``data`` renames the run)."""
+    values = cfg.to_dict()
+    if values["name"] == run_name(cfg.model, cfg.data):
+        values["name"] = None
+    return values
+
+
 def run(config: str | Path | RunConfig | dict[str, Any] | Sequence[RunConfig] | None = None,
-        progress: bool = True) -> list[Path]:
-    """Run the whole flow from Python, exactly as ``probekit run [CONFIG]`` does.
+        progress: bool = True, **options: Any) -> list[Path]:
+    """Run the whole flow from Python, exactly as ``probekit run [CONFIG] [--OPTION ...]`` does.
 
     Args:
         config: a YAML/TOML path, a :class:`RunConfig`, a dict of its options, a list of
-            configs, or None for the bundled defaults (:data:`DEFAULT_RUNS`).
+            configs, or None for the bundled defaults (:data:`DEFAULT_RUNS`; with ``options``,
+            one run of the defaults with those options).
+        progress: show progress bars.
+        **options: any :class:`RunConfig` field (``model=``, ``probes=``, ``layers=``, ...), applied
+            on top of every config, as the CLI's flags are.
 
     Returns:
         The run folders.
+
+    Raises:
+        ConfigError: any bad option, before any extraction starts.
     """
-    if config is None:
-        configs = [dataclasses.replace(c) for c in DEFAULT_RUNS]
-    elif isinstance(config, (str, Path)):
-        configs = load_config(config)
-    elif isinstance(config, RunConfig):
-        configs = [config]
-    elif isinstance(config, dict):
-        configs = [RunConfig.from_dict(config)]
-    else:
-        configs = list(config)
+    configs = resolve_configs(config, **options)
     return [run_one(c, progress=progress) for c in configs]
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    for f in dataclasses.fields(RunConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                       help=f"(default: {f.default if f.default is not dataclasses.MISSING else 'see docs'})")
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
-                 if getattr(args, f.name) is not None}
-    for key in ("limit", "batch_size", "seed", "bootstrap"):
-        if key in overrides:
-            overrides[key] = int(overrides[key])
-    if "probe_params" in overrides:
-        overrides["probe_params"] = json.loads(overrides["probe_params"])
-    if "test_size" in overrides:
-        overrides["test_size"] = float(overrides["test_size"])
-    if "layers" in overrides:
-        from .cli import _layers_arg
-
-        overrides["layers"] = _layers_arg(overrides["layers"])
-    if args.config:
-        configs = load_config(args.config)
-    elif any(k not in ("out",) for k in overrides):
-        configs = [RunConfig()]
-    else:
-        configs = [dataclasses.replace(c) for c in DEFAULT_RUNS]
-    configs = [RunConfig.from_dict({**c.to_dict(), **overrides}) for c in configs]
-    for run_dir in run(configs):
-        print(f"{run_dir / 'report.html'}")
-    return 0
-
-
-def _cmd_fit(args: argparse.Namespace) -> int:
-    from .cache import FeatureCache
-
-    cache = FeatureCache.open(args.cache)
-    out = Path(args.out)
-    probes = [p.strip() for p in args.probe.split(",") if p.strip()]
-    from .probes import list_probes
-
-    unknown = [p for p in probes if p not in list_probes()]
-    if unknown:
-        raise ValueError(f"unknown probe {unknown[0]!r}; known: {', '.join(list_probes())}")
-    cfg = RunConfig(name=out.name, out=str(out.parent), probes=probes, seed=args.seed,
-                    test_size=args.test_size, bootstrap=args.bootstrap, cache=str(args.cache),
-                    model=cache.manifest["model"].get("id", ""), data=cache.manifest["dataset"]["name"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    metrics = fit_stage(cache, cfg)
-    for head, e in metrics["heads"].items():
-        lo, hi = e["balanced_accuracy_ci"]
-        print(f"{head:16s} acc {e['accuracy']:.3f}  balanced {e['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]")
-    return 0
-
-
-def _cmd_attribute(args: argparse.Namespace) -> int:
-    from .report import write_figures
-
-    summary = attribute_stage(args.run_dir, ablation=args.ablation)
-    write_figures(args.run_dir)
-    print(f"attributed {', '.join(summary['heads'])} in {Path(args.run_dir) / 'attribution'}")
-    return 0
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-
-    print(write_report(args.run_dir))
-    return 0
-
-
-def add_pipeline_commands(sub: Any) -> None:
-    """Register ``fit``, ``attribute``, ``report`` and ``run`` on the CLI's subparsers."""
-    p = sub.add_parser("fit", help="train probe heads on a cache; write metrics.json/csv")
-    p.add_argument("--cache", required=True)
-    p.add_argument("--probe", default="linear,alf,laya,kcla,aila-attention",
-                   help="comma-separated heads (see probekit.list_probes())")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-size", type=float, default=0.2)
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.set_defaults(fn=_cmd_fit)
-
-    p = sub.add_parser("attribute", help="layer attribution of a run's heads on its test split")
-    p.add_argument("run_dir")
-    p.add_argument("--ablation", default=None, choices=["mean", "zero", "shuffle"])
-    p.set_defaults(fn=_cmd_attribute)
-
-    p = sub.add_parser("report", help="write RUN_DIR/report.html")
-    p.add_argument("run_dir")
-    p.set_defaults(fn=_cmd_report)
-
-    p = sub.add_parser("run", help="extract -> fit -> attribute -> report (bundled default without a config)")
-    p.add_argument("config", nargs="?", default=None, help="YAML or TOML file with the options below")
-    _add_run_options(p)
-    p.set_defaults(fn=_cmd_run)

@@ -7,36 +7,94 @@ Poolings (``POOLINGS``):
   sentence-transformers does, ``[CLS]``/``[SEP]`` included). ViTs: the patch tokens, prefix
   tokens (class and register tokens) excluded. CNN maps ``(B, C, H, W)``: the spatial mean.
 * ``last``: the last token the attention mask keeps (left or right padding), for decoder LMs.
-* ``cls+mean``: shorthand for the two poolings ``cls`` and ``mean`` (ALF's tokens).
+* ``cls+mean`` (or ``cls,mean``): shorthand for the two poolings ``cls`` and ``mean`` (ALF's
+  tokens).
 * ``tokens``: every token, ``(B, T, D)``; for small runs (text is padded to a fixed length).
+
+A cached feature is named ``"{layer}.{pooling}"`` (``"layers.3.cls"``): :class:`FeatureKey`
+builds and parses that name; :func:`expand_poolings` owns the pooling spelling.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from .errors import ConfigError
 
-__all__ = ["POOLINGS", "expand_poolings", "pool"]
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+__all__ = ["POOLINGS", "FeatureKey", "expand_poolings", "pool"]
 
 POOLINGS = ("cls", "mean", "last", "tokens")
 
 
-def expand_poolings(pooling: str | Sequence[str]) -> list[str]:
-    """``"cls+mean"`` -> ``["cls", "mean"]``; checks every name.
+def expand_poolings(pooling: str | Sequence[str], recorded: Sequence[str] | None = None) -> list[str]:
+    """``"cls+mean"`` or ``"cls,mean"`` -> ``["cls", "mean"]``; checks every name.
+
+    Args:
+        pooling: one name, names joined by ``+`` or ``,``, or a list of such strings.
+        recorded: when given (a cache's poolings), every name must be one of these.
 
     Raises:
-        ValueError: an unknown pooling, naming the known ones.
+        ConfigError: an empty, unknown or (with ``recorded``) unrecorded pooling, naming the
+            valid ones.
     """
-    names = pooling.split("+") if isinstance(pooling, str) else [p for s in pooling for p in s.split("+")]
-    names = [n.strip() for n in names if n.strip()]
-    for n in names:
-        if n not in POOLINGS:
-            raise ValueError(f"unknown pooling {n!r}; choose from {', '.join(POOLINGS)} or cls+mean")
+    parts = [pooling] if isinstance(pooling, str) else list(pooling)
+    names = [n.strip() for part in parts for n in re.split(r"[+,]", str(part)) if n.strip()]
+    valid = list(recorded) if recorded is not None else list(POOLINGS)
     if not names:
-        raise ValueError("pooling is empty")
+        raise ConfigError(f"pooling is empty; choose from {', '.join(valid)}")
+    for n in names:
+        if recorded is not None and n not in recorded:
+            raise ConfigError(f"pooling {n!r} was not recorded; recorded poolings: {valid}")
+        if recorded is None and n not in POOLINGS:
+            raise ConfigError(
+                f"unknown pooling {n!r}; choose from {', '.join(POOLINGS)}, or join them: cls+mean"
+            )
     return list(dict.fromkeys(names))
+
+
+@dataclass(frozen=True, order=True)
+class FeatureKey:
+    """The name of one cached feature: ``"{layer}.{pooling}"`` (``"layers.3.cls"``).
+
+    Layer names may hold dots (``"blocks.1.norm2"``); the pooling is what follows the last one.
+
+    Attributes:
+        layer: the layer's name.
+        pooling: one of :data:`POOLINGS`.
+    """
+
+    layer: str
+    pooling: str
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(
+                f"unknown pooling {self.pooling!r} in feature key; choose from {', '.join(POOLINGS)}"
+            )
+        if not self.layer:
+            raise ConfigError("a feature key needs a layer name")
+
+    def __str__(self) -> str:
+        return f"{self.layer}.{self.pooling}"
+
+    @classmethod
+    def parse(cls, key: str) -> FeatureKey:
+        """``"layers.3.cls"`` -> ``FeatureKey("layers.3", "cls")``; ConfigError when malformed."""
+        layer, dot, pooling = str(key).rpartition(".")
+        if not dot:
+            raise ConfigError(f"feature key {key!r} is not 'LAYER.POOLING'")
+        return cls(layer, pooling)
+
+    @classmethod
+    def all(cls, layers: Sequence[str], poolings: Sequence[str]) -> list[str]:
+        """Every key, layer-major: ``[f"{l}.{p}" for l in layers for p in poolings]``."""
+        return [str(cls(layer, p)) for layer in layers for p in poolings]
 
 
 def pool(hidden: Tensor, how: str, mask: Tensor | None = None, n_prefix: int = 0) -> Tensor:
@@ -56,7 +114,7 @@ def pool(hidden: Tensor, how: str, mask: Tensor | None = None, n_prefix: int = 0
             return hidden.mean(dim=(2, 3))
         if how == "tokens":
             return hidden.flatten(2).transpose(1, 2)  # (B, H*W, C)
-        raise ValueError(f"pooling {how!r} does not apply to a CNN feature map; use mean or tokens")
+        raise ConfigError(f"pooling {how!r} does not apply to a CNN feature map; use mean or tokens")
     if hidden.ndim == 2:  # already one vector per sample (a pooler or a head)
         return hidden
     if hidden.ndim != 3:
@@ -74,7 +132,9 @@ def pool(hidden: Tensor, how: str, mask: Tensor | None = None, n_prefix: int = 0
     if how == "last":
         if mask is None:
             return hidden[:, -1]
+        import torch
+
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = (mask.bool() * positions).amax(dim=1)  # (B,) index of the last kept token
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise ValueError(f"unknown pooling {how!r}; choose from {', '.join(POOLINGS)}")
+    raise ConfigError(f"unknown pooling {how!r}; choose from {', '.join(POOLINGS)}")

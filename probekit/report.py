@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .runs import read_config, read_metrics
+
 __all__ = ["Figure", "build_figures", "write_figures", "write_report"]
 
 WEIGHT_HEADS_ORDER = ("alf", "laya", "kcla", "aila-attention", "aila-linear", "scalar-mix")
@@ -37,13 +39,9 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
     from safetensors.numpy import load_file
 
     from .cache import FeatureCache
-    from .pipeline import _read_config
 
-    cfg = _read_config(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no metrics.json: run `probekit fit` first")
-    metrics = json.loads(metrics_path.read_text())
+    cfg = read_config(run_dir)
+    metrics = read_metrics(run_dir)
     att_dir = run_dir / "attribution"
     summary = json.loads((att_dir / "attribution.json").read_text()) if (att_dir / "attribution.json").is_file() else None
     arrays = {p.stem: load_file(str(p)) for p in sorted(att_dir.glob("*.safetensors"))} if summary else {}

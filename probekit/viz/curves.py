@@ -148,7 +148,9 @@ class LayerAccuracyDisplay:
                 name=name,
                 **plot_kwargs,
             )
-        from probekit.attribution import _class_index, _head_outputs, _inputs
+        from probekit._fitted import class_index as _class_index
+        from probekit._fitted import head_outputs as _head_outputs
+        from probekit._fitted import inputs as _inputs
 
         x = _inputs(clf, X)
         parts = _head_outputs(clf, x, "layer_logits")

@@ -1,0 +1,16 @@
+"""``ProbeClassifier``: a probe head behind the scikit-learn estimator contract.
+
+The package is split by concern: :mod:`.model` (``model_``: the feature normalisation and the
+head), :mod:`.inputs` (what ``X`` and ``y`` may be), :mod:`.recipes` (each head's training
+recipe, a :class:`~probekit.train.TrainConfig`), :mod:`.persist` (save and load), :mod:`.stream` (training
+from a cache streamed in batches) and :mod:`.classifier` (the estimator).
+"""
+
+from __future__ import annotations
+
+from .classifier import ProbeClassifier
+from .model import FeatureNorm, ProbeModel
+from .persist import FORMAT_VERSION
+from .recipes import HEAD_DEFAULTS
+
+__all__ = ["FORMAT_VERSION", "HEAD_DEFAULTS", "FeatureNorm", "ProbeClassifier", "ProbeModel"]

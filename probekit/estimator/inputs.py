@@ -1,0 +1,151 @@
+"""What a probe accepts as ``X`` and ``y``: arrays ``(N, T, D)`` / ``(N, D)``, a list of per-layer
+``(N, D_l)`` arrays of any widths (zero-padded), or a :class:`~probekit.cache.FeatureCache`.
+
+Every reader returns the raw float32 CPU tensor ``(N, T, D)`` and its layout: ``dims`` (the
+selected layers' widths), ``p`` (tokens per layer), ``names`` (layer names or None),
+``n_input_layers`` and ``sel`` (the selected input layers), and for caches ``pools``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, DataError
+from ..layers import resolve_indices
+
+__all__ = ["cache_layout", "encode_labels", "read_arrays", "read_cache"]
+
+
+def _is_cache(X: Any) -> bool:
+    return all(hasattr(X, a) for a in ("load", "layer_names", "labels", "dims"))
+
+
+def _is_layer_list(X: Any) -> bool:
+    return (
+        isinstance(X, (list, tuple))
+        and len(X) > 0
+        and all(isinstance(a, (np.ndarray, Tensor)) and a.ndim == 2 for a in X)
+    )
+
+
+def _to_float_tensor(a: Any) -> Tensor:
+    if isinstance(a, Tensor):
+        return a.detach().to("cpu", torch.float32)
+    arr = np.asarray(a)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"features must be numeric, got dtype {arr.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def _pad_layers(arrays: Sequence[Any]) -> tuple[Tensor, tuple[int, ...]]:
+    """``[(N, D_l)]`` -> ``(N, L, max D)`` zero-padded, and the widths ``(L,)``."""
+    ts = [_to_float_tensor(a) for a in arrays]
+    n = ts[0].shape[0]
+    if any(t.shape[0] != n for t in ts):
+        raise DataError(
+            f"per-layer arrays have different numbers of samples: {[t.shape[0] for t in ts]}"
+        )
+    dims = tuple(int(t.shape[1]) for t in ts)
+    out = torch.zeros(n, len(ts), max(dims))
+    for i, t in enumerate(ts):
+        out[:, i, : dims[i]] = t
+    return out, dims
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def read_arrays(X: Any, layers: Any, tokens_per_layer: int) -> tuple[Tensor, dict[str, Any]]:
+    """Raw input ``(N, T, D)`` float32 CPU from arrays, and its layout.
+
+    Args:
+        X: ``(N, T, D)`` / ``(N, D)`` array or tensor, or a list of per-layer ``(N, D_l)``.
+        layers: the ``layers=`` selection over the input layers.
+        tokens_per_layer: P (ignored for a list of per-layer arrays: 1).
+    """
+    if _is_layer_list(X):
+        x, dims = _pad_layers(X)
+        p = 1
+    else:
+        x = _to_float_tensor(X)
+        if x.ndim == 2:
+            x = x[:, None, :]
+        if x.ndim != 3:
+            raise DataError(
+                f"X must be (N, T, D), (N, D) or a list of (N, D_l); got shape {tuple(x.shape)}"
+            )
+        p = tokens_per_layer
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1:
+            raise ConfigError(f"tokens_per_layer must be an int >= 1, got {p!r}")
+        if x.shape[1] % p:
+            raise DataError(f"T={x.shape[1]} tokens is not a multiple of tokens_per_layer={p}")
+        dims = None
+    n_in = x.shape[1] // p
+    sel = resolve_indices(layers, n_in)
+    if sel != list(range(n_in)):
+        x = x.unflatten(1, (n_in, p))[:, sel].flatten(1, 2)
+        dims = tuple(dims[j] for j in sel) if dims is not None else None
+    if dims is None:
+        dims = (x.shape[2],) * len(sel)
+    return x, {"dims": dims, "p": p, "names": None, "n_input_layers": n_in, "sel": sel}
+
+
+def cache_layout(cache: Any, layers: Any, pooling: str | Sequence[str] | None) -> dict[str, Any]:
+    """The layout of a cache selection; ``pooling=None``: ``cls`` if recorded, else every pooling."""
+    if pooling is None:
+        pools: Any = ["cls"] if "cls" in cache.poolings else list(cache.poolings)
+    else:
+        pools = [pooling] if isinstance(pooling, str) else list(pooling)
+    if hasattr(cache, "select"):
+        sel, pools = cache.select(layers, pools)
+    else:
+        sel = resolve_indices(layers, len(cache.layer_names), cache.layer_names)
+    return {
+        "dims": tuple(int(cache.dims[j]) for j in sel),
+        "p": len(pools),
+        "names": [str(cache.layer_names[j]) for j in sel],
+        "n_input_layers": len(cache.layer_names),
+        "sel": list(sel),
+        "pools": list(pools),
+    }
+
+
+def read_cache(cache: Any, layers: Any, pooling: Any) -> tuple[Tensor, dict[str, Any]]:
+    """Raw input ``(N, T, D)`` float32 CPU from a cache selection, and its layout."""
+    info = cache_layout(cache, layers, pooling)
+    x = cache.load(layers=info["sel"], pooling=info["pools"], dtype=torch.float32)
+    return x.detach().to("cpu", torch.float32), info
+
+
+def encode_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes (C,), y_index (N,) int64)``; DataError on bad labels."""
+    if isinstance(y, Tensor):
+        y = y.detach().cpu().numpy()
+    y = np.asarray(y)
+    if y.ndim != 1:
+        y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1:
+        raise DataError(f"y must be 1-D, got shape {y.shape}")
+    if y.shape[0] != n:
+        raise DataError(f"X has {n} samples but y has {y.shape[0]}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise DataError("y contains NaN or infinity")
+    classes, yi = np.unique(y, return_inverse=True)
+    if classes.size < 2:
+        raise DataError(
+            f"need samples of at least 2 classes to fit a probe; y has only {classes.tolist()}"
+        )
+    return classes, yi.astype(np.int64)

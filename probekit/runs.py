@@ -1,0 +1,416 @@
+"""The run folder: its configuration (:class:`RunConfig`), its layout, and what it holds.
+
+::
+
+    RUN/
+      config.json            the resolved RunConfig
+      cache/                 the feature cache (reused when it is already complete)
+      split.json             train / test sample positions (stratified, seeded)
+      probes/<head>/         model.safetensors + config.json for every head
+      metrics.json, metrics.csv
+      attribution/<head>.safetensors + attribution.json
+      figures/*.html (+ .png where a Chromium is found)
+      report.html
+
+:class:`RunConfig` is the one definition of a run's options: its fields are the config-file
+keys, the ``probekit run`` flags (generated from the fields, see :func:`run_options`) and the
+keywords of :func:`probekit.run`. A field's metadata says how text is parsed (``parse``), the
+help line (``help``), the allowed values (``choices``) and which loader receives it
+(``stage``: ``"data"`` -> :func:`probekit.load_data`, ``"model"`` -> :func:`probekit.load_model`,
+``"extract"`` -> :func:`probekit.extract`).
+
+Adding an option is a one-field change. For example, a model-loading option::
+
+    checkpoint: str | None = option(None, "local weights (.safetensors / .pth) for the model",
+                                    stage="model")
+
+adds ``--checkpoint`` to ``probekit run``, the ``checkpoint:`` config key and
+``probekit.run(checkpoint=...)``, and passes ``checkpoint=...`` to ``load_model`` whenever it is
+not ``None`` (an int option adds ``parse=int``; a yes/no option adds ``parse=parse_bool``, and
+then ``--flag`` alone means true). Document the field under ``Attributes`` of :class:`RunConfig`
+and, where the loader lacks the keyword, add it there. Nothing else changes: the test that
+compares the CLI flags, the config keys and :func:`probekit.run`'s keywords covers the new one.
+
+This module is light (no torch, numpy or scikit-learn): the CLI reads it to build its parser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .layers import check_layers, parse_layers
+from .pooling import expand_poolings
+
+__all__ = [
+    "DEFAULT_PROBES",
+    "DEFAULT_RUNS",
+    "RunConfig",
+    "load_config",
+    "option",
+    "read_config",
+    "read_metrics",
+    "run_name",
+    "run_options",
+    "summary_table",
+    "write_metrics",
+]
+
+DEFAULT_PROBES = ("linear", "concat", "scalar-mix", "alf", "laya", "kcla", "aila-linear", "aila-attention")
+FIGURE_FORMATS = ("png", "svg", "pdf", "html")
+ABLATIONS = ("mean", "zero", "shuffle")
+STAGES = ("data", "model", "extract")
+
+# Runs train ALF as one configuration of its grid (lr 1e-2, weight decay 1e-4) for 20 epochs with
+# batches of 256, so that a run finishes in minutes on a 2-core CPU. The paper's recipe (a 21-config
+# lr x weight-decay grid, >= 1000 steps, then a refit) is a GPU recipe: ``probe_params={}`` gives it.
+CPU_PROBE_PARAMS: dict[str, dict[str, Any]] = {
+    "alf": {"lr": 1e-2, "weight_decay": 1e-4, "batch_size": 256, "epochs": 20}
+}
+
+
+# ------------------------------------------------------------------------------- parsers
+
+
+def parse_list(value: Any) -> list[str]:
+    """``"linear,alf"`` -> ``["linear", "alf"]``; a list is kept."""
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return list(value)
+
+
+def parse_json(value: Any) -> Any:
+    """A JSON object given as text (``--probe-params '{"alf": {"lr": 0.01}}'``); else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"not valid JSON: {value!r} ({err.msg})") from None
+
+
+def parse_bool(value: Any) -> bool:
+    """``true/false/yes/no/1/0`` (any case) or a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"expected true or false, got {value!r}")
+
+
+def option(default: Any = None, help: str = "", *, parse: Callable[[Any], Any] | None = None,
+           choices: Sequence[Any] | None = None, stage: str | None = None,
+           factory: Callable[[], Any] | None = None) -> Any:
+    """A :class:`RunConfig` field: its default, help line, parser, allowed values and stage."""
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")  # a bug in a field
+    metadata = {"help": help, "parse": parse, "choices": tuple(choices) if choices else None,
+                "stage": stage}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def run_name(model: str, data: str) -> str:
+    """A folder name from the model and data specs: ``bundled:minilm-l6`` + ``csv:x/words.csv``
+    -> ``minilm-l6_words``."""
+
+    def part(spec: str) -> str:
+        rest = spec.split(":", 1)[1] if re.match(r"^[a-z]+:", spec) else spec
+        rest = rest.rstrip("/\\") or spec
+        last = re.split(r"[/\\]", rest)[-1]
+        stem = re.sub(r"\.(csv|tsv|json|jsonl|parquet|txt|safetensors|pth|pt|bin)$", "", last)
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "x"
+
+    return f"{part(model)}_{part(data)}"
+
+
+# ------------------------------------------------------------------------------- the options
+
+
+@dataclass
+class RunConfig:
+    """One run. Every field is a config-file key, a ``probekit run`` flag (``--text-column`` for
+    ``text_column``) and a keyword of :func:`probekit.run`; see the module docstring to add one.
+
+    Attributes:
+        name: the run folder's name under ``out`` (default: from the model and the data).
+        model: model spec (see :func:`probekit.load_model`).
+        data: dataset spec (see :func:`probekit.load_data`).
+        split, text_column, label_column, limit: passed to :func:`probekit.load_data`.
+        layers: which layers to record (None = all).
+        pooling: what to record (default: the model's).
+        batch_size, precision, dtype, device: extraction settings.
+        probes: the heads to train.
+        probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
+            ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
+            Default: a light ALF (one config, 20 epochs); ``{}`` gives every head its paper recipe.
+        test_size: fraction of samples held out (stratified) for every reported score.
+        seed: seeds the split, the probes and the bootstrap.
+        ablation: replacement for ablation sensitivity: ``mean``, ``zero`` or ``shuffle``.
+        bootstrap: bootstrap resamples for the 95% confidence intervals.
+        figures: image formats to export besides HTML (``png``, ``svg``, ``pdf``).
+        out: the folder that holds run folders.
+        cache: the feature cache folder (default ``RUN/cache``).
+    """
+
+    name: str | None = option(None, "run folder name under --out (default: MODEL_DATA)")
+    model: str = option("bundled:minilm-l6", "hf:NAME, timm:NAME, bundled:minilm-l6, "
+                        "bundled:efficientnet-lite0, or a directory")
+    data: str = option("bundled:vader-valence", "hf:NAME, csv:PATH, imagefolder:DIR, "
+                       "bundled:vader-valence, bundled:mnist")
+    split: str | None = option(None, "dataset split (hf: and bundled:mnist)", stage="data")
+    text_column: str | None = option(None, "text column of the data", stage="data")
+    label_column: str | None = option(None, "label column of the data", stage="data")
+    limit: int | None = option(None, "use at most this many samples (stratified)", parse=int,
+                               stage="data")
+    layers: Any = option(None, "all (default), N (last N), 0,3,-1, or module globs like "
+                         "'blocks.*.norm2'", parse=parse_layers, stage="extract")
+    pooling: str | None = option(None, "cls, mean, last, cls+mean or cls,mean (default: the model's)",
+                                 stage="extract")
+    batch_size: int = option(64, "extraction batch size", parse=int, stage="extract")
+    precision: str = option("fp32", "matmul precision of the forward",
+                            choices=("fp32", "medium", "bf16"), stage="extract")
+    dtype: str = option("float32", "dtype of the cached features",
+                        choices=("float32", "float16", "bfloat16"), stage="extract")
+    device: str | None = option(None, "device of the forward and the probes (default: CUDA if any)",
+                                stage="extract")
+    probes: list[str] = option(help="comma-separated heads (see probekit.list_probes())",
+                               parse=parse_list, factory=lambda: list(DEFAULT_PROBES))
+    probe_params: dict[str, dict[str, Any]] = option(
+        help='per-head ProbeClassifier keywords as JSON, e.g. \'{"alf": {"lr": 0.01}}\'',
+        parse=parse_json, factory=lambda: {k: dict(v) for k, v in CPU_PROBE_PARAMS.items()})
+    test_size: float = option(0.2, "held-out fraction (stratified)", parse=float)
+    seed: int = option(0, "seed of the split, the probes and the bootstrap", parse=int)
+    ablation: str = option("mean", "replacement for ablation sensitivity", choices=ABLATIONS)
+    bootstrap: int = option(1000, "bootstrap resamples for the 95% intervals", parse=int)
+    figures: list[str] = option(help="image formats besides HTML: png, svg, pdf (comma-separated)",
+                                parse=parse_list, factory=lambda: ["png"])
+    out: str = option("runs", "folder that holds the run folders")
+    cache: str | None = option(None, "feature cache folder (default RUN/cache)")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            parse = f.metadata.get("parse")
+            if parse is not None and value is not None:
+                try:
+                    value = parse(value)
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(f"bad value {value!r} for {f.name}: {err}") from None
+                setattr(self, f.name, value)
+        if not self.name:
+            self.name = run_name(self.model, self.data)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option that needs no model, data or head registry.
+
+        Raises:
+            ConfigError: naming the option and its allowed values.
+        """
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, "
+                                  f"got {getattr(self, f.name)!r}")
+        if not 0.0 < self.test_size < 1.0:
+            raise ConfigError(f"test_size must be in (0, 1), got {self.test_size}")
+        for key in ("batch_size", "bootstrap"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        bad = [f for f in self.figures if f not in FIGURE_FORMATS]
+        if bad:
+            raise ConfigError(f"unknown figure format {bad[0]!r}; choose from {', '.join(FIGURE_FORMATS)}")
+        if not self.probes:
+            raise ConfigError("probes is empty; name at least one head")
+        if not isinstance(self.probe_params, dict) or not all(
+                isinstance(v, dict) for v in self.probe_params.values()):
+            raise ConfigError("probe_params must map head names to keyword dicts, "
+                              'e.g. {"alf": {"lr": 0.01}}')
+        check_layers(self.layers)
+        if self.pooling is not None:
+            expand_poolings(self.pooling)
+        if any(c in str(self.name) for c in "/\\") or self.name in (".", ".."):
+            raise ConfigError(f"run name {self.name!r} must be a folder name, not a path")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / str(self.name)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the features are cached: ``cache``, or ``RUN/cache``."""
+        return Path(self.cache) if self.cache else self.run_dir / "cache"
+
+    def stage_options(self, stage: str) -> dict[str, Any]:
+        """The keywords for one loader (``"data"``, ``"model"``, ``"extract"``): every field of
+        that stage whose value is not ``None``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get("stage") == stage and getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from a mapping (``-`` or ``_`` in keys); unknown keys are a ConfigError naming the
+        known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_options() -> list[dataclasses.Field[Any]]:
+    """The fields of :class:`RunConfig`: the one list of run options."""
+    return list(dataclasses.fields(RunConfig))
+
+
+DEFAULT_RUN_OPTIONS: tuple[dict[str, Any], ...] = (
+    {"model": "bundled:minilm-l6", "data": "bundled:vader-valence"},
+    {"model": "bundled:efficientnet-lite0", "data": "bundled:mnist", "limit": 2000, "batch_size": 50},
+)
+"""What ``probekit run`` without a config or options runs: both bundled demos, offline."""
+
+DEFAULT_RUNS = tuple(RunConfig.from_dict(d) for d in DEFAULT_RUN_OPTIONS)
+
+
+def load_config_dicts(path: str | Path) -> list[dict[str, Any]]:
+    """The runs of a YAML or TOML config file as option dicts (shared keys merged into each)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config {path} is not valid TOML: {err}") from None
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    else:
+        raise ConfigError(f"config {path} must be .yaml, .yml or .toml")
+    if not isinstance(values, dict):
+        raise ConfigError(f"config {path} must hold a mapping of options")
+    runs = values.pop("runs", None)
+    if runs is None:
+        return [values]
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ConfigError(f"config {path}: runs must be a list of option mappings")
+    return [{**values, **r} for r in runs]
+
+
+def load_config(path: str | Path) -> list[RunConfig]:
+    """Read a YAML or TOML config: one run's options, or ``runs: [...]`` (shared keys on top)."""
+    return [RunConfig.from_dict(d) for d in load_config_dicts(path)]
+
+
+# ------------------------------------------------------------------------------- run folder
+
+
+def read_config(run_dir: str | Path) -> RunConfig:
+    """The :class:`RunConfig` saved in a run folder."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a probekit run folder (no config.json)")
+    return RunConfig.from_dict(json.loads(path.read_text()))
+
+
+def write_config(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
+    """Write ``config.json`` into ``run_dir`` (default ``cfg.run_dir``); returns the folder."""
+    folder = Path(run_dir) if run_dir is not None else cfg.run_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    return folder
+
+
+def write_split(run_dir: Path, train: Sequence[int], test: Sequence[int], seed: int,
+                test_size: float) -> None:
+    (run_dir / "split.json").write_text(json.dumps(
+        {"train": [int(i) for i in train], "test": [int(i) for i in test], "seed": seed,
+         "test_size": test_size}))
+
+
+def read_split(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "split.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no split.json: run `probekit fit` first")
+    return json.loads(path.read_text())
+
+
+def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
+    """``metrics.json`` and ``metrics.csv`` (one row per head, then per layer of the linear probe)."""
+    import csv
+
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        paired = [f"{ref}{suffix}" for ref in ("vs_last_layer", "vs_best_layer")
+                  for suffix in ("", "_lo", "_hi", "_p_le0")]
+        w.writerow(["head", "layer", "accuracy", "accuracy_lo", "accuracy_hi", "balanced_accuracy",
+                    "balanced_accuracy_lo", "balanced_accuracy_hi", *paired])
+        for head, e in metrics["heads"].items():
+            rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
+            for h, layer, r in rows:
+                cmp = []
+                for ref in ("vs_last_layer", "vs_best_layer"):
+                    c = r.get("paired", {}).get(ref)
+                    cmp += ([f"{c['difference']:.4f}", f"{c['ci'][0]:.4f}", f"{c['ci'][1]:.4f}",
+                             f"{c['p_le0']:.4f}"] if c else ["", "", "", ""])
+                w.writerow([h, layer, f"{r['accuracy']:.4f}", f"{r['accuracy_ci'][0]:.4f}",
+                            f"{r['accuracy_ci'][1]:.4f}", f"{r['balanced_accuracy']:.4f}",
+                            f"{r['balanced_accuracy_ci'][0]:.4f}", f"{r['balanced_accuracy_ci'][1]:.4f}",
+                            *cmp])
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no metrics.json: run `probekit fit` first")
+    return json.loads(path.read_text())
+
+
+def summary_table(run_dir: str | Path) -> str:
+    """A few lines for the terminal: each head's balanced accuracy with its 95% interval, the
+    best layer of the per-layer linear probes, and where the report is."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    heads = metrics["heads"]
+    lines = [f"run {run_dir}  ({metrics.get('model')} on {metrics.get('data')}, "
+             f"{metrics.get('n_train')} train / {metrics.get('n_test')} test)",
+             f"  {'head':<16s} {'balanced acc':>12s}  95% interval"]
+    best = max(heads, key=lambda h: heads[h]["balanced_accuracy"]) if heads else None
+    for head, e in heads.items():
+        lo, hi = e["balanced_accuracy_ci"]
+        mark = "  <- best" if head == best else ""
+        lines.append(f"  {head:<16s} {e['balanced_accuracy']:>12.3f}  [{lo:.3f}, {hi:.3f}]{mark}")
+    rows = heads.get("linear", {}).get("per_layer")
+    if rows:
+        top = max(rows, key=lambda r: r["balanced_accuracy"])
+        lo, hi = top["balanced_accuracy_ci"]
+        lines.append(f"  best layer (linear probe): {top['layer']}  "
+                     f"{top['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]")
+    report = run_dir / "report.html"
+    lines.append(f"  report: {report}" if report.is_file() else "  report: not written")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""Accuracy, balanced accuracy, stratified splits and class weights for the training loops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError, DataError
+
+__all__ = ["accuracy", "balanced_accuracy", "batch_size_for", "class_weights", "stratified_split"]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _as_long_tensor(y: Any) -> Tensor:
+    if isinstance(y, Tensor):
+        return y.detach().long().cpu()
+    return torch.as_tensor(np.asarray(y)).long()
+
+
+def accuracy(y_true: Any, y_pred: Any) -> float:
+    """Fraction of correct predictions.
+
+    Args:
+        y_true: ``(N,)`` integer labels (array or tensor).
+        y_pred: ``(N,)`` predicted labels.
+
+    Returns:
+        Accuracy in [0, 1].
+    """
+    t, p = _as_long_tensor(y_true), _as_long_tensor(y_pred)
+    if t.shape != p.shape or t.numel() == 0:
+        raise DataError(
+            f"need two non-empty label vectors of one shape, got {t.shape} and {p.shape}"
+        )
+    return float((t == p).double().mean())
+
+
+def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
+    """Mean recall over the classes present in ``y_true`` (scikit-learn's definition).
+
+    Args:
+        y_true: ``(N,)`` integer labels (array or tensor).
+        y_pred: ``(N,)`` predicted labels.
+
+    Returns:
+        Balanced accuracy in [0, 1].
+    """
+    t, p = _as_long_tensor(y_true), _as_long_tensor(y_pred)
+    if t.shape != p.shape or t.numel() == 0:
+        raise DataError(
+            f"need two non-empty label vectors of one shape, got {t.shape} and {p.shape}"
+        )
+    classes = torch.unique(torch.cat([t, p]))
+    t, p = torch.searchsorted(classes, t), torch.searchsorted(classes, p)
+    return float(_balanced_accuracy_batched(p, t, classes.numel()))
+
+
+def _balanced_accuracy_batched(pred: Tensor, y: Tensor, n_classes: int) -> Tensor:
+    """Balanced accuracy of many prediction vectors at once.
+
+    Args:
+        pred: ``(..., N)`` predicted class indices.
+        y: ``(N,)`` true class indices in ``[0, n_classes)``.
+        n_classes: C.
+
+    Returns:
+        ``(...)`` float64 balanced accuracies (mean recall over classes present in ``y``).
+    """
+    onehot = F.one_hot(y, n_classes).double()  # (N, C)
+    counts = onehot.sum(0)  # (C,)
+    hits = (pred == y).double()  # (..., N)
+    recall = (hits @ onehot) / counts.clamp_min(1)  # (..., C)
+    present = counts > 0
+    return recall[..., present].mean(-1)
+
+
+# --------------------------------------------------------------------------- data helpers
+
+
+def stratified_split(y: Any, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split sample indices into train and validation, keeping class proportions.
+
+    Every class with at least two samples puts ``round(val_size * n_c)`` of them (at least
+    one, and never all) into validation; single-sample classes stay in train.
+
+    Args:
+        y: ``(N,)`` integer labels.
+        val_size: fraction in (0, 1).
+        seed: seed of the shuffle.
+
+    Returns:
+        ``(train_idx, val_idx)`` sorted int64 index arrays.
+    """
+    if not 0.0 < val_size < 1.0:
+        raise ConfigError(f"val_size must be in (0, 1), got {val_size}")
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    val: list[np.ndarray] = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if idx.size < 2:
+            continue
+        k = min(max(int(round(val_size * idx.size)), 1), idx.size - 1)
+        val.append(rng.permutation(idx)[:k])
+    val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
+    mask = np.ones(y.size, dtype=bool)
+    mask[val_idx] = False
+    return np.flatnonzero(mask).astype(np.int64), val_idx.astype(np.int64)
+
+
+def class_weights(y: Tensor, n_classes: int, mode: str | None) -> Tensor:
+    """Per-class loss weights.
+
+    Args:
+        y: ``(N,)`` class indices.
+        n_classes: C.
+        mode: ``"balanced"`` (``N / (K * count_c)``, K = classes present, as scikit-learn;
+            absent classes get 0) or ``None`` (all ones).
+
+    Returns:
+        ``(C,)`` float32 weights on ``y``'s device.
+    """
+    if mode is None:
+        return torch.ones(n_classes, device=y.device)
+    if mode != "balanced":
+        raise ConfigError(f"class_weight must be 'balanced' or None, got {mode!r}")
+    counts = torch.bincount(y, minlength=n_classes).float()
+    present = counts > 0
+    w = torch.zeros(n_classes, device=y.device)
+    w[present] = y.numel() / (int(present.sum()) * counts[present])
+    return w
+
+
+def batch_size_for(n: int, batch_size: int, min_batches: int = 1) -> int:
+    """Shrink ``batch_size`` so that ``n`` samples give at least ``min_batches`` batches."""
+    return max(1, min(batch_size, n // max(min_batches, 1) or 1))

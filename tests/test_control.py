@@ -1,0 +1,79 @@
+"""Control tasks (Hewitt & Liang, 2019): the label function, and selectivity telling a layer that
+carries the label from one that only makes samples identifiable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from probekit import DataError, ProbeClassifier, control_labels, sample_keys, selectivity
+
+
+def test_control_labels_are_deterministic_per_type_and_seeded():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in rng.integers(0, 300, 3000)]
+    y = rng.choice(["neg", "pos", "neu"], size=3000, p=[0.6, 0.3, 0.1])
+    a = control_labels(words, y, seed=0)
+    np.testing.assert_array_equal(a, control_labels(words, y, seed=0))
+    assert set(np.unique(a)) <= {"neg", "pos", "neu"}
+    by_word: dict[str, set] = {}
+    for w, c in zip(words, a, strict=True):
+        by_word.setdefault(w, set()).add(c)
+    assert all(len(s) == 1 for s in by_word.values())  # one label per type
+    # independent of order: the label of a word does not depend on where it appears
+    perm = rng.permutation(3000)
+    np.testing.assert_array_equal(control_labels([words[i] for i in perm], y[perm], 0), a[perm])
+    other = control_labels(words, y, seed=1)
+    assert (other != a).mean() > 0.2
+    # a type's control label is unrelated to its task label
+    assert abs((a == y).mean() - (0.6**2 + 0.3**2 + 0.1**2)) < 0.06
+
+
+def test_control_label_distribution_matches_the_empirical_one():
+    y = np.repeat([0, 1, 2, 3], [5000, 3000, 1500, 500])
+    keys = [f"type-{i}" for i in range(len(y))]  # every sample its own type
+    freq = np.bincount(control_labels(keys, y, seed=7), minlength=4) / len(y)
+    np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.015)
+
+
+def test_sample_keys_hash_image_content():
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, (3, 8, 8), dtype=np.uint8)
+    keys = sample_keys([imgs[0], imgs[1], imgs[0].copy(), imgs[2]])
+    assert keys[0] == keys[2] and len({keys[0], keys[1], keys[3]}) == 3
+    assert sample_keys(["a", "b", "a"]) == ["a", "b", "a"]
+    with pytest.raises(DataError, match="one key per sample"):
+        control_labels(["a", "b"], [0, 1, 1])
+    with pytest.raises(DataError, match="differ in shape"):
+        selectivity([0.9, 0.8], [0.5])
+
+
+def _per_layer_test_accuracy(x_tr, y_tr, x_te, y_te) -> np.ndarray:
+    clf = ProbeClassifier(head="linear", val_size=0.0, C=1.0, device="cpu", random_state=0)
+    clf.fit(x_tr, y_tr)
+    return (clf.predict_layers(x_te) == y_te[:, None]).mean(0)
+
+
+def test_selectivity_separates_signal_from_identity():
+    """Layer 0 carries the label (noisily); layer 1 is a random 256-d code of the sample's type.
+    The identity layer wins on raw accuracy (a linear probe memorises 150 types) but, as it
+    fits the control task just as well, loses on selectivity."""
+    rng = np.random.default_rng(0)
+    n_types, reps, d = 150, 8, 256
+    types = np.repeat(np.arange(n_types), reps)
+    y_type = rng.integers(0, 2, n_types)
+    y = y_type[types]
+    signal = rng.normal(size=(len(y), d))
+    signal[:, 0] += 1.6 * (2 * y - 1)
+    codes = rng.normal(size=(n_types, d))[types] + 0.1 * rng.normal(size=(len(y), d))
+    x = np.stack([signal, codes], 1).astype(np.float32)
+    keys = [f"type {t}" for t in types]
+    y_ctl = control_labels(keys, y, seed=0)
+    te = rng.random(len(y)) < 0.25
+    task = _per_layer_test_accuracy(x[~te], y[~te], x[te], y[te])
+    ctl = _per_layer_test_accuracy(x[~te], y_ctl[~te], x[te], y_ctl[te])
+    sel = selectivity(task, ctl)
+    assert task[1] > task[0]  # raw accuracy prefers the identity layer
+    assert sel[0] > sel[1] + 0.2  # selectivity prefers the label layer
+    assert ctl[1] > 0.9 and ctl[0] < 0.7
+    np.testing.assert_allclose(sel, task - ctl)
