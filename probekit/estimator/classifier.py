@@ -4,7 +4,7 @@
 
     clf = ProbeClassifier(head="linear").fit(X, y)      # X (N, T, D), (N, D), [(N, D_l)] or a cache
     clf.predict(X); clf.predict_proba(X); clf.score(X, y)
-    clf.layer_scores_        # (L,) validation accuracy of every layer's probe
+    clf.layer_scores_        # (L,) validation balanced accuracy of every layer's probe
     clf.layer_weights(X)     # (N, L) the head's own attribution (attention heads)
     clf.save("probe/"); ProbeClassifier.load("probe/")
 
@@ -39,7 +39,7 @@ from ..probes.base import ProbeOutput
 from ..train import (
     GridResult,
     TrainConfig,
-    accuracy,
+    balanced_accuracy,
     fit_linear_probes,
     stratified_split,
     train_grid,
@@ -63,7 +63,7 @@ from .model import (
     fit_feature_norm,
 )
 from .persist import _jsonable, load_probe, save_probe
-from .recipes import OVERRIDABLE, recipe_for
+from .recipes import DROPOUT_PARAM, HEAD_VARIANTS, OVERRIDABLE, recipe_for
 from .stream import fit_from_stream
 
 __all__ = ["ProbeClassifier"]
@@ -78,7 +78,9 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             that argument a grid axis.
         lr: learning rate, or a list (grid axis). ``None``: head default.
         weight_decay: weight decay, or a list (grid axis). ``None``: head default.
-        dropout: the head's ``dropout`` argument, or a list (grid axis). ``None``: head default.
+        dropout: the head's dropout, or a list (grid axis); for ``"alf"`` the attention
+            dropout (``attn_dropout``, as in its reference), else the head's ``dropout``
+            argument. ``None``: the head's recipe (ALF: the grid {0, 0.1, 0.3}).
         C: inverse L2 strength of the ``"linear"`` head's L-BFGS solver, as scikit-learn's.
         epochs: epochs of minibatch training. The ALF default (40) is raised to reach 1000
             steps; an explicit value is used as is.
@@ -95,8 +97,8 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             of poolings loaded).
         layers: timm-style selection of layers (``None`` all, int k the last k, a list of
             indices or names).
-        pooling: the cache poolings to load (``"cls"``, ``["cls", "mean"]``); ``None``: ``"cls"``
-            when the cache has it, else every recorded pooling.
+        pooling: the cache poolings to load (``"cls"``, ``["cls", "mean"]``); ``None``: every
+            pooling the cache holds (CLS and mean where both exist: T = 2L tokens).
         stream: train from ``cache.batches`` instead of loading the cache; ``None``: only when
             the cache would take more than half the available memory.
         device: ``"cpu"``, ``"cuda"``...; ``None``: CUDA when available.
@@ -106,8 +108,10 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
     Fitted attributes:
         classes_ ``(C,)``, n_layers_, dims_ (L widths), tokens_per_layer_, layer_names_,
         model_ (:class:`ProbeModel`, eval mode, on ``device_``), device_, best_params_,
-        history_, best_score_ (validation balanced accuracy or ``None``), layer_scores_ ``(L,)``
-        and selected_layer_ (heads with per-layer logits), feature_mean_ ``(T, D)``,
+        history_, best_score_ (validation balanced accuracy or ``None``), grid_scores_ ``(G,)``
+        and grid_configs_ (every configuration of the grid, ``None`` for L-BFGS),
+        layer_scores_ ``(L,)`` (validation balanced accuracy of each layer's probe) and
+        selected_layer_ (heads with per-layer logits), feature_mean_ ``(T, D)``,
         n_features_in_ (``T * D``).
     """
 
@@ -191,11 +195,24 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         self._variants()
         return self
 
-    def _variants(self) -> list[dict[str, Any]]:
-        """Head keyword sets: the product of every list-valued head parameter (and dropout)."""
+    def _variants(self, search: bool = True) -> list[dict[str, Any]]:
+        """Head keyword sets: the product of every list-valued head parameter (and dropout).
+
+        The head's recipe axes (:data:`HEAD_VARIANTS`, e.g. ALF's attention dropout) apply
+        unless ``head_params`` or ``dropout`` sets the same keyword; without a validation split
+        to choose on (``search=False``) they keep their first value.
+        """
         params = dict(self.head_params or {})
         if self.dropout is not None:
-            params["dropout"] = self.dropout
+            key = DROPOUT_PARAM.get(self.head, "dropout")
+            if key in params:
+                raise ConfigError(
+                    f"dropout={self.dropout!r} and head_params[{key!r}] set the same thing; "
+                    "give one of them"
+                )
+            params[key] = self.dropout
+        recipe = {k: v for k, v in HEAD_VARIANTS.get(self.head, {}).items() if k not in params}
+        params = {**{k: (v if search else v[:1]) for k, v in recipe.items()}, **params}
         accepted = head_params(self.head)
         unknown = sorted(set(params) - set(accepted))
         if unknown:
@@ -273,7 +290,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
                 mismatched lengths.
         """
         s = self._settings()
-        variants = self._variants()
+        variants = self._variants(search=s.val_size > 0)
         seed = self._seed()
         device = self._device()
         if _is_cache(X) and y is None:
@@ -375,8 +392,8 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         head = build(**kwargs)
         head.load_state_dict(result.state_dict)
         self._record(result)
-        if result.layer_scores is not None and hasattr(head, "selected_layer"):
-            self.selected_layer_ = int(np.argmax(result.layer_scores))
+        if result.layer_balanced_scores is not None and hasattr(head, "selected_layer"):
+            self.selected_layer_ = int(np.argmax(result.layer_balanced_scores))
             _set_selected_layer(head, self.selected_layer_)
         elif hasattr(head, "selected_layer"):  # no validation: the head's default (last layer)
             self.selected_layer_ = int(_buffer(head, "selected_layer"))
@@ -390,7 +407,8 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         )
         self.best_epoch_ = result.best_epoch
         self.grid_scores_ = result.scores
-        self.layer_scores_ = result.layer_scores
+        self.grid_configs_ = list(result.configs)
+        self.layer_scores_ = result.layer_balanced_scores
         self.selected_layer_ = None
 
     def _fit_linear(
@@ -424,7 +442,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             )
             sol = fit_linear_probes(xl[:, tr], y[tr], **opts)
             pred = (torch.bmm(xl[:, va], sol.weight) + sol.bias[:, None]).argmax(-1)  # (L, n_val)
-            acc = np.array([accuracy(y[va].cpu(), p.cpu()) for p in pred])
+            acc = np.array([balanced_accuracy(y[va].cpu(), p.cpu()) for p in pred])
             self.layer_scores_ = acc
             self.selected_layer_ = int(np.argmax(acc))
             self.best_score_ = float(acc[self.selected_layer_])
@@ -440,6 +458,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = history
         self.best_epoch_ = None
         self.grid_scores_ = None
+        self.grid_configs_ = None
         self.n_iter_ = sol.n_iter
         return head, dict(variant)
 
