@@ -411,7 +411,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--depths", type=int, nargs="+", default=[6, 12, 24, 48])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (1 is much faster on a CPU shared with other jobs)",
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {describe_recipe(args.recipe)}"
