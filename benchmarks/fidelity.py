@@ -21,13 +21,14 @@ Every head trains on the same stratified 80% train split (seed 0) and is scored 
 (d) AILA (Claster et al.): which layers matter when each is replaced by its train mean, one at a
     time (paper: the middle ones).
 
-Every difference is a PAIRED bootstrap over the test samples: the same resampled indices score
-both classifiers; we report the difference of balanced accuracy, its 95% percentile interval and
-the fraction of resamples where it is <= 0.
+Every difference is a PAIRED bootstrap over the test samples
+(:func:`probekit.pipeline.paired_comparison`, the one ``metrics.json`` uses): the same resampled
+indices score both classifiers; we report the difference of balanced accuracy, its 95% percentile
+interval and the fraction of resamples where it is <= 0.
 
 Usage::
 
-    python benchmarks/fidelity.py                      # CPU recipe, all three tasks (< 20 min)
+    python benchmarks/fidelity.py --threads 1          # CPU recipe, all three tasks
     python benchmarks/fidelity.py --recipe paper       # ALF's full 63-point grid (a GPU recipe)
     python benchmarks/fidelity.py --tasks minilm --json fidelity.json
 """
@@ -48,6 +49,7 @@ import torch
 
 import probekit
 from probekit import ProbeClassifier
+from probekit.pipeline import paired_comparison
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kcla import FullLayerAttention, make_head, peak_bytes, time_step  # noqa: E402
@@ -150,37 +152,6 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     """Mean recall over the classes present in ``y`` (scikit-learn's definition)."""
     classes = np.unique(y)
     return float(np.mean([np.mean(pred[y == c] == c) for c in classes]))
-
-
-def paired_bootstrap(
-    y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_boot: int, seed: int
-) -> dict[str, Any]:
-    """Balanced accuracy of A minus B on the same resampled test sets.
-
-    Returns:
-        ``diff`` (on the full test set), ``ci`` (95% percentile interval of the resampled
-        differences) and ``p_le0`` (fraction of resamples with a difference <= 0).
-    """
-    n = len(y)
-    classes, yi = np.unique(y, return_inverse=True)
-    onehot = np.eye(len(classes))[yi]  # (N, C)
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)])
-    support = counts @ onehot  # (n_boot, C) samples of each class in each resample
-    present = support > 0
-
-    def resampled(pred: np.ndarray) -> np.ndarray:
-        hits = counts @ (onehot * (pred == y)[:, None])  # (n_boot, C)
-        recall = np.where(present, hits / np.maximum(support, 1), 0.0)
-        return recall.sum(1) / present.sum(1)
-
-    diffs = resampled(pred_a) - resampled(pred_b)
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return {
-        "diff": balanced_accuracy(y, pred_a) - balanced_accuracy(y, pred_b),
-        "ci": [float(lo), float(hi)],
-        "p_le0": float(np.mean(diffs <= 0)),
-    }
 
 
 # --------------------------------------------------------------------------- recipes
@@ -308,7 +279,7 @@ def run_task(
     rows = []
 
     def compare(claim: str, a: str, b: str, paper: str) -> None:
-        res = paired_bootstrap(yte, preds[a], preds[b], n_boot, seed)
+        res = paired_comparison(yte, preds[a], preds[b], n_boot, seed)
         rows.append(
             {
                 "task": task.key,
@@ -355,7 +326,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ci = f"[{r['ci'][0] * 100:+.1f}, {r['ci'][1] * 100:+.1f}]"
         print(
             f"{r['task']:<8} {r['claim']:<5} {r['a'] + ' - ' + r['b']:<48} "
-            f"{r['a_score'] * 100:6.1f} {r['b_score'] * 100:6.1f} {r['diff'] * 100:+8.1f} "
+            f"{r['a_score'] * 100:6.1f} {r['b_score'] * 100:6.1f} {r['difference'] * 100:+8.1f} "
             f"{ci:>16} {r['p_le0']:7.3f}  {r['paper']}"
         )
     for r in rows:
