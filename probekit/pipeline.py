@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ._placement import parse_quantization
+from .errors import ConfigError, DataError, ModelError
 from .runs import (
     CPU_PROBE_PARAMS,
     DEFAULT_PROBES,
@@ -51,11 +52,16 @@ def validate_run(cfg: RunConfig) -> RunConfig:
     Raises:
         ConfigError: an unknown head, a parameter a head does not take or a value outside its
             range, naming the head, the parameter and the valid choices.
+        ModelError: a ``checkpoint`` file that does not exist; ``quantization`` without
+            bitsandbytes.
     """
     from .estimator import ProbeClassifier
     from .probes import list_probes
 
     cfg.validate()
+    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():  # before data loads
+        raise ModelError(f"cannot load {cfg.model}: checkpoint {cfg.checkpoint} does not exist")
+    parse_quantization(cfg.quantization)  # bitsandbytes is installed
     known = list_probes()
     unknown = [p for p in cfg.probes if p not in known]
     if unknown:
@@ -110,11 +116,13 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, metric: Any, n: int, se
 def _scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
+    from ._bootstrap import bootstrap_interval  # the intervals of bootstrap_ci, vectorised
+
     return {
         "accuracy": float(accuracy_score(y, pred)),
-        "accuracy_ci": bootstrap_ci(y, pred, accuracy_score, n_boot, seed),
+        "accuracy_ci": bootstrap_interval(y, pred, "accuracy", n_boot, seed),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "balanced_accuracy_ci": bootstrap_ci(y, pred, balanced_accuracy_score, n_boot, seed),
+        "balanced_accuracy_ci": bootstrap_interval(y, pred, "balanced_accuracy", n_boot, seed),
     }
 
 
@@ -124,31 +132,16 @@ def paired_comparison(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: 
 
     Resamples are ``np.random.default_rng(seed).integers(0, N, size=(n, N))``; both classifiers
     are scored on each, as scikit-learn's ``balanced_accuracy_score`` would (mean recall over the
-    classes present in the resample).
+    classes present in the resample); see :func:`probekit._bootstrap.paired_bootstrap`.
 
     Returns:
         ``difference`` (on the test samples themselves), ``ci`` (95% percentile interval of the
         resampled differences) and ``p_le0`` (fraction of resamples where A - B <= 0).
     """
-    classes, yi = np.unique(np.concatenate([y, pred_a, pred_b]), return_inverse=True)
-    yi, ai, bi = np.split(yi, 3)
-    k = len(classes)
-    idx = np.random.default_rng(seed).integers(0, len(yi), size=(n, len(yi)))
+    from ._bootstrap import paired_bootstrap
 
-    def balanced(rows: np.ndarray, hit: np.ndarray) -> np.ndarray:  # (R, N) -> (R,)
-        keys = (np.arange(rows.shape[0])[:, None] * k + yi[rows]).ravel()
-        total = np.bincount(keys, minlength=rows.shape[0] * k).reshape(-1, k)
-        correct = np.bincount(keys, weights=hit[rows].ravel(), minlength=rows.shape[0] * k)
-        present = total > 0
-        recall = np.divide(correct.reshape(-1, k), total, out=np.zeros(total.shape), where=present)
-        return recall.sum(1) / present.sum(1)
-
-    hit_a, hit_b = (ai == yi).astype(np.float64), (bi == yi).astype(np.float64)
-    full = np.arange(len(yi))[None]
-    diff = float((balanced(full, hit_a) - balanced(full, hit_b))[0])
-    diffs = balanced(idx, hit_a) - balanced(idx, hit_b)
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return {"difference": diff, "ci": [float(lo), float(hi)], "p_le0": float(np.mean(diffs <= 0))}
+    res = paired_bootstrap(y, pred_a, pred_b, n_resamples=n, seed=seed)
+    return {"difference": res.difference, "ci": [res.lo, res.hi], "p_le0": res.p_not_better}
 
 
 def _load_features(cache: Any) -> Any:
