@@ -44,6 +44,7 @@ from ..train import (
     stratified_split,
     train_grid,
 )
+from .control import control_keys, fit_control
 from .inputs import (
     _available_memory,
     _is_cache,
@@ -102,13 +103,18 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         device: ``"cpu"``, ``"cuda"``...; ``None``: CUDA when available.
         random_state: int, ``RandomState`` or ``None``.
         verbose: tqdm progress bars.
+        control: also fit the same probe, on the same validation split, to a control task
+            (Hewitt & Liang, 2019: every sample type gets a fixed random label; see
+            :mod:`probekit.estimator.control`); sets ``control_scores_`` and ``selectivity_``.
 
     Fitted attributes:
         classes_ ``(C,)``, n_layers_, dims_ (L widths), tokens_per_layer_, layer_names_,
         model_ (:class:`ProbeModel`, eval mode, on ``device_``), device_, best_params_,
         history_, best_score_ (validation balanced accuracy or ``None``), layer_scores_ ``(L,)``
         and selected_layer_ (heads with per-layer logits), feature_mean_ ``(T, D)``,
-        n_features_in_ (``T * D``).
+        n_features_in_ (``T * D``). With ``control=True``: control_scores_ ``(L,)`` (the
+        control probe's validation accuracy per layer), selectivity_ ``(L,)``
+        (``layer_scores_ - control_scores_``), control_estimator_ (the fitted control probe).
     """
 
     selected_layer_: int | None
@@ -140,6 +146,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         device: str | None = None,
         random_state: Any = None,
         verbose: bool = False,
+        control: bool = False,
     ) -> None:
         self.head = head
         self.head_params = head_params
@@ -163,6 +170,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.control = control
 
     # ----------------------------------------------------------------- settings
 
@@ -254,7 +262,12 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
     # ----------------------------------------------------------------- fit
 
     def fit(
-        self, X: Any, y: Any = None, *, layer_names: Sequence[str] | None = None
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        layer_names: Sequence[str] | None = None,
+        sample_keys: Sequence[Any] | None = None,
     ) -> ProbeClassifier:
         """Train the probe.
 
@@ -264,6 +277,8 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             y: ``(N,)`` labels; for a cache, defaults to ``cache.labels``.
             layer_names: names of the input layers (before ``layers`` selection); default
                 the cache's, else ``"layer 0"``...
+            sample_keys: ``control=True`` only: ``N`` sample types (texts, content hashes)
+                for the control task; a text cache's texts by default.
 
         Returns:
             self.
@@ -280,6 +295,26 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             y = np.asarray(X.labels)
         if y is None:
             raise DataError("y is required unless X is a FeatureCache")
+        keys = control_keys(self, X, sample_keys)
+        if keys is not None:
+            if s.val_size <= 0:
+                raise ConfigError("control=True compares validation scores: val_size must be > 0")
+            self._fit_task(X, y, s, variants, seed, device, layer_names)
+            fit_control(self, X, y, keys, layer_names, seed)
+            return self
+        return self._fit_task(X, y, s, variants, seed, device, layer_names)
+
+    def _fit_task(
+        self,
+        X: Any,
+        y: Any,
+        s: TrainConfig,
+        variants: list[dict[str, Any]],
+        seed: int,
+        device: torch.device,
+        layer_names: Sequence[str] | None,
+    ) -> ProbeClassifier:
+        """The fit itself (``fit`` without the control task)."""
         if _is_cache(X) and self._should_stream(X):
             return self._fit_stream(X, y, s, variants, seed, device)
         x, info = self._read(X, fitting=True)
@@ -302,6 +337,11 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             )
         self._finish(norm, head, kwargs, x.mean(0) if x.shape[0] else None)
         return self
+
+    def _strata(self, y: Tensor) -> np.ndarray:
+        """Labels the validation split is stratified on: ``y``, or a control task's task labels."""
+        strata = getattr(self, "_stratify", None)
+        return y.cpu().numpy() if strata is None else strata
 
     def _should_stream(self, cache: Any) -> bool:
         if self.stream is not None:
@@ -348,6 +388,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             verbose=bool(self.verbose),
             patience=s.patience if s.val_size > 0 else None,
             refit=bool(s.refit) or s.val_size == 0,
+            stratify=getattr(self, "_stratify", None),
         )
 
     def _fit_grid(
@@ -420,7 +461,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         if s.val_size > 0:
             tr, va = (
                 torch.from_numpy(i).to(device)
-                for i in stratified_split(y.cpu().numpy(), float(s.val_size), seed)
+                for i in stratified_split(self._strata(y), float(s.val_size), seed)
             )
             sol = fit_linear_probes(xl[:, tr], y[tr], **opts)
             pred = (torch.bmm(xl[:, va], sol.weight) + sol.bias[:, None]).argmax(-1)  # (L, n_val)

@@ -264,7 +264,8 @@ def train_grid(
     all_idx = torch.arange(X.shape[0], device=device)
     result = GridResult(state_dict={}, best_index=0, best_params=dict(configs[0]), configs=configs)
     if not skip_search:
-        tr, va = stratified_split(y.cpu().numpy(), config.val_size, config.seed)
+        strata = y.cpu().numpy() if config.stratify is None else config.stratify
+        tr, va = stratified_split(strata, config.val_size, config.seed)
         phase = _Phase(
             "search",
             torch.as_tensor(tr, device=device),
