@@ -1,4 +1,4 @@
-"""``probekit`` command line: ``extract | info | fit | attribute | report | run``.
+"""``probekit`` command line: ``extract | info | fit | attribute | report | run | compare``.
 
 Error contract: a user mistake (a :class:`~probekit.errors.ProbekitError`: an unknown model or
 dataset spec, a layer out of range, a missing column, an empty dataset, a folder holding another
@@ -101,7 +101,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     probes = [p.strip() for p in args.probe.split(",") if p.strip()]
     cfg = RunConfig(name=out.name, out=str(out.parent), probes=probes, seed=args.seed,
                     test_size=args.test_size, bootstrap=args.bootstrap, cache=str(args.cache),
-                    probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes})
+                    probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes},
+                    control=args.control, mdl=args.mdl)
     validate_run(cfg)  # unknown heads fail before the cache is read
     cache = FeatureCache.open(args.cache)
     cfg.model = cache.manifest["model"].get("id", "")
@@ -128,6 +129,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_caches
+
+    layers = parse_layers(args.layers)
+    matrix, paths = compare_caches(args.cache_a, args.cache_b, args.out, args.method,
+                                   layers=layers, pooling=args.pooling)
+    print(f"{args.method} similarity {matrix.shape[0]} x {matrix.shape[1]} layers -> "
+          + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -199,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-size", type=float, default=0.2)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--control", action="store_true",
+                   help="control task per layer of the linear probe: control accuracy and "
+                        "selectivity (Hewitt & Liang, 2019)")
+    p.add_argument("--mdl", action="store_true",
+                   help="online-code MDL per layer on the train split (Voita & Titov, 2020)")
     p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("attribute", help="layer attribution of a run's heads on its test split")
@@ -209,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN_DIR/report.html")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("compare", help="layer similarity (CKA/RSA) within one cache or between two")
+    p.add_argument("cache_a")
+    p.add_argument("cache_b", nargs="?", default=None,
+                   help="a second cache on the same samples (default: CACHE_A with itself)")
+    p.add_argument("--out", required=True, help="folder for the CSV, safetensors and heatmap")
+    p.add_argument("--method", default="cka", choices=["cka", "cka-debiased", "rsa"])
+    p.add_argument("--layers", default=None, help="all (default), N (last N), 0,3,-1 or names")
+    p.add_argument("--pooling", default=None, help="cls, mean, cls+mean (default: cls if recorded)")
+    p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("run", help="extract -> fit -> attribute -> report (bundled demos without a config)")
     p.add_argument("config", nargs="?", default=None, help="YAML or TOML file with the options below")

@@ -77,17 +77,28 @@ def validate_run(cfg: RunConfig) -> RunConfig:
 # ------------------------------------------------------------------------------------ stages
 
 
-def extract_stage(cfg: RunConfig, progress: bool = True) -> Any:
-    """Record the run's cache in ``RUN/cache`` (resumed or reused when already there)."""
+def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool | None = None) -> Any:
+    """Record the run's cache in ``RUN/cache`` (resumed or reused when already there).
+
+    Args:
+        cfg: the run.
+        progress: progress bars.
+        random_init: record the architecture at a random init seeded with ``cfg.seed`` (default
+            ``cfg.random_init``); with ``compare_random`` the random model goes to
+            ``cfg.random_cache_dir``.
+    """
     from .data import load_data
     from .extract import extract
     from .models import load_model
 
+    random = cfg.random_init if random_init is None else random_init
     data = load_data(cfg.data, seed=cfg.seed, **cfg.stage_options("data"))
     if len(data.label_names) < 2 or len(np.unique(data.labels)) < 2:
         raise DataError(f"{cfg.data} has a single class; probes need at least two")
-    model = load_model(cfg.model, **cfg.stage_options("model"))
-    return extract(model, data, cfg.cache_dir, progress=progress, **cfg.stage_options("extract"))
+    weights = {"weights": "random", "seed": cfg.seed} if random else {}
+    model = load_model(cfg.model, **cfg.stage_options("model"), **weights)
+    folder = cfg.random_cache_dir if random and not cfg.random_init else cfg.cache_dir
+    return extract(model, data, folder, progress=progress, **cfg.stage_options("extract"))
 
 
 def _split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,39 +134,79 @@ def _load_features(cache: Any) -> Any:
     return cache.load(pooling=cache.poolings)
 
 
-def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
+              random_cache: Any = None) -> dict[str, Any]:
     """Train every head of ``cfg.probes`` on the train split; score them on the test split.
+
+    With ``cfg.control`` the linear probe also fits a control task (per-layer control accuracy
+    and selectivity); with ``cfg.mdl`` the online code length per layer is added; the
+    within-model CKA is always written to ``RUN/similarity/``. With ``random_cache`` (the
+    random-init model's cache, ``compare_random``) the same heads are trained and scored on it,
+    on the same split, under ``metrics["random_init"]``.
 
     Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``.
     """
     import torch
 
-    from .estimator import ProbeClassifier
+    from .analyses import control_keys_of, mdl_table, write_cka
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(cache.labels)
     if np.unique(labels).size < 2:
         raise DataError("the cache holds a single class; probes need at least two")
+    keys = control_keys_of(cache, cfg) if cfg.control else None  # before any training
     X = _load_features(cache)
     if not torch.isfinite(X).all():
         raise DataError("the cache holds NaN or infinite features")
     train, test = _split(labels, cfg.test_size, cfg.seed)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
-    tokens = len(cache.poolings)
     metrics: dict[str, Any] = {
         "model": cache.manifest["model"].get("id"), "data": cache.manifest["dataset"]["name"],
         "n_train": int(train.size), "n_test": int(test.size), "label_names": list(cache.label_names),
         "layer_names": list(cache.layer_names), "poolings": list(cache.poolings), "heads": {},
     }
+    metrics["heads"] = _fit_heads(cache, X, labels, train, test, cfg, progress,
+                                  run_dir / "probes", keys)
+    if cfg.mdl:
+        metrics["mdl"] = mdl_table(X[train], labels[train], list(cache.layer_names),
+                                   len(cache.poolings), cfg.seed, cfg.device)
+    metrics["similarity"] = write_cka(run_dir, cache)
+    if random_cache is not None:
+        if not np.array_equal(np.asarray(random_cache.labels), labels):
+            raise DataError("the random-init cache holds other samples than the run's cache")
+        Xr = _load_features(random_cache)
+        metrics["random_init"] = {
+            "model": random_cache.manifest["model"].get("id"), "seed": cfg.seed,
+            "cache": str(cfg.random_cache_dir),
+            "fingerprint": random_cache.manifest.get("fingerprint"),
+            "heads": _fit_heads(random_cache, Xr, labels, train, test, cfg, progress, None, None),
+            "similarity_to_trained": write_cka(run_dir, cache, random_cache, "trained-vs-random"),
+        }
+    write_metrics(metrics, run_dir)
+    return metrics
+
+
+def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
+               cfg: RunConfig, progress: bool, save_dir: Path | None,
+               keys: np.ndarray | None) -> dict[str, Any]:
+    """Fit every head on ``X[train]``, score it on ``X[test]``; save it under ``save_dir``."""
+    from .analyses import control_rows
+    from .estimator import ProbeClassifier
+
+    heads: dict[str, Any] = {}
+    tokens = len(cache.poolings)
     for head in cfg.probes:
         t0 = time.perf_counter()
         params = {"tokens_per_layer": tokens, "random_state": cfg.seed, "device": cfg.device,
                   "verbose": progress, **cfg.probe_params.get(head, {})}
-        clf = ProbeClassifier(head=head, **params)
-        clf.fit(X[train], labels[train], layer_names=list(cache.layer_names))
+        control = keys is not None and head == "linear"
+        clf = ProbeClassifier(head=head, control=control, **params)
+        clf.fit(X[train], labels[train], layer_names=list(cache.layer_names),
+                sample_keys=list(keys[train]) if control else None)
         seconds = time.perf_counter() - t0
-        clf.save(run_dir / "probes" / head)
+        if save_dir is not None:
+            clf.save(save_dir / head)
         pred = clf.predict(X[test])
         entry = {"fit_seconds": round(seconds, 2), **_scores(labels[test], pred, cfg.bootstrap, cfg.seed)}
         if head == "linear":
@@ -165,9 +216,19 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
                 for l, name in enumerate(cache.layer_names)
             ]
             entry["selected_layer"] = cache.layer_names[int(clf.selected_layer_)]
-        metrics["heads"][head] = entry
-    write_metrics(metrics, run_dir)
-    return metrics
+            if control:
+                assert keys is not None
+                rows = control_rows(clf, X[test], labels[test], keys[test], cfg.bootstrap, cfg.seed)
+                for row, extra in zip(entry["per_layer"], rows, strict=True):
+                    row.update(extra)
+                entry["control"] = {
+                    "seed": int(clf.control_seed_),
+                    "validation_accuracy": np.asarray(clf.layer_scores_).tolist(),
+                    "validation_control_accuracy": clf.control_scores_.tolist(),
+                    "validation_selectivity": clf.selectivity_.tolist(),
+                }
+        heads[head] = entry
+    return heads
 
 
 def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int = 0) -> dict[str, Any]:
@@ -241,7 +302,8 @@ def run_one(cfg: RunConfig, progress: bool = True) -> Path:
     validate_run(cfg)
     run_dir = write_config(cfg)
     cache = extract_stage(cfg, progress=progress)
-    fit_stage(cache, cfg, progress=progress)
+    random_cache = extract_stage(cfg, progress, random_init=True) if cfg.compare_random else None
+    fit_stage(cache, cfg, progress=progress, random_cache=random_cache)
     attribute_stage(run_dir, seed=cfg.seed)
     write_figures(run_dir, formats=cfg.figures)
     write_report(run_dir)

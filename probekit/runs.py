@@ -158,6 +158,14 @@ class RunConfig:
         seed: seeds the split, the probes and the bootstrap.
         ablation: replacement for ablation sensitivity: ``mean``, ``zero`` or ``shuffle``.
         bootstrap: bootstrap resamples for the 95% confidence intervals.
+        control: also fit the linear probe to a control task (Hewitt & Liang, 2019) and report
+            control accuracy and selectivity per layer (needs ``linear`` in ``probes``).
+        mdl: the online-code description length per layer on the train split (Voita & Titov,
+            2020).
+        random_init: probe the model's architecture at a seeded random init (``seed``) instead
+            of its trained weights.
+        compare_random: also record and probe the random-init model (its own cache,
+            ``RUN/cache-random``) and draw both per-layer curves in one figure.
         figures: image formats to export besides HTML (``png``, ``svg``, ``pdf``).
         out: the folder that holds run folders.
         cache: the feature cache folder (default ``RUN/cache``).
@@ -193,6 +201,13 @@ class RunConfig:
     seed: int = option(0, "seed of the split, the probes and the bootstrap", parse=int)
     ablation: str = option("mean", "replacement for ablation sensitivity", choices=ABLATIONS)
     bootstrap: int = option(1000, "bootstrap resamples for the 95% intervals", parse=int)
+    control: bool = option(False, "control task and selectivity per layer of the linear probe",
+                           parse=parse_bool)
+    mdl: bool = option(False, "online-code MDL per layer (train split)", parse=parse_bool)
+    random_init: bool = option(False, "probe the architecture at a seeded random init",
+                               parse=parse_bool)
+    compare_random: bool = option(False, "also probe the random-init model; both curves in the "
+                                  "report", parse=parse_bool)
     figures: list[str] = option(help="image formats besides HTML: png, svg, pdf (comma-separated)",
                                 parse=parse_list, factory=lambda: ["png"])
     out: str = option("runs", "folder that holds the run folders")
@@ -235,6 +250,11 @@ class RunConfig:
             raise ConfigError(f"unknown figure format {bad[0]!r}; choose from {', '.join(FIGURE_FORMATS)}")
         if not self.probes:
             raise ConfigError("probes is empty; name at least one head")
+        if self.control and "linear" not in self.probes:
+            raise ConfigError("control needs the linear probe: add linear to probes")
+        if self.random_init and self.compare_random:
+            raise ConfigError("compare_random compares the trained model with its random init; "
+                              "it cannot be combined with random_init")
         if not isinstance(self.probe_params, dict) or not all(
                 isinstance(v, dict) for v in self.probe_params.values()):
             raise ConfigError("probe_params must map head names to keyword dicts, "
@@ -253,6 +273,11 @@ class RunConfig:
     def cache_dir(self) -> Path:
         """Where the features are cached: ``cache``, or ``RUN/cache``."""
         return Path(self.cache) if self.cache else self.run_dir / "cache"
+
+    @property
+    def random_cache_dir(self) -> Path:
+        """Where ``compare_random`` caches the random-init model: ``cache`` + ``-random``."""
+        return self.cache_dir.with_name(self.cache_dir.name + "-random")
 
     def stage_options(self, stage: str) -> dict[str, Any]:
         """The keywords for one loader (``"data"``, ``"model"``, ``"extract"``): every field of
@@ -360,20 +385,35 @@ def read_split(run_dir: Path) -> dict[str, Any]:
 
 
 def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
-    """``metrics.json`` and ``metrics.csv`` (one row per head, then per layer of the linear probe)."""
+    """``metrics.json`` and ``metrics.csv`` (one row per head, then per layer of the linear probe;
+    with a control task, each layer's control accuracy and selectivity; with ``compare_random``,
+    the random-init model's rows, their ``model`` column saying ``random``)."""
     import csv
 
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(run_dir / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["head", "layer", "accuracy", "accuracy_lo", "accuracy_hi", "balanced_accuracy",
-                    "balanced_accuracy_lo", "balanced_accuracy_hi"])
-        for head, e in metrics["heads"].items():
-            rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
-            for h, layer, r in rows:
-                w.writerow([h, layer, f"{r['accuracy']:.4f}", f"{r['accuracy_ci'][0]:.4f}",
-                            f"{r['accuracy_ci'][1]:.4f}", f"{r['balanced_accuracy']:.4f}",
-                            f"{r['balanced_accuracy_ci'][0]:.4f}", f"{r['balanced_accuracy_ci'][1]:.4f}"])
+                    "balanced_accuracy_lo", "balanced_accuracy_hi", "control_accuracy",
+                    "selectivity", "selectivity_lo", "selectivity_hi", "model"])
+        runs = [("trained", metrics["heads"])]
+        if metrics.get("random_init"):
+            runs.append(("random", metrics["random_init"]["heads"]))
+        for model, heads in runs:
+            for head, e in heads.items():
+                rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
+                for h, layer, r in rows:
+                    sel = r.get("selectivity_ci", ["", ""])
+                    w.writerow([h, layer, f"{r['accuracy']:.4f}", f"{r['accuracy_ci'][0]:.4f}",
+                                f"{r['accuracy_ci'][1]:.4f}", f"{r['balanced_accuracy']:.4f}",
+                                f"{r['balanced_accuracy_ci'][0]:.4f}",
+                                f"{r['balanced_accuracy_ci'][1]:.4f}",
+                                _num(r.get("control_accuracy")), _num(r.get("selectivity")),
+                                _num(sel[0]), _num(sel[1]), model])
+
+
+def _num(v: Any) -> str:
+    return "" if v is None or v == "" else f"{v:.4f}"
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
