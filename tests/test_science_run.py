@@ -88,3 +88,50 @@ def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
                  "Layer similarity (linear CKA)", "selectivity %", "online bits"):
         assert text in report, text
 
+
+
+def test_compare_cli_writes_the_similarity_of_two_caches(word_cache, tiny_gpt2_dir, tmp_path,
+                                                         capsys):
+    from safetensors.numpy import load_file
+
+    from probekit import FeatureCache, similarity
+
+    gpt = tmp_path / "gpt-cache"
+    data = tmp_path / "words.csv"  # the same file, so the same samples
+    assert main(["extract", "--model", f"hf:{tiny_gpt2_dir}", "--data", f"csv:{data}",
+                 "--out", str(gpt), "--pooling", "mean"]) == 0
+    out = tmp_path / "cmp"
+    for method in ("cka", "cka-debiased", "rsa"):
+        assert main(["compare", str(word_cache), str(gpt), "--out", str(out),
+                     "--method", method]) == 0
+        ref = similarity(FeatureCache.open(word_cache), FeatureCache.open(gpt), method)
+        np.testing.assert_allclose(load_file(str(out / f"similarity-{method}.safetensors"))
+                                   ["similarity"], ref, atol=1e-12)
+        with open(out / f"similarity-{method}.csv") as f:
+            rows = list(csv.reader(f))
+        assert rows[0][1:] == list(FeatureCache.open(gpt).layer_names)
+        assert [r[0] for r in rows[1:]] == list(FeatureCache.open(word_cache).layer_names)
+        np.testing.assert_allclose(np.array([r[1:] for r in rows[1:]], dtype=float), ref,
+                                   rtol=1e-12)
+        heat = (out / f"similarity-{method}.html").read_text()
+        assert "heatmap" in heat
+    # one cache alone: its layers with each other
+    # (mean pooling: BERT's [CLS] vector at the embedding layer is the same for every text)
+    assert main(["compare", str(word_cache), "--out", str(tmp_path / "self"), "--pooling",
+                 "mean"]) == 0
+    own = load_file(str(tmp_path / "self" / "similarity-cka.safetensors"))["similarity"]
+    np.testing.assert_allclose(own, similarity(FeatureCache.open(word_cache), pooling="mean"),
+                               atol=1e-12)
+    np.testing.assert_allclose(np.diag(own), 1.0, atol=1e-9)
+    # caches of two different datasets are refused with one line, exit 2
+    other = tmp_path / "other-cache"
+    assert main(["extract", "--model", f"hf:{tiny_gpt2_dir}", "--data",
+                 f"csv:{_csv(tmp_path / 'other.csv', suffix='x')}", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(word_cache), str(other), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different datasets" in err
+    assert not (tmp_path / "bad" / "similarity-cka.csv").exists()
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error names the choices
+        main(["compare", str(word_cache), "--out", str(tmp_path / "x"), "--method", "cca"])
+    assert usage.value.code == 2 and "cka-debiased" in capsys.readouterr().err
