@@ -81,8 +81,9 @@ def _forward_pooled(model: LoadedModel, recorder: LayerRecorder, inputs: dict[st
     mask = inputs.get("attention_mask")
     n_prefix = model.n_prefix_tokens
 
-    def transform(name: str, hidden: Tensor) -> dict[str, Tensor]:
-        return {p: pool(hidden, p, mask, n_prefix).float() for p in poolings}
+    def transform(name: str, hidden: Tensor) -> dict[str, Tensor]:  # pooled where the block ran
+        m = mask.to(hidden.device) if mask is not None else None  # (device_map: any device)
+        return {p: pool(hidden, p, m, n_prefix).float() for p in poolings}
 
     recorder.transform = transform
     records = recorder.run(model.forward, inputs)
@@ -189,6 +190,7 @@ def extract(
         "preprocessing": model.info.get("preprocessing"),
         "dataset": {"name": data.name, "fingerprint": data.fingerprint, "n": len(data),
                     "label_names": list(data.label_names), "kind": data.kind},
+        "info": {"truncated_samples": model.count_truncated(data.texts)},  # not fingerprinted
     }
     writer = CacheWriter.create(out, manifest, n_samples=len(data), shard_size=shard_size,
                                 texts=data.texts)
