@@ -50,6 +50,9 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "medium", "bf16"])
     p.add_argument("--checkpoint", default=None, help="local weights for a timm model")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--random-init", action="store_true",
+                   help="the model's architecture at a seeded random init (random-weights baseline)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random-init (default: 0)")
     p.add_argument("--out", required=True, help="cache folder")
 
 
@@ -67,6 +70,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     data = load_data(args.data, split=args.split, text_column=args.text_column,
                      label_column=args.label_column, limit=args.limit)
     kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    if args.random_init:
+        kwargs.update(weights="random", seed=args.seed)
     model = load_model(args.model, trust_remote_code=args.trust_remote_code, **kwargs)
     cache = extract(model, data, args.out, layers=layers, pooling=args.pooling,
                     batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,

@@ -135,3 +135,58 @@ def test_compare_cli_writes_the_similarity_of_two_caches(word_cache, tiny_gpt2_d
     with pytest.raises(SystemExit) as usage:  # argparse's usage error names the choices
         main(["compare", str(word_cache), "--out", str(tmp_path / "x"), "--method", "cca"])
     assert usage.value.code == 2 and "cka-debiased" in capsys.readouterr().err
+
+
+def test_compare_random_run_has_both_curves_and_separate_caches(tiny_bert_dir, tmp_path):
+    from probekit import FeatureCache
+    from probekit.pipeline import RunConfig, extract_stage, run
+    from probekit.report import build_figures
+
+    data = _csv(tmp_path / "words.csv")
+    cfg = RunConfig(name="rnd", model=f"hf:{tiny_bert_dir}", data=f"csv:{data}",
+                    probes=["linear"], out=str(tmp_path / "runs"), bootstrap=50, figures=[],
+                    compare_random=True, seed=3)
+    (run_dir,) = run(cfg, progress=False)
+    trained, random = FeatureCache.open(run_dir / "cache"), FeatureCache.open(run_dir / "cache-random")
+    assert trained.manifest["fingerprint"] != random.manifest["fingerprint"]
+    assert random.manifest["model"]["weights"] == "random" and random.manifest["model"]["seed"] == 3
+    assert trained.manifest["model"].get("weights", "pretrained") != "random"
+    assert not np.allclose(trained.load(), random.load())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rnd = metrics["random_init"]
+    assert rnd["fingerprint"] == random.manifest["fingerprint"] and rnd["seed"] == 3
+    ours = [r["balanced_accuracy"] for r in metrics["heads"]["linear"]["per_layer"]]
+    theirs = [r["balanced_accuracy"] for r in rnd["heads"]["linear"]["per_layer"]]
+    assert [r["layer"] for r in rnd["heads"]["linear"]["per_layer"]] == metrics["layer_names"]
+    # one figure, both curves, with the values of metrics.json
+    (fig,) = [f for f in build_figures(run_dir) if f.name == "random-baseline"]
+    curves = {t.name: list(t.y) for t in fig.figure.data if t.name}
+    np.testing.assert_allclose(curves["trained"], ours)
+    np.testing.assert_allclose(curves["random init"], theirs)
+    with open(run_dir / "metrics.csv") as f:
+        models = {r["model"] for r in csv.DictReader(f)}
+    assert models == {"trained", "random"}
+    assert "Random-weights baseline" in (run_dir / "report.html").read_text()
+    # the trained-vs-random CKA sits beside the within-model one
+    assert (run_dir / rnd["similarity_to_trained"]["file"]).is_file()
+    # the same seed gives an identical random cache; another seed another one
+    again = extract_stage(RunConfig(model=cfg.model, data=cfg.data, seed=3,
+                                    cache=str(tmp_path / "again")), progress=False,
+                          random_init=True)
+    assert again.manifest["fingerprint"] == random.manifest["fingerprint"]
+    assert np.array_equal(again.load().numpy(), random.load().numpy())
+    other = extract_stage(RunConfig(model=cfg.model, data=cfg.data, seed=4, random_init=True,
+                                    cache=str(tmp_path / "other")), progress=False)
+    assert other.manifest["fingerprint"] != random.manifest["fingerprint"]
+    assert not np.allclose(other.load().numpy(), random.load().numpy())
+
+
+def test_random_init_options_are_checked_before_work():
+    from probekit import ConfigError
+    from probekit.pipeline import RunConfig
+
+    with pytest.raises(ConfigError, match="random_init"):
+        RunConfig(random_init=True, compare_random=True)
+    with pytest.raises(ConfigError, match="control needs the linear probe"):
+        RunConfig(control=True, probes=["alf"])
+    assert RunConfig.from_dict({"random-init": "true", "mdl": "yes"}).random_init is True
