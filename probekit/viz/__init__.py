@@ -18,6 +18,7 @@ from probekit.viz.ablation import AblationDisplay
 from probekit.viz.curves import LayerAccuracyDisplay, wilson_interval
 from probekit.viz.export import ExportError, export, find_chrome
 from probekit.viz.heatmaps import ClassProfileDisplay, LayerAttributionDisplay, LayerMapDisplay
+from probekit.viz.science import LayerCurvesDisplay, SimilarityDisplay
 
 __all__ = [
     "AblationDisplay",
@@ -25,7 +26,9 @@ __all__ = [
     "ExportError",
     "LayerAccuracyDisplay",
     "LayerAttributionDisplay",
+    "LayerCurvesDisplay",
     "LayerMapDisplay",
+    "SimilarityDisplay",
     "export",
     "find_chrome",
     "wilson_interval",
