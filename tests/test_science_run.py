@@ -82,6 +82,15 @@ def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
     layer_rows = [r for r in table if r["head"] == "linear" and r["layer"] != "all"]
     np.testing.assert_allclose([float(r["selectivity"]) for r in layer_rows],
                                [r["selectivity"] for r in rows], atol=1e-4)
+    from probekit.report import build_figures
+
+    figs = {f.name: f.figure for f in build_figures(out)}
+    curves = {t.name: list(t.y) for t in figs["selectivity"].data if t.name}
+    np.testing.assert_allclose(curves["selectivity"], [r["selectivity"] for r in rows])
+    np.testing.assert_allclose(curves["control accuracy"], [r["control_accuracy"] for r in rows])
+    (mdl_curve,) = [t for t in figs["mdl"].data if t.name == "compression"]
+    np.testing.assert_allclose(list(mdl_curve.y), [r["compression"] for r in mdl["layers"]])
+    np.testing.assert_allclose(np.asarray(figs["cka"].data[0].z, dtype=float), m, atol=1e-12)
     assert main(["report", str(out)]) == 0
     report = (out / "report.html").read_text()
     for text in ("Control task and selectivity per layer", "MDL probing (online code)",
