@@ -23,7 +23,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .cache import CacheWriter, FeatureCache
+from .cache.files import _kill_point
 from .data import Dataset, load_data
+from .errors import DataError
 from .hooks import LayerRecorder
 from .layers import LayerSpec, Selection, select_layers
 from .models import LoadedModel, load_model
@@ -166,10 +168,13 @@ def extract(
 
     Raises:
         CacheMismatchError: ``out`` holds a cache made with other settings.
+        DataError: ``data`` is empty.
         IndexError / ValueError: bad ``layers`` or ``pooling``.
     """
-    model = load_model(model) if isinstance(model, str) else model
     data = load_data(data) if isinstance(data, str) else data
+    if len(data) == 0:
+        raise DataError(f"dataset {data.name!r} is empty: nothing to extract")
+    model = load_model(model) if isinstance(model, str) else model
     if model.kind != data.kind:
         raise ValueError(f"{model.spec} takes {model.kind} but {data.name} holds {data.kind} data")
     if precision not in PRECISIONS:
@@ -213,6 +218,7 @@ def extract(
                 prefetch = prep if device.type != "cpu" else None
                 for s, inputs in _batched_inputs(model, data, start, stop, batch_size, prefetch):
                     out = _forward_pooled(model, recorder, inputs, poolings, device)
+                    _kill_point("forward")  # test hook, inert unless PROBEKIT_TEST_KILL_AT is set
                     for key, t in out.items():
                         if key not in tensors:
                             tensors[key] = torch.empty(stop - start, t.shape[-1], dtype=torch.float32)
