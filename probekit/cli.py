@@ -117,6 +117,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for head, e in metrics["heads"].items():
         lo, hi = e["balanced_accuracy_ci"]
         print(f"{head:16s} acc {e['accuracy']:.3f}  balanced {e['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]")
+    rows = metrics["heads"].get("linear", {}).get("per_layer", [])
+    if rows and "selectivity" in rows[0]:
+        top = max(rows, key=lambda r: r["selectivity"])
+        print(f"most selective layer (linear probe): {top['layer']}  selectivity "
+              f"{top['selectivity']:.3f} (accuracy {top['accuracy']:.3f}, control "
+              f"{top['control_accuracy']:.3f})")
+    if "mdl" in metrics:
+        top = max(metrics["mdl"]["layers"], key=lambda r: r["compression"])
+        print(f"shortest online code (MDL): {top['layer']}  {top['online_bits']:.1f} bits, "
+              f"compression {top['compression']:.2f}")
     return 0
 
 
