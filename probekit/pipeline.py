@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ._placement import parse_quantization
+from .errors import ConfigError, DataError, ModelError
 from .runs import (
     CPU_PROBE_PARAMS,
     DEFAULT_PROBES,
@@ -51,11 +52,16 @@ def validate_run(cfg: RunConfig) -> RunConfig:
     Raises:
         ConfigError: an unknown head, a parameter a head does not take or a value outside its
             range, naming the head, the parameter and the valid choices.
+        ModelError: a ``checkpoint`` file that does not exist; ``quantization`` without
+            bitsandbytes.
     """
     from .estimator import ProbeClassifier
     from .probes import list_probes
 
     cfg.validate()
+    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():  # before data loads
+        raise ModelError(f"cannot load {cfg.model}: checkpoint {cfg.checkpoint} does not exist")
+    parse_quantization(cfg.quantization)  # bitsandbytes is installed
     known = list_probes()
     unknown = [p for p in cfg.probes if p not in known]
     if unknown:
@@ -77,27 +83,30 @@ def validate_run(cfg: RunConfig) -> RunConfig:
 # ------------------------------------------------------------------------------------ stages
 
 
-def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool | None = None) -> Any:
+def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool = False) -> Any:
     """Record the run's cache in ``RUN/cache`` (resumed or reused when already there).
 
     Args:
         cfg: the run.
         progress: progress bars.
-        random_init: record the architecture at a random init seeded with ``cfg.seed`` (default
-            ``cfg.random_init``); with ``compare_random`` the random model goes to
-            ``cfg.random_cache_dir``.
+        random_init: record the architecture at a random init seeded with ``cfg.init_seed``
+            (default 0) instead of the run's model; the random model goes to
+            ``cfg.random_cache_dir`` (``compare_random``). Default: the run's model as configured
+            (``cfg.random_init`` included), into ``cfg.cache_dir``.
     """
     from .data import load_data
     from .extract import extract
     from .models import load_model
 
-    random = cfg.random_init if random_init is None else random_init
     data = load_data(cfg.data, seed=cfg.seed, **cfg.stage_options("data"))
     if len(data.label_names) < 2 or len(np.unique(data.labels)) < 2:
         raise DataError(f"{cfg.data} has a single class; probes need at least two")
-    weights = {"weights": "random", "seed": cfg.seed} if random else {}
-    model = load_model(cfg.model, **cfg.stage_options("model"), **weights)
-    folder = cfg.random_cache_dir if random and not cfg.random_init else cfg.cache_dir
+    options = cfg.stage_options("model")
+    folder = cfg.cache_dir
+    if random_init:
+        options.update(weights="random", seed=cfg.init_seed or 0)
+        folder = cfg.random_cache_dir
+    model = load_model(cfg.model, **options)
     return extract(model, data, folder, progress=progress, **cfg.stage_options("extract"))
 
 
@@ -177,7 +186,7 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
             raise DataError("the random-init cache holds other samples than the run's cache")
         Xr = _load_features(random_cache)
         metrics["random_init"] = {
-            "model": random_cache.manifest["model"].get("id"), "seed": cfg.seed,
+            "model": random_cache.manifest["model"].get("id"), "seed": cfg.init_seed or 0,
             "cache": str(cfg.random_cache_dir),
             "fingerprint": random_cache.manifest.get("fingerprint"),
             "heads": _fit_heads(random_cache, Xr, labels, train, test, cfg, progress, None, None),

@@ -154,7 +154,7 @@ def test_compare_random_run_has_both_curves_and_separate_caches(tiny_bert_dir, t
     data = _csv(tmp_path / "words.csv")
     cfg = RunConfig(name="rnd", model=f"hf:{tiny_bert_dir}", data=f"csv:{data}",
                     probes=["linear"], out=str(tmp_path / "runs"), bootstrap=50, figures=[],
-                    compare_random=True, seed=3)
+                    compare_random=True, init_seed=3)
     (run_dir,) = run(cfg, progress=False)
     trained, random = FeatureCache.open(run_dir / "cache"), FeatureCache.open(run_dir / "cache-random")
     assert trained.manifest["fingerprint"] != random.manifest["fingerprint"]
@@ -179,12 +179,12 @@ def test_compare_random_run_has_both_curves_and_separate_caches(tiny_bert_dir, t
     # the trained-vs-random CKA sits beside the within-model one
     assert (run_dir / rnd["similarity_to_trained"]["file"]).is_file()
     # the same seed gives an identical random cache; another seed another one
-    again = extract_stage(RunConfig(model=cfg.model, data=cfg.data, seed=3,
+    again = extract_stage(RunConfig(model=cfg.model, data=cfg.data, init_seed=3,
                                     cache=str(tmp_path / "again")), progress=False,
                           random_init=True)
     assert again.manifest["fingerprint"] == random.manifest["fingerprint"]
     assert np.array_equal(again.load().numpy(), random.load().numpy())
-    other = extract_stage(RunConfig(model=cfg.model, data=cfg.data, seed=4, random_init=True,
+    other = extract_stage(RunConfig(model=cfg.model, data=cfg.data, init_seed=4, random_init=True,
                                     cache=str(tmp_path / "other")), progress=False)
     assert other.manifest["fingerprint"] != random.manifest["fingerprint"]
     assert not np.allclose(other.load().numpy(), random.load().numpy())
