@@ -45,7 +45,7 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "medium", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "medium", "bf16"])
     add_run_options(p, run_options("model"))
     p.add_argument("--out", required=True, help="cache folder")
 
