@@ -499,37 +499,13 @@ def read_split(run_dir: Path) -> dict[str, Any]:
 
 
 def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
-    """``metrics.json`` and ``metrics.csv`` (one row per head, then per layer of the linear probe;
-    with a control task, each layer's control accuracy and selectivity; with ``compare_random``,
-    the random-init model's rows, their ``model`` column saying ``random``)."""
-    import csv
+    """``metrics.json`` and ``metrics.csv`` (see :mod:`probekit.metrics_csv`)."""
+    from .metrics_csv import write_classification_csv, write_regression_csv
 
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if metrics.get("task") == "regression":
-        return _write_regression_csv(metrics, run_dir)
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["head", "layer", "accuracy", "accuracy_lo", "accuracy_hi", "balanced_accuracy",
-                    "balanced_accuracy_lo", "balanced_accuracy_hi", "control_accuracy",
-                    "selectivity", "selectivity_lo", "selectivity_hi", "model"])
-        runs = [("trained", metrics["heads"])]
-        if metrics.get("random_init"):
-            runs.append(("random", metrics["random_init"]["heads"]))
-        for model, heads in runs:
-            for head, e in heads.items():
-                rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
-                for h, layer, r in rows:
-                    sel = r.get("selectivity_ci", ["", ""])
-                    w.writerow([h, layer, f"{r['accuracy']:.4f}", f"{r['accuracy_ci'][0]:.4f}",
-                                f"{r['accuracy_ci'][1]:.4f}", f"{r['balanced_accuracy']:.4f}",
-                                f"{r['balanced_accuracy_ci'][0]:.4f}",
-                                f"{r['balanced_accuracy_ci'][1]:.4f}",
-                                _num(r.get("control_accuracy")), _num(r.get("selectivity")),
-                                _num(sel[0]), _num(sel[1]), model])
-
-
-def _num(v: Any) -> str:
-    return "" if v is None or v == "" else f"{v:.4f}"
+        return write_regression_csv(metrics, run_dir)
+    return write_classification_csv(metrics, run_dir)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
@@ -595,21 +571,6 @@ def read_targets(cache_dir: str | Path, fingerprint: str) -> tuple[list[float], 
         raise ConfigError(f"{path} belongs to another dataset than the cache {cache_dir}; "
                           "extract again with --task regression")
     return saved["targets"], str(saved.get("name", "target"))
-
-
-def _write_regression_csv(metrics: dict[str, Any], run_dir: Path) -> None:
-    import csv
-
-    keys = ("r2", "spearman")
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["head", "layer", "r2", "r2_lo", "r2_hi", "spearman", "spearman_lo",
-                    "spearman_hi", "mse"])
-        for head, e in metrics["heads"].items():
-            rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
-            for h, layer, r in rows:
-                values = [f"{v:.4f}" for k in keys for v in (r[k], *r[f"{k}_ci"])]
-                w.writerow([h, layer, *values, f"{r['mse']:.6g}"])
 
 
 def _regression_summary(run_dir: Path, metrics: dict[str, Any]) -> str:
