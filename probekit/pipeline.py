@@ -42,7 +42,7 @@ from .runs import (
 
 __all__ = ["CPU_PROBE_PARAMS", "DEFAULT_PROBES", "DEFAULT_RUNS", "RunConfig", "attribute_stage",
            "extract_stage", "fit_regression_stage", "fit_stage", "load_config", "resolve_configs", "run", "run_one",
-           "validate_run"]
+           "paired_comparison", "validate_run"]
 
 _read_config = read_config  # its old name here
 
@@ -148,6 +148,24 @@ def _scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str
     }
 
 
+def paired_comparison(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int,
+                      seed: int) -> dict[str, Any]:
+    """Balanced accuracy of A minus B, paired over the same bootstrap resamples of the test samples.
+
+    Resamples are ``np.random.default_rng(seed).integers(0, N, size=(n, N))``; both classifiers
+    are scored on each, as scikit-learn's ``balanced_accuracy_score`` would (mean recall over the
+    classes present in the resample); see :func:`probekit._bootstrap.paired_bootstrap`.
+
+    Returns:
+        ``difference`` (on the test samples themselves), ``ci`` (95% percentile interval of the
+        resampled differences) and ``p_le0`` (fraction of resamples where A - B <= 0).
+    """
+    from ._bootstrap import paired_bootstrap
+
+    res = paired_bootstrap(y, pred_a, pred_b, n_resamples=n, seed=seed)
+    return {"difference": res.difference, "ci": [res.lo, res.hi], "p_le0": res.p_not_better}
+
+
 def _load_features(cache: Any) -> Any:
     """``(N, L * P, D)`` with every cached pooling as a token of its layer."""
     return cache.load(pooling=cache.poolings)
@@ -163,7 +181,10 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
     random-init model's cache, ``compare_random``) the same heads are trained and scored on it,
     on the same split, under ``metrics["random_init"]``.
 
-    Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``.
+    Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``. When the
+    ``linear`` head is among the probes, every head also gets ``paired``: its balanced accuracy
+    minus that of the last layer's linear probe (``vs_last_layer``) and of the single layer chosen
+    on a validation split of the train samples (``vs_best_layer``), by :func:`paired_comparison`.
     """
     import torch
 
@@ -187,8 +208,10 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
         "n_train": int(train.size), "n_test": int(test.size), "label_names": list(cache.label_names),
         "layer_names": list(cache.layer_names), "poolings": list(cache.poolings), "heads": {},
     }
-    metrics["heads"] = _fit_heads(cache, X, labels, train, test, cfg, progress,
-                                  run_dir / "probes", keys)
+    metrics["heads"], baselines = _fit_heads(cache, X, labels, train, test, cfg, progress,
+                                             run_dir / "probes", keys)
+    if baselines:
+        metrics["baselines"] = baselines
     if cfg.mdl:
         metrics["mdl"] = mdl_table(X[train], labels[train], list(cache.layer_names),
                                    len(cache.poolings), cfg.seed, cfg.device)
@@ -201,7 +224,8 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
             "model": random_cache.manifest["model"].get("id"), "seed": cfg.init_seed or 0,
             "cache": str(cfg.random_cache_dir),
             "fingerprint": random_cache.manifest.get("fingerprint"),
-            "heads": _fit_heads(random_cache, Xr, labels, train, test, cfg, progress, None, None),
+            "heads": _fit_heads(random_cache, Xr, labels, train, test, cfg, progress, None,
+                                None)[0],
             "similarity_to_trained": write_cka(run_dir, cache, random_cache, "trained-vs-random"),
         }
     write_metrics(metrics, run_dir)
@@ -210,14 +234,24 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
 
 def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
                cfg: RunConfig, progress: bool, save_dir: Path | None,
-               keys: np.ndarray | None) -> dict[str, Any]:
-    """Fit every head on ``X[train]``, score it on ``X[test]``; save it under ``save_dir``."""
+               keys: np.ndarray | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Fit every head on ``X[train]``, score it on ``X[test]``; save it under ``save_dir``.
+
+    Returns:
+        ``(heads, baselines)``: every head's entry of ``metrics["heads"]`` (in ``cfg.probes``
+        order), and the layers of the two paired-comparison baselines (empty without
+        ``linear``).
+    """
     from .analyses import control_rows
     from .estimator import ProbeClassifier
 
     heads: dict[str, Any] = {}
     tokens = len(cache.poolings)
-    for head in cfg.probes:
+    preds: dict[str, np.ndarray] = {}
+    baseline: dict[str, np.ndarray] = {}
+    names: dict[str, str] = {}
+    # the per-layer linear probes come first: every head is compared with two of them
+    for head in sorted(cfg.probes, key=lambda h: h != "linear"):
         t0 = time.perf_counter()
         params = {"tokens_per_layer": tokens, "random_state": cfg.seed, "device": cfg.device,
                   "verbose": progress, **cfg.probe_params.get(head, {})}
@@ -229,6 +263,7 @@ def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: 
         if save_dir is not None:
             clf.save(save_dir / head)
         pred = clf.predict(X[test])
+        preds[head] = pred
         entry = {"fit_seconds": round(seconds, 2), **_scores(labels[test], pred, cfg.bootstrap, cfg.seed)}
         if head == "linear":
             layer_pred = clf.predict_layers(X[test])  # (N, L)
@@ -248,8 +283,16 @@ def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: 
                     "validation_control_accuracy": clf.control_scores_.tolist(),
                     "validation_selectivity": clf.selectivity_.tolist(),
                 }
+            baseline = {"last_layer": layer_pred[:, -1],
+                        "best_layer": layer_pred[:, int(clf.selected_layer_)]}
+            names = {"last_layer": cache.layer_names[-1], "best_layer": entry["selected_layer"]}
         heads[head] = entry
-    return heads
+    for head, pred in preds.items():  # paired: the same resampled test samples score both
+        heads[head]["paired"] = {
+            f"vs_{name}": paired_comparison(labels[test], pred, ref, cfg.bootstrap, cfg.seed)
+            for name, ref in baseline.items()
+        }
+    return {h: heads[h] for h in cfg.probes}, names
 
 
 def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int = 0) -> dict[str, Any]:

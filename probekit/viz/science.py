@@ -5,7 +5,7 @@
   accuracy and selectivity, MDL compression, trained vs random-init accuracy).
 
 Both follow the other displays: ``from_arrays`` builds and plots, ``figure_`` holds the plotly
-figure.
+figure, and in a notebook the display shows itself (interactive plotly plus a static PNG).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from probekit.viz.heatmaps import TEMPLATE
+from probekit.viz.heatmaps import TEMPLATE, _FigureBundle
 
 __all__ = ["LayerCurvesDisplay", "SimilarityDisplay"]
 
@@ -24,7 +24,7 @@ _COLOURS = ("#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b83280", "#4a5568")
 _LABELS = {"cka": "linear CKA", "cka-debiased": "debiased linear CKA", "rsa": "RSA (Spearman)"}
 
 
-class SimilarityDisplay:
+class SimilarityDisplay(_FigureBundle):
     """Similarity between the layers of one model, or of two.
 
     Args:
@@ -91,7 +91,7 @@ class SimilarityDisplay:
         return self
 
 
-class LayerCurvesDisplay:
+class LayerCurvesDisplay(_FigureBundle):
     """Named per-layer curves over the same layers, in one figure.
 
     Args:
