@@ -112,8 +112,10 @@ def test_probe_classifier_control_ranks_label_layer_above_identity_layer():
     _, va = stratified_split(y, 0.25, seed)
     ref = ProbeClassifier(head="linear", val_size=0.0, C=1.0, device="cpu", random_state=0)
     ref.fit(x[np.setdiff1d(np.arange(len(y)), va)], y_ctl[np.setdiff1d(np.arange(len(y)), va)])
-    np.testing.assert_allclose(ctl, (ref.predict_layers(x[va]) == y_ctl[va, None]).mean(0),
-                               atol=1.5 / len(va))
+    from sklearn.metrics import balanced_accuracy_score
+
+    ref_scores = [balanced_accuracy_score(y_ctl[va], p) for p in ref.predict_layers(x[va]).T]
+    np.testing.assert_allclose(ctl, ref_scores, atol=3.0 / len(va))  # validation balanced acc.
 
 
 def test_probe_classifier_control_needs_sample_keys_for_arrays():
