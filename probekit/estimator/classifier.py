@@ -45,7 +45,6 @@ from ..train import (
     train_grid,
 )
 from .inputs import (
-    _available_memory,
     _is_cache,
     cache_layout,
     encode_labels,
@@ -64,6 +63,7 @@ from .model import (
 )
 from .persist import _jsonable, load_probe, save_probe
 from .recipes import OVERRIDABLE, recipe_for
+from .rows import CacheRows, default_budget, parse_size
 from .stream import fit_from_stream
 
 __all__ = ["ProbeClassifier"]
@@ -97,8 +97,12 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             indices or names).
         pooling: the cache poolings to load (``"cls"``, ``["cls", "mean"]``); ``None``: ``"cls"``
             when the cache has it, else every recorded pooling.
-        stream: train from ``cache.batches`` instead of loading the cache; ``None``: only when
-            the cache would take more than half the available memory.
+        stream: train out of core (rows read from the memory-mapped cache, same validation,
+            selection and refit) instead of loading the cache; ``None``: only when loading
+            would exceed ``max_memory``.
+        max_memory: memory budget of a fit on a cache, bytes or a size (``"512MB"``,
+            ``"4GiB"``); ``None``: half the available RAM. A cache whose in-memory fit needs
+            more (about 3x its selected features) is streamed; so is prediction on it.
         device: ``"cpu"``, ``"cuda"``...; ``None``: CUDA when available.
         random_state: int, ``RandomState`` or ``None``.
         verbose: tqdm progress bars.
@@ -137,6 +141,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         layers: Any = None,
         pooling: str | Sequence[str] | None = None,
         stream: bool | None = None,
+        max_memory: int | str | None = None,
         device: str | None = None,
         random_state: Any = None,
         verbose: bool = False,
@@ -160,6 +165,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         self.layers = layers
         self.pooling = pooling
         self.stream = stream
+        self.max_memory = max_memory
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -189,7 +195,14 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         """
         self._settings()
         self._variants()
+        self._budget()
         return self
+
+    def _budget(self) -> int:
+        """The memory budget in bytes (``max_memory``, default half the available RAM)."""
+        if self.max_memory is None:
+            return default_budget()
+        return parse_size(self.max_memory, "max_memory")
 
     def _variants(self) -> list[dict[str, Any]]:
         """Head keyword sets: the product of every list-valued head parameter (and dropout)."""
@@ -276,12 +289,13 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         variants = self._variants()
         seed = self._seed()
         device = self._device()
+        budget = self._budget()
         if _is_cache(X) and y is None:
             y = np.asarray(X.labels)
         if y is None:
             raise DataError("y is required unless X is a FeatureCache")
-        if _is_cache(X) and self._should_stream(X):
-            return self._fit_stream(X, y, s, variants, seed, device)
+        if _is_cache(X) and self._should_stream(X, budget):
+            return fit_from_stream(self, X, y, s, variants, seed, device, budget)
         x, info = self._read(X, fitting=True)
         if x.shape[0] == 0:
             raise DataError("X has no samples")
@@ -303,12 +317,15 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         self._finish(norm, head, kwargs, x.mean(0) if x.shape[0] else None)
         return self
 
-    def _should_stream(self, cache: Any) -> bool:
+    def _should_stream(self, cache: Any, budget: int) -> bool:
+        """Stream when forced, or when an in-memory fit (the raw features, their normalised
+        copy and the layer-major or minibatch copies: about 3x the float32 selection) would
+        exceed ``budget``."""
         if self.stream is not None:
             return bool(self.stream)
         info = self._cache_layout(cache)
         nbytes = len(cache) * len(info["dims"]) * info["p"] * max(info["dims"]) * 4
-        return nbytes > _available_memory() // 2
+        return 3 * nbytes > budget
 
     def _set_layout(self, info: Mapping[str, Any], layer_names: Sequence[str] | None) -> None:
         self.dims_ = tuple(int(d) for d in info["dims"])
@@ -443,18 +460,6 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = sol.n_iter
         return head, dict(variant)
 
-    def _fit_stream(
-        self,
-        cache: Any,
-        y: Any,
-        s: TrainConfig,
-        variants: list[dict[str, Any]],
-        seed: int,
-        device: torch.device,
-    ) -> ProbeClassifier:
-        """Train from ``cache.batches`` (one config, fixed epochs, no validation)."""
-        return fit_from_stream(self, cache, y, s, variants, seed, device)
-
     def _finish(
         self, norm: FeatureNorm, head: nn.Module, kwargs: dict[str, Any], mean: Tensor | None
     ) -> None:
@@ -468,10 +473,32 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
 
     @torch.no_grad()
     def _outputs(self, X: Any, batch: int = 8192) -> Iterator[ProbeOutput]:
-        x = self.as_tensor(X)
         self.model_.eval()
+        if _is_cache(X) and self._should_stream(X, self._budget()):
+            yield from self._stream_outputs(X, batch)
+            return
+        x = self.as_tensor(X)
         for part in x.split(batch):
             yield self.model_(part.to(self.device_))
+
+    def _stream_outputs(self, cache: Any, batch: int) -> Iterator[ProbeOutput]:
+        """Outputs on a cache read chunk by chunk from disk (within the memory budget)."""
+        info = self._cache_layout(cache)
+        rows = CacheRows(cache, info["sel"], info["pools"])
+        want = (self.n_layers_ * self.tokens_per_layer_, max(self.dims_))
+        if (rows.n_tokens, rows.width) != want or (
+            tuple(info["dims"]) != tuple(self.dims_) and len(set(info["dims"])) > 1
+        ):
+            raise DataError(
+                f"X has layout (T, D) = {(rows.n_tokens, rows.width)} and widths "
+                f"{tuple(info['dims'])}, the probe was fitted on {want}, {tuple(self.dims_)}"
+            )
+        chunk = int(max(1, min(batch, self._budget() // (4 * rows.row_bytes))))
+        try:
+            for part in rows.chunks(chunk):
+                yield self.model_(part.to(self.device_))
+        finally:
+            rows.close()
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Class scores (logits) ``(N, C)``."""
