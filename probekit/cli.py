@@ -101,6 +101,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     probes = [p.strip() for p in args.probe.split(",") if p.strip()]
     cfg = RunConfig(name=out.name, out=str(out.parent), probes=probes, seed=args.seed,
                     test_size=args.test_size, bootstrap=args.bootstrap, cache=str(args.cache),
+                    fit_max_memory=args.max_memory,
                     probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes})
     validate_run(cfg)  # unknown heads fail before the cache is read
     cache = FeatureCache.open(args.cache)
@@ -199,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-size", type=float, default=0.2)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget, e.g. 512MB or 4GiB (default: half the available RAM); "
+                        "a larger cache is trained out of core, reading rows from disk")
     p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("attribute", help="layer attribution of a run's heads on its test split")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .memory import default_budget, parse_size
 from .runs import (
     CPU_PROBE_PARAMS,
     DEFAULT_PROBES,
@@ -130,17 +131,23 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
     """
     import torch
 
-    from .estimator import ProbeClassifier
+    from .estimator import ProbeClassifier, cache_subset
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(cache.labels)
     if np.unique(labels).size < 2:
         raise DataError("the cache holds a single class; probes need at least two")
-    X = _load_features(cache)
-    if not torch.isfinite(X).all():
+    budget = parse_size(cfg.fit_max_memory) if cfg.fit_max_memory else default_budget()
+    n_bytes = len(cache) * len(cache.layer_names) * len(cache.poolings) * max(cache.dims) * 4
+    # Out of core (3 copies of the features would not fit): heads read their rows from the
+    # cache's train / test subsets; NaN and infinity are caught by the fit's statistics pass.
+    X = None if 3 * n_bytes > budget else _load_features(cache)
+    if X is not None and not torch.isfinite(X).all():
         raise DataError("the cache holds NaN or infinite features")
     train, test = _split(labels, cfg.test_size, cfg.seed)
+    X_train = X[train] if X is not None else cache_subset(cache, train)
+    X_test = X[test] if X is not None else cache_subset(cache, test)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
     tokens = len(cache.poolings)
     metrics: dict[str, Any] = {
@@ -151,15 +158,17 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
     for head in cfg.probes:
         t0 = time.perf_counter()
         params = {"tokens_per_layer": tokens, "random_state": cfg.seed, "device": cfg.device,
-                  "verbose": progress, **cfg.probe_params.get(head, {})}
+                  "verbose": progress, "max_memory": budget, **cfg.probe_params.get(head, {})}
+        if X is None:
+            params["pooling"] = list(cache.poolings)
         clf = ProbeClassifier(head=head, **params)
-        clf.fit(X[train], labels[train], layer_names=list(cache.layer_names))
+        clf.fit(X_train, labels[train], layer_names=list(cache.layer_names))
         seconds = time.perf_counter() - t0
         clf.save(run_dir / "probes" / head)
-        pred = clf.predict(X[test])
+        pred = clf.predict(X_test)
         entry = {"fit_seconds": round(seconds, 2), **_scores(labels[test], pred, cfg.bootstrap, cfg.seed)}
         if head == "linear":
-            layer_pred = clf.predict_layers(X[test])  # (N, L)
+            layer_pred = clf.predict_layers(X_test)  # (N, L)
             entry["per_layer"] = [
                 {"layer": name, **_scores(labels[test], layer_pred[:, l], cfg.bootstrap, cfg.seed)}
                 for l, name in enumerate(cache.layer_names)

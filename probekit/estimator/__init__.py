@@ -12,7 +12,7 @@ from .classifier import ProbeClassifier
 from .model import FeatureNorm, ProbeModel
 from .persist import FORMAT_VERSION
 from .recipes import HEAD_DEFAULTS
-from .rows import CacheSubset, cache_subset, parse_size
+from .rows import CacheSubset, cache_subset
 
 __all__ = [
     "FORMAT_VERSION",
@@ -22,5 +22,4 @@ __all__ = [
     "ProbeClassifier",
     "ProbeModel",
     "cache_subset",
-    "parse_size",
 ]

@@ -34,6 +34,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
+from ..memory import default_budget, parse_size
 from ..probes import create_probe, get_probe_class, head_params
 from ..probes.base import ProbeOutput
 from ..train import (
@@ -63,7 +64,7 @@ from .model import (
 )
 from .persist import _jsonable, load_probe, save_probe
 from .recipes import OVERRIDABLE, recipe_for
-from .rows import CacheRows, default_budget, parse_size
+from .rows import CacheRows
 from .stream import fit_from_stream
 
 __all__ = ["ProbeClassifier"]

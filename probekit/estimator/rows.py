@@ -6,18 +6,18 @@ Shapes: ``N`` samples, ``T = L * P`` tokens (layer-major), ``D`` the widest sele
 
 The shards are safetensors files: an 8-byte header length, a JSON header with every tensor's
 dtype, shape and byte range, then the raw row-major data. :class:`CacheRows` maps each shard
-once and copies the requested rows of each ``(n, D)`` block; after every gather it tells the
-kernel (``madvise(MADV_DONTNEED)``) that the mapped pages are no longer needed, so they leave
-the process's resident set (they stay in the page cache): the memory a gather holds is the
-rows it returns, whatever the cache's size.
+once and copies the requested rows of each ``(n, D)`` block; after each block it tells the
+kernel (``madvise(MADV_DONTNEED)``) that the block's mapped pages are no longer needed, so they
+leave the process's resident set (they stay in the page cache; the kernel maps pages around
+every touched row, so without this a random batch would map most of every shard it touches):
+the memory a gather holds is the rows it returns plus one ``(n, D)`` block of one shard,
+whatever the cache's size.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import mmap
-import re
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,57 +29,20 @@ from torch import Tensor
 
 from ..errors import CacheError, ConfigError
 
-__all__ = ["CacheRows", "CacheSubset", "cache_subset", "default_budget", "parse_size"]
+__all__ = ["CacheRows", "CacheSubset", "cache_subset", "stream_stats"]
 
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _NP_RAW = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 
 
-def parse_size(value: Any, name: str = "max_memory") -> int:
-    """Bytes from ``512MB``, ``4GiB``, ``1.5G``, ``2e9`` or an int (``MB`` = 10^6 and
-    ``MiB`` = ``M`` = 2^20, as accelerate reads them).
-
-    Raises:
-        ConfigError: not a positive size.
-    """
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a size like 512MB or 4GiB, got {value!r}")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        number, unit = float(value), ""
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(value).lower())
-        if m is None or m.group(2) not in _UNITS:
-            raise ConfigError(
-                f"{name} must be a size like 512MB, 4GiB or a number of bytes, got {value!r}"
-            )
-        number, unit = float(m.group(1)), m.group(2)
-    size = int(number * _UNITS[unit])
-    if not math.isfinite(number) or size < 1:
-        raise ConfigError(f"{name} must be a positive size, got {value!r}")
-    return size
+_PAGE = mmap.PAGESIZE
 
 
-def available_memory() -> int:
-    """``MemAvailable`` from /proc/meminfo in bytes (8 GiB where it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
-
-
-def default_budget() -> int:
-    """The default memory budget of a fit: half the available RAM."""
-    return available_memory() // 2
+def _drop(mm: mmap.mmap, offset: int, length: int) -> None:
+    """Take the pages of ``mm[offset:offset + length]`` out of the resident set."""
+    if hasattr(mmap, "MADV_DONTNEED"):
+        start = offset - offset % _PAGE
+        mm.madvise(mmap.MADV_DONTNEED, start, min(offset + length, len(mm)) - start)
 
 
 def _header(file: Path) -> tuple[int, dict[str, Any]]:
@@ -204,7 +167,7 @@ class CacheRows:
                         rows = rows.view(torch.bfloat16)
                     out[dest, t_l * p + pi, :d] = rows.float()
                     del block
-        self.release()
+                    _drop(mm, offset, self._rows[s] * d * rows.element_size())
         return out
 
     def chunks(self, rows: int, layers: Sequence[int] | None = None) -> Iterator[Tensor]:

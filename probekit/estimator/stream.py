@@ -6,7 +6,7 @@ from the memory-mapped shards instead of one ``(N, T, D)`` tensor.
 * ``"linear"`` with L-BFGS: one layer at a time. Each layer's train block ``(N_train, P * D)``
   is read, normalised and solved, its validation block scored, then (refit) its whole block
   ``(N, P * D)`` solved again from that start: the same per-layer solves as in memory. Needs
-  one layer's block to fit in half the budget; when it does not, the head is trained by
+  one layer's block to fit in a third of the budget (the block, the solver's temporaries); when it does not, the head is trained by
   minibatches (its AdamW recipe, ``solver="adamw"``) like the other heads, with a warning.
 * Every other head: the vectorised grid loop of :func:`~probekit.train.train_grid`, whose
   ``X[idx]`` gathers the minibatch's rows from disk (:class:`NormalisedRows`): the same
@@ -74,7 +74,9 @@ class NormalisedRows:
         elif isinstance(idx, slice):
             idx = np.arange(self.rows.n)[idx]
         idx = np.asarray(idx).reshape(-1)
-        buf = host_empty((idx.size, self.rows.n_tokens, self.rows.width), torch.float32, self.device)
+        buf = host_empty(
+            (idx.size, self.rows.n_tokens, self.rows.width), torch.float32, self.device
+        )
         x = self.rows.gather(idx, out=buf)
         return self.norm(to_device(x, self.device))
 
@@ -119,12 +121,14 @@ def fit_from_stream(
         y_t = torch.from_numpy(y_idx)
         layer_bytes = rows.n * len(info["pools"]) * rows.width * 4
         if clf.head == "linear" and s.solver == "lbfgs":
-            if 2 * layer_bytes <= budget:
-                head, kwargs = _fit_linear_blocks(clf, rows, norm, y_t, s, variants[0], seed, device)
+            if 3 * layer_bytes <= budget:
+                head, kwargs = _fit_linear_blocks(
+                    clf, rows, norm, y_t, s, variants[0], seed, device
+                )
                 clf._finish(norm, head, kwargs, raw_mean)
                 return clf
             warnings.warn(
-                f"one layer's block ({layer_bytes / 1e9:.2f} GB) does not fit half the memory "
+                f"one layer's block ({layer_bytes / 1e9:.2f} GB) does not fit a third of the memory "
                 f"budget ({budget / 1e9:.2f} GB): the linear head is trained by minibatches "
                 "(solver='adamw') instead of L-BFGS",
                 stacklevel=3,
@@ -155,7 +159,11 @@ def _layer_block(
     p = len(rows.pools)
     buf = host_empty((idx.size, p, rows.width), torch.float32, device)
     x = to_device(rows.gather(idx, layers=[layer], out=buf), device)
-    x = norm(x, slice(layer * p, (layer + 1) * p))
+    tokens = slice(layer * p, (layer + 1) * p)
+    if norm.mode == "standardize":  # in place: the same arithmetic as norm(x), no second copy
+        x = x.sub_(norm.mean[tokens]).div_(norm.std[tokens])
+    else:
+        x = norm(x, tokens)
     return x.reshape(idx.size, p * rows.width)
 
 
