@@ -28,6 +28,7 @@ from .hooks import LayerRecorder
 from .layers import LayerSpec, Selection, select_layers
 from .models import LoadedModel, load_model
 from .pooling import expand_poolings, pool
+from .transfer import to_host_all
 
 __all__ = ["extract", "record", "PRECISIONS"]
 
@@ -211,6 +212,7 @@ def extract(
                 prefetch = prep if device.type != "cpu" else None
                 for s, inputs in _batched_inputs(model, data, start, stop, batch_size, prefetch):
                     out = _forward_pooled(model, recorder, inputs, poolings, device)
+                    out = to_host_all(out)  # CUDA: pinned buffers, one wait per batch
                     for key, t in out.items():
                         if key not in tensors:
                             tensors[key] = torch.empty(stop - start, t.shape[-1], dtype=torch.float32)

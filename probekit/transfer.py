@@ -9,12 +9,12 @@ pinned blocks and keeps one alive until the copies queued on it are done, so a b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["device_sync", "host_empty", "pinned_for", "to_device", "to_host"]
+__all__ = ["device_sync", "host_empty", "pinned_for", "to_device", "to_host", "to_host_all"]
 
 
 def pinned_for(device: torch.device | str | None) -> bool:
@@ -50,3 +50,12 @@ def device_sync(device: torch.device | str | None) -> None:
     """Wait for the copies queued on ``device``'s current stream (a no-op off CUDA)."""
     if pinned_for(device):
         torch.cuda.current_stream(torch.device(device)).synchronize()  # type: ignore[arg-type]
+
+
+def to_host_all(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Copy every tensor to the CPU: CUDA ones into pinned buffers without blocking, then one
+    wait per CUDA device involved (instead of one synchronous copy per tensor)."""
+    out = {key: to_host(t) for key, t in tensors.items()}
+    for device in {t.device for t in tensors.values() if pinned_for(t.device)}:
+        device_sync(device)
+    return out

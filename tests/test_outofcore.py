@@ -20,7 +20,7 @@ from probekit.estimator.rows import CacheRows, stream_stats
 from probekit.estimator.stream import NormalisedRows
 from probekit.memory import parse_size
 from probekit.runs import RunConfig
-from probekit.transfer import host_empty, pinned_for, to_device, to_host
+from probekit.transfer import host_empty, pinned_for, to_device, to_host, to_host_all
 
 from .test_estimator import _make_cache
 
@@ -160,6 +160,7 @@ def test_host_copies_pin_only_for_cuda():
     assert buf.shape == (3, 2) and not buf.is_pinned()
     x = torch.arange(6.0).reshape(3, 2)
     assert to_device(x, "cpu") is x and to_host(x) is x
+    assert to_host_all({"a": x})["a"] is x  # extraction's per-batch host copy, off CUDA
 
 
 def test_training_rows_are_the_normalised_rows(tmp_path):
@@ -209,3 +210,23 @@ def test_streamed_fit_peak_memory_stays_within_budget(tmp_path):
     features_mb = 4000 * 16 * 512 * 4 / 2**20
     growth = _rss_growth(tmp_path / "c", "32MiB", stream=True)
     assert growth < 2 * 32 + 32 < 0.75 * features_mb, growth
+
+
+def test_cli_fit_with_a_tiny_budget_matches_in_memory(tmp_path, capsys):
+    from probekit.cli import main
+
+    _make_cache(tmp_path / "cache")
+    metrics = []
+    for extra in ([], ["--max-memory", "40KB"]):  # the cache and its train split stream
+        out = tmp_path / f"fit{len(extra)}"
+        argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear,laya", "--out",
+                str(out), "--bootstrap", "20", *extra]
+        assert main(argv) == 0
+        metrics.append(json.loads((out / "metrics.json").read_text())["heads"])
+    for head in ("linear", "laya"):
+        assert metrics[1][head]["accuracy"] == metrics[0][head]["accuracy"]
+        assert metrics[1][head]["balanced_accuracy_ci"] == metrics[0][head]["balanced_accuracy_ci"]
+    assert metrics[1]["linear"]["per_layer"] == metrics[0]["linear"]["per_layer"]
+    bad = ["fit", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "x"),
+           "--max-memory", "lots"]
+    assert main(bad) == 2 and "fit_max_memory" in capsys.readouterr().err
