@@ -115,9 +115,9 @@ def main() -> None:
                  args.max_memory, "--laya-epochs", str(args.laya_epochs)],
                 capture_output=True, text=True, env=env,
             )
-            if res.returncode != 0:
+            out = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {}
+            if out.get("code") != 0:
                 sys.exit(f"probekit fit failed on {cache}:\n{res.stderr[-3000:]}")
-            out = json.loads(res.stdout.strip().splitlines()[-1])
             metrics = json.loads((root / f"fit-{gb:g}GB" / "metrics.json").read_text())
             accs = {h: round(e["accuracy"], 3) for h, e in metrics["heads"].items()}
             rows.append((gb, n, out["peak_rss"] / 1e9, out["seconds"], write_s, accs))

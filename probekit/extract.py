@@ -23,7 +23,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .cache import CacheWriter, FeatureCache
+from .cache.files import _kill_point
 from .data import Dataset, load_data
+from .errors import DataError
 from .hooks import LayerRecorder
 from .layers import LayerSpec, Selection, select_layers
 from .models import LoadedModel, load_model
@@ -82,8 +84,9 @@ def _forward_pooled(model: LoadedModel, recorder: LayerRecorder, inputs: dict[st
     mask = inputs.get("attention_mask")
     n_prefix = model.n_prefix_tokens
 
-    def transform(name: str, hidden: Tensor) -> dict[str, Tensor]:
-        return {p: pool(hidden, p, mask, n_prefix).float() for p in poolings}
+    def transform(name: str, hidden: Tensor) -> dict[str, Tensor]:  # pooled where the block ran
+        m = mask.to(hidden.device) if mask is not None else None  # (device_map: any device)
+        return {p: pool(hidden, p, m, n_prefix).float() for p in poolings}
 
     recorder.transform = transform
     records = recorder.run(model.forward, inputs)
@@ -166,10 +169,13 @@ def extract(
 
     Raises:
         CacheMismatchError: ``out`` holds a cache made with other settings.
+        DataError: ``data`` is empty.
         IndexError / ValueError: bad ``layers`` or ``pooling``.
     """
-    model = load_model(model) if isinstance(model, str) else model
     data = load_data(data) if isinstance(data, str) else data
+    if len(data) == 0:
+        raise DataError(f"dataset {data.name!r} is empty: nothing to extract")
+    model = load_model(model) if isinstance(model, str) else model
     if model.kind != data.kind:
         raise ValueError(f"{model.spec} takes {model.kind} but {data.name} holds {data.kind} data")
     if precision not in PRECISIONS:
@@ -190,6 +196,7 @@ def extract(
         "preprocessing": model.info.get("preprocessing"),
         "dataset": {"name": data.name, "fingerprint": data.fingerprint, "n": len(data),
                     "label_names": list(data.label_names), "kind": data.kind},
+        "info": {"truncated_samples": model.count_truncated(data.texts)},  # not fingerprinted
     }
     writer = CacheWriter.create(out, manifest, n_samples=len(data), shard_size=shard_size,
                                 texts=data.texts)
@@ -213,6 +220,7 @@ def extract(
                 for s, inputs in _batched_inputs(model, data, start, stop, batch_size, prefetch):
                     out = _forward_pooled(model, recorder, inputs, poolings, device)
                     out = to_host_all(out)  # CUDA: pinned buffers, one wait per batch
+                    _kill_point("forward")  # test hook, inert unless PROBEKIT_TEST_KILL_AT is set
                     for key, t in out.items():
                         if key not in tensors:
                             tensors[key] = torch.empty(stop - start, t.shape[-1], dtype=torch.float32)

@@ -4,6 +4,11 @@ Hooks are registered in ``__enter__`` and always removed in ``__exit__``, also w
 raises. With ``stop_early=True`` the forward pass is cut short right after the last requested
 point fires, so layers after it are never computed.
 
+On a model dispatched by accelerate (``device_map``, disk or CPU offload), accelerate wraps each
+block's ``forward`` to move its weights and inputs; torch's forward hooks run around that wrapper,
+so a hook sees the block's real output on whichever device the block ran, and ``transform``
+pools it there.
+
 Example:
     >>> with LayerRecorder(model, specs, transform=lambda name, h: h[:, 0]) as rec:
     ...     rec.run(model, **batch)

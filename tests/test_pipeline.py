@@ -91,7 +91,9 @@ def test_cli_fit_bad_input(tiny_cache, tmp_path, capsys):
     _one_line_error(capsys, ["fit", "--cache", str(tiny_cache), "--probe", "linear,nope", "--out", out], "unknown probe")
     # incomplete cache
     manifest = json.loads((tiny_cache / "manifest.json").read_text())
-    (tiny_cache / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    from probekit.cache.integrity import manifest_bytes  # a hand edit would fail the digest
+
+    (tiny_cache / "manifest.json").write_bytes(manifest_bytes({**manifest, "complete": False}))
     _one_line_error(capsys, ["fit", "--cache", str(tiny_cache), "--out", out], "incomplete")
     (tiny_cache / "manifest.json").write_text(json.dumps(manifest))
 

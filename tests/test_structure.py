@@ -127,16 +127,7 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-# Being split in a parallel change (issue 11: writer / reader / integrity; one loader per source).
-# strict: once such a module is short, the xfail turns into a failure and this entry must go.
-PENDING_SPLIT = {"probekit/cache.py", "probekit/data.py"}
-
-
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="split pending (issue 11)"))
-    if m in PENDING_SPLIT else m
-    for m in sorted(str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py"))
-])
+@pytest.mark.parametrize("module", sorted(str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")))
 def test_no_module_over_600_lines(module):
     n = len((ROOT / module).read_text().splitlines())
     assert n <= MAX_LINES, f"{module} has {n} lines (at most {MAX_LINES})"

@@ -5,7 +5,10 @@ one-pass feature statistics.
 Shapes: ``N`` samples, ``T = L * P`` tokens (layer-major), ``D`` the widest selected layer.
 
 The shards are safetensors files: an 8-byte header length, a JSON header with every tensor's
-dtype, shape and byte range, then the raw row-major data. :class:`CacheRows` maps each shard
+dtype, shape and byte range, then the raw row-major data. The cache's reader knows every
+block's byte range and checks its digest the first time it reads it; :class:`CacheRows` has
+the reader check each block it is about to use (one full read of that block, once), maps each
+shard
 once and copies the requested rows of each ``(n, D)`` block; after each block it tells the
 kernel (``madvise(MADV_DONTNEED)``) that the block's mapped pages are no longer needed, so they
 leave the process's resident set (they stay in the page cache; the kernel maps pages around
@@ -16,9 +19,7 @@ whatever the cache's size.
 
 from __future__ import annotations
 
-import json
 import mmap
-import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ from ..errors import CacheError, ConfigError
 
 __all__ = ["CacheRows", "CacheSubset", "cache_subset", "stream_stats"]
 
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _NP_RAW = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 
 
@@ -43,13 +43,6 @@ def _drop(mm: mmap.mmap, offset: int, length: int) -> None:
     if hasattr(mmap, "MADV_DONTNEED"):
         start = offset - offset % _PAGE
         mm.madvise(mmap.MADV_DONTNEED, start, min(offset + length, len(mm)) - start)
-
-
-def _header(file: Path) -> tuple[int, dict[str, Any]]:
-    """``(data offset, header)`` of a safetensors file."""
-    with open(file, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return 8 + n, json.loads(f.read(n))
 
 
 class CacheRows:
@@ -80,6 +73,7 @@ class CacheRows:
         self.width = max(self.dims)
         self.row_bytes = self.n_tokens * self.width * 4
         self._files = [Path(s[0]) for s in base._shards]
+        self._readers = list(base._files)  # the cache's checked shard readers
         self._starts = np.asarray([s[1] for s in base._shards], dtype=np.int64)
         self._rows = [int(s[2]) for s in base._shards]
         self._layout: list[dict[str, tuple[int, torch.dtype]] | None] = [None] * len(self._files)
@@ -91,13 +85,17 @@ class CacheRows:
     def _open(self, s: int) -> tuple[mmap.mmap, dict[str, tuple[int, torch.dtype]]]:
         layout = self._layout[s]
         if layout is None:
-            offset, head = _header(self._files[s])
+            reader = self._readers[s]
+            keys = [k for ks in self.keys for k in ks]
+            unchecked = [k for k in keys if reader.verify and k not in reader._checked]
+            for _ in reader.read(unchecked):  # digest check of every block used, once
+                pass
             layout = {}
-            for key in (k for ks in self.keys for k in ks):
-                meta = head[key]
-                if meta["dtype"] not in _ST_DTYPES:
-                    raise CacheError(f"{self._files[s]}: {key} has dtype {meta['dtype']}")
-                layout[key] = (offset + int(meta["data_offsets"][0]), _ST_DTYPES[meta["dtype"]])
+            for key in keys:
+                dtype, _, begin, _ = reader.entries[key]
+                if dtype not in _NP_RAW:
+                    raise CacheError(f"{self._files[s]}: {key} has dtype {dtype}")
+                layout[key] = (begin, dtype)
             self._layout[s] = layout
         if s not in self._maps:
             with open(self._files[s], "rb") as f:

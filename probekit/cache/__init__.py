@@ -1,0 +1,40 @@
+"""The on-disk feature cache: pooled layer features in safetensors shards plus a JSON manifest.
+
+Modules: :mod:`~probekit.cache.layout` (format, file names, identity checks),
+:mod:`~probekit.cache.writer` (:class:`CacheWriter`: atomic shards, resume, finalize),
+:mod:`~probekit.cache.reader` (:class:`FeatureCache`), :mod:`~probekit.cache.integrity`
+(digests of every file, checked while reading) and :mod:`~probekit.cache.files` (atomic writes,
+canonical JSON).
+
+Every read path checks what it reads: the manifest's own digest on open, each shard's header,
+labels and index on open, and each feature block the first time it is read (hashing the bytes as
+they are read, not in a second pass). A mismatch raises :class:`CacheError` naming the file;
+``FeatureCache.open(path, verify=False)`` is the explicit opt-out for shard digests.
+
+Example:
+    >>> writer = CacheWriter.create(path, manifest, n_samples=len(data))  # doctest: +SKIP
+    >>> for i in writer.missing_shards():                                  # doctest: +SKIP
+    ...     start, stop = writer.shard_range(i)
+    ...     writer.write_shard(i, {"layers.0.cls": x0, ...}, labels[start:stop])
+    >>> cache = writer.finalize()                                          # doctest: +SKIP
+    >>> X = cache.load(layers=-1, pooling="cls")                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from ..errors import CacheError, CacheMismatchError
+from .layout import _DTYPES as _DTYPES  # the stored dtypes, by name (benchmarks use it)
+from .layout import DEFAULT_SHARD_SIZE, FORMAT_VERSION
+from .reader import FeatureCache
+from .writer import CacheWriter
+
+__all__ = [
+    "CacheError",
+    "CacheMismatchError",
+    "CacheWriter",
+    "DEFAULT_SHARD_SIZE",
+    "FORMAT_VERSION",
+    "FeatureCache",
+]
+
+FeatureCache.create = staticmethod(CacheWriter.create)

@@ -1,0 +1,80 @@
+"""The cache layout: format version, stored dtypes, file names, and the identity's checks.
+
+Layout (``format_version`` 2)::
+
+    CACHE/manifest.json              identity (model, layers [{name, dim}], poolings, dtype,
+                                     precision, preprocessing, dataset {name, fingerprint, n,
+                                     label_names}), its sha256 ``fingerprint``, shard_size,
+                                     n_samples, n_shards, probekit_version, complete,
+                                     texts_sha256, and ``manifest_sha256`` (its own digest)
+    CACHE/texts.json                 (text data only) the input strings, by sample position
+    CACHE/shards/000000.safetensors  "<layer>.<pooling>" (n, D) per (layer, pooling),
+                                     "labels" (n,) int64, "index" (n,) int64
+    CACHE/shards/000000.json         {"sha256", "header_sha256", "tensors": {key: sha256},
+                                     "n", "start"}, written after the shard
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CacheError
+
+FORMAT_VERSION = 2
+DEFAULT_SHARD_SIZE = 4096
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Keys the writer owns; everything else in the caller's manifest (except "info") is identity.
+_DERIVED_KEYS = (
+    "format_version",
+    "fingerprint",
+    "shard_size",
+    "n_samples",
+    "n_shards",
+    "probekit_version",
+    "complete",
+    "manifest_sha256",
+    "texts_sha256",
+)
+_UNHASHED_KEYS = ("info",)  # free-form notes (timings, host): stored, never compared
+
+
+def _validate_identity(manifest: dict[str, Any]) -> None:
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise CacheError("manifest needs 'layers': a non-empty list of {'name': str, 'dim': int}")
+    seen = set()
+    for entry in layers:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or not isinstance(entry.get("dim"), int)
+            or entry["dim"] <= 0
+        ):
+            raise CacheError(f"bad layer entry {entry!r}; expected {{'name': str, 'dim': int > 0}}")
+        if entry["name"] in seen:
+            raise CacheError(f"layer {entry['name']!r} listed twice")
+        seen.add(entry["name"])
+    pools = manifest.get("poolings")
+    if (
+        not isinstance(pools, list)
+        or not pools
+        or len(set(pools)) != len(pools)
+        or not all(isinstance(p, str) and p and "." not in p for p in pools)
+    ):
+        raise CacheError(f"manifest needs 'poolings': distinct names without dots, got {pools!r}")
+    if manifest.get("dtype") not in _DTYPES:
+        raise CacheError(f"dtype must be one of {list(_DTYPES)}, got {manifest.get('dtype')!r}")
+    for p in pools:
+        for entry in layers:
+            if f"{entry['name']}.{p}" in ("labels", "index"):
+                raise CacheError("'labels' and 'index' are reserved tensor names")
+
+
+def shard_paths(path: Path, i: int) -> tuple[Path, Path]:
+    """``(shard file, its .json)`` of shard ``i`` in the cache at ``path``."""
+    d = path / "shards"
+    return d / f"{i:06d}.safetensors", d / f"{i:06d}.json"

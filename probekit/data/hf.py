@@ -1,0 +1,154 @@
+"""``hf:NAME``, ``hf:NAME:CONFIG`` and ``hf:DIR``: Hugging Face datasets (hub or save_to_disk)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from .common import _encode_labels, _subset
+from .dataset import Dataset
+
+_TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "image", "img")
+_LABEL_COLUMNS = ("label", "labels", "class", "target")
+
+
+def _pick_column(
+    columns: list[str],
+    given: str | None,
+    defaults: Sequence[str],
+    role: str,
+    where: str,
+    fallback: Callable[[str], bool] | None = None,
+) -> str:
+    if given is not None:
+        if given not in columns:
+            raise DataError(f"{where}: no {role} column {given!r}; the columns are {columns}")
+        return given
+    for c in defaults:
+        if c in columns:
+            return c
+    if fallback is not None:
+        for c in columns:
+            if fallback(c):
+                return c
+    raise DataError(
+        f"{where}: cannot tell which column holds the {role}s; the columns are "
+        f"{columns} (pass {role}_column=...)"
+    )
+
+
+def _load_hf(
+    name: str,
+    split: str | None,
+    text_column: str | None,
+    label_column: str | None,
+    limit: int | None,
+    seed: int,
+    spec: str,
+) -> Dataset:
+    """A Hugging Face dataset: ``hf:NAME``, ``hf:NAME:CONFIG``, or ``hf:DIR`` (save_to_disk).
+
+    ``split`` defaults to ``"train"`` (or the only split of a saved ``DatasetDict``). The item
+    column defaults to the first of ``text, sentence, content, review, document, image, img``,
+    else the first string or image column; the label column to ``label, labels, class, target``.
+    A ``ClassLabel`` column gives ``label_names``; other labels are mapped to sorted names. An
+    ``Image`` column makes image data (decoded lazily). The fingerprint uses the dataset's own
+    ``_fingerprint`` plus the labels (and texts).
+    """
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise DataError(
+            "hf: datasets need the 'datasets' package (pip install probekit[hub])"
+        ) from e
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        try:
+            ds = datasets.load_from_disk(str(local))
+        except FileNotFoundError as e:
+            raise DataError(f"{local} is not a dataset saved with save_to_disk: {e}") from e
+        if isinstance(ds, datasets.DatasetDict):
+            splits = list(ds.keys())
+            if split is None:
+                split = "train" if "train" in splits else (splits[0] if len(splits) == 1 else None)
+            if split not in splits:
+                raise DataError(f"{local}: no split {split!r}; the splits are {splits}")
+            ds = ds[split]
+        elif split not in (None, "train"):
+            raise DataError(f"{local} holds a single split; got split={split!r}")
+        display = local.name
+    else:
+        ds_name, _, config = name.partition(":")
+        split = split or "train"
+        try:
+            ds = datasets.load_dataset(ds_name, config or None, split=split)
+        except Exception as e:  # noqa: BLE001 - datasets raises many kinds; report them as one
+            raise DataError(f"cannot load hf:{name} split {split!r}: {e}") from e
+        display = ds_name.rstrip("/").split("/")[-1] + (f"-{config}" if config else "")
+    where = f"hf:{name}"
+    features = ds.features
+    columns = list(ds.column_names)
+
+    def is_item(c: str) -> bool:
+        f = features[c]
+        return isinstance(f, datasets.Image) or getattr(f, "dtype", None) in (
+            "string",
+            "large_string",
+        )
+
+    item_col = _pick_column(columns, text_column, _TEXT_COLUMNS, "text", where, is_item)
+    label_col = _pick_column(columns, label_column, _LABEL_COLUMNS, "label", where)
+    raw = list(ds[label_col])
+    feat = features[label_col]
+    if isinstance(feat, datasets.ClassLabel):
+        names = list(feat.names)
+        labels = np.asarray(raw, dtype=np.int64)
+        if len(labels) and labels.min() < 0:
+            raise DataError(f"{where}: label column {label_col!r} has unlabelled rows (-1)")
+    else:
+        labels, names = _encode_labels(raw, where)
+    keep = _subset(labels, limit, seed)
+    if keep is not None:
+        ds = ds.select(keep.tolist())
+        labels = labels[keep]
+    options = {
+        "split": split,
+        "text_column": item_col,
+        "label_column": label_col,
+        "limit": limit,
+        "seed": seed,
+    }
+    if isinstance(features[item_col], datasets.Image):
+        fp = str(getattr(ds, "_fingerprint", ""))
+
+        def get_image(i: int) -> Any:
+            return ds[int(i)][item_col]
+
+        def content_hash(h: Any) -> None:
+            h.update(fp.encode())
+
+        return Dataset(
+            name=display,
+            kind="image",
+            labels=labels,
+            label_names=names,
+            spec=spec,
+            options=options,
+            get_image=get_image,
+            content_hash=content_hash,
+        )
+    texts = ["" if t is None else str(t) for t in ds[item_col]]
+    return Dataset(
+        name=display,
+        kind="text",
+        labels=labels,
+        label_names=names,
+        texts=texts,
+        spec=spec,
+        options=options,
+    )
