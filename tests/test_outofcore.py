@@ -213,13 +213,13 @@ def _rss_growth(path, budget, stream):
 
 
 def test_streamed_fit_peak_memory_stays_within_budget(tmp_path):
-    # 4000 samples x 16 layers x 512 float32 = 131 MB of features (8 MB per layer): an in-memory
+    # 4000 samples x 16 layers x 512 float32 = 125 MiB of features (8 MiB per layer): in memory, a
     # fit holds about 3 copies (~400 MB). Streamed under a 32 MiB budget, linear then laya, the
     # peak resident set grows by about the budget (allocator slack included), not the cache.
     _write_cache(tmp_path / "c", 4000, [512] * 16, shard_size=500)
     features_mb = 4000 * 16 * 512 * 4 / 2**20
     growth = _rss_growth(tmp_path / "c", "32MiB", stream=True)
-    assert growth < 2 * 32 + 32 < 0.75 * features_mb, growth
+    assert growth < 2 * 32 + 16 < 0.75 * features_mb, growth  # measured: 38-54 MiB
 
 
 def test_cli_fit_with_a_tiny_budget_matches_in_memory(tmp_path, capsys):
