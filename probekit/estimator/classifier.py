@@ -474,6 +474,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
 
     @torch.no_grad()
     def _outputs(self, X: Any, batch: int = 8192) -> Iterator[ProbeOutput]:
+        check_is_fitted(self, "model_")
         self.model_.eval()
         if _is_cache(X) and self._should_stream(X, self._budget()):
             yield from self._stream_outputs(X, batch)
