@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ._runtime import resolve_precision
 from .cache import CacheWriter, FeatureCache
 from .cache.files import _kill_point
 from .data import Dataset, load_data
@@ -34,7 +35,7 @@ from .transfer import to_host_all
 
 __all__ = ["extract", "record", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "medium", "bf16")
+PRECISIONS = ("auto", "fp32", "medium", "bf16")
 
 
 @contextlib.contextmanager
@@ -42,10 +43,13 @@ def precision_context(precision: str, device: torch.device) -> Iterator[None]:
     """Numerics of the forward pass.
 
     ``fp32``: plain float32. ``medium``: float32 weights, matmuls allowed to use bf16 passes
-    (``torch.set_float32_matmul_precision("medium")``). ``bf16``: bfloat16 autocast.
+    (``torch.set_float32_matmul_precision("medium")``). ``bf16``: bfloat16 autocast. ``auto``:
+    ``bf16`` where ``device`` computes bfloat16 natively, else ``fp32``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = resolve_precision(precision, device.type)
     old = torch.get_float32_matmul_precision()
     try:
         if precision == "medium":
@@ -144,7 +148,7 @@ def extract(
     shard_size: int = 4096,
     device: str | torch.device | None = None,
     dtype: str = "float32",
-    precision: str = "fp32",
+    precision: str = "auto",
     progress: bool = True,
 ) -> FeatureCache:
     """Record pooled layer features of every sample of ``data`` into a cache at ``out``.
@@ -161,7 +165,9 @@ def extract(
         shard_size: samples per shard (a shard is the unit of resume).
         device: where to run the model (default: where it is).
         dtype: storage dtype of the features (``float32``, ``float16``, ``bfloat16``).
-        precision: numerics of the forward pass: ``fp32``, ``medium`` or ``bf16``.
+        precision: numerics of the forward pass: ``auto`` (``bf16`` autocast where the device
+            computes bfloat16 natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else
+            ``fp32``), ``fp32``, ``medium`` or ``bf16``. The manifest records the resolved one.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -185,6 +191,7 @@ def extract(
         raise ValueError("tokens pooling keeps every token and is not cached; use probekit.record")
     specs = select_layers(model.model, model.layers, layers)
     device = torch.device(device) if device is not None else model.device
+    precision = resolve_precision(precision, device.type)  # "auto" -> "bf16" / "fp32"
     model.to(device)
     dims = _layer_dims(model, data, specs, poolings, device)
     manifest = {

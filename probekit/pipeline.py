@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ._placement import parse_quantization
+from .errors import ConfigError, DataError, ModelError
 from .memory import default_budget, parse_size
 from .runs import (
     CPU_PROBE_PARAMS,
@@ -52,11 +53,16 @@ def validate_run(cfg: RunConfig) -> RunConfig:
     Raises:
         ConfigError: an unknown head, a parameter a head does not take or a value outside its
             range, naming the head, the parameter and the valid choices.
+        ModelError: a ``checkpoint`` file that does not exist; ``quantization`` without
+            bitsandbytes.
     """
     from .estimator import ProbeClassifier
     from .probes import list_probes
 
     cfg.validate()
+    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():  # before data loads
+        raise ModelError(f"cannot load {cfg.model}: checkpoint {cfg.checkpoint} does not exist")
+    parse_quantization(cfg.quantization)  # bitsandbytes is installed
     known = list_probes()
     unknown = [p for p in cfg.probes if p not in known]
     if unknown:
@@ -111,11 +117,13 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, metric: Any, n: int, se
 def _scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
+    from ._bootstrap import bootstrap_interval  # the intervals of bootstrap_ci, vectorised
+
     return {
         "accuracy": float(accuracy_score(y, pred)),
-        "accuracy_ci": bootstrap_ci(y, pred, accuracy_score, n_boot, seed),
+        "accuracy_ci": bootstrap_interval(y, pred, "accuracy", n_boot, seed),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "balanced_accuracy_ci": bootstrap_ci(y, pred, balanced_accuracy_score, n_boot, seed),
+        "balanced_accuracy_ci": bootstrap_interval(y, pred, "balanced_accuracy", n_boot, seed),
     }
 
 
