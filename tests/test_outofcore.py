@@ -116,7 +116,8 @@ def test_streamed_fit_on_a_subset_equals_arrays(tmp_path):
     cache = _make_cache(tmp_path / "cache")
     pos = np.r_[0:120:3, 1:120:4]
     ref = ProbeClassifier(random_state=0).fit(cache.load(pooling="cls")[pos].numpy(), cache.labels[pos])
-    out = ProbeClassifier(random_state=0, max_memory=TINY).fit(cache_subset(cache, pos))
+    out = ProbeClassifier(random_state=0, max_memory=TINY, pooling="cls")
+    out.fit(cache_subset(cache, pos))
     np.testing.assert_allclose(out.layer_scores_, ref.layer_scores_, atol=1e-12)
     x = cache.load(pooling="cls").numpy()
     np.testing.assert_allclose(out.predict_proba(x), ref.predict_proba(x), atol=1e-4)

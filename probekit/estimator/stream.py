@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..errors import DataError
 from ..probes import create_probe, get_probe_class
-from ..train import TrainConfig, accuracy, fit_linear_probes, stratified_split
+from ..train import TrainConfig, balanced_accuracy, fit_linear_probes, stratified_split
 from ..train.linear import LinearSolution
 from ..transfer import host_empty, to_device
 from .inputs import encode_labels
@@ -212,7 +212,7 @@ def _fit_linear_blocks(
             del x
             x = _layer_block(rows, norm, layer, va, device)
             pred = (x @ sol.weight[0] + sol.bias[0]).argmax(-1)
-            acc[layer] = accuracy(y[torch.from_numpy(va).to(device)].cpu(), pred.cpu())
+            acc[layer] = balanced_accuracy(y[torch.from_numpy(va).to(device)].cpu(), pred.cpu())
             del x
             search.append(sol)
         if sol is None or s.refit:
