@@ -117,6 +117,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     probes = [p.strip() for p in args.probe.split(",") if p.strip()]
     cfg = RunConfig(name=out.name, out=str(out.parent), probes=probes, seed=args.seed,
                     test_size=args.test_size, bootstrap=args.bootstrap, cache=str(args.cache),
+                    fit_max_memory=args.max_memory,
                     task=args.task,
                     probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes},
                     control=args.control, mdl=args.mdl)
@@ -245,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-size", type=float, default=0.2)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget, e.g. 512MB or 4GiB (default: half the available RAM); "
+                        "a larger cache is trained out of core, reading rows from disk")
     p.add_argument("--task", default="classification", choices=["classification", "regression"],
                    help="regression: continuous targets (the cache must be extracted with --task regression)")
     p.add_argument("--control", action="store_true",

@@ -31,6 +31,7 @@ from .hooks import LayerRecorder
 from .layers import LayerSpec, Selection, select_layers
 from .models import LoadedModel, load_model
 from .pooling import expand_poolings, pool
+from .transfer import to_host_all
 
 __all__ = ["extract", "record", "PRECISIONS"]
 
@@ -225,6 +226,7 @@ def extract(
                 prefetch = prep if device.type != "cpu" else None
                 for s, inputs in _batched_inputs(model, data, start, stop, batch_size, prefetch):
                     out = _forward_pooled(model, recorder, inputs, poolings, device)
+                    out = to_host_all(out)  # CUDA: pinned buffers, one wait per batch
                     _kill_point("forward")  # test hook, inert unless PROBEKIT_TEST_KILL_AT is set
                     for key, t in out.items():
                         if key not in tensors:

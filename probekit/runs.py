@@ -49,6 +49,7 @@ from typing import Any
 from ._placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
 from .errors import ConfigError
 from .layers import check_layers, parse_layers
+from .memory import parse_size
 from .pooling import expand_poolings
 
 __all__ = [
@@ -196,6 +197,7 @@ class RunConfig:
         probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
             ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
             Default: a light ALF (one config, 20 epochs); ``{}`` gives every head its paper recipe.
+        fit_max_memory: probe training's memory budget (``4GiB``); bigger caches stream from disk.
         test_size: fraction of samples held out (stratified) for every reported score.
         seed: seeds the split, the probes and the bootstrap.
         ablation: replacement for ablation sensitivity: ``mean``, ``zero`` or ``shuffle``.
@@ -251,6 +253,8 @@ class RunConfig:
     probe_params: dict[str, dict[str, Any]] = option(
         help='per-head ProbeClassifier keywords as JSON, e.g. \'{"alf": {"lr": 0.01}}\'',
         parse=parse_json, factory=lambda: {k: dict(v) for k, v in CPU_PROBE_PARAMS.items()})
+    fit_max_memory: str | None = option(None, "memory budget of probe training, e.g. 512MB or "
+                                        "4GiB (default: half the RAM); bigger caches stream")
     test_size: float = option(0.2, "held-out fraction (stratified)", parse=float)
     seed: int = option(0, "seed of the split, the probes and the bootstrap", parse=int)
     ablation: str = option("mean", "replacement for ablation sensitivity", choices=ABLATIONS)
@@ -345,6 +349,7 @@ class RunConfig:
             raise ConfigError("probe_params must map head names to keyword dicts, "
                               'e.g. {"alf": {"lr": 0.01}}')
         check_layers(self.layers)
+        _ = self.fit_max_memory is None or parse_size(self.fit_max_memory, "fit_max_memory")
         if self.pooling is not None:
             expand_poolings(self.pooling)
         if any(c in str(self.name) for c in "/\\") or self.name in (".", ".."):

@@ -57,17 +57,6 @@ def _pad_layers(arrays: Sequence[Any]) -> tuple[Tensor, tuple[int, ...]]:
     return out, dims
 
 
-def _available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
-
-
 def read_arrays(X: Any, layers: Any, tokens_per_layer: int) -> tuple[Tensor, dict[str, Any]]:
     """Raw input ``(N, T, D)`` float32 CPU from arrays, and its layout.
 
