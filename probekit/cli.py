@@ -46,7 +46,13 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--store-dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="dtype the features are stored in; float16/bfloat16 halve disk and RAM "
+                   "(default: float32)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="deprecated name of --store-dtype")
+    p.add_argument("--streaming", action="store_true",
+                   help="read hf: data as a stream (datasets streaming=True)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "medium", "bf16"])
     p.add_argument("--checkpoint", default=None, help="local weights for a timm model")
     p.add_argument("--trust-remote-code", action="store_true")
@@ -64,13 +70,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .extract import extract
     from .models import load_model
 
+    store_dtype = args.store_dtype or args.dtype or "float32"
+    if args.dtype is not None:
+        print("probekit extract: --dtype is deprecated; use --store-dtype", file=sys.stderr)
+    stream = {"streaming": True} if args.streaming else {}
     data = load_data(args.data, split=args.split, text_column=args.text_column,
-                     label_column=args.label_column, limit=args.limit)
+                     label_column=args.label_column, limit=args.limit, **stream)
     kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     model = load_model(args.model, trust_remote_code=args.trust_remote_code, **kwargs)
     cache = extract(model, data, args.out, layers=layers, pooling=args.pooling,
                     batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
-                    dtype=args.dtype, precision=args.precision)
+                    store_dtype=store_dtype, precision=args.precision)
     print(cache)
     return 0
 

@@ -52,6 +52,7 @@ def load_data(
     label_column: str | None = None,
     limit: int | None = None,
     seed: int = 0,
+    streaming: bool = False,
 ) -> Dataset:
     """Load a labelled dataset from a spec string.
 
@@ -66,6 +67,10 @@ def load_data(
         limit: keep at most this many samples: a class-stratified random subset, deterministic
             by ``seed``, in the original order (``None`` keeps all).
         seed: seed for ``limit``.
+        streaming: ``hf:`` only: read the data as a ``datasets`` stream (``streaming=True``; a
+            local folder of data files or a ``save_to_disk`` folder too), length known or not,
+            without downloading or memory-mapping the whole dataset; the result equals the
+            non-streamed one (same fingerprint). Text data only.
 
     Returns:
         A :class:`Dataset`; a single class is allowed here (the caller decides).
@@ -92,8 +97,10 @@ def load_data(
         )
     if not rest:
         raise DataError(f"data spec {spec!r} names nothing after {scheme}:")
+    if streaming and scheme != "hf":
+        raise DataError(f"streaming=True reads hf: data only; {spec!r} is {scheme}: data")
     if scheme == "hf":
-        ds = _load_hf(rest, split, text_column, label_column, limit, seed, spec)
+        ds = _load_hf(rest, split, text_column, label_column, limit, seed, spec, streaming)
     elif scheme == "csv":
         ds = _load_csv(rest, split, text_column, label_column, limit, seed, spec)
     elif scheme == "imagefolder":

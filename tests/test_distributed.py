@@ -1,0 +1,80 @@
+"""Several processes (torchrun, gloo on CPU): shards split by rank, bitwise equal to one process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from probekit import FeatureCache
+
+N_SAMPLES = 26  # 7 shards of 4: the last one short, rank 0 owns one more than rank 1
+
+
+def _csv(tmp_path: Path) -> str:
+    path = tmp_path / "words.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(N_SAMPLES):
+            w.writerow([f"sample number {i} " + "word " * (i % 5), "pos" if i % 3 else "neg"])
+    return f"csv:{path}"
+
+
+def _extract(model: str, data: str, out: Path, nproc: int, **env: str) -> subprocess.CompletedProcess:
+    args = ["extract", "--model", model, "--data", data, "--out", str(out),
+            "--batch-size", "2", "--shard-size", "4", "--pooling", "cls+mean"]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "probekit", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "probekit", *args]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PROBEKIT_TEST_KILL")}
+    # one thread everywhere (torchrun's own default per rank): the same BLAS blocking in both runs
+    full_env = {**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]),
+                "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def _shard_bytes(cache: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((cache / "shards").iterdir())}
+
+
+def test_two_processes_bitwise_equal_one_and_a_killed_rank_resumes(tiny_bert_dir, tmp_path):
+    data = _csv(tmp_path)
+    one = _extract(tiny_bert_dir, data, tmp_path / "one", 1)
+    assert one.returncode == 0, one.stderr[-2000:]
+    ref = FeatureCache.open(tmp_path / "one")
+    ref_shards = _shard_bytes(tmp_path / "one")
+    assert len(ref_shards) == 2 * 7  # .safetensors + .json per shard
+
+    two = _extract(tiny_bert_dir, data, tmp_path / "two", 2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    got = FeatureCache.open(tmp_path / "two")
+    assert got.manifest["fingerprint"] == ref.manifest["fingerprint"]
+    assert _shard_bytes(tmp_path / "two") == ref_shards
+    assert (tmp_path / "two" / "texts.json").read_bytes() == (tmp_path / "one" / "texts.json").read_bytes()
+
+    # rank 1 dies (SIGKILL) in its second shard (its 3rd forward pass of 2-sample batches): the
+    # job fails, the cache is unfinished; a 1-process rerun fills only the missing shards
+    killed = _extract(tiny_bert_dir, data, tmp_path / "killed", 2,
+                      PROBEKIT_TEST_KILL_AT="forward:3", PROBEKIT_TEST_KILL_RANK="1")
+    assert killed.returncode != 0
+    from probekit.errors import CacheError
+
+    with pytest.raises(CacheError):
+        FeatureCache.open(tmp_path / "killed")
+    shards = tmp_path / "killed" / "shards"
+    before = {p.name: p.stat().st_ino for p in shards.iterdir() if p.suffix == ".safetensors"}
+    assert "000003.safetensors" not in before and "000005.safetensors" not in before
+    assert 0 < len(before) < 7
+    rerun = _extract(tiny_bert_dir, data, tmp_path / "killed", 1)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert _shard_bytes(tmp_path / "killed") == ref_shards
+    after = {p.name: p.stat().st_ino for p in shards.iterdir() if p.suffix == ".safetensors"}
+    assert all(after[name] == ino for name, ino in before.items())  # finished shards untouched
+    assert FeatureCache.open(tmp_path / "killed").manifest["fingerprint"] == ref.manifest["fingerprint"]
