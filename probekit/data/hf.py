@@ -1,4 +1,5 @@
-"""``hf:NAME``, ``hf:NAME:CONFIG`` and ``hf:DIR``: Hugging Face datasets (hub or save_to_disk)."""
+"""``hf:NAME``, ``hf:NAME:CONFIG`` and ``hf:DIR``: Hugging Face datasets (hub, save_to_disk or a
+folder of data files), read whole or as a stream."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def _load_hf(
     spec: str,
     streaming: bool = False,
 ) -> Dataset:
-    """A Hugging Face dataset: ``hf:NAME``, ``hf:NAME:CONFIG``, or ``hf:DIR`` (save_to_disk).
+    """A Hugging Face dataset: ``hf:NAME``, ``hf:NAME:CONFIG``, or ``hf:DIR`` (save_to_disk or data files).
 
     ``split`` defaults to ``"train"`` (or the only split of a saved ``DatasetDict``). The item
     column defaults to the first of ``text, sentence, content, review, document, image, img``,
@@ -75,7 +76,7 @@ def _load_hf(
     if streaming:
         return _load_hf_stream(datasets, name, local, split, text_column, label_column, limit,
                                seed, spec)
-    if local.is_dir():
+    if local.is_dir() and _saved_to_disk(local):
         try:
             ds = datasets.load_from_disk(str(local))
         except FileNotFoundError as e:
@@ -90,8 +91,8 @@ def _load_hf(
         elif split not in (None, "train"):
             raise DataError(f"{local} holds a single split; got split={split!r}")
         display = local.name
-    else:
-        ds_name, _, config = name.partition(":")
+    else:  # a hub name, or a folder of data files (json, csv, parquet, ...)
+        ds_name, _, config = (str(local), "", "") if local.is_dir() else name.partition(":")
         split = split or "train"
         try:
             ds = datasets.load_dataset(ds_name, config or None, split=split)
@@ -196,8 +197,7 @@ def _load_hf_stream(
             ds_name, _, config = (str(local), "", "") if local.is_dir() else name.partition(":")
             split = split or "train"
             ds = datasets.load_dataset(ds_name, config or None, split=split, streaming=True)
-            display = Path(ds_name).name if local.is_dir() else (
-                ds_name.rstrip("/").split("/")[-1] + (f"-{config}" if config else ""))
+            display = ds_name.rstrip("/").split("/")[-1] + (f"-{config}" if config else "")
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; report them as one
