@@ -79,7 +79,11 @@ class Ranks:
         for report in reports:
             if report is not None:
                 kind, message = report
-                raise kind(f"{message} (on another rank)")
+                try:
+                    shared = kind(f"{message} (on another rank)")
+                except Exception:  # noqa: BLE001 - a type that needs other arguments
+                    shared = RuntimeError(f"{kind.__name__}: {message} (on another rank)")
+                raise shared
         return result
 
     def close(self) -> None:
