@@ -5,7 +5,8 @@ preprocessed on a worker thread while the model runs the current one (on a CPU i
 forward pass already uses every core); pooled rows go into one preallocated buffer per key, and finished shards are
 written by a writer thread while the next shard is computed, so the model is rarely idle. Shards
 are written atomically: a killed run resumes at the first missing shard, and a finished cache
-with the same fingerprint is returned without recomputing anything.
+with the same fingerprint is returned without recomputing anything. Under ``torchrun`` each rank
+computes its share of the shards into the same folder (:mod:`probekit.distributed`).
 """
 
 from __future__ import annotations
@@ -245,8 +246,12 @@ def _extract_ranks(model: LoadedModel, data: Dataset, out: Path, specs: list[Lay
                 if not writer.shard_ok(i)]  # shard i belongs to rank i mod N
     ranks.agree(lambda: _write_shards(model, data, writer, todo, specs, poolings, batch_size,
                                       device, precision, progress and ranks.rank == 0), on=None)
-    cache = ranks.agree(writer.finalize)  # after every rank's shards are on disk
-    return cache if cache is not None else FeatureCache.open(out)
+    if not ranks.distributed:
+        return writer.finalize()
+    # after every rank's shards are on disk; a fresh writer sees the manifest as it is now (a
+    # rank that repaired a shard of a finished cache has marked it unfinished)
+    ranks.agree(lambda: create().finalize())
+    return FeatureCache.open(out)
 
 
 def _write_shards(model: LoadedModel, data: Dataset, writer: CacheWriter, todo: list[int],

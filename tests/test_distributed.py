@@ -90,8 +90,10 @@ def test_two_processes_bitwise_equal_one_and_a_killed_rank_resumes(tiny_bert_dir
     assert FeatureCache.open(tmp_path / "killed").manifest["fingerprint"] == ref.manifest["fingerprint"]
 
 
-def test_a_folder_holding_another_cache_fails_on_every_rank(tiny_bert_dir, tmp_path):
-    """Rank 0 refuses the folder; the other rank gets the same one-line error instead of waiting."""
+def test_other_settings_fail_on_every_rank_and_ranks_repair_a_finished_cache(tiny_bert_dir, tmp_path):
+    """Rank 0 refuses a folder holding another cache; the other rank gets the same one-line error
+    instead of waiting. A corrupt shard of a finished cache is rewritten by the rank that owns it
+    and the cache is finished again."""
     data = _csv(tmp_path)
     _in_process(tiny_bert_dir, data, tmp_path / "cache")
     before = _shard_bytes(tmp_path / "cache")
@@ -101,4 +103,15 @@ def test_a_folder_holding_another_cache_fails_on_every_rank(tiny_bert_dir, tmp_p
     assert len(errors) == 2, done.stderr[-3000:]
     assert all("poolings" in line and "other settings" in line for line in errors), errors
     assert sum("(on another rank)" in line for line in errors) == 1
+    assert _shard_bytes(tmp_path / "cache") == before
+
+    shard = tmp_path / "cache" / "shards" / "000001.safetensors"  # rank 1's
+    damaged = bytearray(shard.read_bytes())
+    damaged[-3] ^= 0xFF
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(CacheError):
+        FeatureCache.open(tmp_path / "cache").verify()
+    repaired = _torchrun(tiny_bert_dir, data, tmp_path / "cache", 2)
+    assert repaired.returncode == 0, repaired.stderr[-2000:]
+    assert FeatureCache.open(tmp_path / "cache").manifest["complete"] is True
     assert _shard_bytes(tmp_path / "cache") == before
