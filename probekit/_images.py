@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["to_rgb"]
+__all__ = ["to_rgb", "to_uint8"]
 
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
@@ -32,6 +32,17 @@ def _range(arr: np.ndarray, mode: str) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
+def to_uint8(arr: np.ndarray, mode: str = "") -> np.ndarray:
+    """Pixels of any dtype to ``uint8`` by their range (module docstring): floats in ``[0, 1]``
+    times 255, ``uint16`` over 65535, other integers over 255 or 65535 if they fit, else
+    min..max. A ``uint8`` array is returned as it is."""
+    if arr.dtype == np.uint8:
+        return arr
+    lo, hi = _range(arr, mode)
+    scaled = np.rint((arr.astype(np.float64) - lo) * (255.0 / (hi - lo)))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
 def to_rgb(image: Any) -> Any:
     """A PIL RGB image from a PIL image or an array ``(H, W)`` / ``(H, W, 3)``.
 
@@ -48,13 +59,6 @@ def to_rgb(image: Any) -> Any:
     else:
         arr = np.asarray(image)
         if arr.dtype == np.uint8 or arr.ndim == 3:
-            if arr.ndim == 3 and arr.dtype != np.uint8:
-                lo, hi = _range(arr, "")
-                arr = np.clip(np.rint((arr.astype(np.float64) - lo) * 255.0 / (hi - lo)), 0, 255)
-                arr = arr.astype(np.uint8)
-            return Image.fromarray(arr).convert("RGB")
+            return Image.fromarray(to_uint8(arr)).convert("RGB")
         mode = "I;16" if arr.dtype == np.uint16 else ("F" if arr.dtype.kind == "f" else "I")
-    lo, hi = _range(arr, mode)
-    scaled = np.rint((arr.astype(np.float64) - lo) * (255.0 / (hi - lo)))
-    grey = np.clip(scaled, 0, 255).astype(np.uint8)
-    return Image.fromarray(grey).convert("RGB")
+    return Image.fromarray(to_uint8(arr, mode)).convert("RGB")

@@ -146,8 +146,9 @@ def parse_dtype(value: Any) -> torch.dtype | None:
     return getattr(torch, DTYPES[key])
 
 
-def parse_quantization(value: Any) -> str | None:
-    """Check ``quantization``: ``None``, ``"8bit"`` or ``"4bit"`` (bitsandbytes must be installed)."""
+def parse_quantization(value: Any, check_installed: bool = True) -> str | None:
+    """Check ``quantization``: ``None``, ``"8bit"`` or ``"4bit"`` (bitsandbytes must be installed,
+    unless ``check_installed=False``: a saved run config is read where it is not)."""
     if value is None or value in ("", "none", "None"):
         return None
     text = str(value).strip().lower()
@@ -157,7 +158,7 @@ def parse_quantization(value: Any) -> str | None:
         text = "4bit"
     if text not in QUANTIZATIONS:
         raise ModelError(f"quantization {value!r} is not one of {', '.join(QUANTIZATIONS)}")
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if check_installed and importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError(f"quantization={text} needs the bitsandbytes package, which is not "
                          "installed (pip install bitsandbytes; it needs a supported GPU)")
     return text

@@ -1,4 +1,4 @@
-"""``probekit`` command line: ``extract | info | fit | attribute | report | run``.
+"""``probekit`` command line: ``extract | info | fit | attribute | report | layers | run``.
 
 Error contract: a user mistake (a :class:`~probekit.errors.ProbekitError`: an unknown model or
 dataset spec, a layer out of range, a missing column, an empty dataset, a folder holding another
@@ -20,10 +20,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import ProbekitError
 from .layers import parse_layers
-from .runs import RunConfig, parse_bool, run_options, summary_table
+from .runs import RunConfig, parse_bool, run_options, stage_options, summary_table
 
 __all__ = ["build_parser", "main"]
 
@@ -37,10 +38,7 @@ EXIT_BUG = 1
 def _add_common_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="hf:NAME, timm:NAME, bundled:minilm-l6, bundled:efficientnet-lite0, or a directory")
     p.add_argument("--data", required=True, help="hf:NAME, csv:PATH, imagefolder:DIR, bundled:vader-valence, bundled:mnist")
-    p.add_argument("--split", default=None, help="dataset split (hf: and bundled:mnist)")
-    p.add_argument("--text-column", default=None)
-    p.add_argument("--label-column", default=None)
-    p.add_argument("--limit", type=int, default=None, help="use at most this many samples (stratified)")
+    add_run_options(p, run_options("data"))
     p.add_argument("--layers", default=None, help="all (default), N (last N), 0,3,-1, or module globs like 'blocks.*.norm2'")
     p.add_argument("--pooling", default=None, help="cls, mean, last, cls+mean or cls,mean (default: the model's)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -51,12 +49,15 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
                    "(default: float32)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="deprecated name of --store-dtype")
-    p.add_argument("--streaming", action="store_true",
-                   help="read hf: data as a stream (datasets streaming=True)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "medium", "bf16"])
-    p.add_argument("--checkpoint", default=None, help="local weights for a timm model")
-    p.add_argument("--trust-remote-code", action="store_true")
+    add_run_options(p, run_options("model"))
     p.add_argument("--out", required=True, help="cache folder")
+
+
+def _given(args: argparse.Namespace, stage: str) -> dict[str, Any]:
+    """The flags of one stage's run options that were given on the command line."""
+    return {f.name: getattr(args, f.name) for f in run_options(stage)
+            if getattr(args, f.name, None) is not None}
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -65,6 +66,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     layers = parse_layers(args.layers)  # checked before anything is loaded
     if args.pooling is not None:
         expand_poolings(args.pooling)
+    data_options = stage_options("data", _given(args, "data"))
+    model_options = stage_options("model", _given(args, "model"))
 
     from .data import load_data
     from .extract import extract
@@ -73,15 +76,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
     store_dtype = args.store_dtype or args.dtype or "float32"
     if args.dtype is not None:
         print("probekit extract: --dtype is deprecated; use --store-dtype", file=sys.stderr)
-    stream = {"streaming": True} if args.streaming else {}
-    data = load_data(args.data, split=args.split, text_column=args.text_column,
-                     label_column=args.label_column, limit=args.limit, **stream)
-    kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
-    model = load_model(args.model, trust_remote_code=args.trust_remote_code, **kwargs)
+    data = load_data(args.data, **data_options)
+    model = load_model(args.model, **model_options)
     cache = extract(model, data, args.out, layers=layers, pooling=args.pooling,
                     batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
                     store_dtype=store_dtype, precision=args.precision)
     print(cache)
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    model_options = stage_options("model", _given(args, "model"))  # checked before loading
+
+    from .listing import format_layers, list_layers
+
+    print(format_layers(list_layers(args.model, modules=args.modules, **model_options)))
     return 0
 
 
@@ -159,15 +168,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- parser
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per :class:`~probekit.runs.RunConfig` field (text, parsed by the field)."""
-    for f in run_options():
+def add_run_options(p: argparse.ArgumentParser,
+                    fields: Sequence[dataclasses.Field[Any]] | None = None) -> None:
+    """One ``--flag`` per :class:`~probekit.runs.RunConfig` field (text, parsed by the field);
+    ``fields`` picks some (default: all)."""
+    for f in run_options() if fields is None else fields:
         if f.default is not dataclasses.MISSING:
             default = f.default
         else:
             default = f.default_factory()  # type: ignore[misc]
         shown = ",".join(default) if isinstance(default, list) else json.dumps(default) \
-            if isinstance(default, dict) else default
+            if isinstance(default, (dict, bool)) else default
         help_text = f.metadata.get("help", "")
         if "default" not in help_text and default is not None:
             help_text += f" (default: {shown})"
@@ -220,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
 
+    p = sub.add_parser("layers", help="list a model's recordable layers (what --layers takes)")
+    p.add_argument("model", help="hf:NAME, timm:NAME, bundled:minilm-l6, bundled:efficientnet-lite0, "
+                   "or a directory")
+    p.add_argument("--modules", action="store_true",
+                   help="also print the module tree, one row per glob, with output shapes")
+    add_run_options(p, run_options("model"))
+    p.set_defaults(fn=cmd_layers)
+
     p = sub.add_parser("run", help="extract -> fit -> attribute -> report (bundled demos without a config)")
     p.add_argument("config", nargs="?", default=None, help="YAML or TOML file with the options below")
     add_run_options(p)
@@ -236,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("probekit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``probekit layers MODEL | head``)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ProbekitError as err:
         if os.environ.get("PROBEKIT_DEBUG"):
             raise

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ._placement import parse_quantization
+from .errors import ConfigError, DataError, ModelError
 from .runs import (
     CPU_PROBE_PARAMS,
     DEFAULT_PROBES,
@@ -51,11 +52,16 @@ def validate_run(cfg: RunConfig) -> RunConfig:
     Raises:
         ConfigError: an unknown head, a parameter a head does not take or a value outside its
             range, naming the head, the parameter and the valid choices.
+        ModelError: a ``checkpoint`` file that does not exist; ``quantization`` without
+            bitsandbytes.
     """
     from .estimator import ProbeClassifier
     from .probes import list_probes
 
     cfg.validate()
+    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():  # before data loads
+        raise ModelError(f"cannot load {cfg.model}: checkpoint {cfg.checkpoint} does not exist")
+    parse_quantization(cfg.quantization)  # bitsandbytes is installed
     known = list_probes()
     unknown = [p for p in cfg.probes if p not in known]
     if unknown:

@@ -19,15 +19,17 @@ help line (``help``), the allowed values (``choices``) and which loader receives
 (``stage``: ``"data"`` -> :func:`probekit.load_data`, ``"model"`` -> :func:`probekit.load_model`,
 ``"extract"`` -> :func:`probekit.extract`).
 
-Adding an option is a one-field change. For example, a model-loading option::
+Adding an option is a one-field change. For example, the model-loading option::
 
     checkpoint: str | None = option(None, "local weights (.safetensors / .pth) for the model",
                                     stage="model")
 
-adds ``--checkpoint`` to ``probekit run``, the ``checkpoint:`` config key and
+adds ``--checkpoint`` to ``probekit run`` (and to ``probekit extract`` and ``probekit layers``,
+which take every ``stage="model"`` field), the ``checkpoint:`` config key and
 ``probekit.run(checkpoint=...)``, and passes ``checkpoint=...`` to ``load_model`` whenever it is
 not ``None`` (an int option adds ``parse=int``; a yes/no option adds ``parse=parse_bool``, and
-then ``--flag`` alone means true). Document the field under ``Attributes`` of :class:`RunConfig`
+then ``--flag`` alone means true; ``keyword=`` and ``to_loader=`` rename and convert it for the
+loader). Document the field under ``Attributes`` of :class:`RunConfig`
 and, where the loader lacks the keyword, add it there. Nothing else changes: the test that
 compares the CLI flags, the config keys and :func:`probekit.run`'s keywords covers the new one.
 
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
 from .errors import ConfigError
 from .layers import check_layers, parse_layers
 from .pooling import expand_poolings
@@ -54,11 +57,13 @@ __all__ = [
     "DEFAULT_RUNS",
     "RunConfig",
     "load_config",
+    "loader_keywords",
     "option",
     "read_config",
     "read_metrics",
     "run_name",
     "run_options",
+    "stage_options",
     "summary_table",
     "write_metrics",
 ]
@@ -108,14 +113,29 @@ def parse_bool(value: Any) -> bool:
     raise ConfigError(f"expected true or false, got {value!r}")
 
 
+def parse_weights_dtype(value: Any) -> str:
+    """``torch_dtype`` of the weights: ``float32``, ``float16``, ``bfloat16`` (or ``fp32``,
+    ``fp16``, ``half``, ``bf16``, ``torch.float16``), as its canonical name (no torch import)."""
+    key = str(value).strip().lower().removeprefix("torch.")
+    if key not in DTYPES:
+        raise ValueError("choose float32, float16 or bfloat16")
+    return DTYPES[key]
+
+
 def option(default: Any = None, help: str = "", *, parse: Callable[[Any], Any] | None = None,
            choices: Sequence[Any] | None = None, stage: str | None = None,
-           factory: Callable[[], Any] | None = None) -> Any:
-    """A :class:`RunConfig` field: its default, help line, parser, allowed values and stage."""
+           factory: Callable[[], Any] | None = None, keyword: str | None = None,
+           to_loader: Callable[[Any], Any] | None = None) -> Any:
+    """A :class:`RunConfig` field: its default, help line, parser, allowed values and stage.
+
+    ``keyword`` names the loader's keyword when it differs from the field's name (``init_seed``
+    -> ``seed`` of :func:`probekit.load_model`); ``to_loader`` converts the value for the loader
+    (``random_init=True`` -> ``weights="random"``).
+    """
     if stage is not None and stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")  # a bug in a field
     metadata = {"help": help, "parse": parse, "choices": tuple(choices) if choices else None,
-                "stage": stage}
+                "stage": stage, "keyword": keyword, "to_loader": to_loader}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -136,6 +156,20 @@ def run_name(model: str, data: str) -> str:
 
 
 # ------------------------------------------------------------------------------- the options
+
+
+def _weights_choice(random_init: bool) -> str:
+    return "random" if random_init else "pretrained"
+
+
+def _quantization_name(value: Any) -> str | None:
+    """The spelling only: whether bitsandbytes is installed is checked before a run starts
+    (:func:`probekit.pipeline.validate_run`), so a saved config reads anywhere."""
+    return parse_quantization(value, check_installed=False)
+
+
+SHARED_KEYWORDS: dict[str, dict[str, str]] = {"model": {"device": "device"}, "data": {"seed": "seed"}}
+"""Loader keywords filled from a field of another stage: ``{stage: {keyword: field}}``."""
 
 
 @dataclass
@@ -165,6 +199,16 @@ class RunConfig:
         figures: image formats to export besides HTML (``png``, ``svg``, ``pdf``).
         out: the folder that holds run folders.
         cache: the feature cache folder (default ``RUN/cache``).
+        checkpoint, revision, trust_remote_code, max_length, device_map, max_memory,
+            offload_folder, torch_dtype, quantization: passed to :func:`probekit.load_model`
+            (``--torch-dtype`` is the weights' dtype; ``--store-dtype`` the cached features').
+        random_init: load the architecture at a seeded random init (``weights="random"`` of
+            :func:`probekit.load_model`), the random-weights baseline.
+        init_seed: the seed of that random init (``seed`` of :func:`probekit.load_model`).
+
+    Every keyword of :func:`probekit.load_model` and :func:`probekit.load_data` comes from a field;
+    two come from a field of another stage (:data:`SHARED_KEYWORDS`): the model's ``device`` is
+    ``device`` (the extraction moves the model there) and the data's ``seed`` is ``seed``.
     """
 
     name: str | None = option(None, "run folder name under --out (default: MODEL_DATA)")
@@ -205,6 +249,31 @@ class RunConfig:
                                 parse=parse_list, factory=lambda: ["png"])
     out: str = option("runs", "folder that holds the run folders")
     cache: str | None = option(None, "feature cache folder (default RUN/cache)")
+    checkpoint: str | None = option(None, "local weights: a .safetensors or .pth/.pt/.bin state "
+                                    "dict over the architecture of a timm: or hf: model",
+                                    stage="model")
+    revision: str | None = option(None, "hub revision (branch, tag or commit) of an hf: model",
+                                  stage="model")
+    trust_remote_code: bool = option(False, "allow hf: models that ship their own code",
+                                     parse=parse_bool, stage="model")
+    max_length: int | None = option(None, "longest token sequence of a text model (default: the "
+                                    "tokenizer's, at most 512)", parse=int, stage="model")
+    device_map: Any = option(None, "auto | balanced | balanced_low_0 | sequential | a device | "
+                             "JSON {module: device} (hf: models)", parse=parse_device_map,
+                             stage="model")
+    max_memory: Any = option(None, "most memory per device for the model, e.g. cpu=40MB,0=20GiB "
+                             "(implies device_map auto)", parse=parse_max_memory, stage="model")
+    offload_folder: str | None = option(None, "folder for the weights that device_map puts on "
+                                        "disk", stage="model")
+    torch_dtype: str | None = option(None, "dtype of the weights: float32, float16, bfloat16 "
+                                     "(default: float32)", parse=parse_weights_dtype, stage="model")
+    quantization: str | None = option(None, "8bit | 4bit through bitsandbytes (hf: models)",
+                                      parse=_quantization_name, stage="model")
+    random_init: bool = option(False, "the same architecture at a seeded random init (the "
+                               "random-weights baseline)", parse=parse_bool, stage="model",
+                               keyword="weights", to_loader=_weights_choice)
+    init_seed: int | None = option(None, "seed of --random-init (default 0)", parse=int,
+                                   stage="model", keyword="seed")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -242,6 +311,11 @@ class RunConfig:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        if self.random_init and self.checkpoint is not None:
+            raise ConfigError(f"random_init and checkpoint {self.checkpoint} exclude each other: "
+                              "a random init loads no weights")
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"max_length must be >= 1, got {self.max_length}")
         bad = [f for f in self.figures if f not in FIGURE_FORMATS]
         if bad:
             raise ConfigError(f"unknown figure format {bad[0]!r}; choose from {', '.join(FIGURE_FORMATS)}")
@@ -268,9 +342,16 @@ class RunConfig:
 
     def stage_options(self, stage: str) -> dict[str, Any]:
         """The keywords for one loader (``"data"``, ``"model"``, ``"extract"``): every field of
-        that stage whose value is not ``None``."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.metadata.get("stage") == stage and getattr(self, f.name) is not None}
+        that stage whose value is not ``None``, under the loader's keyword and converted for it
+        (``init_seed=3`` -> ``seed=3``, ``random_init=True`` -> ``weights="random"``)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("stage") != stage or value is None:
+                continue
+            convert = f.metadata.get("to_loader")
+            out[f.metadata.get("keyword") or f.name] = convert(value) if convert else value
+        return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
@@ -287,9 +368,32 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def run_options() -> list[dataclasses.Field[Any]]:
-    """The fields of :class:`RunConfig`: the one list of run options."""
-    return list(dataclasses.fields(RunConfig))
+def run_options(stage: str | None = None) -> list[dataclasses.Field[Any]]:
+    """The fields of :class:`RunConfig`: the one list of run options (those of one ``stage``)."""
+    fields = dataclasses.fields(RunConfig)
+    return [f for f in fields if stage is None or f.metadata.get("stage") == stage]
+
+
+def loader_keywords(stage: str) -> dict[str, str]:
+    """``{loader keyword: field}`` for one stage: what :meth:`RunConfig.stage_options` fills,
+    plus :data:`SHARED_KEYWORDS`."""
+    own = {f.metadata.get("keyword") or f.name: f.name for f in run_options(stage)}
+    return {**own, **SHARED_KEYWORDS.get(stage, {})}
+
+
+def stage_options(stage: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Parse some fields of one stage as :class:`RunConfig` does (text from a command line or
+    Python values) and return the loader's keywords: how ``probekit extract`` and ``probekit
+    layers`` read the model options that ``probekit run`` takes.
+
+    Raises:
+        ConfigError: a field of another stage, or a bad value.
+    """
+    names = {f.name for f in run_options(stage)}
+    stray = sorted(set(values) - names)
+    if stray:
+        raise ConfigError(f"{stray[0]} is not a {stage} option; those are {', '.join(sorted(names))}")
+    return RunConfig(**values).stage_options(stage)
 
 
 DEFAULT_RUN_OPTIONS: tuple[dict[str, Any], ...] = (

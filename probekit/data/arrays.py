@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._images import to_uint8
 from ..errors import DataError
 from .common import _encode_labels
 from .dataset import Dataset
@@ -45,8 +46,10 @@ def from_arrays(
 
     Args:
         items: a list of ``N`` strings (text); an array ``(N, H, W)`` or ``(N, H, W, C)``
-            (C in 1, 3, 4) of uint8 images (floats are read as ``[0, 1]`` and scaled to uint8);
-            or a list of ``N`` ``PIL.Image``.
+            (C in 1, 3, 4) of uint8 images (other dtypes are scaled to uint8 by their range:
+            floats in ``[0, 1]``, ``uint16`` over 65535, other integers over 255 or 65535 when
+            they fit); or a list of ``N`` ``PIL.Image`` of any mode (16/32-bit greyscale keeps
+            its mean).
         labels: ``(N,)`` class indices (with ``label_names``) or raw values (ints or strings,
             mapped to sorted class names).
         label_names: class names for integer ``labels`` in ``0..len(label_names)-1``.
@@ -71,10 +74,7 @@ def from_arrays(
             raise DataError(
                 f"{name}: image arrays must be (N, H, W) or (N, H, W, C), got {arr.shape}"
             )
-        if arr.dtype != np.uint8:
-            if np.issubdtype(arr.dtype, np.floating):
-                arr = np.clip(np.rint(arr * 255.0), 0, 255)
-            arr = arr.astype(np.uint8)
+        arr = to_uint8(arr)  # by the range of the whole stack: uint16 over 65535, not modulo 256
         if len(arr) != len(label_arr):
             raise DataError(f"{name}: {len(arr)} items but {len(label_arr)} labels")
         return _image_arrays_dataset(arr, label_arr, names, name=name, spec=spec, options=options)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .._images import to_rgb
 from ..errors import DataError
 
 __all__ = ["Dataset"]
@@ -106,7 +107,7 @@ class Dataset:
             return self.texts[i]
         assert self._get_image is not None
         img = self._get_image(i)
-        return img.convert("RGB") if img.mode != "RGB" else img
+        return img if img.mode == "RGB" else to_rgb(img)  # 16/32-bit greyscale keeps its mean
 
     def get_items(self, indices: Sequence[int] | np.ndarray) -> list[Any]:
         """Return the items at ``indices``: a list of str, or a list of RGB ``PIL.Image``."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .._images import to_rgb
 from ..errors import DataError
 from .common import _subset
 from .dataset import Dataset
@@ -33,8 +34,9 @@ def _load_imagefolder(
     """``DIR/<class>/**/<image>``: one subfolder per class (sorted names), images found
     recursively (extensions in ``IMAGE_EXTENSIONS``; hidden files and folders skipped). With
     ``split``, ``DIR/<split>/`` is used when it exists (``split="train"`` falls back to ``DIR``).
-    Classes without images are left out. Images are opened lazily and converted to RGB. The
-    fingerprint hashes every file's relative path and bytes (read once, when first asked for).
+    Classes without images are left out. Images are opened lazily and converted to RGB
+    (16/32-bit greyscale is scaled by its range, not clipped). The fingerprint hashes every
+    file's relative path and bytes (read once, when first asked for).
     """
     root = Path(dir_str).expanduser()
     if not root.is_dir():
@@ -66,7 +68,7 @@ def _load_imagefolder(
 
         with Image.open(files[i]) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)  # scales 16/32-bit greyscale instead of clipping it at 255
 
     def content_hash(h: Any) -> None:
         for p in files:
