@@ -34,9 +34,7 @@ CPU is that idle. Slow precision cells (a single run longer than ``--cell-budget
 on a CPU without native bf16) keep their first run as a measurement and repeat only within
 that budget.
 
-``--proposed`` also times :func:`extract_proposed`, a private copy of ``extract`` with the
-changes this benchmark suggests (and checks it gives bitwise the same features); ``--memory``
-measures the peak RSS growth of one extraction per workload in fresh processes; ``--profile``
+``--memory`` measures the peak RSS growth of one extraction per workload in fresh processes; ``--profile``
 prints torch.profiler tables.
 
 Usage::
@@ -44,7 +42,7 @@ Usage::
     python benchmarks/bench_extract.py            # about 4-5 minutes on a quiet 2-core CPU
     python benchmarks/bench_extract.py --quick    # smoke run, about a minute (mostly loading)
     python benchmarks/bench_extract.py --threads 2 --repeats 7 --vit-n 128 --profile
-    python benchmarks/bench_extract.py --proposed --memory --wait-idle 85   # shared machine
+    python benchmarks/bench_extract.py --memory --wait-idle 85   # shared machine
 """
 
 from __future__ import annotations
@@ -60,7 +58,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +68,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 import probekit  # noqa: E402
-from probekit import extract, load_data, load_model  # noqa: E402
+from probekit import _runtime, extract, load_data, load_model  # noqa: E402
 from probekit.data import Dataset, from_arrays  # noqa: E402
 from probekit.extract import PRECISIONS, precision_context  # noqa: E402
 from probekit.models import LoadedModel  # noqa: E402
@@ -289,93 +286,6 @@ def synthetic_sentences(words: Dataset, n: int, lo: int, hi: int, seed: int = 0)
                        name=f"vader-sentences-{lo}-{hi}")
 
 
-# ----------------------------------------------------------------------------- proposed change
-
-
-def extract_proposed(model: LoadedModel, data: Dataset, out: str | Path, *, layers: Any = None,
-                     pooling: Any = None, batch_size: int = 64, shard_size: int = 4096,
-                     device: Any = None, dtype: str = "float32", precision: str = "fp32",
-                     progress: bool = True) -> Any:
-    """Private copy of :func:`probekit.extract` with the two changes this benchmark proposes.
-
-    1. In the shard loop, each shard's pooled features are copied into one preallocated
-       ``(rows, D)`` buffer per ``layer.pooling`` (in the storage dtype), instead of being
-       appended to a list per key and concatenated at the end of the shard.
-    2. On a CPU device, batches are preprocessed in the calling thread, not prefetched by a
-       worker thread (see ``batches`` below). Only the ``extract e2e`` path sees this change.
-
-    Why 1: ``cls`` pooling returns ``hidden[:, 0]``, a *view* of the layer's whole ``(B, T, D)``
-    output, and ``.float()`` of a float32 tensor and ``.to("cpu")`` of a CPU tensor return it
-    unchanged; so on CPU the list keeps every recorded layer's full output alive until the
-    shard is concatenated (ViT-S: about 4 MB per sample; 16 GB for a 4096-sample shard).
-    Copying the small results into long-lived lists instead (``.clone()``) still fragments
-    glibc's heap between the large transient activations, and RSS keeps growing per batch;
-    one buffer per shard, allocated up front, keeps memory flat and saves the ``torch.cat``.
-    """
-    ext = sys.modules["probekit.extract"]  # ``probekit.extract`` the attribute is the function
-    from probekit.cache import _DTYPES, CacheWriter
-    from probekit.hooks import LayerRecorder
-    from probekit.layers import select_layers
-    from probekit.pooling import expand_poolings
-
-    if model.kind != data.kind:
-        raise ValueError(f"{model.spec} takes {model.kind} but {data.name} holds {data.kind} data")
-    poolings = expand_poolings(pooling or model.default_pooling)
-    specs = select_layers(model.model, model.layers, layers)
-    device = torch.device(device) if device is not None else model.device
-    model.to(device)
-    dims = ext._layer_dims(model, data, specs, poolings, device)
-    manifest = {
-        "model": model.info,
-        "layers": [{"name": s.name, "dim": d, "module": s.module, "io": s.io}
-                   for s, d in zip(specs, dims, strict=True)],
-        "poolings": poolings,
-        "dtype": dtype,
-        "precision": precision,
-        "preprocessing": model.info.get("preprocessing"),
-        "dataset": {"name": data.name, "fingerprint": data.fingerprint, "n": len(data),
-                    "label_names": list(data.label_names), "kind": data.kind},
-    }
-    writer = CacheWriter.create(out, manifest, n_samples=len(data), shard_size=shard_size,
-                                texts=data.texts)
-    todo = writer.missing_shards()
-    labels = torch.as_tensor(data.labels, dtype=torch.int64)
-    store = _DTYPES[dtype]
-    widths = {f"{s.name}.{p}": d for s, d in zip(specs, dims, strict=True) for p in poolings}
-
-    def batches(start: int, stop: int) -> Any:
-        # --- change 2: on CPU, preprocess in this thread. The forward pass already keeps every
-        # core busy, so a prefetch thread cannot overlap anything there; its torch ops (timm's
-        # ToTensor/Normalize, torch.stack) start a second OpenMP team on the same cores, which
-        # stalls the forward's team. On CUDA the prefetch thread overlaps the GPU as before.
-        if device.type != "cpu":
-            yield from ext._batched_inputs(model, data, start, stop, batch_size, prep)
-            return
-        for s in range(start, stop, batch_size):
-            yield s, model.preprocess(data.get_items(range(s, min(s + batch_size, stop))))
-
-    shard_writer = ext._ShardWriter(writer)
-    try:
-        with (torch.no_grad(), ext.precision_context(precision, device),
-              LayerRecorder(model.model, specs) as recorder,
-              ThreadPoolExecutor(1, thread_name_prefix="probekit-prep") as prep):
-            for i in todo:
-                start, stop = writer.shard_range(i)
-                # --- change 1: one buffer per key for the whole shard, rows filled per batch
-                bufs = {k: torch.empty(stop - start, d, dtype=store,
-                                       pin_memory=device.type == "cuda") for k, d in widths.items()}
-                for s, inputs in batches(start, stop):
-                    pooled = ext._forward_pooled(model, recorder, inputs, poolings, device)
-                    for key, t in pooled.items():
-                        bufs[key][s - start:s - start + t.shape[0]].copy_(t, non_blocking=True)
-                if device.type == "cuda":
-                    torch.cuda.current_stream(device).synchronize()  # copies done before writing
-                shard_writer.put(i, bufs, labels[start:stop], torch.arange(start, stop))
-    finally:
-        shard_writer.close()
-    return writer.finalize()
-
-
 # ----------------------------------------------------------------------------- runs
 
 
@@ -447,7 +357,7 @@ def fmt_pct(x: float) -> str:
 
 
 def fp32_section(workloads: list[Workload], runner: ExtractRunner, repeats: int,
-                 target: float, proposed: ExtractRunner | None = None) -> list[tuple[Any, ...]]:
+                 target: float) -> list[tuple[Any, ...]]:
     print("\n== fp32: extract() against a plain forward pass "
           f"(median of {repeats} interleaved runs after a warm-up) ==")
     head = (f"{'workload':<18} {'variant':<16} {'samples/s':>10} {'median s':>9} {'min s':>7} "
@@ -462,9 +372,6 @@ def fp32_section(workloads: list[Workload], runner: ExtractRunner, repeats: int,
             "extract e2e": lambda w=w: runner(w, pre=False),
             "preprocess": lambda w=w: run_preprocess(w),
         }
-        if proposed is not None:
-            variants["proposed pre-tok"] = lambda w=w: proposed(w, pre=True)
-            variants["proposed e2e"] = lambda w=w: proposed(w, pre=False)
         load0 = load_average()
         t = bench_interleaved(variants, repeats)
         fwd = t["forward"].median
@@ -557,7 +464,7 @@ def memory_child(w: Workload, variant: str) -> None:
     behind would hide the growth."""
     import threading
 
-    fn = extract_proposed if variant == "proposed" else extract
+    fn = extract
     with tempfile.TemporaryDirectory(prefix="bench-extract-mem-") as tmp:
         runner = ExtractRunner(Path(tmp), fn)
         base, peak, stop = _rss_bytes(), [0], threading.Event()
@@ -579,10 +486,10 @@ def memory_child(w: Workload, variant: str) -> None:
 def memory_section(args: argparse.Namespace, workloads: list[Workload]) -> None:
     import subprocess
 
-    variants = ["extract", "proposed"] if args.proposed else ["extract"]
+    variants = ["extract"]
     print("\n== memory: peak RSS growth during one pre-tokenized extract (fresh process each) ==")
     keys = {"minilm words": "words", "minilm sentences": "sentences", "vit-s (random)": "vit"}
-    passthrough = [a for a in sys.argv[1:] if a not in ("--memory", "--proposed", "--profile")]
+    passthrough = [a for a in sys.argv[1:] if a not in ("--memory", "--profile")]
     for w in workloads:
         cells = []
         for v in variants:
@@ -596,12 +503,138 @@ def memory_section(args: argparse.Namespace, workloads: list[Workload]) -> None:
               + "   ".join(cells))
 
 
-def check_proposed(subsets: list[Workload], runner: ExtractRunner, proposed: ExtractRunner) -> None:
-    for w in subsets:
-        a, _ = runner(w, pre=True, keep=True)
-        b, _ = proposed(w, pre=True, keep=True)
-        same = all(torch.equal(a[p], b[p]) for p in a)
-        print(f"proposed extract == extract, bitwise ({w.name}, N={w.n}): {same}")
+# ----------------------------------------------------------------------------- page faults
+
+# name: (PROBEKIT_MALLOC, precision). "old default" is what `probekit extract` did before
+# probekit tuned glibc's malloc at import and before precision="auto".
+CHURN_VARIANTS = {
+    "old default": ("default", "fp32"),
+    "tuned malloc fp32": ("", "fp32"),
+    "new default": ("", "auto"),
+}
+
+
+def churn_child(args: argparse.Namespace) -> None:
+    """``probekit extract --model bundled:efficientnet-lite0 --data bundled:mnist --limit N`` in
+    this fresh process (the allocator is set at import, so each variant needs its own process);
+    prints ``CHURN {json}``: wall, user/kernel CPU seconds and minor page faults of ``extract()``."""
+    import json
+    import resource
+
+    from probekit import _runtime
+
+    model = load_model("bundled:efficientnet-lite0")
+    data = load_data("bundled:mnist", limit=args.effnet_n)
+    with tempfile.TemporaryDirectory(prefix="bench-churn-") as tmp:
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        cache = extract(model, data, Path(tmp) / "cache", precision=args.churn_child,
+                        progress=False)
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        precision = cache.manifest["precision"]
+    print("CHURN " + json.dumps({
+        "wall": wall, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
+        "minflt": r1.ru_minflt - r0.ru_minflt, "tuned": _runtime.allocator_state()["tuned"],
+        "precision": precision}))
+
+
+def matmul_ceiling(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an ``(n, n) @ (n, n)`` matmul in ``dtype``: the fastest of ``repeats`` runs."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b)[0] for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def forward_flops(model: LoadedModel, data: Dataset, n: int = 4) -> float:
+    """FLOPs of the forward pass per sample (``torch.utils.flop_counter``; matmuls and convs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = model.preprocess(data.get_items(range(n)))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.forward(inputs)
+    return counter.get_total_flops() / n
+
+
+def churn_section(args: argparse.Namespace) -> None:
+    """Kernel time, page faults, throughput and GFLOP/s of the EfficientNet/MNIST extraction,
+    old default against new, each run in a fresh process, variants interleaved."""
+    import json
+    import resource
+    import subprocess
+
+    print(f"\n== page faults: `probekit extract --model bundled:efficientnet-lite0 --data "
+          f"bundled:mnist --limit {args.effnet_n}` (extract() in a fresh process per run, "
+          f"{args.churn_repeats} interleaved rounds, medians) ==")
+    model = load_model("bundled:efficientnet-lite0")
+    data = load_data("bundled:mnist", limit=8)
+    flops = forward_flops(model, data)
+    ceil32 = matmul_ceiling(torch.float32)
+    bf16_native = _runtime.bf16_is_native("cpu")
+    ceil16 = matmul_ceiling(torch.bfloat16) if bf16_native else float("nan")
+    print(f"forward: {flops / 1e9:.3f} GFLOP/sample (FlopCounterMode); matmul ceiling (2048^3, "
+          f"{torch.get_num_threads()} threads, fastest of 5): fp32 {ceil32:.0f} GFLOP/s, bf16 "
+          + (f"{ceil16:.0f} GFLOP/s (native)" if bf16_native else "not native (not measured)"))
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in CHURN_VARIANTS}
+    passthrough = ["--threads", str(args.threads), "--effnet-n", str(args.effnet_n)]
+    for _ in range(args.churn_repeats):
+        for name, (malloc, precision) in CHURN_VARIANTS.items():
+            env = {**os.environ, "PROBEKIT_MALLOC": malloc}
+            cmd = [sys.executable, __file__, *passthrough, "--churn-child", precision]
+            GATE()
+            c0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            c1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t0
+            line = [x for x in res.stdout.splitlines() if x.startswith("CHURN ")]
+            if not line:
+                raise RuntimeError(f"{name} failed: {res.stderr.strip()[-2000:]}")
+            run = json.loads(line[0][6:])
+            run.update(proc_wall=wall, proc_sys=c1.ru_stime - c0.ru_stime,
+                       proc_cpu=c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime,
+                       proc_minflt=c1.ru_minflt - c0.ru_minflt)
+            runs[name].append(run)
+            print(f"  run: {name:<18} extract {run['wall']:7.2f} s wall, {run['user']:7.2f} s "
+                  f"user, {run['sys']:6.2f} s kernel, {run['minflt'] / 1e6:5.2f} M faults "
+                  f"(process {wall:6.1f} s)", flush=True)
+    med = {name: {k: statistics.median(float(r[k]) for r in rs) for k in rs[0]
+                  if k not in ("precision", "tuned")} for name, rs in runs.items()}
+    head = (f"{'variant':<18} {'precision':<9} {'samples/s':>9} {'x old':>6} {'(cpu)':>6} {'wall s':>7} "
+            f"{'user s':>7} {'kernel s':>8} {'kernel %':>8} {'faults':>7} {'GFLOP/s':>8} "
+            f"{'% ceil':>6} | {'process: wall s':>15} {'kernel s':>8} {'faults':>7}")
+    print(head)
+    print("-" * len(head))
+    old = med["old default"]
+    for name, m in med.items():
+        rs = runs[name]
+        kernel = m["sys"] / max(1e-9, m["user"] + m["sys"])
+        gflops = flops * args.effnet_n / m["wall"] / 1e9
+        ceil = ceil16 if rs[0]["precision"] == "bf16" else ceil32
+        tuned = {bool(r["tuned"]) for r in rs}
+        print(f"{name:<18} {rs[0]['precision']:<9} {args.effnet_n / m['wall']:9.1f} "
+              f"{old['wall'] / m['wall']:6.2f} "
+              f"{(old['user'] + old['sys']) / (m['user'] + m['sys']):6.2f} "
+              f"{m['wall']:7.2f} {m['user']:7.2f} {m['sys']:8.2f} "
+              f"{100 * kernel:7.1f}% {m['minflt'] / 1e6:6.2f}M {gflops:8.1f} "
+              f"{100 * gflops / ceil:5.1f}% | {m['proc_wall']:15.2f} {m['proc_sys']:8.2f} "
+              f"{m['proc_minflt'] / 1e6:6.2f}M" + ("" if tuned == {name != "old default"}
+                                                  else "  (allocator state unexpected!)"))
+    print("  samples/s, wall, user, kernel, faults: of extract() alone (medians); x old: median "
+          "old-default wall / this wall; (cpu): the same\n  from user + kernel CPU seconds (the "
+          "steadier one when other processes share the cores);\n  kernel %: kernel / (user + kernel) CPU seconds; "
+          "GFLOP/s: forward FLOPs x samples / extract() wall, against the matmul ceiling of "
+          "the\n  precision used; process: the whole child process (imports, model and data "
+          "loading included). Other processes on a\n  shared machine only add wall time: "
+          "kernel % and faults are the steadier figures.")
+    for name in ("tuned malloc fp32", "new default"):
+        m = med[name]
+        kernel = m["sys"] / max(1e-9, m["user"] + m["sys"])
+        speed = old["wall"] / m["wall"]
+        speed_cpu = (old["user"] + old["sys"]) / (m["user"] + m["sys"])
+        print(f"target ({name}): kernel {100 * kernel:.1f}% of CPU time (< 15%: "
+              f"{'met' if kernel < 0.15 else 'NOT met'}); throughput {speed:.2f}x the old default "
+              f"by wall, {speed_cpu:.2f}x by CPU time (>= {args.churn_target:.1f}x: "
+              f"{'met' if speed >= args.churn_target else 'NOT met'} / "
+              f"{'met' if speed_cpu >= args.churn_target else 'NOT met'})")
 
 
 # ----------------------------------------------------------------------------- main
@@ -661,18 +694,21 @@ def main() -> None:
     ap.add_argument("--cell-budget", type=float, default=8.0,
                     help="seconds per precision cell before repeats stop")
     ap.add_argument("--target", type=float, default=0.95, help="extract / forward target")
-    ap.add_argument("--only", nargs="+", choices=("words", "sentences", "vit"),
-                    default=("words", "sentences", "vit"))
+    ap.add_argument("--only", nargs="+", choices=("words", "sentences", "vit", "effnet"),
+                    default=("words", "sentences", "vit", "effnet"))
+    ap.add_argument("--effnet-n", type=int, default=500, help="MNIST digits (EfficientNet)")
+    ap.add_argument("--churn-repeats", type=int, default=3, help="rounds of the page-fault runs")
+    ap.add_argument("--churn-target", type=float, default=1.8,
+                    help="new / old default throughput target (page-fault section)")
     ap.add_argument("--skip-precision", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler tables too")
-    ap.add_argument("--proposed", action="store_true",
-                    help="also time extract_proposed (this file's private copy with the change)")
     ap.add_argument("--memory", action="store_true",
                     help="peak RSS growth of one extract per workload, in fresh processes (Linux)")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="PCT",
                     help="before each timed run wait until PCT %% of the CPU is idle (0: off)")
     ap.add_argument("--wait-max", type=float, default=20.0, help="most seconds one wait lasts")
-    ap.add_argument("--memory-child", choices=("extract", "proposed"), help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", choices=("extract",), help=argparse.SUPPRESS)
+    ap.add_argument("--churn-child", choices=("fp32", "auto"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.repeats = 1
@@ -680,10 +716,14 @@ def main() -> None:
         args.vit_batch = 2
         args.prec_words_n, args.prec_sentences_n, args.prec_vit_n = 64, 8, 2
         args.cell_budget = 2.0
+        args.effnet_n, args.churn_repeats = 64, 1
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     GATE.pct, GATE.max_wait = args.wait_idle, args.wait_max
+    if args.churn_child:
+        churn_child(args)
+        return
     if args.memory_child:
         workloads, _ = build_workloads(args)
         memory_child(workloads[0], args.memory_child)
@@ -694,23 +734,21 @@ def main() -> None:
           f"capability {torch.backends.cpu.get_cpu_capability()}, "
           f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', '(unset)')}")
     print(f"load average (1/5/15 min) at start: {load_average()}")
+    print(f"allocator: {_runtime.allocator_state()}")
+    if "effnet" in args.only:
+        churn_section(args)
     workloads, subsets = build_workloads(args)
-    print(f"setup (models, data, preprocessing once): {time.perf_counter() - t_start:.1f} s")
-
+    if workloads:
+        print(f"setup (models, data, preprocessing once): {time.perf_counter() - t_start:.1f} s")
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         runner = ExtractRunner(Path(tmp))
-        proposed = ExtractRunner(Path(tmp), extract_proposed) if args.proposed else None
-        fp32_section(workloads, runner, args.repeats, args.target, proposed)
-        if not args.skip_precision:
+        if workloads:
+            fp32_section(workloads, runner, args.repeats, args.target)
+        if subsets and not args.skip_precision:
             precision_section(subsets, runner, args.precisions, args.repeats, args.cell_budget)
-        if proposed is not None:
-            print()
-            check_proposed(subsets, runner, proposed)
         if args.profile:
             profile_extract(workloads, runner, rows=15)
         runner.cleanup()
-        if proposed is not None:
-            proposed.cleanup()
     if args.memory:
         memory_section(args, workloads)
     print(f"\nload average at end: {load_average()}; {GATE.summary()}; "

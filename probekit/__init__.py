@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import _runtime  # noqa: F401, E402, I001  (tunes glibc malloc; imports no torch)
+
 import importlib
 import sys
 import types

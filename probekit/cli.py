@@ -49,7 +49,7 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
                    "(default: float32)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="deprecated name of --store-dtype")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "medium", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "medium", "bf16"])
     add_run_options(p, run_options("model"))
     p.add_argument("--out", required=True, help="cache folder")
 

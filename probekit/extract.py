@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ._runtime import resolve_precision
 from .cache import CacheWriter, FeatureCache
 from .cache.files import _kill_point
 from .data import Dataset, load_data
@@ -36,7 +37,7 @@ from .pooling import expand_poolings, pool
 
 __all__ = ["extract", "record", "PRECISIONS", "STORE_DTYPES"]
 
-PRECISIONS = ("fp32", "medium", "bf16")
+PRECISIONS = ("auto", "fp32", "medium", "bf16")
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -45,10 +46,13 @@ def precision_context(precision: str, device: torch.device) -> Iterator[None]:
     """Numerics of the forward pass.
 
     ``fp32``: plain float32. ``medium``: float32 weights, matmuls allowed to use bf16 passes
-    (``torch.set_float32_matmul_precision("medium")``). ``bf16``: bfloat16 autocast.
+    (``torch.set_float32_matmul_precision("medium")``). ``bf16``: bfloat16 autocast. ``auto``:
+    ``bf16`` where ``device`` computes bfloat16 natively, else ``fp32``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = resolve_precision(precision, device.type)
     old = torch.get_float32_matmul_precision()
     try:
         if precision == "medium":
@@ -147,7 +151,7 @@ def extract(
     shard_size: int = 4096,
     device: str | torch.device | None = None,
     store_dtype: str = "float32",
-    precision: str = "fp32",
+    precision: str = "auto",
     progress: bool = True,
     dtype: str | None = None,
 ) -> FeatureCache:
@@ -166,7 +170,9 @@ def extract(
         device: where to run the model (default: where it is).
         store_dtype: dtype the features are stored in (``float32``, ``float16``: half the disk
             and RAM, ``bfloat16``: the same with float32's range); part of the fingerprint.
-        precision: numerics of the forward pass: ``fp32``, ``medium`` or ``bf16``.
+        precision: numerics of the forward pass: ``auto`` (``bf16`` autocast where the device
+            computes bfloat16 natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else
+            ``fp32``), ``fp32``, ``medium`` or ``bf16``. The manifest records the resolved one.
         progress: show a tqdm progress bar (rank 0 only with several processes).
         dtype: deprecated name of ``store_dtype``.
 
@@ -203,6 +209,7 @@ def extract(
         raise ValueError("tokens pooling keeps every token and is not cached; use probekit.record")
     specs = select_layers(model.model, model.layers, layers)
     device = torch.device(device) if device is not None else model.device
+    precision = resolve_precision(precision, device.type)  # "auto" -> "bf16" / "fp32"
     ranks = join_ranks(device)
     try:
         return _extract_ranks(model, data, Path(out), specs, poolings, batch_size, shard_size,

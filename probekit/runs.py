@@ -226,8 +226,8 @@ class RunConfig:
     pooling: str | None = option(None, "cls, mean, last, cls+mean or cls,mean (default: the model's)",
                                  stage="extract")
     batch_size: int = option(64, "extraction batch size", parse=int, stage="extract")
-    precision: str = option("fp32", "matmul precision of the forward",
-                            choices=("fp32", "medium", "bf16"), stage="extract")
+    precision: str = option("auto", "numerics of the forward (auto: bf16 where native, else fp32)",
+                            choices=("auto", "fp32", "medium", "bf16"), stage="extract")
     store_dtype: str = option("float32", "dtype the features are stored in (float16/bfloat16 "
                               "halve disk and RAM)", choices=("float32", "float16", "bfloat16"),
                               stage="extract")

@@ -1,0 +1,167 @@
+"""Percentile bootstrap of (balanced) accuracy over test samples, every resample at once.
+
+One ``(R, N)`` matrix of resampled positions (drawn exactly as
+``rng.integers(0, N, size=(R, N))`` with ``np.random.default_rng(seed)``), then per resample
+and class the count of samples and of correct predictions with one ``np.bincount`` over
+``resample * K + class``. Balanced accuracy is the mean recall over the classes present in a
+resample, as scikit-learn's ``balanced_accuracy_score`` computes it (a class predicted but absent
+from a resample's true labels is left out), so intervals equal those of calling that function on
+each resample, for the same seed, at a small fraction of the cost (no per-call input checks).
+
+The paired bootstrap compares two classifiers scored on the same test samples: both are scored
+on the same resamples, giving an interval for the difference of their balanced accuracies and
+the fraction of resamples in which the first is no better (a one-sided bootstrap p-value;
+Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+__all__ = ["bootstrap_indices", "resampled_accuracy", "resampled_balanced_accuracy",
+           "bootstrap_interval", "paired_bootstrap", "PairedBootstrap"]
+
+_CHUNK_ELEMENTS = 1 << 22  # resampled positions handled per bincount (bounds the temporaries)
+
+
+def bootstrap_indices(n_samples: int, n_resamples: int, seed: int) -> np.ndarray:
+    """``(R, N)`` int64 positions: ``default_rng(seed).integers(0, N, size=(R, N))``."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_samples, size=(n_resamples, n_samples))
+
+
+def _encode(y_true: Any, *preds: Any) -> tuple[np.ndarray, list[np.ndarray], int]:
+    """Labels as ``0..K-1`` over the union of true and predicted labels."""
+    y_true = np.asarray(y_true).ravel()
+    arrays = [np.asarray(p).ravel() for p in preds]
+    for p in arrays:
+        if p.shape != y_true.shape:
+            raise ValueError(f"predictions of shape {p.shape} for {y_true.shape} true labels")
+    classes, inverse = np.unique(np.concatenate([y_true, *arrays]), return_inverse=True)
+    parts = np.split(inverse.ravel(), len(arrays) + 1)
+    return parts[0], parts[1:], len(classes)
+
+
+def _rows_per_chunk(n_samples: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(1, n_samples))
+
+
+def _per_class_counts(y: np.ndarray, hits: list[np.ndarray], idx: np.ndarray,
+                      k: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(R, K)`` samples per class and, for each of ``hits`` (bool ``(N,)``), ``(R, K)`` correct.
+
+    One integer ``bincount`` per chunk of resamples over ``row * C + code``, where each sample's
+    ``code`` packs its class and whether each classifier is right (``C = K * 2**len(hits)``).
+    """
+    m = len(hits)
+    code = y.astype(np.int64) << m
+    for j, h in enumerate(hits):
+        code |= h.astype(np.int64) << j
+    c = k << m
+    r = idx.shape[0]
+    counts = np.empty((r, k, 1 << m), dtype=np.int64)
+    step = _rows_per_chunk(idx.shape[1])
+    for a in range(0, r, step):
+        rows = idx[a:a + step]  # (r', N)
+        keys = code[rows]
+        keys += np.arange(rows.shape[0])[:, None] * c
+        counts[a:a + step] = np.bincount(keys.ravel(), minlength=rows.shape[0] * c).reshape(
+            -1, k, 1 << m)
+    bits = np.arange(1 << m)
+    correct = [counts[:, :, (bits >> j) & 1 == 1].sum(axis=2) for j in range(m)]
+    return counts.sum(axis=2), correct
+
+
+def _balanced(total: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Mean recall over the classes present in each row: ``(R, K) -> (R,)``."""
+    present = total > 0
+    recall = np.zeros(total.shape, dtype=np.float64)
+    np.divide(correct, total, out=recall, where=present)
+    return recall.sum(axis=1) / present.sum(axis=1)
+
+
+def resampled_balanced_accuracy(y_true: Any, y_pred: Any, idx: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of every resample ``idx[r]``: ``(R, N) -> (R,)``."""
+    y, (p,), k = _encode(y_true, y_pred)
+    total, (correct,) = _per_class_counts(y, [p == y], idx, k)
+    return _balanced(total, correct)
+
+
+def resampled_accuracy(y_true: Any, y_pred: Any, idx: np.ndarray) -> np.ndarray:
+    """Accuracy of every resample ``idx[r]``: ``(R, N) -> (R,)``."""
+    y, (p,), _ = _encode(y_true, y_pred)
+    hit = (p == y).astype(np.float64)
+    step = _rows_per_chunk(idx.shape[1])
+    return np.concatenate([hit[idx[a:a + step]].sum(axis=1) for a in range(0, len(idx), step)]
+                          or [np.empty(0)]) / idx.shape[1]
+
+
+def bootstrap_interval(y_true: Any, y_pred: Any, metric: str = "balanced_accuracy",
+                       n_resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric`` (``"balanced_accuracy"`` or ``"accuracy"``).
+
+    Args:
+        y_true: ``(N,)`` true labels.
+        y_pred: ``(N,)`` predicted labels.
+        metric: which score.
+        n_resamples: bootstrap resamples ``R``.
+        seed: seed of ``np.random.default_rng``.
+        level: coverage of the interval.
+
+    Returns:
+        ``(lo, hi)``: the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles (numpy's linear
+        interpolation) of the resampled scores.
+    """
+    fns = {"balanced_accuracy": resampled_balanced_accuracy, "accuracy": resampled_accuracy}
+    if metric not in fns:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(fns)}")
+    values = fns[metric](y_true, y_pred, bootstrap_indices(len(np.asarray(y_true)),
+                                                           n_resamples, seed))
+    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedBootstrap:
+    """Balanced accuracy of classifier A minus B on the same resamples of the test samples.
+
+    Attributes:
+        difference: ``bacc(A) - bacc(B)`` on the test samples themselves.
+        lo, hi: the percentile interval of the resampled differences.
+        p_not_better: fraction of resamples in which ``bacc(A) - bacc(B) <= 0``.
+        differences: ``(R,)`` the resampled differences.
+    """
+
+    difference: float
+    lo: float
+    hi: float
+    p_not_better: float
+    differences: np.ndarray = dataclasses.field(repr=False)
+
+
+def paired_bootstrap(y_true: Any, pred_a: Any, pred_b: Any, n_resamples: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> PairedBootstrap:
+    """Paired percentile bootstrap of the difference in balanced accuracy of two classifiers.
+
+    Args:
+        y_true: ``(N,)`` true labels.
+        pred_a: ``(N,)`` predictions of classifier A.
+        pred_b: ``(N,)`` predictions of classifier B on the same samples.
+        n_resamples: bootstrap resamples ``R`` (the same positions score both).
+        seed: seed of ``np.random.default_rng``.
+        level: coverage of the interval.
+    """
+    y, (a, b), k = _encode(y_true, pred_a, pred_b)
+    full = np.arange(len(y))[None, :]
+    hits = [a == y, b == y]
+    total, (ca, cb) = _per_class_counts(y, hits, full, k)
+    difference = float(_balanced(total, ca)[0] - _balanced(total, cb)[0])
+    idx = bootstrap_indices(len(y), n_resamples, seed)
+    total, (ca, cb) = _per_class_counts(y, hits, idx, k)
+    diffs = _balanced(total, ca) - _balanced(total, cb)
+    lo, hi = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)])
+    return PairedBootstrap(difference, float(lo), float(hi), float(np.mean(diffs <= 0)), diffs)
