@@ -2,8 +2,8 @@
 indices, and the head's outputs in batches. Shared by :mod:`probekit.attribution` and
 :mod:`probekit.viz` (internal; the public functions live in those modules).
 
-``clf`` is a fitted :class:`probekit.ProbeClassifier` or anything with the same fitted
-attributes (``model_``, ``classes_``, ``n_layers_``, ``tokens_per_layer_``, ``layer_names_``,
+``clf`` is a fitted :class:`probekit.ProbeClassifier` (or :class:`probekit.ProbeRegressor`) or
+anything with the same fitted attributes (``model_``, ``classes_`` (regressors: ``target_scale_``), ``n_layers_``, ``tokens_per_layer_``, ``layer_names_``,
 ``as_tensor``).
 """
 
@@ -24,9 +24,10 @@ _BATCH = 1024
 
 
 def check_fitted(clf: Any) -> None:
+    task_attr = "target_scale_" if hasattr(clf, "target_mean_") else "classes_"  # a regressor
     missing = [
         a
-        for a in ("model_", "classes_", "n_layers_", "tokens_per_layer_", "layer_names_")
+        for a in ("model_", task_attr, "n_layers_", "tokens_per_layer_", "layer_names_")
         if not hasattr(clf, a)
     ]
     if missing or not hasattr(clf, "as_tensor"):

@@ -4,7 +4,8 @@ Four views, every one aligned with ``clf.layer_names_`` (``L`` columns):
 
 * :func:`layer_attribution` -- the head's own layer weights ``(N, L)`` (attention heads only);
 * :func:`ablation_sensitivity` -- replace one layer at a time and measure the drop in the
-  true-class probability ``(N, L)`` and in accuracy ``(L,)``; works for every head;
+  true-class probability ``(N, L)`` and in accuracy ``(L,)``; works for every head; for a
+  :class:`probekit.ProbeRegressor` the rise in squared error ``(N, L)`` and the drop in R² ``(L,)``;
 * :func:`captum_attribution` -- captum's integrated gradients or feature ablation, summed per
   layer ``(N, L)``;
 * :func:`attribution_agreement` -- per-sample Spearman correlation of two attributions ``(N,)``,
@@ -52,12 +53,16 @@ class AblationResult:
     Attributes:
         per_sample: ``(N, L)`` drop in the true-class probability when layer ``l`` is replaced:
             ``p(y | x) - p(y | x with layer l replaced)``. Positive = the layer helped.
+            Regressors: the rise in squared error, in squared target units,
+            ``(f(x with layer l replaced) - y)² - (f(x) - y)²`` (summed over targets).
         accuracy_drop: ``(L,)`` accuracy on the unablated input minus accuracy with layer ``l``
-            replaced.
-        base_accuracy: accuracy on the unablated input.
+            replaced (regressors: R² minus R² with layer ``l`` replaced).
+        base_accuracy: accuracy on the unablated input (regressors: R²).
         layer_names: the ``L`` layer names (``clf.layer_names_``).
         mode: ``"zero"``, ``"mean"`` or ``"shuffle"``.
-        base_proba: ``(N,)`` true-class probability on the unablated input.
+        base_proba: ``(N,)`` true-class probability on the unablated input (regressors: the
+            squared error).
+        units: what ``per_sample`` measures: ``"probability"`` or ``"squared error"``.
     """
 
     per_sample: np.ndarray
@@ -66,6 +71,7 @@ class AblationResult:
     layer_names: list[str]
     mode: str
     base_proba: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    units: str = "probability"
 
     @property
     def mean_drop(self) -> np.ndarray:
@@ -91,6 +97,49 @@ def _proba_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
         return torch.softmax(model(x).logits.float(), dim=-1)
 
     return forward
+
+
+def _is_regressor(clf: Any) -> bool:
+    from sklearn.base import is_regressor
+
+    return bool(is_regressor(clf))
+
+
+def _target_fn(clf: Any, device: Any = "cpu") -> Callable[[Tensor], Tensor]:
+    """``x (B, T, D) -> predicted targets (B, K)`` float64 on ``device``, in target units (a
+    regressor's ``model_`` outputs standardised targets)."""
+    scale = torch.as_tensor(np.asarray(clf.target_scale_), dtype=torch.float64, device=device)
+    shift = torch.as_tensor(np.asarray(clf.target_mean_), dtype=torch.float64, device=device)
+
+    def forward(x: Tensor) -> Tensor:
+        return clf.model_(x).logits.double() * scale + shift
+
+    return forward
+
+
+def _r2(pred: Tensor, y: Tensor) -> Tensor:
+    """R² ``(...)`` of predictions ``(..., N, K)`` against ``y`` ``(N, K)``, mean over targets."""
+    ss_tot = (y - y.mean(0)).pow(2).sum(0).clamp_min(1e-300)
+    return (1 - (pred - y).pow(2).sum(-2) / ss_tot).mean(-1)
+
+
+def _regression_result(
+    clf: Any, y: Tensor, base: Tensor, ablated: Tensor, mode: str
+) -> AblationResult:
+    """Ablation of a regressor: squared-error rise ``(N, L)`` and R² drop ``(L,)``."""
+    base_se = (base - y).pow(2).sum(-1)  # (N,)
+    abl_se = (ablated - y[:, None]).pow(2).sum(-1)  # (N, L)
+    base_r2 = float(_r2(base, y))
+    abl_r2 = _r2(ablated.transpose(0, 1), y)  # (L,)
+    return AblationResult(
+        per_sample=(abl_se - base_se[:, None]).numpy(),
+        accuracy_drop=(base_r2 - abl_r2).numpy(),
+        base_accuracy=base_r2,
+        layer_names=list(clf.layer_names_),
+        mode=mode,
+        base_proba=base_se.numpy(),
+        units="squared error",
+    )
 
 
 def _layer_mask(n_layers: int, tokens_per_layer: int) -> Tensor:
@@ -243,7 +292,8 @@ def ablation_sensitivity(
         clf: a fitted probe classifier (any head, including ``linear`` and ``concat``; for
             ``linear`` only the selected layer can matter).
         X: input accepted by ``clf.as_tensor``, ``N`` samples.
-        y: ``(N,)`` true labels (values of ``clf.classes_``).
+        y: ``(N,)`` true labels (values of ``clf.classes_``); for a regressor the ``(N,)`` or
+            ``(N, K)`` true targets.
         mode: what replaces the layer:
             ``"zero"`` -- zeros;
             ``"mean"`` -- the train mean: ``baseline`` if given, else the estimator's stored
@@ -270,7 +320,11 @@ def ablation_sensitivity(
     x = _inputs(clf, X)
     n, n_tokens, dim = x.shape
     n_layers, per = int(clf.n_layers_), int(clf.tokens_per_layer_)
-    target = torch.as_tensor(_class_index(clf, y, n))
+    regression = _is_regressor(clf)
+    if regression:
+        target = torch.as_tensor(np.asarray(y, dtype=np.float64).reshape(n, -1))  # (N, K)
+    else:
+        target = torch.as_tensor(_class_index(clf, y, n))
     mask = _layer_mask(n_layers, per)[None, :, :, None]  # (1, L, T, 1)
 
     if mode == "shuffle":
@@ -282,8 +336,11 @@ def ablation_sensitivity(
         fill = _resolve_baseline(clf, x, mode if baseline is None else baseline)  # (T, D)
 
     model, device = clf.model_, _device(clf)
-    forward = _proba_fn(model)
+    forward = _target_fn(clf, device) if regression else _proba_fn(model)
     chunk = max(1, _MAX_ELEMENTS // (n_layers * n_tokens * dim))
+    if regression:
+        base_out = torch.empty(n, target.shape[1], dtype=torch.float64)
+        abl_out = torch.empty(n, n_layers, target.shape[1], dtype=torch.float64)
     base_p = torch.empty(n)
     abl_p = torch.empty(n, n_layers)
     base_hit = torch.empty(n, dtype=torch.bool)
@@ -301,11 +358,16 @@ def ablation_sensitivity(
             p0 = forward(xb.to(device)).cpu()  # (b, C)
             pa = forward(xa.reshape(b * n_layers, n_tokens, dim).to(device)).cpu()
             pa = pa.reshape(b, n_layers, -1)  # (b, L, C)
+            if regression:
+                base_out[idx], abl_out[idx] = p0.double(), pa.double()
+                continue
             base_p[idx] = p0.gather(1, tb[:, None])[:, 0]
             abl_p[idx] = pa.gather(2, tb[:, None, None].expand(b, n_layers, 1))[..., 0]
             base_hit[idx] = p0.argmax(1) == tb
             abl_hit[idx] = pa.argmax(2) == tb[:, None]
 
+    if regression:
+        return _regression_result(clf, target, base_out, abl_out, mode)
     base_acc = float(base_hit.float().mean())
     return AblationResult(
         per_sample=(base_p[:, None] - abl_p).numpy(),
@@ -340,7 +402,9 @@ def captum_attribution(
         baseline: ``"mean"`` (train mean, resolved as in :func:`ablation_sensitivity`),
             ``"zero"``, or an explicit ``(T, D)`` array.
         target: whose probability is explained: ``None`` -- the predicted class; ``"true"`` --
-            the class in ``y``; a label of ``clf.classes_``; or ``(N,)`` labels.
+            the class in ``y``; a label of ``clf.classes_``; or ``(N,)`` labels. For a
+            :class:`~probekit.ProbeRegressor` the predicted value (in target units) is
+            explained: ``None`` (the first target) or a target index.
         n_steps: integration steps of integrated gradients.
         internal_batch_size: samples x steps per forward of integrated gradients (memory bound);
             default: about 2**25 input elements per forward.
@@ -363,8 +427,14 @@ def captum_attribution(
     base = _resolve_baseline(clf, x, baseline)[None]  # (1, T, D)
     model, device = clf.model_, _device(clf)
     forward = _proba_fn(model)
-
-    if isinstance(target, str) and target == "true":
+    if _is_regressor(clf):  # explain the predicted value of one target, in target units
+        if target is not None and not (isinstance(target, (int, np.integer))
+                                       and 0 <= target < len(clf.target_scale_)):
+            raise ValueError(f"for a regressor, target is None or an output index in "
+                             f"0..{len(clf.target_scale_) - 1}, got {target!r}")
+        forward = _target_fn(clf, device)
+        tgt = np.full(n, int(target or 0), dtype=np.int64)
+    elif isinstance(target, str) and target == "true":
         if y is None:
             raise ValueError("target='true' needs y")
         tgt = _class_index(clf, y, n)

@@ -81,6 +81,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     cache = extract(model, data, args.out, layers=layers, pooling=args.pooling,
                     batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
                     store_dtype=store_dtype, precision=args.precision)
+    if data_options.get("target") == "regression":  # the targets beside the cache
+        from .runs import write_targets
+
+        write_targets(args.out, data.targets, data.target_name, data.fingerprint)
     print(cache)
     return 0
 
@@ -120,6 +124,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     probes = [p.strip() for p in args.probe.split(",") if p.strip()]
     cfg = RunConfig(name=out.name, out=str(out.parent), probes=probes, seed=args.seed,
                     test_size=args.test_size, bootstrap=args.bootstrap, cache=str(args.cache),
+                    task=args.task,
                     probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes})
     validate_run(cfg)  # unknown heads fail before the cache is read
     cache = FeatureCache.open(args.cache)
@@ -127,6 +132,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg.data = cache.manifest["dataset"]["name"]
     write_config(cfg, out)
     metrics = fit_stage(cache, cfg)
+    if cfg.task == "regression":
+        for head, e in metrics["heads"].items():
+            lo, hi = e["r2_ci"]
+            print(f"{head:16s} R2 {e['r2']:.3f} [{lo:.3f}, {hi:.3f}]  Spearman {e['spearman']:.3f}")
+        return 0
     for head, e in metrics["heads"].items():
         lo, hi = e["balanced_accuracy_ci"]
         print(f"{head:16s} acc {e['accuracy']:.3f}  balanced {e['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]")
@@ -220,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-size", type=float, default=0.2)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--task", default="classification", choices=["classification", "regression"],
+                   help="regression: continuous targets (the cache must be extracted with --task regression)")
     p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("attribute", help="layer attribution of a run's heads on its test split")

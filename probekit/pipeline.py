@@ -32,14 +32,16 @@ from .runs import (
     load_config_dicts,
     read_config,
     read_split,
+    read_targets,
     run_name,
     write_config,
     write_metrics,
     write_split,
+    write_targets,
 )
 
 __all__ = ["CPU_PROBE_PARAMS", "DEFAULT_PROBES", "DEFAULT_RUNS", "RunConfig", "attribute_stage",
-           "extract_stage", "fit_stage", "load_config", "resolve_configs", "run", "run_one",
+           "extract_stage", "fit_regression_stage", "fit_stage", "load_config", "resolve_configs", "run", "run_one",
            "validate_run"]
 
 _read_config = read_config  # its old name here
@@ -55,9 +57,10 @@ def validate_run(cfg: RunConfig) -> RunConfig:
         ModelError: a ``checkpoint`` file that does not exist; ``quantization`` without
             bitsandbytes.
     """
-    from .estimator import ProbeClassifier
+    from .estimator import ProbeClassifier, ProbeRegressor
     from .probes import list_probes
 
+    estimator = ProbeRegressor if cfg.task == "regression" else ProbeClassifier
     cfg.validate()
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():  # before data loads
         raise ModelError(f"cannot load {cfg.model}: checkpoint {cfg.checkpoint} does not exist")
@@ -72,8 +75,8 @@ def validate_run(cfg: RunConfig) -> RunConfig:
     for head in cfg.probes:
         params = cfg.probe_params.get(head, {})
         try:
-            ProbeClassifier(head=head, **params).validate()
-        except TypeError as err:  # an unknown keyword of ProbeClassifier
+            estimator(head=head, **params).validate()
+        except TypeError as err:  # an unknown keyword of the estimator
             raise ConfigError(f"probe_params for {head!r}: {err}") from None
         except ConfigError as err:
             raise ConfigError(f"probe_params for {head!r}: {err}") from None
@@ -90,10 +93,15 @@ def extract_stage(cfg: RunConfig, progress: bool = True) -> Any:
     from .models import load_model
 
     data = load_data(cfg.data, seed=cfg.seed, **cfg.stage_options("data"))
-    if len(data.label_names) < 2 or len(np.unique(data.labels)) < 2:
+    if cfg.task == "regression":
+        _check_targets(data, cfg.data)
+    elif len(data.label_names) < 2 or len(np.unique(data.labels)) < 2:
         raise DataError(f"{cfg.data} has a single class; probes need at least two")
     model = load_model(cfg.model, **cfg.stage_options("model"))
-    return extract(model, data, cfg.cache_dir, progress=progress, **cfg.stage_options("extract"))
+    cache = extract(model, data, cfg.cache_dir, progress=progress, **cfg.stage_options("extract"))
+    if cfg.task == "regression":
+        write_targets(cfg.cache_dir, data.targets, data.target_name, data.fingerprint)
+    return cache
 
 
 def _split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +148,8 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
 
     from .estimator import ProbeClassifier
 
+    if cfg.task == "regression":
+        return fit_regression_stage(cache, cfg, progress)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(cache.labels)
@@ -195,7 +205,7 @@ def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int 
         layer_map,
     )
     from .cache import FeatureCache
-    from .estimator import ProbeClassifier
+    from .estimator import ProbeClassifier, ProbeRegressor
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
@@ -204,20 +214,25 @@ def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int 
     split = read_split(run_dir)
     test = np.asarray(split["test"])
     X = _load_features(cache)[test]
-    y = np.asarray(cache.labels)[test]
+    regression = cfg.task == "regression"
+    estimator = ProbeRegressor if regression else ProbeClassifier
+    y = (_cache_targets(cache, cfg.cache_dir)[0] if regression else np.asarray(cache.labels))[test]
     out_dir = run_dir / "attribution"
     out_dir.mkdir(exist_ok=True)
     summary: dict[str, Any] = {"mode": mode, "test": test.tolist(), "heads": {}}
     for head_dir in sorted((run_dir / "probes").iterdir()):
-        clf = ProbeClassifier.load(head_dir)
+        clf = estimator.load(head_dir)
         head = head_dir.name
         abl = ablation_sensitivity(clf, X, y, mode=mode, random_state=seed)
+        pred_dtype = torch.float32 if regression else torch.int64
         tensors = {"ablation": torch.as_tensor(abl.per_sample, dtype=torch.float32),
                    "accuracy_drop": torch.as_tensor(abl.accuracy_drop, dtype=torch.float32),
-                   "predictions": torch.as_tensor(np.asarray(clf.predict(X)), dtype=torch.int64)}
+                   "predictions": torch.as_tensor(np.asarray(clf.predict(X)), dtype=pred_dtype)}
+        if regression:
+            tensors["targets"] = torch.as_tensor(y, dtype=torch.float32)
         entry: dict[str, Any] = {"ablation_mean": abl.per_sample.mean(0).tolist(),
                                  "accuracy_drop": np.asarray(abl.accuracy_drop).tolist(),
-                                 "base_accuracy": float(abl.base_accuracy)}
+                                 "base_accuracy": float(abl.base_accuracy), "units": abl.units}
         weights = _maybe(layer_attribution, clf, X)
         if weights is not None:
             tensors["layer_weights"] = torch.as_tensor(weights, dtype=torch.float32)
@@ -308,3 +323,82 @@ def run(config: str | Path | RunConfig | dict[str, Any] | Sequence[RunConfig] | 
     """
     configs = resolve_configs(config, **options)
     return [run_one(c, progress=progress) for c in configs]
+
+
+# ------------------------------------------------------------------------------------ regression
+
+
+def _check_targets(data: Any, spec: str) -> None:
+    targets = np.asarray(getattr(data, "targets", np.zeros(0)), dtype=np.float64)
+    if targets.size < 2 or np.ptp(targets) == 0:
+        raise DataError(f"{spec} has constant (or no) regression targets; probes need them to vary")
+
+
+def _cache_targets(cache: Any, cache_dir: Any) -> tuple[np.ndarray, str]:
+    """The cache's samples' regression targets ``(N,)`` (by ``cache.index``) and their name."""
+    targets, name = read_targets(cache_dir, cache.manifest["dataset"]["fingerprint"])
+    return np.asarray(targets, dtype=np.float64)[np.asarray(cache.index)], name
+
+
+def _regression_scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    from .estimator.regressor import spearman
+
+    return {
+        "r2": float(r2_score(y, pred)),
+        "r2_ci": bootstrap_ci(y, pred, r2_score, n_boot, seed),
+        "spearman": spearman(y, pred),
+        "spearman_ci": bootstrap_ci(y, pred, spearman, n_boot, seed),
+        "mse": float(mean_squared_error(y, pred)),
+    }
+
+
+def fit_regression_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """:func:`fit_stage` for ``task="regression"``: every head as a
+    :class:`~probekit.ProbeRegressor` on a random train split; R², Spearman and MSE on the test
+    split with bootstrap intervals (per layer for the linear probes)."""
+    import torch
+    from sklearn.model_selection import train_test_split
+
+    from .estimator import ProbeRegressor
+
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    y, target_name = _cache_targets(cache, cfg.cache_dir)
+    if np.ptp(y) == 0:
+        raise DataError("the cache's regression targets are constant; probes need them to vary")
+    X = _load_features(cache)
+    if not torch.isfinite(X).all():
+        raise DataError("the cache holds NaN or infinite features")
+    train, test = train_test_split(np.arange(len(y)), test_size=cfg.test_size, random_state=cfg.seed)
+    train, test = np.sort(train), np.sort(test)
+    write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
+    metrics: dict[str, Any] = {
+        "task": "regression", "target_name": target_name,
+        "model": cache.manifest["model"].get("id"), "data": cache.manifest["dataset"]["name"],
+        "n_train": int(train.size), "n_test": int(test.size), "label_names": [target_name],
+        "layer_names": list(cache.layer_names), "poolings": list(cache.poolings), "heads": {},
+    }
+    for head in cfg.probes:
+        t0 = time.perf_counter()
+        params = {"tokens_per_layer": len(cache.poolings), "random_state": cfg.seed,
+                  "device": cfg.device, "verbose": progress, **cfg.probe_params.get(head, {})}
+        reg = ProbeRegressor(head=head, **params)
+        reg.fit(X[train], y[train], layer_names=list(cache.layer_names))
+        seconds = time.perf_counter() - t0
+        reg.save(run_dir / "probes" / head)
+        pred = reg.predict(X[test])
+        entry = {"fit_seconds": round(seconds, 2),
+                 **_regression_scores(y[test], pred, cfg.bootstrap, cfg.seed)}
+        if head == "linear":
+            layer_pred = reg.predict_layers(X[test])  # (N, L)
+            entry["per_layer"] = [
+                {"layer": name, **_regression_scores(y[test], layer_pred[:, j], cfg.bootstrap, cfg.seed)}
+                for j, name in enumerate(cache.layer_names)
+            ]
+            entry["selected_layer"] = cache.layer_names[int(reg.selected_layer_)]
+        metrics["heads"][head] = entry
+    write_metrics(metrics, run_dir)
+    return metrics
+

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .report_regression import regression_figures, regression_tables
 from .runs import read_config, read_metrics
 
 __all__ = ["Figure", "build_figures", "write_figures", "write_report"]
@@ -70,6 +71,8 @@ def build_figures(run_dir: str | Path) -> list[Figure]:
 
     run = _load_run(Path(run_dir))
     metrics, summary, arrays, cache = run["metrics"], run["summary"], run["arrays"], run["cache"]
+    if metrics.get("task") == "regression":
+        return [Figure(*spec) for spec in regression_figures(metrics, summary, arrays)]
     layers = metrics["layer_names"]
     label_names = metrics["label_names"]
     figs: list[Figure] = []
@@ -211,6 +214,12 @@ def write_report(run_dir: str | Path) -> Path:
                      f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
     counts = np.bincount(np.asarray(cache.labels), minlength=len(cache.label_names))
     classes = ", ".join(f"{html.escape(n)} ({c})" for n, c in zip(cache.label_names, counts))
+    regression = metrics.get("task") == "regression"
+    if regression:
+        classes = f"regression of {html.escape(str(metrics.get('target_name')))}"
+        heads_table, layer_table = regression_tables(metrics, summary)
+    else:
+        heads_table, layer_table = _heads_table(metrics, summary), _layer_table(metrics)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>probekit report: {html.escape(cfg.name)}</title><style>{_CSS}</style></head><body>
@@ -222,14 +231,14 @@ def write_report(run_dir: str | Path) -> Path:
 <tr><td>dataset</td><td>{html.escape(m['dataset']['name'])}: {len(cache)} samples; {classes}</td></tr>
 <tr><td>layers</td><td>{len(cache.layer_names)}: {html.escape(', '.join(f'{n} ({d})' for n, d in zip(cache.layer_names, cache.dims)))}</td></tr>
 <tr><td>poolings</td><td>{html.escape(', '.join(cache.poolings))} · dtype {m['dtype']} · precision {m.get('precision')}</td></tr>
-<tr><td>split</td><td>{metrics['n_train']} train / {metrics['n_test']} test (stratified, seed {cfg.seed})</td></tr>
+<tr><td>split</td><td>{metrics['n_train']} train / {metrics['n_test']} test ({'random' if regression else 'stratified'}, seed {cfg.seed})</td></tr>
 <tr><td>cache</td><td><code>{html.escape(str(cfg.cache_dir))}</code> · fingerprint {m['fingerprint'][:16]}</td></tr>
 </table>
 <h2>Probe heads on the test split</h2>
-{_heads_table(metrics, summary)}
+{heads_table}
 <p class="muted">Intervals: 95% percentile bootstrap over test samples ({cfg.bootstrap} resamples).</p>
 <h2>Per-layer linear probes</h2>
-{_layer_table(metrics)}
+{layer_table}
 <h2>Figures</h2>
 {''.join(parts)}
 </body></html>"""

@@ -66,12 +66,16 @@ __all__ = [
     "stage_options",
     "summary_table",
     "write_metrics",
+    "read_targets",
+    "targets_path",
+    "write_targets",
 ]
 
 DEFAULT_PROBES = ("linear", "concat", "scalar-mix", "alf", "laya", "kcla", "aila-linear", "aila-attention")
 FIGURE_FORMATS = ("png", "svg", "pdf", "html")
 ABLATIONS = ("mean", "zero", "shuffle")
 STAGES = ("data", "model", "extract")
+TASKS = ("classification", "regression")
 
 # Runs train ALF as one configuration of its grid (lr 1e-2, weight decay 1e-4) for 20 epochs with
 # batches of 256, so that a run finishes in minutes on a 2-core CPU. The paper's recipe (a 21-config
@@ -182,6 +186,9 @@ class RunConfig:
         model: model spec (see :func:`probekit.load_model`).
         data: dataset spec (see :func:`probekit.load_data`).
         split, text_column, label_column, limit: passed to :func:`probekit.load_data`.
+        task: ``"classification"`` (:class:`~probekit.ProbeClassifier`, accuracy) or
+            ``"regression"`` (``load_data(target="regression")``, :class:`~probekit.ProbeRegressor`,
+            R² and Spearman, a random split, the targets kept in ``CACHE/targets.json``).
         layers: which layers to record (None = all).
         pooling: what to record (default: the model's).
         batch_size, precision, device: extraction settings.
@@ -215,12 +222,15 @@ class RunConfig:
     model: str = option("bundled:minilm-l6", "hf:NAME, timm:NAME, bundled:minilm-l6, "
                         "bundled:efficientnet-lite0, or a directory")
     data: str = option("bundled:vader-valence", "hf:NAME, csv:PATH, imagefolder:DIR, "
-                       "bundled:vader-valence, bundled:mnist")
+                       "bundled:vader-valence, bundled:mnist, bundled:vader-valence-scores (--task regression)")
     split: str | None = option(None, "dataset split (hf: and bundled:mnist)", stage="data")
     text_column: str | None = option(None, "text column of the data", stage="data")
     label_column: str | None = option(None, "label column of the data", stage="data")
     limit: int | None = option(None, "use at most this many samples (stratified)", parse=int,
                                stage="data")
+    task: str = option("classification", "classification (class labels) or regression (a numeric "
+                       "CSV column, bundled:vader-valence-scores)", choices=TASKS, stage="data",
+                       keyword="target")
     layers: Any = option(None, "all (default), N (last N), 0,3,-1, or module globs like "
                          "'blocks.*.norm2'", parse=parse_layers, stage="extract")
     pooling: str | None = option(None, "cls, mean, last, cls+mean or cls,mean (default: the model's)",
@@ -480,6 +490,8 @@ def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
     import csv
 
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if metrics.get("task") == "regression":
+        return _write_regression_csv(metrics, run_dir)
     with open(run_dir / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["head", "layer", "accuracy", "accuracy_lo", "accuracy_hi", "balanced_accuracy",
@@ -504,6 +516,8 @@ def summary_table(run_dir: str | Path) -> str:
     best layer of the per-layer linear probes, and where the report is."""
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)
+    if metrics.get("task") == "regression":
+        return _regression_summary(run_dir, metrics)
     heads = metrics["heads"]
     lines = [f"run {run_dir}  ({metrics.get('model')} on {metrics.get('data')}, "
              f"{metrics.get('n_train')} train / {metrics.get('n_test')} test)",
@@ -522,3 +536,71 @@ def summary_table(run_dir: str | Path) -> str:
     report = run_dir / "report.html"
     lines.append(f"  report: {report}" if report.is_file() else "  report: not written")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- regression
+
+
+def targets_path(cache_dir: str | Path) -> Path:
+    """Where a regression run keeps its targets: ``CACHE/targets.json`` (the cache's labels are
+    class indices)."""
+    return Path(cache_dir) / "targets.json"
+
+
+def write_targets(cache_dir: str | Path, targets: Sequence[float], name: str,
+                  fingerprint: str) -> Path:
+    """Write a dataset's continuous targets (by dataset position) beside its feature cache."""
+    path = targets_path(cache_dir)
+    path.write_text(json.dumps({"name": name, "dataset_fingerprint": fingerprint,
+                                "targets": [float(t) for t in targets]}))
+    return path
+
+
+def read_targets(cache_dir: str | Path, fingerprint: str) -> tuple[list[float], str]:
+    """The targets by dataset position and their name, checked against the cache's dataset."""
+    path = targets_path(cache_dir)
+    if not path.is_file():
+        raise ConfigError(f"{cache_dir} holds no regression targets ({path.name}); extract it "
+                          "with --task regression")
+    saved = json.loads(path.read_text())
+    if saved.get("dataset_fingerprint") != fingerprint:
+        raise ConfigError(f"{path} belongs to another dataset than the cache {cache_dir}; "
+                          "extract again with --task regression")
+    return saved["targets"], str(saved.get("name", "target"))
+
+
+def _write_regression_csv(metrics: dict[str, Any], run_dir: Path) -> None:
+    import csv
+
+    keys = ("r2", "spearman")
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["head", "layer", "r2", "r2_lo", "r2_hi", "spearman", "spearman_lo",
+                    "spearman_hi", "mse"])
+        for head, e in metrics["heads"].items():
+            rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
+            for h, layer, r in rows:
+                values = [f"{v:.4f}" for k in keys for v in (r[k], *r[f"{k}_ci"])]
+                w.writerow([h, layer, *values, f"{r['mse']:.6g}"])
+
+
+def _regression_summary(run_dir: Path, metrics: dict[str, Any]) -> str:
+    heads = metrics["heads"]
+    lines = [f"run {run_dir}  ({metrics.get('model')} on {metrics.get('data')}, regression of "
+             f"{metrics.get('target_name')}, {metrics.get('n_train')} train / "
+             f"{metrics.get('n_test')} test)",
+             f"  {'head':<16s} {'R2':>7s}  95% interval     Spearman"]
+    best = max(heads, key=lambda h: heads[h]["r2"]) if heads else None
+    for head, e in heads.items():
+        lo, hi = e["r2_ci"]
+        mark = "  <- best" if head == best else ""
+        lines.append(f"  {head:<16s} {e['r2']:>7.3f}  [{lo:.3f}, {hi:.3f}]  {e['spearman']:>8.3f}{mark}")
+    rows = heads.get("linear", {}).get("per_layer")
+    if rows:
+        top = max(rows, key=lambda r: r["r2"])
+        lo, hi = top["r2_ci"]
+        lines.append(f"  best layer (linear probe): {top['layer']}  R2 {top['r2']:.3f} [{lo:.3f}, {hi:.3f}]")
+    report = run_dir / "report.html"
+    lines.append(f"  report: {report}" if report.is_file() else "  report: not written")
+    return "\n".join(lines)
+

@@ -56,6 +56,12 @@ def test_check_probe(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list_probes())
+def test_check_probe_one_output(name: str) -> None:
+    """C = 1: every head can be a regression head (one output, trained with squared error)."""
+    check_probe(name, n_classes=1)
+
+
+@pytest.mark.parametrize("name", list_probes())
 def test_check_probe_with_dropout(name: str) -> None:
     check_probe(name, params={"dropout": 0.3}, seed=1)
 
@@ -128,8 +134,8 @@ def test_unknown_param_is_a_clear_type_error() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="one width per layer"):
         create_probe("linear", n_layers=3, dims=(4, 4), n_classes=2)
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        create_probe("linear", n_layers=3, dims=4, n_classes=1)
+    with pytest.raises(ValueError, match="at least 1 output"):  # 1 output = regression
+        create_probe("linear", n_layers=3, dims=4, n_classes=0)
     with pytest.raises(ValueError, match="psi"):
         create_probe("laya", n_layers=3, dims=4, n_classes=2, psi="relu")
     with pytest.raises(ValueError, match="multiple"):

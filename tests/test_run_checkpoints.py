@@ -20,7 +20,9 @@ from probekit.runs import RunConfig, loader_keywords, stage_options
 
 POS = ["good", "great", "nice", "lovely", "happy", "joy", "fine", "super", "kind", "calm"]
 NEG = ["bad", "awful", "nasty", "horrid", "sad", "pain", "grim", "vile", "mean", "cruel"]
-FAST = {"probes": "linear", "bootstrap": 5, "figures": "", "test_size": 0.25}
+# fp32: the features are compared with the checkpoint model's own fp32 outputs (``auto`` may
+# pick bf16 on CPUs that compute it natively).
+FAST = {"probes": "linear", "bootstrap": 5, "figures": "", "test_size": 0.25, "precision": "fp32"}
 
 
 def _sha(path: Path) -> str:

@@ -150,7 +150,8 @@ def test_options_are_parsed_alike_from_text():
     assert (cfg.probes, cfg.layers, cfg.limit) == (["linear", "laya"], [0, 3, -1], 12)
     assert cfg.probe_params == {"laya": {"lr": 0.01}}
     assert parse_layers("all") is None and parse_layers("4") == 4
-    assert cfg.stage_options("data") == {"limit": 12}
+    # the task has a default (classification) and reaches load_data as its target
+    assert cfg.stage_options("data") == {"limit": 12, "target": "classification"}
     assert cfg.stage_options("extract")["layers"] == [0, 3, -1]
     for bad in ({"limit": "many"}, {"pooling": "cls;mean"}, {"test_size": 1.5},
                 {"figures": "gif"}, {"ablation": "sideways"}, {"probe_params": "{not json"}):

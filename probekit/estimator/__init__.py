@@ -1,16 +1,28 @@
-"""``ProbeClassifier``: a probe head behind the scikit-learn estimator contract.
+"""``ProbeClassifier`` and ``ProbeRegressor``: probe heads behind the scikit-learn estimator contract.
 
 The package is split by concern: :mod:`.model` (``model_``: the feature normalisation and the
 head), :mod:`.inputs` (what ``X`` and ``y`` may be), :mod:`.recipes` (each head's training
 recipe, a :class:`~probekit.train.TrainConfig`), :mod:`.persist` (save and load), :mod:`.stream` (training
-from a cache streamed in batches) and :mod:`.classifier` (the estimator).
+from a cache streamed in batches), the shared estimator machinery :mod:`.base`, and the
+estimators :mod:`.classifier` and
+:mod:`.regressor`.
 """
 
 from __future__ import annotations
 
+from .base import ProbeEstimator
 from .classifier import ProbeClassifier
 from .model import FeatureNorm, ProbeModel
 from .persist import FORMAT_VERSION
 from .recipes import HEAD_DEFAULTS
+from .regressor import ProbeRegressor
 
-__all__ = ["FORMAT_VERSION", "HEAD_DEFAULTS", "FeatureNorm", "ProbeClassifier", "ProbeModel"]
+__all__ = [
+    "FORMAT_VERSION",
+    "HEAD_DEFAULTS",
+    "FeatureNorm",
+    "ProbeClassifier",
+    "ProbeEstimator",
+    "ProbeModel",
+    "ProbeRegressor",
+]

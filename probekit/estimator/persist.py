@@ -20,7 +20,7 @@ from ..probes import create_probe
 from .model import FeatureNorm, ProbeModel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .classifier import ProbeClassifier
+    from .base import ProbeEstimator as ProbeClassifier
 
 __all__ = ["FORMAT_VERSION", "load_probe", "save_probe"]
 
@@ -63,8 +63,7 @@ def save_probe(clf: ProbeClassifier, path: str | os.PathLike[str]) -> Path:
     config = {
         "format_version": FORMAT_VERSION,
         "params": _jsonable(params),
-        "classes": _jsonable(self.classes_),
-        "classes_dtype": self.classes_.dtype.str if self.classes_.dtype != object else "object",
+        **_jsonable(self._task_state()),
         "dims": list(self.dims_),
         "tokens_per_layer": self.tokens_per_layer_,
         "layer_names": list(self.layer_names_),
@@ -93,12 +92,16 @@ def load_probe(
     config = json.loads((path / "config.json").read_text())
     if config.get("format_version") != FORMAT_VERSION:
         raise DataError(f"unsupported probe format {config.get('format_version')!r} in {path}")
+    if config.get("task", "classification") != cls._task:
+        raise DataError(
+            f"{path} holds a {config.get('task', 'classification')} probe; load it with "
+            f"{'ProbeRegressor' if config.get('task') == 'regression' else 'ProbeClassifier'}.load"
+        )
     params = config["params"]
     if device is not None:
         params["device"] = device
     clf = cls(**params)
-    dtype = None if config["classes_dtype"] == "object" else np.dtype(config["classes_dtype"])
-    clf.classes_ = np.asarray(config["classes"], dtype=dtype if dtype is not None else object)
+    clf._load_task_state(config)
     clf._set_layout(
         {
             "dims": config["dims"],

@@ -75,8 +75,8 @@ class ProbeHead(nn.Module):
             raise ValueError(
                 f"dims must give one width per layer: n_layers={n_layers}, dims={dims}"
             )
-        if n_classes < 2:
-            raise ValueError(f"need at least 2 classes, got n_classes={n_classes}")
+        if n_classes < 1:  # 1: a single output (regression of one target)
+            raise ValueError(f"need at least 1 output, got n_classes={n_classes}")
         if tokens_per_layer < 1:
             raise ValueError(f"tokens_per_layer must be >= 1, got {tokens_per_layer}")
         self.n_layers = n_layers

@@ -64,7 +64,11 @@ def _check_output(name: str, out: ProbeOutput, b: int, n_layers: int, n_classes:
 
 
 def _loss(out: ProbeOutput, y: Tensor) -> Tensor:
-    """The training loss: one cross-entropy per layer when the head gives layer_logits."""
+    """The training loss: one cross-entropy per layer when the head gives layer_logits; with a
+    single output (``n_classes=1``, regression) the squared error to ``y`` instead."""
+    if out.logits.shape[-1] == 1:
+        z = out.layer_logits if out.layer_logits is not None else out.logits[:, None]
+        return (z[..., 0] - y.float()[:, None]).pow(2).mean(0).sum()
     if out.layer_logits is not None:
         return sum(
             F.cross_entropy(out.layer_logits[:, k], y) for k in range(out.layer_logits.shape[1])
@@ -95,7 +99,7 @@ def check_probe(
         name_or_cls: a registered name or a ``ProbeHead`` subclass.
         n_layers: L of the test input.
         dims: L layer widths (different, to exercise padding).
-        n_classes: C.
+        n_classes: C (1: a single regression output, checked with a squared-error loss).
         seed: seed for weights and data.
         batch_size: B (>= 2: some heads use BatchNorm in training mode).
         params: head parameters passed to the constructor.
@@ -111,6 +115,8 @@ def check_probe(
     assert issubclass(cls, ProbeHead), f"{name}: not a ProbeHead subclass"
     assert cls.input_norm in _NORMS, f"{name}: input_norm {cls.input_norm!r} not in {_NORMS}"
     b, y = batch_size, torch.arange(batch_size) % n_classes
+    if n_classes == 1:  # regression targets
+        y = torch.linspace(-1.0, 1.0, batch_size)
 
     for dims_, p in ((tuple(dims), 1), (max(dims), 1), (tuple(dims), 2)):
         kw = dict(n_layers=n_layers, dims=dims_, n_classes=n_classes, tokens_per_layer=p)

@@ -21,8 +21,9 @@ Shapes: ``N`` samples, ``T`` tokens, ``D`` features, ``L`` layers, ``C`` classes
 
 The package is split along those seams: :mod:`.metrics` (accuracy, splits, class weights),
 :mod:`.config` (:class:`TrainConfig`, :class:`GridResult`), :mod:`.stacked` (stacked heads and
-the stacked optimiser), :mod:`.loop` (the training loops and grids) and :mod:`.linear` (the
-L-BFGS solver for linear probes).
+the stacked optimiser), :mod:`.loop` (the training loops and grids), :mod:`.linear` (the
+L-BFGS solver for linear probes) and :mod:`.regression` (``task="regression"``: MSE loss, R²,
+random split, closed-form ridge for linear probes).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..errors import ConfigError
 from .config import GridResult, HeadFactory, TrainConfig
 from .metrics import _balanced_accuracy_batched, batch_size_for, class_weights, stratified_split
+from .regression import check_task, evaluate_regression, mse_loss, random_split
 from .stacked import _backward, _Grid, _HeadStack, _jitter, _lr_at, _StackedAdam, _weighted_ce
 
 __all__ = ["train_grid", "train_stream"]
@@ -47,16 +48,28 @@ class _Phase:
     patience: int | None
 
 
+# the validation score that selects configs and epochs, per task
+_SELECT = {"classification": "bacc", "regression": "r2"}
+
+
 @torch.no_grad()
 def _evaluate(
-    grid: _Grid, X: Tensor, y: Tensor, idx: Tensor, n_classes: int, chunk: int
+    grid: _Grid, X: Tensor, y: Tensor, idx: Tensor, n_classes: int, chunk: int,
+    task: str = "classification",
 ) -> dict[str, Tensor]:
     """Validation scores of every config.
 
     Returns:
         ``acc`` / ``bacc`` ``(G,)``, plus ``layer_acc`` / ``layer_bacc`` ``(G, L)`` for heads
-        with layer logits (then ``acc`` / ``bacc`` are the best layer's).
+        with layer logits (then ``acc`` / ``bacc`` are the best layer's). Regression: ``r2``
+        ``(G,)`` and ``layer_r2`` ``(G, L)`` (see :func:`~probekit.train.regression.evaluate_regression`).
     """
+    if task == "regression":
+        outs = [grid.forward(X[part], train=False) for part in idx.split(chunk)]
+        return evaluate_regression(
+            [o["logits"] for o in outs], [o["layer_logits"] for o in outs if "layer_logits" in o],
+            y[idx],
+        )
     preds, layer_preds = [], []
     for part in idx.split(chunk):
         out = grid.forward(X[part], train=False)
@@ -86,6 +99,7 @@ def _run_phase(
     configs: Sequence[Mapping[str, Any]],
     n_classes: int,
     cfg: TrainConfig,
+    task: str = "classification",
 ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor] | None, Tensor | None, list[dict[str, Any]]]:
     """Train every config of ``grid`` on ``phase.train_idx``.
 
@@ -101,7 +115,9 @@ def _run_phase(
     _check_minibatch_solver(cfg)
     opt = _StackedAdam(grid.flats, lr0, wd, cfg.solver == "adamw", cfg.betas, cfg.eps)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    weights = class_weights(y[phase.train_idx], n_classes, cfg.class_weight)
+    regression = task == "regression"
+    weights = None if regression else class_weights(y[phase.train_idx], n_classes, cfg.class_weight)
+    key = _SELECT[task]
     n = phase.train_idx.numel()
     n_batches = math.ceil(n / batch_size_for(n, cfg.batch_size, cfg.min_batches))
     total = phase.epochs * n_batches
@@ -120,7 +136,8 @@ def _run_phase(
         perm = phase.train_idx[torch.randperm(n, generator=gen, device=device)]
         for idx in torch.tensor_split(perm, n_batches):
             xb = _jitter(X[idx], cfg.jitter_p, cfg.jitter_std, gen)
-            loss = _weighted_ce(grid.forward(xb, train=True), y[idx], weights)  # (G,)
+            out = grid.forward(xb, train=True)
+            loss = mse_loss(out, y[idx]) if weights is None else _weighted_ce(out, y[idx], weights)
             opt.zero_grad()
             _backward(loss)
             if cfg.grad_clip is not None:
@@ -132,25 +149,25 @@ def _run_phase(
         scores = None
         if validate:
             assert phase.val_idx is not None
-            scores = _evaluate(grid, X, y, phase.val_idx, n_classes, cfg.eval_batch_size)
+            scores = _evaluate(grid, X, y, phase.val_idx, n_classes, cfg.eval_batch_size, task)
         history += _history_rows(phase.name, epoch, configs, losses, scores)
         if scores is None:
             continue
-        bacc = scores["bacc"].cpu()
+        bacc = scores[key].cpu()
         if best_scores is None:
             improved = torch.ones(grid.size, dtype=torch.bool)
             best_scores = {k: v.clone() for k, v in scores.items()}
         elif phase.patience is None:  # no early stopping: keep the final weights
             improved = torch.ones(grid.size, dtype=torch.bool)
         else:
-            improved = bacc > best_scores["bacc"].cpu()
+            improved = bacc > best_scores[key].cpu()
         for k, v in scores.items():
             best_scores[k][improved.to(v.device)] = v[improved.to(v.device)]
         assert best_state is not None
         grid.update_where(best_state, improved.to(device))
         best_epoch[improved] = epoch
         bad = torch.where(improved, torch.zeros_like(bad), bad + 1)
-        bar.set_postfix(best_bacc=f"{float(best_scores['bacc'].max()):.4f}")
+        bar.set_postfix({f"best_{key}": f"{float(best_scores[key].max()):.4f}"})
         if phase.patience is not None and bool((bad >= phase.patience).all()):
             break
     bar.close()
@@ -169,7 +186,9 @@ def _history_rows(
     for g, c in enumerate(configs):
         row: dict[str, Any] = {"phase": phase, "epoch": epoch, "config": g, **c}
         row["train_loss"] = float(losses[g])
-        if scores is not None:
+        if scores is not None and "r2" in scores:
+            row["val_r2"] = float(scores["r2"][g])
+        elif scores is not None:
             row["val_accuracy"] = float(scores["acc"][g])
             row["val_balanced_accuracy"] = float(scores["bacc"][g])
         rows.append(row)
@@ -213,6 +232,7 @@ def train_grid(
     n_classes: int,
     config: TrainConfig,
     variants: Sequence[Mapping[str, Any]] = ({},),
+    task: str = "classification",
 ) -> GridResult:
     """Train a grid of configurations of one head in one vectorised pass and pick the best.
 
@@ -245,13 +265,21 @@ def train_grid(
         n_classes: C.
         config: the loop's hyper-parameters.
         variants: head keyword sets forming the third grid axis.
+        task: ``"classification"`` (``y`` class indices, class-weighted cross-entropy,
+            stratified split, selection by balanced accuracy) or ``"regression"`` (``y``
+            ``(N,)`` or ``(N, K)`` float targets with ``K = n_classes`` head outputs, MSE loss,
+            random split, selection by validation R²; ``layer_scores`` are per-layer R²).
 
     Returns:
         A :class:`GridResult` with the chosen head's state dict.
     """
     device = torch.device(config.device)
+    check_task(task)
     X = X.to(device=device, dtype=torch.float32)
-    y = y.to(device=device, dtype=torch.long)
+    if task == "regression":
+        y = y.to(device=device, dtype=torch.float32).reshape(X.shape[0], -1)
+    else:
+        y = y.to(device=device, dtype=torch.long)
     configs = config.grid(variants)
     per_variant = len(config.lr) * len(config.weight_decay)
     torch.manual_seed(config.seed)
@@ -264,7 +292,10 @@ def train_grid(
     all_idx = torch.arange(X.shape[0], device=device)
     result = GridResult(state_dict={}, best_index=0, best_params=dict(configs[0]), configs=configs)
     if not skip_search:
-        tr, va = stratified_split(y.cpu().numpy(), config.val_size, config.seed)
+        if task == "regression":
+            tr, va = random_split(X.shape[0], config.val_size, config.seed)
+        else:
+            tr, va = stratified_split(y.cpu().numpy(), config.val_size, config.seed)
         phase = _Phase(
             "search",
             torch.as_tensor(tr, device=device),
@@ -276,14 +307,18 @@ def train_grid(
         groups = [(v, per_variant) for v in variants]
         grid = _build_grid(build, groups, config.seed, device, config.vectorize)
         torch.manual_seed(config.seed)
-        state, scores, best_epoch, hist = _run_phase(grid, X, y, phase, configs, n_classes, config)
+        state, scores, best_epoch, hist = _run_phase(
+            grid, X, y, phase, configs, n_classes, config, task
+        )
         result.history += hist
         if scores is not None:
-            bacc = scores["bacc"].cpu().numpy()
+            bacc = scores[_SELECT[task]].cpu().numpy()
             g = int(np.argmax(bacc))
             result.scores, result.best_index, result.best_params = bacc, g, dict(configs[g])
             assert best_epoch is not None
             result.best_epoch = int(best_epoch[g])
+            if "layer_r2" in scores:
+                result.layer_scores = scores["layer_r2"][g].cpu().numpy()
             if "layer_acc" in scores:
                 result.layer_scores = scores["layer_acc"][g].cpu().numpy()
                 result.layer_balanced_scores = scores["layer_bacc"][g].cpu().numpy()
@@ -300,7 +335,7 @@ def train_grid(
         phase = _Phase("refit", all_idx, None, epochs, None)
         refit_cfg = copy.copy(config)
         refit_cfg.min_steps = 0 if config.patience is not None else config.min_steps
-        state, _, _, hist = _run_phase(grid, X, y, phase, best, n_classes, refit_cfg)
+        state, _, _, hist = _run_phase(grid, X, y, phase, best, n_classes, refit_cfg, task)
         result.history += hist
         result.refit_epochs = epochs
         result.state_dict = grid.unstack(state, 0)

@@ -1,0 +1,129 @@
+"""The figures and tables of a regression run's report (``probekit run --task regression``).
+
+:mod:`probekit.report` calls these when ``metrics.json`` says ``"task": "regression"``: per-layer
+R² of the linear probes with bootstrap intervals, predicted against true targets for the best
+head, and each head's layer weights and ablation sensitivity in squared-error units.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+__all__ = ["regression_figures", "regression_tables"]
+
+FigureSpec = tuple[str, str, str, Any, bool]
+"""(file stem, title, caption, plotly figure, key figure)."""
+
+
+def _best_head(metrics: dict[str, Any], among: Any = None) -> str | None:
+    heads = [h for h in metrics["heads"] if among is None or h in among]
+    return max(heads, key=lambda h: metrics["heads"][h]["r2"]) if heads else None
+
+
+def _scatter(y: np.ndarray, pred: np.ndarray, head: str, r2: float, rho: float, target: str) -> Any:
+    import plotly.graph_objects as go
+
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=y, y=pred, mode="markers", name=head,
+                             marker={"size": 5, "opacity": 0.6}))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
+                             line={"dash": "dash", "color": "grey"}))
+    fig.update_xaxes(title=f"true {target}")
+    fig.update_yaxes(title=f"predicted {target}")
+    fig.update_layout(title=f"{head}: predicted vs true (R² {r2:.3f}, Spearman {rho:.3f})",
+                      template="plotly_white", width=620, height=560)
+    return fig
+
+
+def regression_figures(metrics: dict[str, Any], summary: dict[str, Any] | None,
+                       arrays: dict[str, Any]) -> list[FigureSpec]:
+    """Every figure of a regression run, most telling first."""
+    from .attribution import AblationResult
+    from .viz import AblationDisplay, LayerAccuracyDisplay
+
+    layers = metrics["layer_names"]
+    target = metrics.get("target_name", "target")
+    figs: list[FigureSpec] = []
+    linear = metrics["heads"].get("linear")
+    if linear and "per_layer" in linear:
+        rows = linear["per_layer"]
+        disp = LayerAccuracyDisplay.from_arrays(
+            layers, [r["r2"] for r in rows], [r["r2_ci"][0] for r in rows],
+            [r["r2_ci"][1] for r in rows], chance=0.0, name="linear probe (R²)")
+        disp.figure_.update_yaxes(title="R²", tickformat=".2f")
+        disp.figure_.update_layout(title="Per-layer ridge probes: test R²")
+        figs.append(("r2", "Per-layer linear probes",
+                     "Test R² of one ridge probe per layer, with a 95% bootstrap interval "
+                     "(0 = predicting the mean).", disp.figure_, True))
+    if not summary:
+        return figs
+    best = _best_head(metrics, arrays)
+    if best is not None and "targets" in arrays[best]:
+        e = metrics["heads"][best]
+        fig = _scatter(np.asarray(arrays[best]["targets"]), np.asarray(arrays[best]["predictions"]),
+                       best, e["r2"], e["spearman"], target)
+        figs.append(("scatter", f"{best}: predicted vs true",
+                     "Each point is a test sample; the dashed line is a perfect prediction.", fig, True))
+    for head in sorted(arrays, key=lambda h: (h != best, h)):
+        a = arrays[head]
+        if "layer_weights" in a and head != "scalar-mix":
+            import plotly.graph_objects as go
+
+            w = np.asarray(a["layer_weights"])
+            order = np.argsort(np.asarray(a["targets"])) if "targets" in a else np.arange(len(w))
+            fig = go.Figure(go.Heatmap(z=w[order], x=layers, colorscale="Viridis",
+                                       colorbar={"title": "weight"}))
+            fig.update_layout(title=f"{head}: layer weights per test sample (sorted by true {target})",
+                              template="plotly_white", xaxis={"title": "layer", "type": "category"},
+                              yaxis={"title": f"test samples, by {target}"})
+            figs.append((f"weights-{head}", f"{head}: layer weights per test sample",
+                         f"Each row is a test sample, sorted by its true {target}; each column a layer.",
+                         fig, head == best))
+        result = AblationResult(per_sample=a["ablation"], accuracy_drop=a["accuracy_drop"],
+                                base_accuracy=summary["heads"][head]["base_accuracy"],
+                                layer_names=list(layers), mode=summary["mode"])
+        fig = AblationDisplay.from_result(result).figure_
+        fig.update_yaxes(title="Δ squared error", row=1, col=1)
+        fig.update_yaxes(title="Δ R²", tickformat=".2f", row=2, col=1)
+        fig.update_layout(title=f"Layer ablation ({summary['mode']}): base R² {result.base_accuracy:.3f}")
+        figs.append((f"ablation-{head}", f"{head}: layer ablation sensitivity",
+                     f"Rise in squared error (target units²) and drop in R² when one layer is "
+                     f"replaced by its {summary['mode']}.", fig, head == best))
+    return figs
+
+
+def _num(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _ci(ci: list[float]) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def regression_tables(metrics: dict[str, Any], summary: dict[str, Any] | None) -> tuple[str, str]:
+    """HTML tables: the heads (R², Spearman, MSE) and the per-layer linear probes."""
+    heads = metrics["heads"]
+    best = _best_head(metrics)
+    rows = []
+    for head, e in heads.items():
+        name = head + (f" (layer {e['selected_layer']})" if "selected_layer" in e else "")
+        rows.append(
+            f"<tr class='{'best' if head == best else ''}'><td>{html.escape(name)}</td>"
+            f"<td>{_num(e['r2'])}</td><td>{_ci(e['r2_ci'])}</td><td>{_num(e['spearman'])}</td>"
+            f"<td>{_ci(e['spearman_ci'])}</td><td>{e['mse']:.4g}</td>"
+            f"<td>{e.get('fit_seconds', '')}</td></tr>")
+    head_table = ("<table><tr><th>head</th><th>R²</th><th>95% CI</th><th>Spearman ρ</th>"
+                  "<th>95% CI</th><th>MSE</th><th>fit s</th></tr>" + "".join(rows) + "</table>")
+    linear = heads.get("linear")
+    if not linear or "per_layer" not in linear:
+        return head_table, "<p class='muted'>No per-layer linear probes in this run.</p>"
+    layer_rows = "".join(
+        f"<tr><td>{html.escape(r['layer'])}</td><td>{_num(r['r2'])}</td><td>{_ci(r['r2_ci'])}</td>"
+        f"<td>{_num(r['spearman'])}</td><td>{_ci(r['spearman_ci'])}</td></tr>"
+        for r in linear["per_layer"])
+    return head_table, ("<table><tr><th>layer</th><th>R²</th><th>95% CI</th><th>Spearman ρ</th>"
+                        "<th>95% CI</th></tr>" + layer_rows + "</table>")
