@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +71,7 @@ __all__ = [
 ]
 
 DEFAULT_PROBES = ("linear", "concat", "scalar-mix", "alf", "laya", "kcla", "aila-linear", "aila-attention")
+STORE_DTYPES = ("float32", "float16", "bfloat16")
 FIGURE_FORMATS = ("png", "svg", "pdf", "html")
 ABLATIONS = ("mean", "zero", "shuffle")
 STAGES = ("data", "model", "extract")
@@ -192,9 +192,7 @@ class RunConfig:
         layers: which layers to record (None = all).
         pooling: what to record (default: the model's).
         batch_size, precision, device: extraction settings.
-        store_dtype: dtype the features are stored in (``float32``, ``float16``, ``bfloat16``).
-        dtype: deprecated name of ``store_dtype``.
-        streaming: read ``hf:`` data as a stream (see :func:`probekit.load_data`).
+        store_dtype, streaming: stored feature dtype (``dtype``: old name); ``hf:`` as a stream.
         probes: the heads to train.
         probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
             ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
@@ -238,12 +236,9 @@ class RunConfig:
     batch_size: int = option(64, "extraction batch size", parse=int, stage="extract")
     precision: str = option("auto", "numerics of the forward (auto: bf16 where native, else fp32)",
                             choices=("auto", "fp32", "medium", "bf16"), stage="extract")
-    store_dtype: str = option("float32", "dtype the features are stored in (float16/bfloat16 "
-                              "halve disk and RAM)", choices=("float32", "float16", "bfloat16"),
-                              stage="extract")
+    store_dtype: str = option("float32", "stored feature dtype", choices=STORE_DTYPES, stage="extract")
     dtype: str | None = option(None, "deprecated name of --store-dtype")
-    streaming: bool | None = option(None, "read hf: data as a stream (datasets streaming=True)",
-                                    parse=parse_bool, stage="data")
+    streaming: bool | None = option(None, "read hf: data as a stream", parse=parse_bool, stage="data")
     device: str | None = option(None, "device of the forward and the probes (default: CUDA if any)",
                                 stage="extract")
     probes: list[str] = option(help="comma-separated heads (see probekit.list_probes())",
@@ -295,9 +290,7 @@ class RunConfig:
                 except (TypeError, ValueError) as err:
                     raise ConfigError(f"bad value {value!r} for {f.name}: {err}") from None
                 setattr(self, f.name, value)
-        if self.dtype is not None:  # the old name of store_dtype
-            warnings.warn("the run option dtype is deprecated; use store_dtype", DeprecationWarning,
-                          stacklevel=3)
+        if self.dtype is not None:  # the deprecated name of store_dtype (its help says so)
             self.store_dtype, self.dtype = self.dtype, None
         if not self.name:
             self.name = run_name(self.model, self.data)
