@@ -31,6 +31,7 @@ import argparse
 import math
 import os
 import time
+from collections.abc import Sequence
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's C++ logging
 
@@ -43,12 +44,23 @@ from probekit.probes import GroupLinear, ProbeHead, ProbeOutput, create_probe  #
 
 
 class FullLayerAttention(ProbeHead):
-    """Baseline: softmax attention of every layer over all layers, ``(B, G, L, L)``."""
+    """Baseline: softmax attention of every layer over all layers, ``(B, G, L, L)``.
+
+    The same per-layer adapters as KCLA (a layer's P tokens concatenated, then mapped to d),
+    then full self-attention across the L adapted layers, mean over layers, linear classifier.
+    """
 
     def __init__(
-        self, n_layers: int, dims: int, n_classes: int, dim: int = 128, head_dim: int = 16
+        self,
+        n_layers: int,
+        dims: int | Sequence[int],
+        n_classes: int,
+        tokens_per_layer: int = 1,
+        *,
+        dim: int = 128,
+        head_dim: int = 16,
     ):
-        super().__init__(n_layers, dims, n_classes)
+        super().__init__(n_layers, dims, n_classes, tokens_per_layer)
         self.n_heads, self.head_dim = dim // head_dim, head_dim
         self.adapters = GroupLinear(self.feature_mask(per_layer=True), dim)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
@@ -57,7 +69,7 @@ class FullLayerAttention(ProbeHead):
 
     def forward(self, x: Tensor) -> ProbeOutput:
         b, n = x.shape[0], self.n_layers
-        h = self.adapters(x)  # (B, L, d)
+        h = self.adapters(x.reshape(b, n, -1))  # (B, L, d)
         q, k, v = self.qkv(h).view(b, n, 3, self.n_heads, self.head_dim).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, G, L, d_g)
         attn = (q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)).softmax(-1)  # (B, G, L, L)

@@ -42,7 +42,7 @@ from .runs import (
 
 __all__ = ["CPU_PROBE_PARAMS", "DEFAULT_PROBES", "DEFAULT_RUNS", "RunConfig", "attribute_stage",
            "extract_stage", "fit_regression_stage", "fit_stage", "load_config", "resolve_configs", "run", "run_one",
-           "validate_run"]
+           "paired_comparison", "validate_run"]
 
 _read_config = read_config  # its old name here
 
@@ -134,6 +134,24 @@ def _scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str
     }
 
 
+def paired_comparison(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int,
+                      seed: int) -> dict[str, Any]:
+    """Balanced accuracy of A minus B, paired over the same bootstrap resamples of the test samples.
+
+    Resamples are ``np.random.default_rng(seed).integers(0, N, size=(n, N))``; both classifiers
+    are scored on each, as scikit-learn's ``balanced_accuracy_score`` would (mean recall over the
+    classes present in the resample); see :func:`probekit._bootstrap.paired_bootstrap`.
+
+    Returns:
+        ``difference`` (on the test samples themselves), ``ci`` (95% percentile interval of the
+        resampled differences) and ``p_le0`` (fraction of resamples where A - B <= 0).
+    """
+    from ._bootstrap import paired_bootstrap
+
+    res = paired_bootstrap(y, pred_a, pred_b, n_resamples=n, seed=seed)
+    return {"difference": res.difference, "ci": [res.lo, res.hi], "p_le0": res.p_not_better}
+
+
 def _load_features(cache: Any) -> Any:
     """``(N, L * P, D)`` with every cached pooling as a token of its layer."""
     return cache.load(pooling=cache.poolings)
@@ -142,7 +160,10 @@ def _load_features(cache: Any) -> Any:
 def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Train every head of ``cfg.probes`` on the train split; score them on the test split.
 
-    Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``.
+    Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``. When the
+    ``linear`` head is among the probes, every head also gets ``paired``: its balanced accuracy
+    minus that of the last layer's linear probe (``vs_last_layer``) and of the single layer chosen
+    on a validation split of the train samples (``vs_best_layer``), by :func:`paired_comparison`.
     """
     import torch
 
@@ -166,7 +187,10 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
         "n_train": int(train.size), "n_test": int(test.size), "label_names": list(cache.label_names),
         "layer_names": list(cache.layer_names), "poolings": list(cache.poolings), "heads": {},
     }
-    for head in cfg.probes:
+    preds: dict[str, np.ndarray] = {}
+    baseline: dict[str, np.ndarray] = {}
+    # the per-layer linear probes come first: every head is compared with two of them
+    for head in sorted(cfg.probes, key=lambda h: h != "linear"):
         t0 = time.perf_counter()
         params = {"tokens_per_layer": tokens, "random_state": cfg.seed, "device": cfg.device,
                   "verbose": progress, **cfg.probe_params.get(head, {})}
@@ -175,6 +199,7 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
         seconds = time.perf_counter() - t0
         clf.save(run_dir / "probes" / head)
         pred = clf.predict(X[test])
+        preds[head] = pred
         entry = {"fit_seconds": round(seconds, 2), **_scores(labels[test], pred, cfg.bootstrap, cfg.seed)}
         if head == "linear":
             layer_pred = clf.predict_layers(X[test])  # (N, L)
@@ -183,7 +208,16 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
                 for l, name in enumerate(cache.layer_names)
             ]
             entry["selected_layer"] = cache.layer_names[int(clf.selected_layer_)]
+            baseline = {"last_layer": layer_pred[:, -1], "best_layer": layer_pred[:, int(clf.selected_layer_)]}
+            metrics["baselines"] = {"last_layer": cache.layer_names[-1],
+                                    "best_layer": entry["selected_layer"]}
         metrics["heads"][head] = entry
+    for head, pred in preds.items():  # paired: the same resampled test samples score both
+        metrics["heads"][head]["paired"] = {
+            f"vs_{name}": paired_comparison(labels[test], pred, ref, cfg.bootstrap, cfg.seed)
+            for name, ref in baseline.items()
+        }
+    metrics["heads"] = {h: metrics["heads"][h] for h in cfg.probes}  # the configured order
     write_metrics(metrics, run_dir)
     return metrics
 

@@ -171,9 +171,20 @@ def _ci(ci: list[float]) -> str:
     return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
+def _paired(e: dict[str, Any], ref: str) -> str:
+    """``+1.2 [+0.3, +2.1] (0.004)``: difference in pp, its 95% interval, P(difference <= 0)."""
+    c = e.get("paired", {}).get(ref)
+    if not c:
+        return "<td></td>"
+    lo, hi = c["ci"]
+    return (f"<td>{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+            f"({c['p_le0']:.3f})</td>")
+
+
 def _heads_table(metrics: dict[str, Any], summary: dict[str, Any] | None) -> str:
     heads = metrics["heads"]
     best = max(heads, key=lambda h: heads[h]["balanced_accuracy"])
+    base = metrics.get("baselines", {})
     rows = []
     for head, e in heads.items():
         agree = (summary or {}).get("heads", {}).get(head, {}).get("agreement_median")
@@ -182,9 +193,14 @@ def _heads_table(metrics: dict[str, Any], summary: dict[str, Any] | None) -> str
             f"<tr class='{'best' if head == best else ''}'><td>{html.escape(name)}</td>"
             f"<td>{_pct(e['accuracy'])}</td><td>{_ci(e['accuracy_ci'])}</td>"
             f"<td>{_pct(e['balanced_accuracy'])}</td><td>{_ci(e['balanced_accuracy_ci'])}</td>"
+            f"{_paired(e, 'vs_last_layer')}{_paired(e, 'vs_best_layer')}"
             f"<td>{'' if agree is None else f'{agree:.2f}'}</td><td>{e.get('fit_seconds', '')}</td></tr>")
+    last = html.escape(str(base.get("last_layer", "last layer")))
+    chosen = html.escape(str(base.get("best_layer", "best layer")))
     return ("<table><tr><th>head</th><th>accuracy %</th><th>95% CI</th><th>balanced %</th>"
-            "<th>95% CI</th><th>weights vs ablation (Spearman, median)</th><th>fit s</th></tr>"
+            f"<th>95% CI</th><th>vs last layer ({last}), pp</th>"
+            f"<th>vs best layer ({chosen}, chosen on validation), pp</th>"
+            "<th>weights vs ablation (Spearman, median)</th><th>fit s</th></tr>"
             + "".join(rows) + "</table>")
 
 
@@ -220,6 +236,10 @@ def write_report(run_dir: str | Path) -> Path:
         heads_table, layer_table = regression_tables(metrics, summary)
     else:
         heads_table, layer_table = _heads_table(metrics, summary), _layer_table(metrics)
+    paired_note = "" if regression else (
+        "\n\"vs\" columns: the head's balanced accuracy minus the linear probe's, paired (both "
+        "scored on the same resampled test samples): difference, 95% interval, and in brackets "
+        "the fraction of resamples where the difference is &le; 0.")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>probekit report: {html.escape(cfg.name)}</title><style>{_CSS}</style></head><body>
@@ -236,7 +256,7 @@ def write_report(run_dir: str | Path) -> Path:
 </table>
 <h2>Probe heads on the test split</h2>
 {heads_table}
-<p class="muted">Intervals: 95% percentile bootstrap over test samples ({cfg.bootstrap} resamples).</p>
+<p class="muted">Intervals: 95% percentile bootstrap over test samples ({cfg.bootstrap} resamples).{paired_note}</p>
 <h2>Per-layer linear probes</h2>
 {layer_table}
 <h2>Figures</h2>

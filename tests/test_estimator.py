@@ -276,8 +276,10 @@ def test_feature_cache_input(tmp_path):
     cache = _make_cache(tmp_path / "cache")
     clf = ProbeClassifier(random_state=0).fit(cache)  # y defaults to cache.labels
     assert clf.layer_names_ == ["layers.0", "layers.1", "layers.2"]
-    assert clf.dims_ == (6, 10, 8) and clf.tokens_per_layer_ == 1
+    assert clf.dims_ == (6, 10, 8) and clf.tokens_per_layer_ == 2  # every pooling it holds
     assert clf.score(cache) > 0.7
+    cls_only = ProbeClassifier(pooling="cls", random_state=0).fit(cache)
+    assert cls_only.tokens_per_layer_ == 1 and cls_only.as_tensor(cache).shape == (120, 3, 10)
     both = fast("laya", pooling=["cls", "mean"], layers=2).fit(cache)
     assert both.layer_names_ == ["layers.1", "layers.2"] and both.tokens_per_layer_ == 2
     assert both.as_tensor(cache).shape == (120, 4, 10)
@@ -291,7 +293,7 @@ def test_feature_cache_streaming(tmp_path):
     assert clf.score(cache) > 0.6
     lin = ProbeClassifier(stream=True, epochs=3, random_state=0).fit(cache)
     assert lin.predict(cache).shape == (120,)
-    mean = cache.load(pooling="cls").mean(0)
+    mean = cache.load(pooling=["cls", "mean"]).mean(0)
     assert torch.allclose(lin.model_.norm.mean, mean, atol=1e-5)
 
 
@@ -314,7 +316,9 @@ def test_alf_recipe_defaults():
     assert (d["epochs"], d["min_steps"], d["batch_size"], d["min_batches"]) == (40, 1000, 2048, 5)
     assert d["refit"] and d["jitter"]
     x, y = layered_blobs(n=100)
-    clf = ProbeClassifier("alf", lr=1e-2, weight_decay=1e-3, epochs=2, random_state=0).fit(x, y)
+    clf = ProbeClassifier(
+        "alf", lr=1e-2, weight_decay=1e-3, dropout=0.0, epochs=2, random_state=0
+    ).fit(x, y)
     # one config: no search; an explicit epoch count is not raised to 1000 steps
     assert [r["phase"] for r in clf.history_] == ["refit", "refit"]
 

@@ -8,10 +8,21 @@ directory, in file order, so notebook 03 reuses the text cache notebook 01 recor
 records it itself when run alone). Every cell has a timeout.
 
 The notebooks are committed without outputs; :func:`test_notebooks_are_clean` checks that.
+
+After a notebook has run, it is converted to HTML with nbconvert (what ``jupyter nbconvert --to
+html`` writes, and close to what GitHub's static viewer draws: neither runs the plotly mimetype
+renderer) and every cell that shows a plotly figure must show it there too: an embedded PNG that
+decodes to a non-blank image, or (without Chromium) an inline plotly.js figure with data. The
+interactive plotly output must stay in the notebook for JupyterLab and VS Code. Set
+``PROBEKIT_NOTEBOOK_HTML`` to a folder to keep the HTML pages and the executed notebooks there.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +33,10 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 KERNEL_NAME = "python3"
 CELL_TIMEOUT = 300  # seconds per cell; a whole notebook takes about a minute on a 2-core CPU
+PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
+_CELL = re.compile(r'<div[^>]*class="jp-Cell ')
+_PNG = re.compile(r'<img[^>]*src="data:image/png;base64,([^"]+)"')
+_INLINE_PLOT = re.compile(r'Plotly\.newPlot\(\s*"[^"]+",\s*\[\{')
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +96,42 @@ def test_notebook_runs(path: Path, kernel_dir: str, workdir: Path) -> None:
         resources={"metadata": {"path": str(workdir)}},
     )
     client.execute()  # raises CellExecutionError (with the cell and traceback) on any error
+    _check_figures_render_in_html(nb, path)
+
+
+def _visible_png(b64: str) -> bool:
+    """A PNG that decodes and is not blank: some pixels differ clearly from the background."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+        pixels = np.asarray(im.convert("L"), dtype=np.float64)
+    background = np.median(pixels)
+    return min(pixels.shape) >= 100 and (np.abs(pixels - background) > 40).mean() > 0.005
+
+
+def _check_figures_render_in_html(nb: nbformat.NotebookNode, path: Path) -> None:
+    """Every figure cell of the executed ``nb`` shows a figure in its nbconvert HTML export."""
+    from nbconvert import HTMLExporter
+
+    page, _ = HTMLExporter().from_notebook_node(nb)
+    if keep := os.environ.get("PROBEKIT_NOTEBOOK_HTML"):
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        (Path(keep) / f"{path.stem}.html").write_text(page)
+        nbformat.write(nb, Path(keep) / path.name)
+    starts = [m.start() for m in _CELL.finditer(page)]
+    assert len(starts) == len(nb.cells), "cannot find each cell in the HTML export"
+    chunks = [page[a:b] for a, b in zip(starts, starts[1:] + [len(page)])]
+    figure_cells = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and any(PLOTLY_MIMETYPE in o.get("data", {}) for o in c.outputs)
+    ]
+    assert len(figure_cells) >= 2, f"{path.name}: expected plotly figures, found {figure_cells}"
+    for i in figure_cells:
+        pngs = [b for b in _PNG.findall(chunks[i]) if _visible_png(b)]
+        inline = _INLINE_PLOT.search(chunks[i])
+        assert pngs or inline, (
+            f"{path.name}, cell {i}: its plotly figure shows nothing in the HTML export "
+            "(no non-blank PNG, no inline plotly.js figure)"
+        )

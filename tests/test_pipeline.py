@@ -41,11 +41,44 @@ def test_run_end_to_end_and_rerun_reuses_cache(tiny_bert_dir, word_csv, tmp_path
     for e in metrics["heads"].values():
         lo, hi = e["balanced_accuracy_ci"]
         assert 0 <= lo <= e["balanced_accuracy"] <= hi <= 1
+    _check_paired(run_dir, metrics, n_boot=50, seed=0)
     report = (run_dir / "report.html").read_text()
     assert "plotly" in report and "Per-layer linear probes" in report
+    assert "vs last layer (layers.3)" in report
     mtime = (run_dir / "cache" / "manifest.json").stat().st_mtime_ns
     run(cfg, progress=False)
     assert (run_dir / "cache" / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def _check_paired(run_dir: Path, metrics: dict, n_boot: int, seed: int) -> None:
+    """Each head's paired comparison equals a naive loop of scikit-learn over the same resamples."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score as bacc
+
+    from probekit import FeatureCache, ProbeClassifier
+
+    test = np.asarray(json.loads((run_dir / "split.json").read_text())["test"])
+    cache = FeatureCache.open(run_dir / "cache")
+    X = cache.load(pooling=cache.poolings).numpy()[test]
+    y = np.asarray(cache.labels)[test]
+    lin = ProbeClassifier.load(run_dir / "probes" / "linear")
+    layer_pred = lin.predict_layers(X)
+    refs = {"vs_last_layer": layer_pred[:, -1], "vs_best_layer": layer_pred[:, lin.selected_layer_]}
+    assert metrics["baselines"] == {"last_layer": cache.layer_names[-1],
+                                    "best_layer": cache.layer_names[lin.selected_layer_]}
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+    for head, entry in metrics["heads"].items():
+        pred = ProbeClassifier.load(run_dir / "probes" / head).predict(X)
+        for key, ref in refs.items():
+            with warnings.catch_warnings():  # a resample may lack a predicted class
+                warnings.simplefilter("ignore")
+                diffs = np.array([bacc(y[i], pred[i]) - bacc(y[i], ref[i]) for i in idx])
+            got = entry["paired"][key]
+            assert got["difference"] == pytest.approx(bacc(y, pred) - bacc(y, ref), abs=1e-12)
+            assert got["ci"] == pytest.approx(np.percentile(diffs, [2.5, 97.5]).tolist(), abs=1e-12)
+            assert got["p_le0"] == pytest.approx(float(np.mean(diffs <= 0)), abs=1e-12)
+    assert metrics["heads"]["linear"]["paired"]["vs_best_layer"]["difference"] == 0.0
 
 
 def test_config_files_hold_the_cli_options(tmp_path, word_csv):

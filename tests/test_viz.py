@@ -289,3 +289,210 @@ def test_png_export_has_the_requested_size_and_is_not_blank(tmp_path) -> None:
         assert im.size == (640, 480)
         pixels = np.asarray(im.convert("RGB"), dtype=np.float64)
     assert pixels.std() > 0
+
+
+# ----------------------------------------------------------------- axis ticks from the data range
+
+
+def _parse_tick(text: str) -> tuple[float, int]:
+    """A tick label back to a fraction, and the decimals it was written with."""
+    percent = text.endswith("%")
+    body = text.rstrip("%")
+    decimals = len(body.split(".")[1]) if "." in body else 0
+    value = float(body) / (100 if percent else 1)
+    return value, decimals + (2 if percent else 0)
+
+
+@pytest.mark.parametrize("percent", [False, True])
+def test_nice_ticks_are_distinct_and_true_on_small_ranges(percent: bool) -> None:
+    from probekit.viz import nice_ticks
+
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        scale = 10.0 ** rng.uniform(-5, 1)
+        lo = rng.normal() * scale
+        hi = lo + rng.uniform(0.01, 3) * scale
+        vals, text, (r_lo, r_hi) = nice_ticks(lo, hi, percent=percent)
+        assert len(set(text)) == len(text), (lo, hi, text)
+        assert 2 <= len(vals) <= 6, (lo, hi, vals)
+        assert r_lo <= lo and r_hi >= hi and r_lo <= vals[0] and vals[-1] <= r_hi
+        for v, t in zip(vals, text):
+            parsed, decimals = _parse_tick(t)
+            # the label is the tick position written to the shown decimals: not a rounded neighbour
+            assert abs(parsed - v) <= 0.5 * 10.0**-decimals + 1e-12, (v, t)
+            assert abs(parsed - v) <= 1e-9 * max(1.0, abs(v)), (v, t)
+
+
+def test_fixed_percent_format_would_duplicate_but_nice_ticks_do_not() -> None:
+    """The reported case: accuracy drops of -1%..+2% in steps of 0.5 percentage point."""
+    from probekit.viz import nice_ticks
+
+    vals, text, _ = nice_ticks(-0.0075, 0.0125, percent=True)
+    assert len({f"{v:.0%}" for v in vals}) < len(vals)  # what tickformat=".0%" showed
+    assert len(set(text)) == len(text)
+    assert text[vals.index(0.005)] == "0.5%"
+
+
+def _shown_ticks(fig) -> dict[str, list[str]]:
+    """Tick labels of every axis whose ticks the figure fixes (tickvals / ticktext)."""
+    out = {}
+    for key in fig.layout:
+        if re.fullmatch(r"[xy]axis\d*", key):
+            ax = fig.layout[key]
+            assert ax.tickformat is None, f"{key} has a fixed tickformat {ax.tickformat!r}"
+            if ax.tickvals is not None:
+                assert ax.ticktext is not None and len(ax.ticktext) == len(ax.tickvals)
+                out[key] = list(ax.ticktext)
+    return out
+
+
+@pytest.mark.parametrize("scale", [1e-4, 3e-3, 2e-2, 0.3])
+def test_no_axis_shows_duplicate_tick_labels_on_small_ranges(scale: float) -> None:
+    from probekit.attribution import AblationResult
+
+    rng = np.random.default_rng(1)
+    per_sample = rng.normal(scale, scale, size=(40, 4))
+    acc_drop = np.array([2.0, 1.0, -0.5, 0.0]) * scale
+    res = AblationResult(per_sample, acc_drop, 0.9, LAYERS, "mean")
+    abl = AblationDisplay.from_result(res)
+    ticks = _shown_ticks(abl.figure_)
+    assert set(ticks) == {"yaxis", "yaxis2"}
+    for labels in ticks.values():
+        assert len(set(labels)) == len(labels), labels
+    # every bar lies inside the axis range
+    r_lo, r_hi = abl.figure_.layout.yaxis2.range
+    assert r_lo <= acc_drop.min() and r_hi >= acc_drop.max()
+
+    scores = 0.9 + np.array([0.0, 1.0, 2.0, 1.5]) * scale
+    lo, hi = scores - scale, scores + scale
+    acc = LayerAccuracyDisplay.from_arrays(LAYERS, scores, lo, hi, chance=0.9)
+    for labels in _shown_ticks(acc.figure_).values():
+        assert len(set(labels)) == len(labels), labels
+    assert acc.figure_.layout.yaxis.range[1] >= hi.max()
+
+
+@pytest.mark.skipif(
+    find_chrome() is None, reason="no Chrome/Chromium for kaleido (apt-get install chromium)"
+)
+def test_rendered_svg_ticks_are_distinct(tmp_path) -> None:
+    """The tick labels plotly actually draws (read from kaleido's SVG) are distinct."""
+    from probekit.attribution import AblationResult
+
+    scale = 2.5e-3
+    res = AblationResult(
+        np.random.default_rng(2).normal(scale, scale, (30, 4)),
+        np.array([2.0, 1.0, -0.5, 0.0]) * scale,
+        0.9,
+        LAYERS,
+        "mean",
+    )
+    path = export(AblationDisplay.from_result(res), tmp_path / "abl.svg")
+    svg = path.read_text()
+    for cls in ("ytick", "y2tick"):
+        groups = re.findall(rf'<g class="{cls}">(.*?)</g>', svg)
+        labels = [re.sub(r"<[^>]+>", "", g) for g in groups]
+        labels = [t.replace("\u2212", "-") for t in labels if t]
+        assert len(labels) >= 3 and len(set(labels)) == len(labels), (cls, labels)
+
+
+# ------------------------------------------------------------- notebook output in every viewer
+
+
+def _png_pixels(b64: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float64)
+
+
+@pytest.mark.skipif(
+    find_chrome() is None, reason="no Chrome/Chromium for kaleido (apt-get install chromium)"
+)
+def test_display_bundle_has_interactive_json_and_a_png() -> None:
+    import plotly.io as pio
+
+    from probekit.viz import use_notebook_renderer
+
+    disp = LayerAccuracyDisplay.from_arrays(LAYERS, [0.5, 0.7, 0.9, 0.8], width=400, height=300)
+    bundle = disp._repr_mimebundle_()
+    assert "text/html" not in bundle  # else nbconvert would prefer it over the PNG
+    import base64
+
+    y = bundle["application/vnd.plotly.v1+json"]["data"][-2]["y"]  # plotly's typed-array encoding
+    y = np.frombuffer(base64.b64decode(y["bdata"]), dtype=y["dtype"]) if isinstance(y, dict) else y
+    assert np.asarray(y) == pytest.approx([0.5, 0.7, 0.9, 0.8])
+    pixels = _png_pixels(bundle["image/png"])
+    assert pixels.shape[:2] == (300, 400)
+    assert pixels.std() > 5  # drawn, not a blank page
+
+    before = pio.renderers.default
+    try:
+        assert use_notebook_renderer() is True
+        fig_bundle = disp.figure_._repr_mimebundle_()
+        assert set(fig_bundle) >= {"application/vnd.plotly.v1+json", "image/png"}
+    finally:
+        pio.renderers.default = before
+
+
+def test_bundle_without_chromium_inlines_plotlyjs_and_says_why(monkeypatch) -> None:
+    notebook = importlib.import_module("probekit.viz.notebook")
+    monkeypatch.setattr(export_module, "find_chrome", lambda: None)
+    monkeypatch.setitem(notebook._state, "plotlyjs_sent", False)
+    assert notebook.static_images_available() is False
+    disp = LayerAccuracyDisplay.from_arrays(LAYERS, [0.5, 0.75, 0.875, 0.8])
+    first = disp._repr_mimebundle_()
+    second = disp._repr_mimebundle_()
+    assert "image/png" not in first
+    html = first["text/html"]
+    assert "No Chrome/Chromium was found" in html
+    import json
+
+    import plotly.io as pio
+
+    scores = json.loads(pio.to_json(disp.figure_))["data"][-2]["y"]  # plotly's encoded array
+    assert re.search(r'Plotly\.newPlot\(\s*"[^"]+",\s*\[\{', html)  # a figure with traces
+    assert scores["bdata"].replace("/", "\\u002f") in html  # plotly escapes "/" inside <script>
+    assert len(html) > 1_000_000  # plotly.js itself is inlined once ...
+    assert len(second["text/html"]) < 100_000  # ... and later figures reuse it
+    assert "Plotly.newPlot" in second["text/html"]
+
+
+# ------------------------------------------------------------------------------ paired bootstrap
+
+
+def test_paired_bootstrap_matches_the_normal_approximation() -> None:
+    from scipy.stats import norm
+
+    from probekit.viz import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    y = rng.integers(0, 2, n)
+    a = np.where(rng.random(n) < 0.85, y, 1 - y)
+    b = np.where(rng.random(n) < 0.5, a, np.where(rng.random(n) < 0.82, y, 1 - y))
+    res = paired_bootstrap(y, a, b, n_resamples=4000, random_state=0)
+    delta = (a == y).astype(float) - (b == y).astype(float)
+    assert res.difference == pytest.approx(delta.mean(), abs=1e-12)
+    assert res.accuracy_a == pytest.approx((a == y).mean())
+    se = delta.std(ddof=0) / np.sqrt(n)
+    lo, hi = res.ci
+    assert lo == pytest.approx(delta.mean() - 1.96 * se, abs=0.15 * 1.96 * se)
+    assert hi == pytest.approx(delta.mean() + 1.96 * se, abs=0.15 * 1.96 * se)
+    assert res.frac_le_zero == pytest.approx(norm.cdf(-delta.mean() / se), abs=0.03)
+
+
+def test_paired_bootstrap_verdicts_and_errors() -> None:
+    from probekit.viz import paired_bootstrap
+
+    y = np.arange(200) % 2
+    same = paired_bootstrap(y, y, y)
+    assert same.ci == (0.0, 0.0) and same.frac_le_zero == 1.0
+    assert "cannot be told apart" in same.verdict("A", "B")
+    worse = np.where(np.arange(200) < 60, 1 - y, y)
+    assert paired_bootstrap(y, y, worse).verdict("A", "B").startswith("A beats B")
+    assert paired_bootstrap(y, worse, y).verdict("A", "B").startswith("A is worse than B")
+    with pytest.raises(ValueError, match="one length"):
+        paired_bootstrap(y, y[:10], y)

@@ -6,10 +6,11 @@ Modules: :mod:`~probekit.cache.layout` (format, file names, identity checks),
 (digests of every file, checked while reading) and :mod:`~probekit.cache.files` (atomic writes,
 canonical JSON).
 
-Every read path checks what it reads: the manifest's own digest on open, each shard's header,
-labels and index on open, and each feature block the first time it is read (hashing the bytes as
-they are read, not in a second pass). A mismatch raises :class:`CacheError` naming the file;
-``FeatureCache.open(path, verify=False)`` is the explicit opt-out for shard digests.
+Every read path checks what it reads: the manifest's own sha256 on open, each shard's header,
+labels and index on open, and each feature block the first time it is read (an XXH3-128 of the
+bytes as they are read, not a second pass). A mismatch raises :class:`CacheError` naming the
+file; ``FeatureCache.open(path, verify=False)`` is the explicit opt-out for shard digests, and
+``FeatureCache.verify()`` checks each shard's whole-file sha256.
 
 Example:
     >>> writer = CacheWriter.create(path, manifest, n_samples=len(data))  # doctest: +SKIP

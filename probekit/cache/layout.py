@@ -1,6 +1,6 @@
 """The cache layout: format version, stored dtypes, file names, and the identity's checks.
 
-Layout (``format_version`` 2)::
+Layout (``format_version`` 3)::
 
     CACHE/manifest.json              identity (model, layers [{name, dim}], poolings, dtype,
                                      precision, preprocessing, dataset {name, fingerprint, n,
@@ -10,8 +10,12 @@ Layout (``format_version`` 2)::
     CACHE/texts.json                 (text data only) the input strings, by sample position
     CACHE/shards/000000.safetensors  "<layer>.<pooling>" (n, D) per (layer, pooling),
                                      "labels" (n,) int64, "index" (n,) int64
-    CACHE/shards/000000.json         {"sha256", "header_sha256", "tensors": {key: sha256},
-                                     "n", "start"}, written after the shard
+    CACHE/shards/000000.json         {"sha256" (whole file), "header_xxh3", "tensors_xxh3":
+                                     {key: XXH3-128 hex}, "n", "start"}, written after the
+                                     shard
+
+Format 3 checks reads with XXH3-128 per tensor (format 2 used sha256); older caches are refused
+with a message to re-extract.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 from ..errors import CacheError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 DEFAULT_SHARD_SIZE = 4096
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -1,9 +1,10 @@
 """Reading a finished feature cache: :class:`FeatureCache`, with every byte checked on first use.
 
-Shards are read with plain file reads into a buffer that is hashed before torch sees it (see
-:mod:`probekit.cache.integrity`): opening checks the manifest, ``texts.json`` and every shard's
-``.json``, header, labels and index; a feature block is checked the first time this object reads
-it, so reading one layer reads and hashes only that layer's bytes. ``verify=False`` skips the
+Shards are read with plain file reads in about 1 MiB chunks, each hashed (XXH3-128) and copied
+into the result while it is still in the CPU cache (see :mod:`probekit.cache.integrity`): opening
+checks the manifest, ``texts.json`` and every shard's ``.json``, header, labels and index; a
+feature block is checked the first time this object reads it, so reading one layer reads and
+hashes only that layer's bytes. :meth:`FeatureCache.verify` checks each shard's whole-file sha256. ``verify=False`` skips the
 shard digests (an explicit opt-out); a mismatch raises :class:`CacheError` naming the file.
 """
 
@@ -223,8 +224,7 @@ class FeatureCache:
         dim = self.dims[self.layer_names.index(key.rsplit(".", 1)[0])]
         out = torch.empty(len(self), dim, dtype=_DTYPES[self.manifest["dtype"]])
         for (_, start, rows), shard in zip(self._shards, self._files, strict=True):
-            for _, block in shard.read([key]):
-                out[start : start + rows] = block
+            shard.read_into([(key, out[start : start + rows])])
         return out
 
     def __repr__(self) -> str:
@@ -275,10 +275,10 @@ class FeatureCache:
         """Copy one shard's selected blocks into ``out[row0:row0+n]`` (token ``l * P + p``)."""
         _, _, rows = self._shards[s]
         reader = self._files[s]
-        keys = [f"{self.layer_names[j]}.{p}" for j in sel for p in pools]
-        for t, (_, block) in enumerate(reader.read(keys)):
-            d = self.dims[sel[t // len(pools)]]
-            out[row0 : row0 + rows, t, :d].copy_(block)
+        items = []
+        for t, (j, p) in enumerate((j, p) for j in sel for p in pools):
+            items.append((f"{self.layer_names[j]}.{p}", out[row0 : row0 + rows, t, : self.dims[j]]))
+        reader.read_into(items)
 
     def load(
         self,

@@ -36,7 +36,7 @@ from ..train import GridResult, TrainConfig, train_grid
 from .inputs import _available_memory, _is_cache, cache_layout, read_arrays, read_cache
 from .model import FeatureNorm, ProbeModel, _buffer, _set_selected_layer, fit_feature_norm
 from .persist import _jsonable, load_probe, save_probe
-from .recipes import OVERRIDABLE, recipe_for
+from .recipes import DROPOUT_PARAM, HEAD_VARIANTS, OVERRIDABLE, recipe_for
 
 __all__ = ["ProbeEstimator"]
 
@@ -95,11 +95,24 @@ class ProbeEstimator(BaseEstimator):
         self._variants()
         return self
 
-    def _variants(self) -> list[dict[str, Any]]:
-        """Head keyword sets: the product of every list-valued head parameter (and dropout)."""
+    def _variants(self, search: bool = True) -> list[dict[str, Any]]:
+        """Head keyword sets: the product of every list-valued head parameter (and dropout).
+
+        The head's recipe axes (:data:`HEAD_VARIANTS`, e.g. ALF's attention dropout) apply
+        unless ``head_params`` or ``dropout`` sets the same keyword; without a validation split
+        to choose on (``search=False``) they keep their first value.
+        """
         params = dict(self.head_params or {})
         if self.dropout is not None:
-            params["dropout"] = self.dropout
+            key = DROPOUT_PARAM.get(self.head, "dropout")
+            if key in params:
+                raise ConfigError(
+                    f"dropout={self.dropout!r} and head_params[{key!r}] set the same thing; "
+                    "give one of them"
+                )
+            params[key] = self.dropout
+        recipe = {k: v for k, v in HEAD_VARIANTS.get(self.head, {}).items() if k not in params}
+        params = {**{k: (v if search else v[:1]) for k, v in recipe.items()}, **params}
         accepted = head_params(self.head)
         unknown = sorted(set(params) - set(accepted))
         if unknown:
@@ -178,7 +191,7 @@ class ProbeEstimator(BaseEstimator):
                 non-numeric targets), NaN/inf features or targets, mismatched lengths.
         """
         s = self._settings()
-        variants = self._variants()
+        variants = self._variants(search=s.val_size > 0)
         seed = self._seed()
         device = self._device()
         if _is_cache(X) and y is None:
@@ -277,8 +290,8 @@ class ProbeEstimator(BaseEstimator):
         head = build(**kwargs)
         head.load_state_dict(result.state_dict)
         self._record(result)
-        if result.layer_scores is not None and hasattr(head, "selected_layer"):
-            self.selected_layer_ = int(np.argmax(result.layer_scores))
+        if self.layer_scores_ is not None and hasattr(head, "selected_layer"):
+            self.selected_layer_ = int(np.argmax(self.layer_scores_))  # balanced accuracy
             _set_selected_layer(head, self.selected_layer_)
         elif hasattr(head, "selected_layer"):  # no validation: the head's default (last layer)
             self.selected_layer_ = int(_buffer(head, "selected_layer"))
@@ -292,7 +305,13 @@ class ProbeEstimator(BaseEstimator):
         )
         self.best_epoch_ = result.best_epoch
         self.grid_scores_ = result.scores
-        self.layer_scores_ = result.layer_scores
+        self.grid_configs_ = list(result.configs)
+        # classifiers choose layers by balanced accuracy, like everything else
+        self.layer_scores_ = (
+            result.layer_balanced_scores
+            if result.layer_balanced_scores is not None
+            else result.layer_scores
+        )
         self.selected_layer_ = None
 
     def _fit_stream(

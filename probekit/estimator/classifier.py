@@ -4,7 +4,7 @@
 
     clf = ProbeClassifier(head="linear").fit(X, y)      # X (N, T, D), (N, D), [(N, D_l)] or a cache
     clf.predict(X); clf.predict_proba(X); clf.score(X, y)
-    clf.layer_scores_        # (L,) validation accuracy of every layer's probe
+    clf.layer_scores_        # (L,) validation balanced accuracy of every layer's probe
     clf.layer_weights(X)     # (N, L) the head's own attribution (attention heads)
     clf.save("probe/"); ProbeClassifier.load("probe/")
 
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
 from ..probes import create_probe
-from ..train import TrainConfig, accuracy, fit_linear_probes, stratified_split
+from ..train import TrainConfig, balanced_accuracy, fit_linear_probes, stratified_split
 from .base import ProbeEstimator
 from .inputs import _is_cache, encode_labels
 from .model import FeatureNorm, _layer_major, _linear_rows, _load_linear, _set_selected_layer
@@ -47,7 +47,9 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
             that argument a grid axis.
         lr: learning rate, or a list (grid axis). ``None``: head default.
         weight_decay: weight decay, or a list (grid axis). ``None``: head default.
-        dropout: the head's ``dropout`` argument, or a list (grid axis). ``None``: head default.
+        dropout: the head's dropout, or a list (grid axis); for ``"alf"`` the attention
+            dropout (``attn_dropout``, as in its reference), else the head's ``dropout``
+            argument. ``None``: the head's recipe (ALF: the grid {0, 0.1, 0.3}).
         C: inverse L2 strength of the ``"linear"`` head's L-BFGS solver, as scikit-learn's.
         epochs: epochs of minibatch training. The ALF default (40) is raised to reach 1000
             steps; an explicit value is used as is.
@@ -64,8 +66,8 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
             of poolings loaded).
         layers: timm-style selection of layers (``None`` all, int k the last k, a list of
             indices or names).
-        pooling: the cache poolings to load (``"cls"``, ``["cls", "mean"]``); ``None``: ``"cls"``
-            when the cache has it, else every recorded pooling.
+        pooling: the cache poolings to load (``"cls"``, ``["cls", "mean"]``); ``None``: every
+            pooling the cache holds (CLS and mean where both exist: T = 2L tokens).
         stream: train from ``cache.batches`` instead of loading the cache; ``None``: only when
             the cache would take more than half the available memory.
         device: ``"cpu"``, ``"cuda"``...; ``None``: CUDA when available.
@@ -75,8 +77,10 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
     Fitted attributes:
         classes_ ``(C,)``, n_layers_, dims_ (L widths), tokens_per_layer_, layer_names_,
         model_ (:class:`ProbeModel`, eval mode, on ``device_``), device_, best_params_,
-        history_, best_score_ (validation balanced accuracy or ``None``), layer_scores_ ``(L,)``
-        and selected_layer_ (heads with per-layer logits), feature_mean_ ``(T, D)``,
+        history_, best_score_ (validation balanced accuracy or ``None``), grid_scores_ ``(G,)``
+        and grid_configs_ (every configuration of the grid, ``None`` for L-BFGS),
+        layer_scores_ ``(L,)`` (validation balanced accuracy of each layer's probe) and
+        selected_layer_ (heads with per-layer logits), feature_mean_ ``(T, D)``,
         n_features_in_ (``T * D``).
     """
 
@@ -164,7 +168,7 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
             )
             sol = fit_linear_probes(xl[:, tr], y[tr], **opts)
             pred = (torch.bmm(xl[:, va], sol.weight) + sol.bias[:, None]).argmax(-1)  # (L, n_val)
-            acc = np.array([accuracy(y[va].cpu(), p.cpu()) for p in pred])
+            acc = np.array([balanced_accuracy(y[va].cpu(), p.cpu()) for p in pred])
             self.layer_scores_ = acc
             self.selected_layer_ = int(np.argmax(acc))
             self.best_score_ = float(acc[self.selected_layer_])
@@ -180,6 +184,7 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
         self.history_ = history
         self.best_epoch_ = None
         self.grid_scores_ = None
+        self.grid_configs_ = None
         self.n_iter_ = sol.n_iter
         return head, dict(variant)
 

@@ -104,9 +104,9 @@ def read_arrays(X: Any, layers: Any, tokens_per_layer: int) -> tuple[Tensor, dic
 
 
 def cache_layout(cache: Any, layers: Any, pooling: str | Sequence[str] | None) -> dict[str, Any]:
-    """The layout of a cache selection; ``pooling=None``: ``cls`` if recorded, else every pooling."""
+    """The layout of a cache selection; ``pooling=None``: every pooling the cache holds."""
     if pooling is None:
-        pools: Any = ["cls"] if "cls" in cache.poolings else list(cache.poolings)
+        pools: Any = list(cache.poolings)
     else:
         pools = [pooling] if isinstance(pooling, str) else list(pooling)
     if hasattr(cache, "select"):

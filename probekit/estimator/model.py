@@ -134,7 +134,7 @@ def _linear_rows(phase: str, sol: Any, acc: np.ndarray | None) -> list[dict[str,
             "loss": float(sol.loss[layer]),
         }
         if acc is not None:
-            row["val_accuracy"] = float(acc[layer])
+            row["val_balanced_accuracy"] = float(acc[layer])
         rows.append(row)
     return rows
 

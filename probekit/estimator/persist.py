@@ -132,4 +132,5 @@ def load_probe(
     clf.selected_layer_ = config["selected_layer"]
     clf.history_ = config["history"]
     clf.grid_scores_ = None
+    clf.grid_configs_ = None
     return clf

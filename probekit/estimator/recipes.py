@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..train import TrainConfig
 
-__all__ = ["HEAD_DEFAULTS", "JITTER", "OVERRIDABLE", "recipe_for"]
+__all__ = ["DROPOUT_PARAM", "HEAD_DEFAULTS", "HEAD_VARIANTS", "JITTER", "OVERRIDABLE", "recipe_for"]
 
 JITTER = (0.5, 0.05)
 """(probability per sample, std) of the ALF train-time noise that ``jitter=True`` turns on."""
@@ -60,6 +60,17 @@ HEAD_DEFAULTS: dict[str, TrainConfig] = {
     ),
 }
 """Head name -> its recipe; heads without an entry use ``"default"``."""
+
+HEAD_VARIANTS: dict[str, dict[str, list[Any]]] = {
+    # ALF's reference grid also picks the attention dropout in {0, 0.1, 0.3} on validation
+    # balanced accuracy: with lr x weight decay that is 3 x 7 x 3 = 63 configurations.
+    "alf": {"attn_dropout": [0.0, 0.1, 0.3]},
+}
+"""Head name -> head keyword axes of its recipe's grid, used unless the user sets that keyword."""
+
+DROPOUT_PARAM: dict[str, str] = {"alf": "attn_dropout"}
+"""Head name -> the head keyword that ``ProbeClassifier(dropout=...)`` sets (default
+``"dropout"``). For ALF it is the attention dropout, the one its reference tunes."""
 
 OVERRIDABLE = (
     "lr", "weight_decay", "C", "epochs", "batch_size", "val_size", "patience", "refit", "solver",

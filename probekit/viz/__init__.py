@@ -4,6 +4,12 @@ Display objects follow scikit-learn's ``RocCurveDisplay``: ``from_estimator`` / 
 compute once, ``plot()`` stores the figure in ``figure_`` and returns the display;
 :func:`export` writes a figure (or a display) to HTML, PNG, SVG or PDF.
 
+In a notebook a display shows itself (``_repr_mimebundle_``) as interactive plotly plus a static
+PNG, so it renders in JupyterLab, VS Code, ``nbconvert --to html`` and GitHub alike;
+:func:`use_notebook_renderer` does the same for plain plotly figures. Axis ticks are chosen from
+the data's range (:func:`nice_ticks`), and :func:`paired_bootstrap` compares two classifiers on the
+same test samples.
+
 Example:
     >>> import numpy as np
     >>> from probekit.viz import LayerAttributionDisplay
@@ -18,6 +24,9 @@ from probekit.viz.ablation import AblationDisplay
 from probekit.viz.curves import LayerAccuracyDisplay, wilson_interval
 from probekit.viz.export import ExportError, export, find_chrome
 from probekit.viz.heatmaps import ClassProfileDisplay, LayerAttributionDisplay, LayerMapDisplay
+from probekit.viz.notebook import figure_bundle, static_images_available, use_notebook_renderer
+from probekit.viz.stats import PairedBootstrap, paired_bootstrap
+from probekit.viz.ticks import nice_ticks, set_axis_ticks
 
 __all__ = [
     "AblationDisplay",
@@ -26,7 +35,14 @@ __all__ = [
     "LayerAccuracyDisplay",
     "LayerAttributionDisplay",
     "LayerMapDisplay",
+    "PairedBootstrap",
     "export",
+    "figure_bundle",
     "find_chrome",
+    "nice_ticks",
+    "paired_bootstrap",
+    "set_axis_ticks",
+    "static_images_available",
+    "use_notebook_renderer",
     "wilson_interval",
 ]

@@ -8,12 +8,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from probekit.viz.heatmaps import DIVERGING, TEMPLATE
+from probekit.viz.heatmaps import DIVERGING, TEMPLATE, _FigureBundle
+from probekit.viz.ticks import set_axis_ticks
 
 __all__ = ["AblationDisplay"]
 
 
-class AblationDisplay:
+class AblationDisplay(_FigureBundle):
     """Bar charts of an :class:`probekit.attribution.AblationResult`.
 
     Top: mean drop in the true-class probability per layer with error bars (a ``confidence``
@@ -146,7 +147,7 @@ class AblationDisplay:
                 y=acc,
                 marker=colours(acc),
                 name="accuracy drop",
-                hovertemplate="layer %{x}<br>accuracy drop %{y:.2%}<extra></extra>",
+                hovertemplate="layer %{x}<br>accuracy drop %{y:.3%}<extra></extra>",
             ),
             row=2,
             col=1,
@@ -156,7 +157,9 @@ class AblationDisplay:
         fig.update_xaxes(type="category")
         fig.update_xaxes(title="layer", row=2, col=1)
         fig.update_yaxes(title="Δ p(true)", row=1, col=1)
-        fig.update_yaxes(title="Δ accuracy", tickformat=".0%", row=2, col=1)
+        fig.update_yaxes(title="Δ accuracy", row=2, col=1)
+        set_axis_ticks(fig, [mean - err, mean + err, [0.0]], row=1, col=1)
+        set_axis_ticks(fig, [acc, [0.0]], percent=True, row=2, col=1)
         base = float(res.base_accuracy)
         fig.update_layout(
             template=TEMPLATE,

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from probekit.viz.heatmaps import TEMPLATE
+from probekit.viz.heatmaps import TEMPLATE, _FigureBundle
+from probekit.viz.ticks import set_axis_ticks
 
 __all__ = ["LayerAccuracyDisplay", "wilson_interval"]
 
@@ -40,7 +41,7 @@ def wilson_interval(
     return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
 
-class LayerAccuracyDisplay:
+class LayerAccuracyDisplay(_FigureBundle):
     """Accuracy of one probe per layer, with a confidence band and the chance level.
 
     Args:
@@ -251,7 +252,11 @@ class LayerAccuracyDisplay:
                 annotation_position="bottom right",
             )
         fig.update_xaxes(title="layer", type="category")
-        fig.update_yaxes(title="accuracy", tickformat=".0%")
+        fig.update_yaxes(title="accuracy")
+        # ticks from every accuracy the axis shows (all curves drawn on fig, band, chance line)
+        shown = [t.y for t in fig.data if t.y is not None]
+        shown += [[s.y0] for s in fig.layout.shapes if isinstance(s.y0, (int, float))]
+        set_axis_ticks(fig, shown, percent=True)
         fig.update_layout(
             template=TEMPLATE,
             title=title or "Per-layer probe accuracy",

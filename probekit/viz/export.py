@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,11 @@ def export(
         raise ExportError(f"no Chrome/Chromium found to write {path.name!r}. {_INSTALL_HINT}")
     fmt = "jpeg" if suffix == "jpg" else suffix
     try:
-        figure.write_image(str(path), format=fmt, width=width, height=height, scale=scale)
+        with warnings.catch_warnings():
+            # with a kaleido server running (probekit.viz.notebook starts one), kaleido warns that
+            # per-call browser options are ignored: nothing to act on
+            warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+            figure.write_image(str(path), format=fmt, width=width, height=height, scale=scale)
     except Exception as err:
         if "chrome" in str(err).lower() or "browser" in str(err).lower():
             raise ExportError(

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from probekit.viz.ticks import value_decimals
+
 __all__ = ["ClassProfileDisplay", "LayerAttributionDisplay", "LayerMapDisplay"]
 
 # Light, readable colour scales: sequential for non-negative weights, diverging (centred at 0)
@@ -27,6 +29,20 @@ DIVERGING = [
 ]
 TEMPLATE = "plotly_white"
 _TEXT_CHARS = 80
+
+
+class _FigureBundle:
+    """Notebook display of ``figure_``: interactive plotly plus a static PNG (or inline plotly.js).
+
+    See :func:`probekit.viz.notebook.figure_bundle`.
+    """
+
+    figure_: go.Figure
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from probekit.viz.notebook import figure_bundle
+
+        return figure_bundle(self.figure_)
 
 
 def _colour_args(values: np.ndarray, colorscale: Any, zmid: float | None) -> dict[str, Any]:
@@ -98,7 +114,7 @@ def _label_names_of(clf: Any, label_names: Sequence[str] | Mapping[Any, str] | N
     return None
 
 
-class LayerAttributionDisplay:
+class LayerAttributionDisplay(_FigureBundle):
     """Per-sample x layer heatmap, samples grouped by class.
 
     Rows are samples sorted (stably) by class, with a line between classes and the class names
@@ -323,7 +339,7 @@ class LayerAttributionDisplay:
         return self
 
 
-class ClassProfileDisplay:
+class ClassProfileDisplay(_FigureBundle):
     """Class-mean layer profile: a classes x layers heatmap.
 
     Args:
@@ -445,7 +461,7 @@ class ClassProfileDisplay:
             z=self.class_means,
             x=self.layer_names,
             y=ticks,
-            texttemplate="%{z:.2f}" if show_values else None,
+            texttemplate=f"%{{z:.{value_decimals(self.class_means)}f}}" if show_values else None,
             hovertemplate="class %{y}<br>layer %{x}<br>mean %{z:.4g}<extra></extra>",
             colorbar={"title": {"text": f"mean {self.value_name}", "side": "right"}},
             **_colour_args(self.class_means, colorscale, zmid),
@@ -463,7 +479,7 @@ class ClassProfileDisplay:
         return self
 
 
-class LayerMapDisplay:
+class LayerMapDisplay(_FigureBundle):
     """AILA's layer-to-layer map: row ``j`` = how layer ``j`` mixes the layers (columns).
 
     Args:
@@ -538,7 +554,7 @@ class LayerMapDisplay:
             z=self.layer_map,
             x=self.layer_names,
             y=self.layer_names,
-            texttemplate="%{z:.2f}" if show_values else None,
+            texttemplate=f"%{{z:.{value_decimals(self.layer_map)}f}}" if show_values else None,
             hovertemplate="layer %{y} reads layer %{x}<br>weight %{z:.4g}<extra></extra>",
             colorbar={"title": {"text": "weight", "side": "right"}},
             **_colour_args(self.layer_map, colorscale, zmid),
