@@ -1,4 +1,4 @@
-"""``probekit`` command line: ``extract | info | fit | attribute | report | layers | run``.
+"""``probekit`` command line: ``extract | info | fit | attribute | report | layers | run | compare``.
 
 Error contract: a user mistake (a :class:`~probekit.errors.ProbekitError`: an unknown model or
 dataset spec, a layer out of range, a missing column, an empty dataset, a folder holding another
@@ -125,7 +125,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg = RunConfig(name=out.name, out=str(out.parent), probes=probes, seed=args.seed,
                     test_size=args.test_size, bootstrap=args.bootstrap, cache=str(args.cache),
                     task=args.task,
-                    probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes})
+                    probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes},
+                    control=args.control, mdl=args.mdl)
     validate_run(cfg)  # unknown heads fail before the cache is read
     cache = FeatureCache.open(args.cache)
     cfg.model = cache.manifest["model"].get("id", "")
@@ -140,6 +141,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for head, e in metrics["heads"].items():
         lo, hi = e["balanced_accuracy_ci"]
         print(f"{head:16s} acc {e['accuracy']:.3f}  balanced {e['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]")
+    rows = metrics["heads"].get("linear", {}).get("per_layer", [])
+    if rows and "selectivity" in rows[0]:
+        top = max(rows, key=lambda r: r["selectivity"])
+        print(f"most selective layer (linear probe): {top['layer']}  selectivity "
+              f"{top['selectivity']:.3f} (accuracy {top['accuracy']:.3f}, control "
+              f"{top['control_accuracy']:.3f})")
+    if "mdl" in metrics:
+        top = max(metrics["mdl"]["layers"], key=lambda r: r["compression"])
+        print(f"shortest online code (MDL): {top['layer']}  {top['online_bits']:.1f} bits, "
+              f"compression {top['compression']:.2f}")
     return 0
 
 
@@ -157,6 +168,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_caches
+
+    layers = parse_layers(args.layers)
+    matrix, paths = compare_caches(args.cache_a, args.cache_b, args.out, args.method,
+                                   layers=layers, pooling=args.pooling)
+    print(f"{args.method} similarity {matrix.shape[0]} x {matrix.shape[1]} layers -> "
+          + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -232,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--task", default="classification", choices=["classification", "regression"],
                    help="regression: continuous targets (the cache must be extracted with --task regression)")
+    p.add_argument("--control", action="store_true",
+                   help="control task per layer of the linear probe: control accuracy and "
+                        "selectivity (Hewitt & Liang, 2019)")
+    p.add_argument("--mdl", action="store_true",
+                   help="online-code MDL per layer on the train split (Voita & Titov, 2020)")
     p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("attribute", help="layer attribution of a run's heads on its test split")
@@ -243,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
 
+    p = sub.add_parser("compare", help="layer similarity (CKA/RSA) within one cache or between two")
+    p.add_argument("cache_a")
+    p.add_argument("cache_b", nargs="?", default=None,
+                   help="a second cache on the same samples (default: CACHE_A with itself)")
+    p.add_argument("--out", required=True, help="folder for the CSV, safetensors and heatmap")
+    p.add_argument("--method", default="cka", choices=["cka", "cka-debiased", "rsa"])
+    p.add_argument("--layers", default=None, help="all (default), N (last N), 0,3,-1 or names")
+    p.add_argument("--pooling", default=None, help="cls, mean, cls+mean (default: cls if recorded)")
+    p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("layers", help="list a model's recordable layers (what --layers takes)")
     p.add_argument("model", help="hf:NAME, timm:NAME, bundled:minilm-l6, bundled:efficientnet-lite0, "
                    "or a directory")

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["control_labels", "sample_keys", "selectivity"]
+__all__ = ["control_labels", "label_cdf", "labels_from_cdf", "sample_keys", "selectivity"]
 
 
 def _key_bytes(key: Any) -> bytes:
@@ -122,8 +122,30 @@ def control_labels(sample_keys: Sequence[Any], y: Any, seed: int = 0) -> np.ndar
         raise DataError(f"{len(keys)} sample keys for {len(y_arr)} labels; give one key per sample")
     if not keys:
         raise DataError("control_labels needs at least one sample")
-    classes, counts = np.unique(y_arr, return_counts=True)
-    cdf = np.cumsum(counts) / counts.sum()
+    classes, cdf = label_cdf(y_arr)
+    return labels_from_cdf(keys, classes, cdf, seed)
+
+
+def label_cdf(y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The classes of ``y`` (sorted) and their empirical CDF, ``(C,)`` each."""
+    classes, counts = np.unique(np.asarray(y).reshape(-1), return_counts=True)
+    return classes, np.cumsum(counts) / counts.sum()
+
+
+def labels_from_cdf(keys: Sequence[Any], classes: np.ndarray, cdf: np.ndarray,
+                    seed: int) -> np.ndarray:
+    """Control labels ``F^-1(u(seed, key))`` for a given label distribution (see
+    :func:`control_labels`, which takes the distribution from ``y``).
+
+    Args:
+        keys: ``N`` sample keys.
+        classes: ``(C,)`` the classes, in the order of ``cdf``.
+        cdf: ``(C,)`` increasing, ending at 1.
+        seed: the control task's seed.
+
+    Returns:
+        ``(N,)`` labels from ``classes``.
+    """
     prefix = f"probekit-control:{int(seed)}:".encode()
     memo: dict[bytes, int] = {}
     out = np.empty(len(keys), dtype=np.int64)
@@ -136,7 +158,7 @@ def control_labels(sample_keys: Sequence[Any], y: Any, seed: int = 0) -> np.ndar
             c = int(np.searchsorted(cdf, u, side="right"))
             memo[kb] = c = min(c, len(classes) - 1)
         out[i] = c
-    return classes[out]
+    return np.asarray(classes)[out]
 
 
 def selectivity(task_scores: Any, control_scores: Any) -> np.ndarray:

@@ -86,8 +86,17 @@ def validate_run(cfg: RunConfig) -> RunConfig:
 # ------------------------------------------------------------------------------------ stages
 
 
-def extract_stage(cfg: RunConfig, progress: bool = True) -> Any:
-    """Record the run's cache in ``RUN/cache`` (resumed or reused when already there)."""
+def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool = False) -> Any:
+    """Record the run's cache in ``RUN/cache`` (resumed or reused when already there).
+
+    Args:
+        cfg: the run.
+        progress: progress bars.
+        random_init: record the architecture at a random init seeded with ``cfg.init_seed``
+            (default 0) instead of the run's model; the random model goes to
+            ``cfg.random_cache_dir`` (``compare_random``). Default: the run's model as configured
+            (``cfg.random_init`` included), into ``cfg.cache_dir``.
+    """
     from .data import load_data
     from .extract import extract
     from .models import load_model
@@ -97,10 +106,15 @@ def extract_stage(cfg: RunConfig, progress: bool = True) -> Any:
         _check_targets(data, cfg.data)
     elif len(data.label_names) < 2 or len(np.unique(data.labels)) < 2:
         raise DataError(f"{cfg.data} has a single class; probes need at least two")
-    model = load_model(cfg.model, **cfg.stage_options("model"))
-    cache = extract(model, data, cfg.cache_dir, progress=progress, **cfg.stage_options("extract"))
+    options = cfg.stage_options("model")
+    folder = cfg.cache_dir
+    if random_init:
+        options.update(weights="random", seed=cfg.init_seed or 0)
+        folder = cfg.random_cache_dir
+    model = load_model(cfg.model, **options)
+    cache = extract(model, data, folder, progress=progress, **cfg.stage_options("extract"))
     if cfg.task == "regression":
-        write_targets(cfg.cache_dir, data.targets, data.target_name, data.fingerprint)
+        write_targets(folder, data.targets, data.target_name, data.fingerprint)
     return cache
 
 
@@ -157,8 +171,15 @@ def _load_features(cache: Any) -> Any:
     return cache.load(pooling=cache.poolings)
 
 
-def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
+              random_cache: Any = None) -> dict[str, Any]:
     """Train every head of ``cfg.probes`` on the train split; score them on the test split.
+
+    With ``cfg.control`` the linear probe also fits a control task (per-layer control accuracy
+    and selectivity); with ``cfg.mdl`` the online code length per layer is added; the
+    within-model CKA is always written to ``RUN/similarity/``. With ``random_cache`` (the
+    random-init model's cache, ``compare_random``) the same heads are trained and scored on it,
+    on the same split, under ``metrics["random_init"]``.
 
     Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``. When the
     ``linear`` head is among the probes, every head also gets ``paired``: its balanced accuracy
@@ -167,7 +188,7 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
     """
     import torch
 
-    from .estimator import ProbeClassifier
+    from .analyses import control_keys_of, mdl_table, write_cka
 
     if cfg.task == "regression":
         return fit_regression_stage(cache, cfg, progress)
@@ -176,28 +197,71 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
     labels = np.asarray(cache.labels)
     if np.unique(labels).size < 2:
         raise DataError("the cache holds a single class; probes need at least two")
+    keys = control_keys_of(cache, cfg) if cfg.control else None  # before any training
     X = _load_features(cache)
     if not torch.isfinite(X).all():
         raise DataError("the cache holds NaN or infinite features")
     train, test = _split(labels, cfg.test_size, cfg.seed)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
-    tokens = len(cache.poolings)
     metrics: dict[str, Any] = {
         "model": cache.manifest["model"].get("id"), "data": cache.manifest["dataset"]["name"],
         "n_train": int(train.size), "n_test": int(test.size), "label_names": list(cache.label_names),
         "layer_names": list(cache.layer_names), "poolings": list(cache.poolings), "heads": {},
     }
+    metrics["heads"], baselines = _fit_heads(cache, X, labels, train, test, cfg, progress,
+                                             run_dir / "probes", keys)
+    if baselines:
+        metrics["baselines"] = baselines
+    if cfg.mdl:
+        metrics["mdl"] = mdl_table(X[train], labels[train], list(cache.layer_names),
+                                   len(cache.poolings), cfg.seed, cfg.device)
+    metrics["similarity"] = write_cka(run_dir, cache)
+    if random_cache is not None:
+        if not np.array_equal(np.asarray(random_cache.labels), labels):
+            raise DataError("the random-init cache holds other samples than the run's cache")
+        Xr = _load_features(random_cache)
+        metrics["random_init"] = {
+            "model": random_cache.manifest["model"].get("id"), "seed": cfg.init_seed or 0,
+            "cache": str(cfg.random_cache_dir),
+            "fingerprint": random_cache.manifest.get("fingerprint"),
+            "heads": _fit_heads(random_cache, Xr, labels, train, test, cfg, progress, None,
+                                None)[0],
+            "similarity_to_trained": write_cka(run_dir, cache, random_cache, "trained-vs-random"),
+        }
+    write_metrics(metrics, run_dir)
+    return metrics
+
+
+def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
+               cfg: RunConfig, progress: bool, save_dir: Path | None,
+               keys: np.ndarray | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Fit every head on ``X[train]``, score it on ``X[test]``; save it under ``save_dir``.
+
+    Returns:
+        ``(heads, baselines)``: every head's entry of ``metrics["heads"]`` (in ``cfg.probes``
+        order), and the layers of the two paired-comparison baselines (empty without
+        ``linear``).
+    """
+    from .analyses import control_rows
+    from .estimator import ProbeClassifier
+
+    heads: dict[str, Any] = {}
+    tokens = len(cache.poolings)
     preds: dict[str, np.ndarray] = {}
     baseline: dict[str, np.ndarray] = {}
+    names: dict[str, str] = {}
     # the per-layer linear probes come first: every head is compared with two of them
     for head in sorted(cfg.probes, key=lambda h: h != "linear"):
         t0 = time.perf_counter()
         params = {"tokens_per_layer": tokens, "random_state": cfg.seed, "device": cfg.device,
                   "verbose": progress, **cfg.probe_params.get(head, {})}
-        clf = ProbeClassifier(head=head, **params)
-        clf.fit(X[train], labels[train], layer_names=list(cache.layer_names))
+        control = keys is not None and head == "linear"
+        clf = ProbeClassifier(head=head, control=control, **params)
+        clf.fit(X[train], labels[train], layer_names=list(cache.layer_names),
+                sample_keys=list(keys[train]) if control else None)
         seconds = time.perf_counter() - t0
-        clf.save(run_dir / "probes" / head)
+        if save_dir is not None:
+            clf.save(save_dir / head)
         pred = clf.predict(X[test])
         preds[head] = pred
         entry = {"fit_seconds": round(seconds, 2), **_scores(labels[test], pred, cfg.bootstrap, cfg.seed)}
@@ -208,18 +272,27 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, An
                 for l, name in enumerate(cache.layer_names)
             ]
             entry["selected_layer"] = cache.layer_names[int(clf.selected_layer_)]
-            baseline = {"last_layer": layer_pred[:, -1], "best_layer": layer_pred[:, int(clf.selected_layer_)]}
-            metrics["baselines"] = {"last_layer": cache.layer_names[-1],
-                                    "best_layer": entry["selected_layer"]}
-        metrics["heads"][head] = entry
+            if control:
+                assert keys is not None
+                rows = control_rows(clf, X[test], labels[test], keys[test], cfg.bootstrap, cfg.seed)
+                for row, extra in zip(entry["per_layer"], rows, strict=True):
+                    row.update(extra)
+                entry["control"] = {
+                    "seed": int(clf.control_seed_),
+                    "validation_accuracy": np.asarray(clf.layer_scores_).tolist(),
+                    "validation_control_accuracy": clf.control_scores_.tolist(),
+                    "validation_selectivity": clf.selectivity_.tolist(),
+                }
+            baseline = {"last_layer": layer_pred[:, -1],
+                        "best_layer": layer_pred[:, int(clf.selected_layer_)]}
+            names = {"last_layer": cache.layer_names[-1], "best_layer": entry["selected_layer"]}
+        heads[head] = entry
     for head, pred in preds.items():  # paired: the same resampled test samples score both
-        metrics["heads"][head]["paired"] = {
+        heads[head]["paired"] = {
             f"vs_{name}": paired_comparison(labels[test], pred, ref, cfg.bootstrap, cfg.seed)
             for name, ref in baseline.items()
         }
-    metrics["heads"] = {h: metrics["heads"][h] for h in cfg.probes}  # the configured order
-    write_metrics(metrics, run_dir)
-    return metrics
+    return {h: heads[h] for h in cfg.probes}, names
 
 
 def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int = 0) -> dict[str, Any]:
@@ -298,7 +371,8 @@ def run_one(cfg: RunConfig, progress: bool = True) -> Path:
     validate_run(cfg)
     run_dir = write_config(cfg)
     cache = extract_stage(cfg, progress=progress)
-    fit_stage(cache, cfg, progress=progress)
+    random_cache = extract_stage(cfg, progress, random_init=True) if cfg.compare_random else None
+    fit_stage(cache, cfg, progress=progress, random_cache=random_cache)
     attribute_stage(run_dir, seed=cfg.seed)
     write_figures(run_dir, formats=cfg.figures)
     write_report(run_dir)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .report_regression import regression_figures, regression_tables
+from .report_science import science_figures, science_tables
 from .runs import read_config, read_metrics
 
 __all__ = ["Figure", "build_figures", "write_figures", "write_report"]
@@ -86,6 +87,7 @@ def build_figures(run_dir: str | Path) -> list[Figure]:
         figs.append(Figure("accuracy", "Per-layer linear probes",
                            "Balanced test accuracy of one linear probe per layer, with a 95% bootstrap "
                            "interval.", disp.figure_, key=True))
+    figs += [Figure(**f) for f in science_figures(Path(run_dir), metrics)]
     if not summary:
         return figs
     test = np.asarray(summary["test"])
@@ -259,6 +261,7 @@ def write_report(run_dir: str | Path) -> Path:
 <p class="muted">Intervals: 95% percentile bootstrap over test samples ({cfg.bootstrap} resamples).{paired_note}</p>
 <h2>Per-layer linear probes</h2>
 {layer_table}
+{science_tables(metrics)}
 <h2>Figures</h2>
 {''.join(parts)}
 </body></html>"""

@@ -202,6 +202,13 @@ class RunConfig:
         seed: seeds the split, the probes and the bootstrap.
         ablation: replacement for ablation sensitivity: ``mean``, ``zero`` or ``shuffle``.
         bootstrap: bootstrap resamples for the 95% confidence intervals.
+        control: also fit the linear probe to a control task (Hewitt & Liang, 2019) and report
+            control accuracy and selectivity per layer (needs ``linear`` in ``probes``).
+        mdl: the online-code description length per layer on the train split (Voita & Titov,
+            2020).
+        compare_random: also record and probe the model's architecture at a random init seeded
+            with ``init_seed`` (its own cache, ``RUN/cache-random``), and draw both per-layer
+            curves in one figure.
         figures: image formats to export besides HTML (``png``, ``svg``, ``pdf``).
         out: the folder that holds run folders.
         cache: the feature cache folder (default ``RUN/cache``).
@@ -251,6 +258,11 @@ class RunConfig:
     seed: int = option(0, "seed of the split, the probes and the bootstrap", parse=int)
     ablation: str = option("mean", "replacement for ablation sensitivity", choices=ABLATIONS)
     bootstrap: int = option(1000, "bootstrap resamples for the 95% intervals", parse=int)
+    control: bool = option(False, "control task and selectivity per layer of the linear probe",
+                           parse=parse_bool)
+    mdl: bool = option(False, "online-code MDL per layer (train split)", parse=parse_bool)
+    compare_random: bool = option(False, "also probe the random-init model; both curves in the "
+                                  "report", parse=parse_bool)
     figures: list[str] = option(help="image formats besides HTML: png, svg, pdf (comma-separated)",
                                 parse=parse_list, factory=lambda: ["png"])
     out: str = option("runs", "folder that holds the run folders")
@@ -325,6 +337,14 @@ class RunConfig:
             raise ConfigError(f"unknown figure format {bad[0]!r}; choose from {', '.join(FIGURE_FORMATS)}")
         if not self.probes:
             raise ConfigError("probes is empty; name at least one head")
+        if self.task == "regression" and (self.control or self.mdl or self.compare_random):
+            raise ConfigError("control, mdl and compare_random apply to classification runs; "
+                              "drop them for task regression")
+        if self.control and "linear" not in self.probes:
+            raise ConfigError("control needs the linear probe: add linear to probes")
+        if self.random_init and self.compare_random:
+            raise ConfigError("compare_random compares the trained model with its random init; "
+                              "it cannot be combined with random_init")
         if not isinstance(self.probe_params, dict) or not all(
                 isinstance(v, dict) for v in self.probe_params.values()):
             raise ConfigError("probe_params must map head names to keyword dicts, "
@@ -343,6 +363,11 @@ class RunConfig:
     def cache_dir(self) -> Path:
         """Where the features are cached: ``cache``, or ``RUN/cache``."""
         return Path(self.cache) if self.cache else self.run_dir / "cache"
+
+    @property
+    def random_cache_dir(self) -> Path:
+        """Where ``compare_random`` caches the random-init model: ``cache`` + ``-random``."""
+        return self.cache_dir.with_name(self.cache_dir.name + "-random")
 
     def stage_options(self, stage: str) -> dict[str, Any]:
         """The keywords for one loader (``"data"``, ``"model"``, ``"extract"``): every field of
@@ -480,30 +505,13 @@ def read_split(run_dir: Path) -> dict[str, Any]:
 
 
 def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
-    """``metrics.json`` and ``metrics.csv`` (one row per head, then per layer of the linear probe)."""
-    import csv
+    """``metrics.json`` and ``metrics.csv`` (see :mod:`probekit.metrics_csv`)."""
+    from .metrics_csv import write_classification_csv, write_regression_csv
 
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if metrics.get("task") == "regression":
-        return _write_regression_csv(metrics, run_dir)
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        paired = [f"{ref}{suffix}" for ref in ("vs_last_layer", "vs_best_layer")
-                  for suffix in ("", "_lo", "_hi", "_p_le0")]
-        w.writerow(["head", "layer", "accuracy", "accuracy_lo", "accuracy_hi", "balanced_accuracy",
-                    "balanced_accuracy_lo", "balanced_accuracy_hi", *paired])
-        for head, e in metrics["heads"].items():
-            rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
-            for h, layer, r in rows:
-                cmp = []
-                for ref in ("vs_last_layer", "vs_best_layer"):
-                    c = r.get("paired", {}).get(ref)
-                    cmp += ([f"{c['difference']:.4f}", f"{c['ci'][0]:.4f}", f"{c['ci'][1]:.4f}",
-                             f"{c['p_le0']:.4f}"] if c else ["", "", "", ""])
-                w.writerow([h, layer, f"{r['accuracy']:.4f}", f"{r['accuracy_ci'][0]:.4f}",
-                            f"{r['accuracy_ci'][1]:.4f}", f"{r['balanced_accuracy']:.4f}",
-                            f"{r['balanced_accuracy_ci'][0]:.4f}", f"{r['balanced_accuracy_ci'][1]:.4f}",
-                            *cmp])
+        return write_regression_csv(metrics, run_dir)
+    return write_classification_csv(metrics, run_dir)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
@@ -569,21 +577,6 @@ def read_targets(cache_dir: str | Path, fingerprint: str) -> tuple[list[float], 
         raise ConfigError(f"{path} belongs to another dataset than the cache {cache_dir}; "
                           "extract again with --task regression")
     return saved["targets"], str(saved.get("name", "target"))
-
-
-def _write_regression_csv(metrics: dict[str, Any], run_dir: Path) -> None:
-    import csv
-
-    keys = ("r2", "spearman")
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["head", "layer", "r2", "r2_lo", "r2_hi", "spearman", "spearman_lo",
-                    "spearman_hi", "mse"])
-        for head, e in metrics["heads"].items():
-            rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
-            for h, layer, r in rows:
-                values = [f"{v:.4f}" for k in keys for v in (r[k], *r[f"{k}_ci"])]
-                w.writerow([h, layer, *values, f"{r['mse']:.6g}"])
 
 
 def _regression_summary(run_dir: Path, metrics: dict[str, Any]) -> str:

@@ -77,3 +77,54 @@ def test_selectivity_separates_signal_from_identity():
     assert sel[0] > sel[1] + 0.2  # selectivity prefers the label layer
     assert ctl[1] > 0.9 and ctl[0] < 0.7
     np.testing.assert_allclose(sel, task - ctl)
+
+
+def _identity_task(seed: int = 0):
+    """Layer 0 carries the label (noisily); layer 1 is a random 256-d code of the sample's type
+    (150 types, 8 samples each, the label a function of the type)."""
+    rng = np.random.default_rng(seed)
+    n_types, reps, d = 150, 8, 256
+    types = np.repeat(np.arange(n_types), reps)
+    y = rng.integers(0, 2, n_types)[types]
+    signal = rng.normal(size=(len(y), d))
+    signal[:, 0] += 1.6 * (2 * y - 1)
+    codes = rng.normal(size=(n_types, d))[types] + 0.1 * rng.normal(size=(len(y), d))
+    x = np.stack([signal, codes], 1).astype(np.float32)
+    return x, y, [f"type {t}" for t in types]
+
+
+def test_probe_classifier_control_ranks_label_layer_above_identity_layer():
+    x, y, keys = _identity_task()
+    clf = ProbeClassifier(head="linear", control=True, val_size=0.25, C=1.0, device="cpu",
+                          random_state=0).fit(x, y, sample_keys=keys)
+    task, ctl, sel = clf.layer_scores_, clf.control_scores_, clf.selectivity_
+    assert task[1] >= task[0]  # raw validation accuracy does not prefer the label layer
+    assert sel[0] > sel[1] + 0.2  # selectivity does
+    assert ctl[1] > 0.9 and ctl[0] < 0.7
+    np.testing.assert_allclose(sel, task - ctl)
+    # the control probe: same split, control labels from control_labels with the derived seed
+    seed = clf.control_seed_
+    y_ctl = control_labels(keys, y, seed=seed)
+    from probekit.estimator.control import control_task_labels
+    from probekit.train import stratified_split
+
+    np.testing.assert_array_equal(control_task_labels(clf, keys), y_ctl)
+    _, va = stratified_split(y, 0.25, seed)
+    ref = ProbeClassifier(head="linear", val_size=0.0, C=1.0, device="cpu", random_state=0)
+    ref.fit(x[np.setdiff1d(np.arange(len(y)), va)], y_ctl[np.setdiff1d(np.arange(len(y)), va)])
+    from sklearn.metrics import balanced_accuracy_score
+
+    ref_scores = [balanced_accuracy_score(y_ctl[va], p) for p in ref.predict_layers(x[va]).T]
+    np.testing.assert_allclose(ctl, ref_scores, atol=3.0 / len(va))  # validation balanced acc.
+
+
+def test_probe_classifier_control_needs_sample_keys_for_arrays():
+    from probekit import ConfigError
+
+    x, y, _ = _identity_task()
+    with pytest.raises(ConfigError, match="sample_keys"):
+        ProbeClassifier(control=True, device="cpu").fit(x, y)
+    with pytest.raises(ConfigError, match="only used with control=True"):
+        ProbeClassifier(device="cpu").fit(x, y, sample_keys=["a"] * len(y))
+    with pytest.raises(ConfigError, match="val_size"):
+        ProbeClassifier(control=True, val_size=0.0, device="cpu").fit(x, y, sample_keys=list(y))

@@ -263,6 +263,7 @@ class ProbeEstimator(BaseEstimator):
             verbose=bool(self.verbose),
             patience=s.patience if s.val_size > 0 else None,
             refit=bool(s.refit) or s.val_size == 0,
+            stratify=getattr(self, "_stratify", None),  # a control probe: its task's split
         )
 
     def _fit_grid(

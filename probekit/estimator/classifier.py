@@ -31,6 +31,7 @@ from ..errors import ConfigError, DataError
 from ..probes import create_probe
 from ..train import TrainConfig, balanced_accuracy, fit_linear_probes, stratified_split
 from .base import ProbeEstimator
+from .control import control_keys, fit_control
 from .inputs import _is_cache, encode_labels
 from .model import FeatureNorm, _layer_major, _linear_rows, _load_linear, _set_selected_layer
 from .stream import fit_from_stream
@@ -73,6 +74,9 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
         device: ``"cpu"``, ``"cuda"``...; ``None``: CUDA when available.
         random_state: int, ``RandomState`` or ``None``.
         verbose: tqdm progress bars.
+        control: also fit the same probe, on the same validation split, to a control task
+            (Hewitt & Liang, 2019: every sample type gets a fixed random label; see
+            :mod:`probekit.estimator.control`); sets ``control_scores_`` and ``selectivity_``.
 
     Fitted attributes:
         classes_ ``(C,)``, n_layers_, dims_ (L widths), tokens_per_layer_, layer_names_,
@@ -81,7 +85,9 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
         and grid_configs_ (every configuration of the grid, ``None`` for L-BFGS),
         layer_scores_ ``(L,)`` (validation balanced accuracy of each layer's probe) and
         selected_layer_ (heads with per-layer logits), feature_mean_ ``(T, D)``,
-        n_features_in_ (``T * D``).
+        n_features_in_ (``T * D``). With ``control=True``: control_scores_ ``(L,)`` (the
+        control probe's validation balanced accuracy per layer), selectivity_ ``(L,)``
+        (``layer_scores_ - control_scores_``), control_estimator_ (the fitted control probe).
     """
 
     selected_layer_: int | None
@@ -113,6 +119,7 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
         device: str | None = None,
         random_state: Any = None,
         verbose: bool = False,
+        control: bool = False,
     ) -> None:
         self.head = head
         self.head_params = head_params
@@ -136,6 +143,42 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.control = control
+
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        layer_names: Sequence[str] | None = None,
+        sample_keys: Sequence[Any] | None = None,
+    ) -> ProbeClassifier:
+        """Train the probe (see :meth:`ProbeEstimator.fit`), and with ``control=True`` its
+        control probe.
+
+        Args:
+            X, y, layer_names: as :meth:`ProbeEstimator.fit`.
+            sample_keys: ``control=True`` only: ``N`` sample types (texts, content hashes)
+                for the control task; a text cache's texts by default.
+
+        Raises:
+            ConfigError: control without sample keys (plain arrays) or with ``val_size=0``;
+                ``sample_keys`` without control.
+        """
+        keys = control_keys(self, X, sample_keys)
+        if keys is None:
+            return super().fit(X, y, layer_names=layer_names)
+        if self._settings().val_size <= 0:
+            raise ConfigError("control=True compares validation scores: val_size must be > 0")
+        super().fit(X, y, layer_names=layer_names)
+        y = np.asarray(X.labels) if _is_cache(X) and y is None else y
+        fit_control(self, X, y, keys, layer_names, self._seed())
+        return self
+
+    def _strata(self, y: Tensor) -> np.ndarray:
+        """Labels the validation split is stratified on: ``y``, or a control task's task labels."""
+        strata = getattr(self, "_stratify", None)
+        return y.cpu().numpy() if strata is None else strata
 
     def _fit_linear(
         self,
@@ -164,7 +207,7 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
         if s.val_size > 0:
             tr, va = (
                 torch.from_numpy(i).to(device)
-                for i in stratified_split(y.cpu().numpy(), float(s.val_size), seed)
+                for i in stratified_split(self._strata(y), float(s.val_size), seed)
             )
             sol = fit_linear_probes(xl[:, tr], y[tr], **opts)
             pred = (torch.bmm(xl[:, va], sol.weight) + sol.bias[:, None]).argmax(-1)  # (L, n_val)

@@ -156,6 +156,8 @@ class TrainConfig:
         C: inverse L2 strength of the L-BFGS linear probes, as scikit-learn's.
         max_iter: L-BFGS iterations per layer.
         optimizer: deprecated spelling of ``solver`` (accepted with a ``DeprecationWarning``).
+        stratify: ``(N,)`` labels whose classes the validation split keeps in proportion,
+            instead of the training labels (a control task reuses its task's split this way).
     """
 
     lr: float | Sequence[float] = (1e-3,)
@@ -184,6 +186,7 @@ class TrainConfig:
     C: float = 1.0
     max_iter: int = 100
     optimizer: str | None = field(default=None, repr=False, compare=False)
+    stratify: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.optimizer is not None:

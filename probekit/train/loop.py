@@ -295,7 +295,8 @@ def train_grid(
         if task == "regression":
             tr, va = random_split(X.shape[0], config.val_size, config.seed)
         else:
-            tr, va = stratified_split(y.cpu().numpy(), config.val_size, config.seed)
+            strata = y.cpu().numpy() if config.stratify is None else config.stratify
+            tr, va = stratified_split(strata, config.val_size, config.seed)
         phase = _Phase(
             "search",
             torch.as_tensor(tr, device=device),

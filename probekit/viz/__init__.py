@@ -25,6 +25,7 @@ from probekit.viz.curves import LayerAccuracyDisplay, wilson_interval
 from probekit.viz.export import ExportError, export, find_chrome
 from probekit.viz.heatmaps import ClassProfileDisplay, LayerAttributionDisplay, LayerMapDisplay
 from probekit.viz.notebook import figure_bundle, static_images_available, use_notebook_renderer
+from probekit.viz.science import LayerCurvesDisplay, SimilarityDisplay
 from probekit.viz.stats import PairedBootstrap, paired_bootstrap
 from probekit.viz.ticks import nice_ticks, set_axis_ticks
 
@@ -34,8 +35,10 @@ __all__ = [
     "ExportError",
     "LayerAccuracyDisplay",
     "LayerAttributionDisplay",
+    "LayerCurvesDisplay",
     "LayerMapDisplay",
     "PairedBootstrap",
+    "SimilarityDisplay",
     "export",
     "figure_bundle",
     "find_chrome",

@@ -1,0 +1,117 @@
+"""The run's optional measures beyond the probes' accuracy, as :func:`probekit.pipeline.fit_stage`
+writes them into ``metrics.json``:
+
+* ``control: true``: the linear probe's control task (Hewitt & Liang, 2019): per layer, the
+  control probe's test accuracy on the control labels of the test samples, and selectivity =
+  task accuracy - control accuracy, with a paired 95% bootstrap interval.
+* ``mdl: true``: the online code length per layer on the train split (Voita & Titov, 2020), as
+  :func:`probekit.mdl` computes it.
+* always: the within-model linear CKA between the layers (Kornblith et al., 2019), in
+  ``RUN/similarity/``; with ``compare_random`` also the trained-vs-random-init CKA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+__all__ = ["control_keys_of", "control_rows", "mdl_table", "paired_diff_ci", "write_cka"]
+
+
+def control_keys_of(cache: Any, cfg: Any) -> np.ndarray:
+    """One sample key (type) per cached sample: the texts of a text cache; for image data, the
+    content hashes of the images of the run's dataset (loaded again, as the extraction did).
+
+    Raises:
+        ConfigError: image data whose dataset cannot be loaded again (a cache fitted alone).
+    """
+    from .control import sample_keys
+
+    if getattr(cache, "texts", None) is not None:
+        return np.asarray(sample_keys(cache), dtype=object)
+    from .data import load_data
+
+    try:
+        data = load_data(cfg.data, seed=cfg.seed, **cfg.stage_options("data"))
+    except (DataError, ConfigError) as err:
+        raise ConfigError(f"control needs the images of {cfg.data!r} to hash them: {err}") from None
+    if len(data) != len(cache):
+        raise ConfigError(f"control: {cfg.data!r} has {len(data)} samples, the cache {len(cache)}")
+    return np.asarray(sample_keys(data), dtype=object)
+
+
+def paired_diff_ci(a: np.ndarray, b: np.ndarray, n: int, seed: int) -> tuple[float, float]:
+    """95% percentile bootstrap interval of ``mean(a) - mean(b)`` over paired samples ``(N,)``."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n)
+    for s in range(0, n, 256):
+        idx = rng.integers(0, len(d), size=(min(256, n - s), len(d)))
+        means[s:s + len(idx)] = d[idx].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def control_rows(clf: Any, X_test: Any, y_test: np.ndarray, keys_test: np.ndarray,
+                 n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """Per layer of a fitted ``ProbeClassifier(head="linear", control=True)``: control accuracy
+    on the test samples' control labels (with its 95% interval) and selectivity (paired interval).
+
+    Args:
+        clf: the fitted task probe (its ``control_estimator_`` is the control probe).
+        X_test: the test features. y_test: ``(N,)`` task labels. keys_test: ``(N,)`` keys.
+        n_boot: bootstrap resamples. seed: their seed.
+
+    Returns:
+        ``L`` dicts: control_accuracy, control_accuracy_ci, selectivity, selectivity_ci.
+    """
+    from .estimator.control import control_task_labels
+
+    y_ctl = control_task_labels(clf, list(keys_test))
+    task_ok = clf.predict_layers(X_test) == np.asarray(y_test)[:, None]  # (N, L)
+    ctl_ok = clf.control_estimator_.predict_layers(X_test) == y_ctl[:, None]
+    zeros = np.zeros(len(y_ctl))
+    rows = []
+    for layer in range(task_ok.shape[1]):
+        t, c = task_ok[:, layer].astype(float), ctl_ok[:, layer].astype(float)
+        rows.append({
+            "control_accuracy": float(c.mean()),
+            "control_accuracy_ci": paired_diff_ci(c, zeros, n_boot, seed),
+            "selectivity": float(t.mean() - c.mean()),
+            "selectivity_ci": paired_diff_ci(t, c, n_boot, seed),
+        })
+    return rows
+
+
+def mdl_table(X_train: Any, y_train: np.ndarray, layer_names: list[str], tokens: int, seed: int,
+              device: Any = None) -> dict[str, Any]:
+    """:func:`probekit.mdl` per layer (linear probes) of ``(N, L * P, D)`` layer-major features;
+    a layer's ``P`` pooled vectors are concatenated. Returns ``MDLResult.to_dict()``."""
+    from .mdl import mdl
+
+    n = X_train.shape[0]
+    x = X_train.reshape(n, len(layer_names), tokens * X_train.shape[-1])
+    result = mdl(x, y_train, head="linear", seed=seed, device=device)
+    result.layers = [str(name) for name in layer_names]
+    return result.to_dict()
+
+
+def write_cka(run_dir: Path, cache: Any, other: Any = None, name: str = "within") -> dict[str, Any]:
+    """Linear CKA between the cache's layers (or between ``cache`` and ``other``'s layers) over
+    all samples, written to ``RUN/similarity/<name>/`` (CSV + safetensors).
+
+    Returns:
+        ``{"method", "file", "layers_a", "layers_b"}`` for ``metrics.json``.
+    """
+    from .compare import write_similarity
+    from .similarity import similarity
+
+    matrix, names_a, names_b = similarity(cache, other, "cka", return_names=True)
+    out = run_dir / "similarity" / name
+    write_similarity(matrix, names_a, names_b, out, "cka", heatmap=False)
+    return {"method": "cka", "file": str((out / "similarity-cka.safetensors").relative_to(run_dir)),
+            "layers_a": names_a, "layers_b": names_b}
