@@ -192,8 +192,7 @@ class RunConfig:
             R² and Spearman, a random split, the targets kept in ``CACHE/targets.json``).
         layers: which layers to record (None = all).
         pooling: what to record (default: the model's).
-        batch_size, precision, device: extraction settings.
-        store_dtype, streaming: stored feature dtype (``dtype``: old name); ``hf:`` as a stream.
+        batch_size, precision, device, store_dtype (old name ``dtype``), streaming: as the flags.
         probes: the heads to train.
         probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
             ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
