@@ -44,7 +44,11 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--store-dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="dtype the features are stored in; float16/bfloat16 halve disk and RAM "
+                   "(default: float32)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="deprecated name of --store-dtype")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "medium", "bf16"])
     add_run_options(p, run_options("model"))
     p.add_argument("--out", required=True, help="cache folder")
@@ -69,11 +73,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .extract import extract
     from .models import load_model
 
+    store_dtype = args.store_dtype or args.dtype or "float32"
+    if args.dtype is not None:
+        print("probekit extract: --dtype is deprecated; use --store-dtype", file=sys.stderr)
     data = load_data(args.data, **data_options)
     model = load_model(args.model, **model_options)
     cache = extract(model, data, args.out, layers=layers, pooling=args.pooling,
                     batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
-                    dtype=args.dtype, precision=args.precision)
+                    store_dtype=store_dtype, precision=args.precision)
     if data_options.get("target") == "regression":  # the targets beside the cache
         from .runs import write_targets
 

@@ -72,6 +72,7 @@ __all__ = [
 ]
 
 DEFAULT_PROBES = ("linear", "concat", "scalar-mix", "alf", "laya", "kcla", "aila-linear", "aila-attention")
+STORE_DTYPES = ("float32", "float16", "bfloat16")
 FIGURE_FORMATS = ("png", "svg", "pdf", "html")
 ABLATIONS = ("mean", "zero", "shuffle")
 STAGES = ("data", "model", "extract")
@@ -192,7 +193,7 @@ class RunConfig:
             R² and Spearman, a random split, the targets kept in ``CACHE/targets.json``).
         layers: which layers to record (None = all).
         pooling: what to record (default: the model's).
-        batch_size, precision, dtype, device: extraction settings.
+        batch_size, precision, device, store_dtype (old name ``dtype``), streaming: as the flags.
         probes: the heads to train.
         probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
             ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
@@ -214,7 +215,7 @@ class RunConfig:
         cache: the feature cache folder (default ``RUN/cache``).
         checkpoint, revision, trust_remote_code, max_length, device_map, max_memory,
             offload_folder, torch_dtype, quantization: passed to :func:`probekit.load_model`
-            (``--torch-dtype`` is the weights' dtype; ``--dtype`` the cached features').
+            (``--torch-dtype`` is the weights' dtype; ``--store-dtype`` the cached features').
         random_init: load the architecture at a seeded random init (``weights="random"`` of
             :func:`probekit.load_model`), the random-weights baseline.
         init_seed: the seed of that random init (``seed`` of :func:`probekit.load_model`).
@@ -244,8 +245,9 @@ class RunConfig:
     batch_size: int = option(64, "extraction batch size", parse=int, stage="extract")
     precision: str = option("auto", "numerics of the forward (auto: bf16 where native, else fp32)",
                             choices=("auto", "fp32", "medium", "bf16"), stage="extract")
-    dtype: str = option("float32", "dtype of the cached features",
-                        choices=("float32", "float16", "bfloat16"), stage="extract")
+    store_dtype: str = option("float32", "stored feature dtype", choices=STORE_DTYPES, stage="extract")
+    dtype: str | None = option(None, "deprecated name of --store-dtype")
+    streaming: bool | None = option(None, "read hf: data as a stream", parse=parse_bool, stage="data")
     device: str | None = option(None, "device of the forward and the probes (default: CUDA if any)",
                                 stage="extract")
     probes: list[str] = option(help="comma-separated heads (see probekit.list_probes())",
@@ -304,6 +306,8 @@ class RunConfig:
                 except (TypeError, ValueError) as err:
                     raise ConfigError(f"bad value {value!r} for {f.name}: {err}") from None
                 setattr(self, f.name, value)
+        if self.dtype is not None:  # the deprecated name of store_dtype (its help says so)
+            self.store_dtype, self.dtype = self.dtype, None
         if not self.name:
             self.name = run_name(self.model, self.data)
         self.validate()
