@@ -24,7 +24,8 @@ from typing import Any
 
 from .errors import ProbekitError
 from .layers import parse_layers
-from .runs import RunConfig, parse_bool, run_options, stage_options, summary_table
+from .run_summary import summary_table
+from .runs import RunConfig, parse_bool, run_options, stage_options
 
 __all__ = ["build_parser", "main"]
 
