@@ -128,6 +128,15 @@ def test_cross_val_score():
 
 
 @pytest.mark.parametrize("head", list_probes())
+def test_every_head_learns_above_chance(head):
+    """A constant or broken head cannot pass: held-out accuracy well above chance (1/3)."""
+    x, y = layered_blobs(n=300, seed=0)
+    clf = fast(head, epochs=30, lr=1e-2) if head != "linear" else fast(head)
+    clf.fit(x[:200], y[:200])
+    assert clf.score(x[200:], y[200:]) > 0.6
+
+
+@pytest.mark.parametrize("head", list_probes())
 def test_every_head_fits_predicts_and_round_trips(head, tmp_path):
     x, y = layered_blobs(n=160)
     clf = fast(head).fit(x, y)

@@ -34,7 +34,7 @@ from ..memory import default_budget, parse_size
 from ..probes import create_probe, get_probe_class, head_params
 from ..probes.base import ProbeOutput
 from ..train import GridResult, TrainConfig, train_grid
-from .inputs import _is_cache, cache_layout, read_arrays, read_cache
+from .inputs import _is_cache, cache_layout, check_finite, read_arrays, read_cache
 from .model import FeatureNorm, ProbeModel, _buffer, _set_selected_layer, fit_feature_norm
 from .persist import _jsonable, load_probe, save_probe
 from .recipes import DROPOUT_PARAM, HEAD_VARIANTS, OVERRIDABLE, recipe_for
@@ -174,6 +174,7 @@ class ProbeEstimator(BaseEstimator):
             raise DataError(
                 f"layer widths {info['dims']} differ from the fitted {tuple(self.dims_)}"
             )
+        check_finite(x)
         return x
 
     # ----------------------------------------------------------------- fit
@@ -212,8 +213,7 @@ class ProbeEstimator(BaseEstimator):
         x, info = self._read(X, fitting=True)
         if x.shape[0] == 0:
             raise DataError("X has no samples")
-        if not torch.isfinite(x).all():
-            raise DataError("X contains NaN or infinity")
+        check_finite(x)
         y_t = self._encode_y(y, x.shape[0])
         self._set_layout(info, layer_names)
         self.device_ = device
@@ -377,7 +377,10 @@ class ProbeEstimator(BaseEstimator):
             )
         chunk = int(max(1, min(batch, self._budget() // (4 * rows.row_bytes))))
         try:
+            start = 0
             for part in rows.chunks(chunk):
+                check_finite(part, offset=start)
+                start += part.shape[0]
                 yield self.model_(part.to(self.device_))
         finally:
             rows.close()
