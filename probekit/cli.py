@@ -24,7 +24,8 @@ from typing import Any
 
 from .errors import ProbekitError
 from .layers import parse_layers
-from .runs import RunConfig, parse_bool, run_options, stage_options, summary_table
+from .run_summary import summary_table
+from .runs import RunConfig, parse_bool, run_options, stage_options
 
 __all__ = ["build_parser", "main"]
 
@@ -44,7 +45,11 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--store-dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="dtype the features are stored in; float16/bfloat16 halve disk and RAM "
+                   "(default: float32)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="deprecated name of --store-dtype")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "medium", "bf16"])
     add_run_options(p, run_options("model"))
     p.add_argument("--out", required=True, help="cache folder")
@@ -69,11 +74,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .extract import extract
     from .models import load_model
 
+    store_dtype = args.store_dtype or args.dtype or "float32"
+    if args.dtype is not None:
+        print("probekit extract: --dtype is deprecated; use --store-dtype", file=sys.stderr)
     data = load_data(args.data, **data_options)
     model = load_model(args.model, **model_options)
     cache = extract(model, data, args.out, layers=layers, pooling=args.pooling,
                     batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
-                    dtype=args.dtype, precision=args.precision)
+                    store_dtype=store_dtype, precision=args.precision)
     if data_options.get("target") == "regression":  # the targets beside the cache
         from .runs import write_targets
 
@@ -117,6 +125,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     probes = [p.strip() for p in args.probe.split(",") if p.strip()]
     cfg = RunConfig(name=out.name, out=str(out.parent), probes=probes, seed=args.seed,
                     test_size=args.test_size, bootstrap=args.bootstrap, cache=str(args.cache),
+                    fit_max_memory=args.max_memory,
                     task=args.task,
                     probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes},
                     control=args.control, mdl=args.mdl)
@@ -245,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-size", type=float, default=0.2)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget, e.g. 512MB or 4GiB (default: half the available RAM); "
+                        "a larger cache is trained out of core, reading rows from disk")
     p.add_argument("--task", default="classification", choices=["classification", "regression"],
                    help="regression: continuous targets (the cache must be extracted with --task regression)")
     p.add_argument("--control", action="store_true",

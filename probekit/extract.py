@@ -5,7 +5,8 @@ preprocessed on a worker thread while the model runs the current one (on a CPU i
 forward pass already uses every core); pooled rows go into one preallocated buffer per key, and finished shards are
 written by a writer thread while the next shard is computed, so the model is rarely idle. Shards
 are written atomically: a killed run resumes at the first missing shard, and a finished cache
-with the same fingerprint is returned without recomputing anything.
+with the same fingerprint is returned without recomputing anything. Under ``torchrun`` each rank
+computes its share of the shards into the same folder (:mod:`probekit.distributed`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,15 +28,18 @@ from ._runtime import resolve_precision
 from .cache import CacheWriter, FeatureCache
 from .cache.files import _kill_point
 from .data import Dataset, load_data
-from .errors import DataError
+from .distributed import Ranks, join_ranks
+from .errors import ConfigError, DataError
 from .hooks import LayerRecorder
 from .layers import LayerSpec, Selection, select_layers
 from .models import LoadedModel, load_model
 from .pooling import expand_poolings, pool
+from .transfer import to_host_all
 
-__all__ = ["extract", "record", "PRECISIONS"]
+__all__ = ["extract", "record", "PRECISIONS", "STORE_DTYPES"]
 
 PRECISIONS = ("auto", "fp32", "medium", "bf16")
+STORE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @contextlib.contextmanager
@@ -146,9 +151,10 @@ def extract(
     batch_size: int = 64,
     shard_size: int = 4096,
     device: str | torch.device | None = None,
-    dtype: str = "float32",
+    store_dtype: str = "float32",
     precision: str = "auto",
     progress: bool = True,
+    dtype: str | None = None,
 ) -> FeatureCache:
     """Record pooled layer features of every sample of ``data`` into a cache at ``out``.
 
@@ -163,11 +169,19 @@ def extract(
         batch_size: samples per forward pass.
         shard_size: samples per shard (a shard is the unit of resume).
         device: where to run the model (default: where it is).
-        dtype: storage dtype of the features (``float32``, ``float16``, ``bfloat16``).
+        store_dtype: dtype the features are stored in (``float32``, ``float16``: half the disk
+            and RAM, ``bfloat16``: the same with float32's range); part of the fingerprint.
         precision: numerics of the forward pass: ``auto`` (``bf16`` autocast where the device
             computes bfloat16 natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else
             ``fp32``), ``fp32``, ``medium`` or ``bf16``. The manifest records the resolved one.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rank 0 only with several processes).
+        dtype: deprecated name of ``store_dtype``.
+
+    Several processes: launched by ``torchrun --nproc-per-node N`` (or called inside any
+    ``torch.distributed`` job), rank ``r`` computes the shards ``i`` with ``i % N == r`` on its own
+    device (``cuda`` becomes ``cuda:LOCAL_RANK``) into the one folder ``out``; rank 0 finalises
+    once all are written. A rank that dies costs only its unfinished shards: running again, with
+    any number of processes, computes only the missing ones.
 
     Returns:
         The finished :class:`~probekit.cache.FeatureCache`; ``cache.load()`` gives ``(N, T, D)``.
@@ -177,6 +191,12 @@ def extract(
         DataError: ``data`` is empty.
         IndexError / ValueError: bad ``layers`` or ``pooling``.
     """
+    if dtype is not None:
+        warnings.warn("extract(dtype=...) is deprecated; use store_dtype=...", DeprecationWarning,
+                      stacklevel=2)
+        store_dtype = dtype
+    if store_dtype not in STORE_DTYPES:
+        raise ConfigError(f"unknown store_dtype {store_dtype!r}; choose from {', '.join(STORE_DTYPES)}")
     data = load_data(data) if isinstance(data, str) else data
     if len(data) == 0:
         raise DataError(f"dataset {data.name!r} is empty: nothing to extract")
@@ -191,24 +211,61 @@ def extract(
     specs = select_layers(model.model, model.layers, layers)
     device = torch.device(device) if device is not None else model.device
     precision = resolve_precision(precision, device.type)  # "auto" -> "bf16" / "fp32"
+    ranks = join_ranks(device)
+    try:
+        return _extract_ranks(model, data, Path(out), specs, poolings, batch_size, shard_size,
+                              ranks.device(device), store_dtype, precision, progress, ranks)
+    finally:
+        ranks.close()
+
+
+def _extract_ranks(model: LoadedModel, data: Dataset, out: Path, specs: list[LayerSpec],
+                   poolings: list[str], batch_size: int, shard_size: int, device: torch.device,
+                   store_dtype: str, precision: str, progress: bool, ranks: Ranks) -> FeatureCache:
+    """The shards of this rank (all of them in one process); rank 0 creates and finalises."""
     model.to(device)
     dims = _layer_dims(model, data, specs, poolings, device)
     manifest = {
         "model": model.info,
         "layers": [{"name": s.name, "dim": d, "module": s.module, "io": s.io} for s, d in zip(specs, dims)],
         "poolings": poolings,
-        "dtype": dtype,
+        "dtype": store_dtype,
         "precision": precision,
         "preprocessing": model.info.get("preprocessing"),
         "dataset": {"name": data.name, "fingerprint": data.fingerprint, "n": len(data),
                     "label_names": list(data.label_names), "kind": data.kind},
         "info": {"truncated_samples": model.count_truncated(data.texts)},  # not fingerprinted
     }
-    writer = CacheWriter.create(out, manifest, n_samples=len(data), shard_size=shard_size,
-                                texts=data.texts)
-    todo = writer.missing_shards()
-    if not todo and writer.complete:
-        return FeatureCache.open(out)
+
+    def create() -> CacheWriter:
+        return CacheWriter.create(out, manifest, n_samples=len(data), shard_size=shard_size,
+                                  texts=data.texts)
+
+    if not ranks.distributed:
+        writer = create()
+        todo = writer.missing_shards()
+        if writer.complete and not todo:
+            return FeatureCache.open(out)
+    else:  # rank 0 makes the folder (or refuses it) first; the others then open the same cache
+        ranks.agree(create)
+        writer = ranks.agree(create, on=None)  # type: ignore[assignment]
+        assert writer is not None
+        todo = [i for i in range(ranks.rank, writer.n_shards, ranks.world_size)
+                if not writer.shard_ok(i)]  # shard i belongs to rank i mod N
+    ranks.agree(lambda: _write_shards(model, data, writer, todo, specs, poolings, batch_size,
+                                      device, precision, progress and ranks.rank == 0), on=None)
+    if not ranks.distributed:
+        return writer.finalize()
+    # after every rank's shards are on disk; a fresh writer sees the manifest as it is now (a
+    # rank that repaired a shard of a finished cache has marked it unfinished)
+    ranks.agree(lambda: create().finalize())
+    return FeatureCache.open(out)
+
+
+def _write_shards(model: LoadedModel, data: Dataset, writer: CacheWriter, todo: list[int],
+                  specs: list[LayerSpec], poolings: list[str], batch_size: int,
+                  device: torch.device, precision: str, progress: bool) -> None:
+    """Compute and write the shards ``todo`` (a writer thread writes while the next is computed)."""
     labels = torch.as_tensor(data.labels, dtype=torch.int64)
     total = sum(writer.shard_range(i)[1] - writer.shard_range(i)[0] for i in todo)
     bar = tqdm(total=total, desc=f"extract {model.spec}", unit="sample", disable=not progress)
@@ -225,6 +282,7 @@ def extract(
                 prefetch = prep if device.type != "cpu" else None
                 for s, inputs in _batched_inputs(model, data, start, stop, batch_size, prefetch):
                     out = _forward_pooled(model, recorder, inputs, poolings, device)
+                    out = to_host_all(out)  # CUDA: pinned buffers, one wait per batch
                     _kill_point("forward")  # test hook, inert unless PROBEKIT_TEST_KILL_AT is set
                     for key, t in out.items():
                         if key not in tensors:
@@ -235,7 +293,6 @@ def extract(
     finally:
         bar.close()
         shard_writer.close()
-    return writer.finalize()
 
 
 def record(

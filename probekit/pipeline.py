@@ -22,6 +22,7 @@ import numpy as np
 
 from ._placement import parse_quantization
 from .errors import ConfigError, DataError, ModelError
+from .memory import default_budget, parse_size
 from .runs import (
     CPU_PROBE_PARAMS,
     DEFAULT_PROBES,
@@ -198,8 +199,12 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
     if np.unique(labels).size < 2:
         raise DataError("the cache holds a single class; probes need at least two")
     keys = control_keys_of(cache, cfg) if cfg.control else None  # before any training
-    X = _load_features(cache)
-    if not torch.isfinite(X).all():
+    budget = parse_size(cfg.fit_max_memory) if cfg.fit_max_memory else default_budget()
+    n_bytes = len(cache) * len(cache.layer_names) * len(cache.poolings) * max(cache.dims) * 4
+    # Out of core (3 copies of the features would not fit): heads read their rows from the
+    # cache's train / test subsets; NaN and infinity are caught by the fit's statistics pass.
+    X = None if 3 * n_bytes > budget and not (cfg.mdl or cfg.control) else _load_features(cache)
+    if X is not None and not torch.isfinite(X).all():
         raise DataError("the cache holds NaN or infinite features")
     train, test = _split(labels, cfg.test_size, cfg.seed)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
@@ -209,7 +214,7 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
         "layer_names": list(cache.layer_names), "poolings": list(cache.poolings), "heads": {},
     }
     metrics["heads"], baselines = _fit_heads(cache, X, labels, train, test, cfg, progress,
-                                             run_dir / "probes", keys)
+                                             run_dir / "probes", keys, budget)
     if baselines:
         metrics["baselines"] = baselines
     if cfg.mdl:
@@ -234,7 +239,8 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
 
 def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
                cfg: RunConfig, progress: bool, save_dir: Path | None,
-               keys: np.ndarray | None) -> tuple[dict[str, Any], dict[str, str]]:
+               keys: np.ndarray | None,
+               budget: int | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Fit every head on ``X[train]``, score it on ``X[test]``; save it under ``save_dir``.
 
     Returns:
@@ -243,7 +249,10 @@ def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: 
         ``linear``).
     """
     from .analyses import control_rows
-    from .estimator import ProbeClassifier
+    from .estimator import ProbeClassifier, cache_subset
+
+    X_train = X[train] if X is not None else cache_subset(cache, train)
+    X_test = X[test] if X is not None else cache_subset(cache, test)
 
     heads: dict[str, Any] = {}
     tokens = len(cache.poolings)
@@ -254,19 +263,21 @@ def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: 
     for head in sorted(cfg.probes, key=lambda h: h != "linear"):
         t0 = time.perf_counter()
         params = {"tokens_per_layer": tokens, "random_state": cfg.seed, "device": cfg.device,
-                  "verbose": progress, **cfg.probe_params.get(head, {})}
+                  "verbose": progress, "max_memory": budget, **cfg.probe_params.get(head, {})}
+        if X is None:
+            params["pooling"] = list(cache.poolings)
         control = keys is not None and head == "linear"
         clf = ProbeClassifier(head=head, control=control, **params)
-        clf.fit(X[train], labels[train], layer_names=list(cache.layer_names),
+        clf.fit(X_train, labels[train], layer_names=list(cache.layer_names),
                 sample_keys=list(keys[train]) if control else None)
         seconds = time.perf_counter() - t0
         if save_dir is not None:
             clf.save(save_dir / head)
-        pred = clf.predict(X[test])
+        pred = clf.predict(X_test)
         preds[head] = pred
         entry = {"fit_seconds": round(seconds, 2), **_scores(labels[test], pred, cfg.bootstrap, cfg.seed)}
         if head == "linear":
-            layer_pred = clf.predict_layers(X[test])  # (N, L)
+            layer_pred = clf.predict_layers(X_test)  # (N, L)
             entry["per_layer"] = [
                 {"layer": name, **_scores(labels[test], layer_pred[:, l], cfg.bootstrap, cfg.seed)}
                 for l, name in enumerate(cache.layer_names)
@@ -274,7 +285,7 @@ def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: 
             entry["selected_layer"] = cache.layer_names[int(clf.selected_layer_)]
             if control:
                 assert keys is not None
-                rows = control_rows(clf, X[test], labels[test], keys[test], cfg.bootstrap, cfg.seed)
+                rows = control_rows(clf, X_test, labels[test], keys[test], cfg.bootstrap, cfg.seed)
                 for row, extra in zip(entry["per_layer"], rows, strict=True):
                     row.update(extra)
                 entry["control"] = {

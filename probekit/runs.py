@@ -49,6 +49,7 @@ from typing import Any
 from ._placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
 from .errors import ConfigError
 from .layers import check_layers, parse_layers
+from .memory import parse_size
 from .pooling import expand_poolings
 
 __all__ = [
@@ -63,7 +64,6 @@ __all__ = [
     "run_name",
     "run_options",
     "stage_options",
-    "summary_table",
     "write_metrics",
     "read_targets",
     "targets_path",
@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 DEFAULT_PROBES = ("linear", "concat", "scalar-mix", "alf", "laya", "kcla", "aila-linear", "aila-attention")
+STORE_DTYPES = ("float32", "float16", "bfloat16")
 FIGURE_FORMATS = ("png", "svg", "pdf", "html")
 ABLATIONS = ("mean", "zero", "shuffle")
 STAGES = ("data", "model", "extract")
@@ -191,11 +192,12 @@ class RunConfig:
             R² and Spearman, a random split, the targets kept in ``CACHE/targets.json``).
         layers: which layers to record (None = all).
         pooling: what to record (default: the model's).
-        batch_size, precision, dtype, device: extraction settings.
+        batch_size, precision, device, store_dtype (old name ``dtype``), streaming: as the flags.
         probes: the heads to train.
         probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
             ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
             Default: a light ALF (one config, 20 epochs); ``{}`` gives every head its paper recipe.
+        fit_max_memory: probe training's memory budget (``4GiB``); bigger caches stream from disk.
         test_size: fraction of samples held out (stratified) for every reported score.
         seed: seeds the split, the probes and the bootstrap.
         ablation: replacement for ablation sensitivity: ``mean``, ``zero`` or ``shuffle``.
@@ -212,7 +214,7 @@ class RunConfig:
         cache: the feature cache folder (default ``RUN/cache``).
         checkpoint, revision, trust_remote_code, max_length, device_map, max_memory,
             offload_folder, torch_dtype, quantization: passed to :func:`probekit.load_model`
-            (``--torch-dtype`` is the weights' dtype; ``--dtype`` the cached features').
+            (``--torch-dtype`` is the weights' dtype; ``--store-dtype`` the cached features').
         random_init: load the architecture at a seeded random init (``weights="random"`` of
             :func:`probekit.load_model`), the random-weights baseline.
         init_seed: the seed of that random init (``seed`` of :func:`probekit.load_model`).
@@ -242,8 +244,9 @@ class RunConfig:
     batch_size: int = option(64, "extraction batch size", parse=int, stage="extract")
     precision: str = option("auto", "numerics of the forward (auto: bf16 where native, else fp32)",
                             choices=("auto", "fp32", "medium", "bf16"), stage="extract")
-    dtype: str = option("float32", "dtype of the cached features",
-                        choices=("float32", "float16", "bfloat16"), stage="extract")
+    store_dtype: str = option("float32", "stored feature dtype", choices=STORE_DTYPES, stage="extract")
+    dtype: str | None = option(None, "deprecated name of --store-dtype")
+    streaming: bool | None = option(None, "read hf: data as a stream", parse=parse_bool, stage="data")
     device: str | None = option(None, "device of the forward and the probes (default: CUDA if any)",
                                 stage="extract")
     probes: list[str] = option(help="comma-separated heads (see probekit.list_probes())",
@@ -251,6 +254,8 @@ class RunConfig:
     probe_params: dict[str, dict[str, Any]] = option(
         help='per-head ProbeClassifier keywords as JSON, e.g. \'{"alf": {"lr": 0.01}}\'',
         parse=parse_json, factory=lambda: {k: dict(v) for k, v in CPU_PROBE_PARAMS.items()})
+    fit_max_memory: str | None = option(None, "memory budget of probe training, e.g. 512MB or "
+                                        "4GiB (default: half the RAM); bigger caches stream")
     test_size: float = option(0.2, "held-out fraction (stratified)", parse=float)
     seed: int = option(0, "seed of the split, the probes and the bootstrap", parse=int)
     ablation: str = option("mean", "replacement for ablation sensitivity", choices=ABLATIONS)
@@ -300,6 +305,8 @@ class RunConfig:
                 except (TypeError, ValueError) as err:
                     raise ConfigError(f"bad value {value!r} for {f.name}: {err}") from None
                 setattr(self, f.name, value)
+        if self.dtype is not None:  # the deprecated name of store_dtype (its help says so)
+            self.store_dtype, self.dtype = self.dtype, None
         if not self.name:
             self.name = run_name(self.model, self.data)
         self.validate()
@@ -345,6 +352,7 @@ class RunConfig:
             raise ConfigError("probe_params must map head names to keyword dicts, "
                               'e.g. {"alf": {"lr": 0.01}}')
         check_layers(self.layers)
+        _ = self.fit_max_memory is None or parse_size(self.fit_max_memory, "fit_max_memory")
         if self.pooling is not None:
             expand_poolings(self.pooling)
         if any(c in str(self.name) for c in "/\\") or self.name in (".", ".."):
@@ -516,33 +524,6 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def summary_table(run_dir: str | Path) -> str:
-    """A few lines for the terminal: each head's balanced accuracy with its 95% interval, the
-    best layer of the per-layer linear probes, and where the report is."""
-    run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir)
-    if metrics.get("task") == "regression":
-        return _regression_summary(run_dir, metrics)
-    heads = metrics["heads"]
-    lines = [f"run {run_dir}  ({metrics.get('model')} on {metrics.get('data')}, "
-             f"{metrics.get('n_train')} train / {metrics.get('n_test')} test)",
-             f"  {'head':<16s} {'balanced acc':>12s}  95% interval"]
-    best = max(heads, key=lambda h: heads[h]["balanced_accuracy"]) if heads else None
-    for head, e in heads.items():
-        lo, hi = e["balanced_accuracy_ci"]
-        mark = "  <- best" if head == best else ""
-        lines.append(f"  {head:<16s} {e['balanced_accuracy']:>12.3f}  [{lo:.3f}, {hi:.3f}]{mark}")
-    rows = heads.get("linear", {}).get("per_layer")
-    if rows:
-        top = max(rows, key=lambda r: r["balanced_accuracy"])
-        lo, hi = top["balanced_accuracy_ci"]
-        lines.append(f"  best layer (linear probe): {top['layer']}  "
-                     f"{top['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]")
-    report = run_dir / "report.html"
-    lines.append(f"  report: {report}" if report.is_file() else "  report: not written")
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------- regression
 
 
@@ -572,25 +553,3 @@ def read_targets(cache_dir: str | Path, fingerprint: str) -> tuple[list[float], 
         raise ConfigError(f"{path} belongs to another dataset than the cache {cache_dir}; "
                           "extract again with --task regression")
     return saved["targets"], str(saved.get("name", "target"))
-
-
-def _regression_summary(run_dir: Path, metrics: dict[str, Any]) -> str:
-    heads = metrics["heads"]
-    lines = [f"run {run_dir}  ({metrics.get('model')} on {metrics.get('data')}, regression of "
-             f"{metrics.get('target_name')}, {metrics.get('n_train')} train / "
-             f"{metrics.get('n_test')} test)",
-             f"  {'head':<16s} {'R2':>7s}  95% interval     Spearman"]
-    best = max(heads, key=lambda h: heads[h]["r2"]) if heads else None
-    for head, e in heads.items():
-        lo, hi = e["r2_ci"]
-        mark = "  <- best" if head == best else ""
-        lines.append(f"  {head:<16s} {e['r2']:>7.3f}  [{lo:.3f}, {hi:.3f}]  {e['spearman']:>8.3f}{mark}")
-    rows = heads.get("linear", {}).get("per_layer")
-    if rows:
-        top = max(rows, key=lambda r: r["r2"])
-        lo, hi = top["r2_ci"]
-        lines.append(f"  best layer (linear probe): {top['layer']}  R2 {top['r2']:.3f} [{lo:.3f}, {hi:.3f}]")
-    report = run_dir / "report.html"
-    lines.append(f"  report: {report}" if report.is_file() else "  report: not written")
-    return "\n".join(lines)
-

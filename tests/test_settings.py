@@ -20,7 +20,8 @@ from probekit.estimator import HEAD_DEFAULTS, ProbeClassifier
 from probekit.estimator.recipes import recipe_for
 from probekit.layers import parse_layers
 from probekit.pooling import FeatureKey, expand_poolings
-from probekit.runs import RunConfig, load_config, run_name, summary_table, write_metrics
+from probekit.run_summary import summary_table
+from probekit.runs import RunConfig, load_config, run_name, write_metrics
 from probekit.train import TrainConfig
 
 # --------------------------------------------------------------------------- TrainConfig

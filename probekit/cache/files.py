@@ -118,9 +118,14 @@ def _kill_point(where: str) -> None:
 
     ``PROBEKIT_TEST_KILL_AT="shard-write:3"`` kills at the 3rd time ``where`` is reached; the
     fault-injection tests use it to stop an extraction at chosen points. Costs one dict lookup.
+    With several processes, ``PROBEKIT_TEST_KILL_RANK=r`` limits it to the process whose ``RANK``
+    is ``r``.
     """
     spec = os.environ.get("PROBEKIT_TEST_KILL_AT")
     if not spec:
+        return
+    only = os.environ.get("PROBEKIT_TEST_KILL_RANK")
+    if only is not None and os.environ.get("RANK", "0") != only:
         return
     name, _, nth = spec.partition(":")
     if name != where:

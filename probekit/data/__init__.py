@@ -59,6 +59,7 @@ def load_data(
     limit: int | None = None,
     seed: int = 0,
     target: str = "classification",
+    streaming: bool = False,
 ) -> Dataset:
     """Load a labelled dataset from a spec string.
 
@@ -73,6 +74,10 @@ def load_data(
         limit: keep at most this many samples: a class-stratified random subset, deterministic
             by ``seed``, in the original order (``None`` keeps all).
         seed: seed for ``limit``.
+        streaming: ``hf:`` only: read the data as a ``datasets`` stream (``streaming=True``; a
+            local folder of data files or a ``save_to_disk`` folder too), length known or not,
+            without downloading or memory-mapping the whole dataset; the result equals the
+            non-streamed one (same fingerprint). Text data only.
         target: ``"classification"`` (class labels) or ``"regression"``: continuous targets in
             ``ds.targets`` ``(N,)`` float64 (``csv:`` with a numeric label column, detected
             when ``label_column`` is not given; ``bundled:vader-valence-scores``); ``limit``
@@ -103,13 +108,17 @@ def load_data(
         )
     if not rest:
         raise DataError(f"data spec {spec!r} names nothing after {scheme}:")
+    if streaming and scheme != "hf":
+        raise DataError(f"streaming=True reads hf: data only; {spec!r} is {scheme}: data")
+    if streaming and target != "classification":
+        raise DataError(f"streaming=True reads class labels only; got target={target!r}")
     if target not in DATA_TARGETS:
         raise DataError(f"target must be one of {', '.join(DATA_TARGETS)}, got {target!r}")
     if target == "regression" or rest == "vader-valence-scores":
         ds = load_regression(scheme, rest, spec, target, split, text_column, label_column, limit,
                              seed)
     elif scheme == "hf":
-        ds = _load_hf(rest, split, text_column, label_column, limit, seed, spec)
+        ds = _load_hf(rest, split, text_column, label_column, limit, seed, spec, streaming)
     elif scheme == "csv":
         ds = _load_csv(rest, split, text_column, label_column, limit, seed, spec)
     elif scheme == "imagefolder":

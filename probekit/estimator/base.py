@@ -30,13 +30,15 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
+from ..memory import default_budget, parse_size
 from ..probes import create_probe, get_probe_class, head_params
 from ..probes.base import ProbeOutput
 from ..train import GridResult, TrainConfig, train_grid
-from .inputs import _available_memory, _is_cache, cache_layout, read_arrays, read_cache
+from .inputs import _is_cache, cache_layout, check_finite, read_arrays, read_cache
 from .model import FeatureNorm, ProbeModel, _buffer, _set_selected_layer, fit_feature_norm
 from .persist import _jsonable, load_probe, save_probe
 from .recipes import DROPOUT_PARAM, HEAD_VARIANTS, OVERRIDABLE, recipe_for
+from .rows import CacheRows
 
 __all__ = ["ProbeEstimator"]
 
@@ -93,7 +95,13 @@ class ProbeEstimator(BaseEstimator):
         """
         self._settings()
         self._variants()
+        self._budget()
         return self
+
+    def _budget(self) -> int:
+        """The memory budget in bytes (``max_memory``, default half the available RAM)."""
+        value = getattr(self, "max_memory", None)
+        return default_budget() if value is None else parse_size(value, "max_memory")
 
     def _variants(self, search: bool = True) -> list[dict[str, Any]]:
         """Head keyword sets: the product of every list-valued head parameter (and dropout).
@@ -166,6 +174,7 @@ class ProbeEstimator(BaseEstimator):
             raise DataError(
                 f"layer widths {info['dims']} differ from the fitted {tuple(self.dims_)}"
             )
+        check_finite(x)
         return x
 
     # ----------------------------------------------------------------- fit
@@ -194,17 +203,17 @@ class ProbeEstimator(BaseEstimator):
         variants = self._variants(search=s.val_size > 0)
         seed = self._seed()
         device = self._device()
+        budget = self._budget()
         if _is_cache(X) and y is None:
             y = np.asarray(X.labels)
         if y is None:
             raise DataError("y is required unless X is a FeatureCache")
-        if _is_cache(X) and self._should_stream(X):
-            return self._fit_stream(X, y, s, variants, seed, device)
+        if _is_cache(X) and self._should_stream(X, budget):
+            return self._fit_stream(X, y, s, variants, seed, device, budget)
         x, info = self._read(X, fitting=True)
         if x.shape[0] == 0:
             raise DataError("X has no samples")
-        if not torch.isfinite(x).all():
-            raise DataError("X contains NaN or infinity")
+        check_finite(x)
         y_t = self._encode_y(y, x.shape[0])
         self._set_layout(info, layer_names)
         self.device_ = device
@@ -218,12 +227,15 @@ class ProbeEstimator(BaseEstimator):
         self._finish(norm, head, kwargs, x.mean(0) if x.shape[0] else None)
         return self
 
-    def _should_stream(self, cache: Any) -> bool:
+    def _should_stream(self, cache: Any, budget: int) -> bool:
+        """Stream when forced, or when an in-memory fit (the raw features, their normalised
+        copy and the layer-major or minibatch copies: about 3x the float32 selection) would
+        exceed ``budget``."""
         if self.stream is not None:
             return bool(self.stream)
         info = self._cache_layout(cache)
         nbytes = len(cache) * len(info["dims"]) * info["p"] * max(info["dims"]) * 4
-        return nbytes > _available_memory() // 2
+        return 3 * nbytes > budget
 
     def _set_layout(self, info: Mapping[str, Any], layer_names: Sequence[str] | None) -> None:
         self.dims_ = tuple(int(d) for d in info["dims"])
@@ -323,8 +335,9 @@ class ProbeEstimator(BaseEstimator):
         variants: list[dict[str, Any]],
         seed: int,
         device: torch.device,
+        budget: int,
     ) -> Any:
-        """Train from ``cache.batches`` (one config, fixed epochs, no validation)."""
+        """Train out of core on a cache over the memory budget."""
         raise ConfigError(
             f"{type(self).__name__} cannot train from a streamed cache; pass stream=False "
             "(the cache is then loaded into memory)"
@@ -341,10 +354,36 @@ class ProbeEstimator(BaseEstimator):
 
     @torch.no_grad()
     def _outputs(self, X: Any, batch: int = 8192) -> Iterator[ProbeOutput]:
-        x = self.as_tensor(X)
+        check_is_fitted(self, "model_")
         self.model_.eval()
+        if _is_cache(X) and self._should_stream(X, self._budget()):
+            yield from self._stream_outputs(X, batch)
+            return
+        x = self.as_tensor(X)
         for part in x.split(batch):
             yield self.model_(part.to(self.device_))
+
+    def _stream_outputs(self, cache: Any, batch: int) -> Iterator[ProbeOutput]:
+        """Outputs on a cache read chunk by chunk from disk (within the memory budget)."""
+        info = self._cache_layout(cache)
+        rows = CacheRows(cache, info["sel"], info["pools"])
+        want = (self.n_layers_ * self.tokens_per_layer_, max(self.dims_))
+        if (rows.n_tokens, rows.width) != want or (
+            tuple(info["dims"]) != tuple(self.dims_) and len(set(info["dims"])) > 1
+        ):
+            raise DataError(
+                f"X has layout (T, D) = {(rows.n_tokens, rows.width)} and widths "
+                f"{tuple(info['dims'])}, the probe was fitted on {want}, {tuple(self.dims_)}"
+            )
+        chunk = int(max(1, min(batch, self._budget() // (4 * rows.row_bytes))))
+        try:
+            start = 0
+            for part in rows.chunks(chunk):
+                check_finite(part, offset=start)
+                start += part.shape[0]
+                yield self.model_(part.to(self.device_))
+        finally:
+            rows.close()
 
     def layer_weights(self, X: Any) -> np.ndarray | None:
         """The head's own per-sample layer weights ``(N, L)``, or ``None`` if it has none."""

@@ -69,8 +69,12 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
             indices or names).
         pooling: the cache poolings to load (``"cls"``, ``["cls", "mean"]``); ``None``: every
             pooling the cache holds (CLS and mean where both exist: T = 2L tokens).
-        stream: train from ``cache.batches`` instead of loading the cache; ``None``: only when
-            the cache would take more than half the available memory.
+        stream: train out of core (rows read from the memory-mapped cache, same validation,
+            selection and refit) instead of loading the cache; ``None``: only when loading
+            would exceed ``max_memory``.
+        max_memory: memory budget of a fit on a cache, bytes or a size (``"512MB"``,
+            ``"4GiB"``); ``None``: half the available RAM. A cache whose in-memory fit needs
+            more (about 3x its selected features) is streamed; so is prediction on it.
         device: ``"cpu"``, ``"cuda"``...; ``None``: CUDA when available.
         random_state: int, ``RandomState`` or ``None``.
         verbose: tqdm progress bars.
@@ -116,6 +120,7 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
         layers: Any = None,
         pooling: str | Sequence[str] | None = None,
         stream: bool | None = None,
+        max_memory: int | str | None = None,
         device: str | None = None,
         random_state: Any = None,
         verbose: bool = False,
@@ -140,6 +145,7 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
         self.layers = layers
         self.pooling = pooling
         self.stream = stream
+        self.max_memory = max_memory
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -259,9 +265,10 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
         variants: list[dict[str, Any]],
         seed: int,
         device: torch.device,
+        budget: int,
     ) -> ProbeClassifier:
-        """Train from ``cache.batches`` (one config, fixed epochs, no validation)."""
-        return fit_from_stream(self, cache, y, s, variants, seed, device)
+        """Train out of core: same split, selection and refit as in memory."""
+        return fit_from_stream(self, cache, y, s, variants, seed, device, budget)
 
     # ----------------------------------------------------------------- predict
 

@@ -18,7 +18,27 @@ from torch import Tensor
 from ..errors import ConfigError, DataError
 from ..layers import resolve_indices
 
-__all__ = ["cache_layout", "encode_labels", "read_arrays", "read_cache"]
+__all__ = ["cache_layout", "check_finite", "encode_labels", "read_arrays", "read_cache"]
+
+
+def check_finite(x: Tensor, what: str = "X", offset: int = 0) -> None:
+    """Refuse rows holding NaN or infinity, naming how many and the first one.
+
+    Args:
+        x: ``(N, ...)`` features.
+        what: the argument's name in the message.
+        offset: position of ``x[0]`` in the whole input (for inputs read chunk by chunk).
+
+    Raises:
+        DataError: some row has a non-finite value.
+    """
+    if x.numel() == 0:
+        return
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)  # (N,)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()
+        first = offset + int(rows[0])
+        raise DataError(f"{what} has {rows.numel()} row(s) with NaN or infinity (first: row {first})")
 
 
 def _is_cache(X: Any) -> bool:
@@ -55,17 +75,6 @@ def _pad_layers(arrays: Sequence[Any]) -> tuple[Tensor, tuple[int, ...]]:
     for i, t in enumerate(ts):
         out[:, i, : dims[i]] = t
     return out, dims
-
-
-def _available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
 
 
 def read_arrays(X: Any, layers: Any, tokens_per_layer: int) -> tuple[Tensor, dict[str, Any]]:

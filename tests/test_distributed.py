@@ -1,0 +1,120 @@
+"""Several processes (torchrun, gloo on CPU): shards split by rank, bitwise equal to one process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from probekit import FeatureCache
+from probekit.cli import main
+from probekit.errors import CacheError
+
+N_SAMPLES = 26  # 7 shards of 4: the last one short, rank 0 owns one more than rank 1
+
+
+def _csv(tmp_path: Path) -> str:
+    path = tmp_path / "words.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(N_SAMPLES):
+            w.writerow([f"sample number {i} " + "word " * (i % 5), "pos" if i % 3 else "neg"])
+    return f"csv:{path}"
+
+
+def _args(model: str, data: str, out: Path, pooling: str = "cls+mean") -> list[str]:
+    return ["extract", "--model", model, "--data", data, "--out", str(out),
+            "--batch-size", "2", "--shard-size", "4", "--pooling", pooling]
+
+
+def _in_process(model: str, data: str, out: Path) -> None:
+    """``probekit extract`` in this process, on one thread like each rank."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_args(model, data, out)) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _torchrun(model: str, data: str, out: Path, nproc: int, pooling: str = "cls+mean",
+              **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "probekit", *_args(model, data, out, pooling)]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PROBEKIT_TEST_KILL")}
+    # one thread everywhere (torchrun's own default per rank): the same BLAS blocking in both runs
+    full_env = {**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]),
+                "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def _shard_bytes(cache: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((cache / "shards").iterdir())}
+
+
+def test_two_processes_bitwise_equal_one_and_a_killed_rank_resumes(tiny_bert_dir, tmp_path):
+    data = _csv(tmp_path)
+    _in_process(tiny_bert_dir, data, tmp_path / "one")
+    ref = FeatureCache.open(tmp_path / "one")
+    ref_shards = _shard_bytes(tmp_path / "one")
+    assert len(ref_shards) == 2 * 7  # .safetensors + .json per shard
+
+    two = _torchrun(tiny_bert_dir, data, tmp_path / "two", 2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    got = FeatureCache.open(tmp_path / "two")
+    assert got.manifest["fingerprint"] == ref.manifest["fingerprint"]
+    assert _shard_bytes(tmp_path / "two") == ref_shards
+    assert (tmp_path / "two" / "texts.json").read_bytes() == (tmp_path / "one" / "texts.json").read_bytes()
+
+    # rank 1 dies (SIGKILL) in its second shard (its 3rd forward pass of 2-sample batches): the
+    # job fails, the cache is unfinished; a 1-process rerun fills only the missing shards
+    killed = _torchrun(tiny_bert_dir, data, tmp_path / "killed", 2,
+                       PROBEKIT_TEST_KILL_AT="forward:3", PROBEKIT_TEST_KILL_RANK="1")
+    assert killed.returncode != 0
+    with pytest.raises(CacheError):
+        FeatureCache.open(tmp_path / "killed")
+    shards = tmp_path / "killed" / "shards"
+    # finished shards: a .safetensors with its .json (the writer thread may have renamed the
+    # data of a shard and been killed before writing its .json: that shard counts as missing)
+    before = {p.name: p.stat().st_ino for p in shards.glob("*.safetensors")
+              if p.with_suffix(".json").is_file()}
+    assert "000003.safetensors" not in before and "000005.safetensors" not in before
+    assert 0 < len(before) < 7
+    _in_process(tiny_bert_dir, data, tmp_path / "killed")
+    assert _shard_bytes(tmp_path / "killed") == ref_shards
+    after = {p.name: p.stat().st_ino for p in shards.iterdir() if p.suffix == ".safetensors"}
+    assert all(after[name] == ino for name, ino in before.items())  # finished shards untouched
+    assert FeatureCache.open(tmp_path / "killed").manifest["fingerprint"] == ref.manifest["fingerprint"]
+
+
+def test_other_settings_fail_on_every_rank_and_ranks_repair_a_finished_cache(tiny_bert_dir, tmp_path):
+    """Rank 0 refuses a folder holding another cache; the other rank gets the same one-line error
+    instead of waiting. A corrupt shard of a finished cache is rewritten by the rank that owns it
+    and the cache is finished again."""
+    data = _csv(tmp_path)
+    _in_process(tiny_bert_dir, data, tmp_path / "cache")
+    before = _shard_bytes(tmp_path / "cache")
+    done = _torchrun(tiny_bert_dir, data, tmp_path / "cache", 2, pooling="mean")
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "probekit extract: error:" in line]
+    assert len(errors) == 2, done.stderr[-3000:]
+    assert all("poolings" in line and "other settings" in line for line in errors), errors
+    assert sum("(on another rank)" in line for line in errors) == 1
+    assert _shard_bytes(tmp_path / "cache") == before
+
+    shard = tmp_path / "cache" / "shards" / "000001.safetensors"  # rank 1's
+    damaged = bytearray(shard.read_bytes())
+    damaged[-3] ^= 0xFF
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(CacheError):
+        FeatureCache.open(tmp_path / "cache").verify()
+    repaired = _torchrun(tiny_bert_dir, data, tmp_path / "cache", 2)
+    assert repaired.returncode == 0, repaired.stderr[-2000:]
+    assert FeatureCache.open(tmp_path / "cache").manifest["complete"] is True
+    assert _shard_bytes(tmp_path / "cache") == before

@@ -1,0 +1,243 @@
+"""Out-of-core training: rows gathered from the memory-mapped cache, one-pass statistics, the
+memory budget, and the streamed fit against the in-memory fit (same split, selection, refit)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from probekit.cache import CacheWriter
+from probekit.errors import CacheError, ConfigError, DataError
+from probekit.estimator import ProbeClassifier, cache_subset
+from probekit.estimator.rows import CacheRows, stream_stats
+from probekit.estimator.stream import NormalisedRows
+from probekit.memory import parse_size
+from probekit.runs import RunConfig
+from probekit.transfer import host_empty, pinned_for, to_device, to_host, to_host_all
+
+from .test_estimator import _make_cache
+
+TINY = "32KB"  # streams the 120-sample test cache (3x its 19 KB of cls+mean features)
+
+
+def _write_cache(
+    path, n, layers, dtype="float32", shard_size=50, seed=0, poolings=("cls",), nan=None
+):
+    """A synthetic cache written shard by shard (never all of it in memory); ``nan=(row,
+    layer)`` puts a NaN there."""
+    manifest = {
+        "model": {"id": "synthetic"},
+        "layers": [{"name": f"layers.{i}", "dim": d} for i, d in enumerate(layers)],
+        "poolings": list(poolings),
+        "dtype": dtype,
+        "dataset": {"name": "synthetic", "fingerprint": str(seed), "n": n, "label_names": ["a", "b"]},
+    }
+    w = CacheWriter.create(path, manifest, n, shard_size=shard_size)
+    for i in w.missing_shards():
+        start, stop = w.shard_range(i)
+        rng = np.random.default_rng([seed, i])
+        y = (np.arange(start, stop) % 2).astype(np.int64)
+        feats = {}
+        for li, d in enumerate(layers):
+            for p in poolings:
+                x = rng.normal(size=(stop - start, d)).astype(np.float32)
+                x[:, 0] += (li + 1) * 0.5 * (y - 0.5)
+                if nan is not None and nan[1] == li and start <= nan[0] < stop:
+                    x[nan[0] - start, 1] = np.nan
+                feats[f"layers.{li}.{p}"] = x
+        w.write_shard(i, feats, y)
+    return w.finalize()
+
+
+def test_gather_equals_load_in_any_order(tmp_path):
+    for dtype in ("float32", "float16", "bfloat16"):
+        cache = _write_cache(tmp_path / dtype, 130, [5, 9, 7], dtype=dtype, poolings=("cls", "mean"))
+        sel, pools = cache.select([0, 2], ["mean", "cls"])
+        full = cache.load(layers=sel, pooling=pools)  # (N, 4, 7), layer 0 zero-padded
+        rows = CacheRows(cache, sel, pools)
+        idx = np.random.default_rng(0).permutation(130)[:77]
+        assert torch.equal(rows.gather(idx), full[idx])
+        assert torch.equal(rows.gather(idx, layers=[1]), full[idx][:, 2:4])
+        assert torch.equal(torch.cat(list(rows.chunks(40))), full)
+        sub = cache_subset(cache, idx)
+        assert torch.equal(sub.load(layers=sel, pooling=pools), full[idx])
+        np.testing.assert_array_equal(sub.labels, cache.labels[idx])
+        rows.close()
+
+
+def test_one_pass_statistics_match_two_pass(tmp_path):
+    cache = _write_cache(tmp_path / "c", 173, [6, 4])
+    x = cache.load().double().numpy()
+    rows = CacheRows(cache, [0, 1], ["cls"])
+    mean, std, finite = stream_stats(rows, chunk=17)
+    assert finite
+    np.testing.assert_allclose(mean.numpy(), x.mean(0), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(std.numpy(), x.std(0), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("head", ["linear", "laya"])
+def test_streamed_fit_equals_in_memory_fit(tmp_path, head):
+    cache = _make_cache(tmp_path / "cache")
+    kw = {"random_state": 0, "pooling": ["cls", "mean"], "layers": [0, 2]}
+    if head != "linear":
+        kw.update(epochs=3, patience=2)
+    mem = ProbeClassifier(head, stream=False, **kw).fit(cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # linear: one layer's block fits, no minibatch fallback
+        out = ProbeClassifier(head, max_memory=TINY, **kw).fit(cache)  # streams: over budget
+    assert out._should_stream(cache, out._budget())
+    assert not ProbeClassifier(head, **kw)._should_stream(cache, 2**30)
+    assert out.best_score_ == pytest.approx(mem.best_score_, abs=1e-12)
+    if head == "linear":
+        np.testing.assert_allclose(out.layer_scores_, mem.layer_scores_, atol=1e-12)
+        assert out.selected_layer_ == mem.selected_layer_
+    else:  # same epochs scored on the same validation split, same early-stopping epoch
+        assert out.best_epoch_ == mem.best_epoch_
+        val = [r.get("val_balanced_accuracy") for r in mem.history_]
+        assert [r.get("val_balanced_accuracy") for r in out.history_] == pytest.approx(val)
+    assert [r["phase"] for r in out.history_] == [r["phase"] for r in mem.history_]
+    np.testing.assert_allclose(out.model_.norm.mean, mem.model_.norm.mean, atol=1e-6)
+    np.testing.assert_allclose(out.model_.norm.std, mem.model_.norm.std, rtol=1e-6)
+    # out predicts chunk by chunk from disk (its budget), mem from the loaded cache
+    np.testing.assert_allclose(out.predict_proba(cache), mem.predict_proba(cache), atol=1e-4)
+    np.testing.assert_array_equal(out.predict(cache), mem.predict(cache))
+    if head == "linear":
+        np.testing.assert_array_equal(out.predict_layers(cache), mem.predict_layers(cache))
+
+
+def test_streamed_fit_on_a_subset_equals_arrays(tmp_path):
+    cache = _make_cache(tmp_path / "cache")
+    pos = np.r_[0:120:3, 1:120:4]
+    ref = ProbeClassifier(random_state=0).fit(cache.load(pooling="cls")[pos].numpy(), cache.labels[pos])
+    out = ProbeClassifier(random_state=0, max_memory=TINY, pooling="cls")
+    out.fit(cache_subset(cache, pos))
+    np.testing.assert_allclose(out.layer_scores_, ref.layer_scores_, atol=1e-12)
+    x = cache.load(pooling="cls").numpy()
+    np.testing.assert_allclose(out.predict_proba(x), ref.predict_proba(x), atol=1e-4)
+
+
+def test_linear_falls_back_to_minibatches_when_a_layer_does_not_fit(tmp_path):
+    cache = _make_cache(tmp_path / "cache")
+    kw = {"random_state": 0, "epochs": 2}
+    with pytest.warns(UserWarning, match="does not fit"):
+        out = ProbeClassifier(max_memory="2KB", **kw).fit(cache)  # a layer block is ~4.8 KB
+    ref = ProbeClassifier(solver="adamw", stream=False, **kw).fit(cache)
+    assert out.best_params_ == ref.best_params_ and out.best_score_ == ref.best_score_
+    x = ref.as_tensor(cache)
+    np.testing.assert_allclose(out.predict_proba(x), ref.predict_proba(x), atol=1e-5)
+
+
+def test_streamed_fit_refuses_nan(tmp_path):
+    cache = _write_cache(tmp_path / "c", 120, [6, 4], nan=(70, 1))  # shard 1, layer 1
+    with pytest.raises(DataError, match="NaN"):
+        ProbeClassifier(max_memory=TINY).fit(cache)
+
+
+def test_a_corrupt_block_is_refused(tmp_path):
+    cache = _write_cache(tmp_path / "c", 120, [6, 4])
+    path = cache._shards[1][0]
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # a byte of the last block (layer 1)
+    path.write_bytes(bytes(data))
+    reopened = type(cache).open(tmp_path / "c")
+    with pytest.raises(CacheError, match="sha256"):
+        ProbeClassifier(max_memory=TINY).fit(reopened)
+
+
+def test_memory_sizes():
+    assert parse_size("512MB") == 512 * 10**6
+    assert parse_size("4GiB") == 4 * 2**30 and parse_size("1.5G") == int(1.5 * 2**30)
+    assert parse_size(2e9) == 2 * 10**9
+    for bad in ("lots", "-3MB", 0, True, "5 parsecs"):
+        with pytest.raises(ConfigError):
+            parse_size(bad)
+    with pytest.raises(ConfigError, match="max_memory"):
+        ProbeClassifier(max_memory="huge").validate()
+    with pytest.raises(ConfigError, match="fit_max_memory"):
+        RunConfig(fit_max_memory="huge")
+
+
+def test_host_copies_pin_only_for_cuda():
+    assert pinned_for("cuda") and pinned_for(torch.device("cuda", 1))
+    assert not pinned_for("cpu") and not pinned_for(None) and not pinned_for("meta")
+    buf = host_empty((3, 2), torch.float32, "cpu")
+    assert buf.shape == (3, 2) and not buf.is_pinned()
+    x = torch.arange(6.0).reshape(3, 2)
+    assert to_device(x, "cpu") is x and to_host(x) is x
+    assert to_host_all({"a": x})["a"] is x  # extraction's per-batch host copy, off CUDA
+
+
+def test_training_rows_are_the_normalised_rows(tmp_path):
+    cache = _make_cache(tmp_path / "cache")
+    clf = ProbeClassifier(random_state=0, pooling=["cls", "mean"]).fit(cache)
+    rows = CacheRows(cache, [0, 1, 2], ["cls", "mean"])
+    src = NormalisedRows(rows, clf.model_.norm, torch.device("cpu"))
+    x = clf.model_.norm(clf.as_tensor(cache))
+    idx = torch.tensor([5, 0, 119, 64, 5])
+    assert torch.equal(src[idx], x[idx]) and torch.equal(src[:2], x[:2])
+    assert src.shape == x.shape and src.to(device="cpu", dtype=torch.float32) is src
+
+
+_RSS_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys, warnings
+    import numpy as np
+    from probekit.cache import FeatureCache
+    from probekit.estimator import ProbeClassifier
+    cache = FeatureCache.open(sys.argv[1])
+    budget, stream = sys.argv[2], sys.argv[3] == "1"
+    kw = dict(random_state=0, max_memory=budget, stream=stream)
+    warm = np.random.default_rng(0).normal(size=(64, 4, 8)).astype(np.float32)
+    ProbeClassifier("laya", epochs=1, **kw).fit(warm, np.arange(64) % 2)  # load every module
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ProbeClassifier("linear", max_iter=5, **kw).fit(cache)
+    ProbeClassifier("laya", epochs=1, batch_size=128, **kw).fit(cache)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"growth_mb": (peak - base) / 1024}))
+    """
+)
+
+
+def _rss_growth(path, budget, stream):
+    res = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(path), budget, "1" if stream else "0"],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(res.stdout.strip().splitlines()[-1])["growth_mb"]
+
+
+def test_streamed_fit_peak_memory_stays_within_budget(tmp_path):
+    # 4000 samples x 16 layers x 512 float32 = 125 MiB of features (8 MiB per layer): in memory, a
+    # fit holds about 3 copies (~400 MB). Streamed under a 32 MiB budget, linear then laya, the
+    # peak resident set grows by about the budget (allocator slack included), not the cache.
+    _write_cache(tmp_path / "c", 4000, [512] * 16, shard_size=500)
+    features_mb = 4000 * 16 * 512 * 4 / 2**20
+    growth = _rss_growth(tmp_path / "c", "32MiB", stream=True)
+    assert growth < 2 * 32 + 16 < 0.75 * features_mb, growth  # measured: 38-54 MiB
+
+
+def test_cli_fit_with_a_tiny_budget_matches_in_memory(tmp_path, capsys):
+    from probekit.cli import main
+
+    _make_cache(tmp_path / "cache")
+    metrics = []
+    for extra in ([], ["--max-memory", "40KB"]):  # the cache and its train split stream
+        out = tmp_path / f"fit{len(extra)}"
+        argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear,laya", "--out",
+                str(out), "--bootstrap", "20", *extra]
+        assert main(argv) == 0
+        metrics.append(json.loads((out / "metrics.json").read_text())["heads"])
+    for head in ("linear", "laya"):
+        assert metrics[1][head]["accuracy"] == metrics[0][head]["accuracy"]
+        assert metrics[1][head]["balanced_accuracy_ci"] == metrics[0][head]["balanced_accuracy_ci"]
+    assert metrics[1]["linear"]["per_layer"] == metrics[0]["linear"]["per_layer"]
+    bad = ["fit", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "x"),
+           "--max-memory", "lots"]
+    assert main(bad) == 2 and "fit_max_memory" in capsys.readouterr().err
