@@ -9,8 +9,8 @@ from a resample's true labels is left out), so intervals equal those of calling 
 each resample, for the same seed, at a small fraction of the cost (no per-call input checks).
 
 The paired bootstrap compares two classifiers scored on the same test samples: both are scored
-on the same resamples, giving an interval for the difference of their balanced accuracies and
-the fraction of resamples in which the first is no better (a one-sided bootstrap p-value;
+on the same resamples, giving an interval for the difference of their balanced accuracies (or
+plain accuracies, ``metric="accuracy"``) and the fraction of resamples in which the first is no better (a one-sided bootstrap p-value;
 Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 16).
 """
 
@@ -27,7 +27,7 @@ __all__ = ["bootstrap_indices", "resampled_accuracy", "resampled_balanced_accura
 _CHUNK_ELEMENTS = 1 << 22  # resampled positions handled per bincount (bounds the temporaries)
 
 
-def bootstrap_indices(n_samples: int, n_resamples: int, seed: int) -> np.ndarray:
+def bootstrap_indices(n_samples: int, n_resamples: int, seed: int | None) -> np.ndarray:
     """``(R, N)`` int64 positions: ``default_rng(seed).integers(0, N, size=(R, N))``."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, n_samples, size=(n_resamples, n_samples))
@@ -127,13 +127,15 @@ def bootstrap_interval(y_true: Any, y_pred: Any, metric: str = "balanced_accurac
 
 @dataclasses.dataclass(frozen=True)
 class PairedBootstrap:
-    """Balanced accuracy of classifier A minus B on the same resamples of the test samples.
+    """Score (balanced accuracy or accuracy) of classifier A minus B on the same resamples.
 
     Attributes:
-        difference: ``bacc(A) - bacc(B)`` on the test samples themselves.
+        difference: ``score(A) - score(B)`` on the test samples themselves.
         lo, hi: the percentile interval of the resampled differences.
-        p_not_better: fraction of resamples in which ``bacc(A) - bacc(B) <= 0``.
+        p_not_better: fraction of resamples in which ``score(A) - score(B) <= 0``.
         differences: ``(R,)`` the resampled differences.
+        score_a, score_b: ``score(A)`` and ``score(B)`` on the test samples themselves.
+        metric: ``"balanced"`` or ``"accuracy"``.
     """
 
     difference: float
@@ -141,27 +143,65 @@ class PairedBootstrap:
     hi: float
     p_not_better: float
     differences: np.ndarray = dataclasses.field(repr=False)
+    score_a: float = float("nan")
+    score_b: float = float("nan")
+    metric: str = "balanced"
+
+
+_PAIRED_METRICS = ("balanced", "accuracy")
+
+
+def _score_difference(metric: str, total: np.ndarray, ca: np.ndarray,
+                      cb: np.ndarray) -> np.ndarray:
+    """``(R, K)`` per-class counts -> ``(R,)`` score of A minus score of B.
+
+    For ``"accuracy"`` the difference of correct counts is divided once, so it equals the mean
+    of the per-sample differences ``hit_a - hit_b`` exactly.
+    """
+    if metric == "balanced":
+        return _balanced(total, ca) - _balanced(total, cb)
+    return (ca.sum(axis=1) - cb.sum(axis=1)) / total.sum(axis=1)
+
+
+def _score(metric: str, total: np.ndarray, correct: np.ndarray) -> float:
+    """Score of the single row of ``(1, K)`` counts."""
+    if metric == "balanced":
+        return float(_balanced(total, correct)[0])
+    return float(correct.sum() / total.sum())
 
 
 def paired_bootstrap(y_true: Any, pred_a: Any, pred_b: Any, n_resamples: int = 1000,
-                     seed: int = 0, level: float = 0.95) -> PairedBootstrap:
-    """Paired percentile bootstrap of the difference in balanced accuracy of two classifiers.
+                     seed: int | None = 0, level: float = 0.95,
+                     metric: str = "balanced") -> PairedBootstrap:
+    """Paired percentile bootstrap of the difference in score of two classifiers.
 
     Args:
         y_true: ``(N,)`` true labels.
         pred_a: ``(N,)`` predictions of classifier A.
         pred_b: ``(N,)`` predictions of classifier B on the same samples.
         n_resamples: bootstrap resamples ``R`` (the same positions score both).
-        seed: seed of ``np.random.default_rng``.
+        seed: seed of ``np.random.default_rng`` (``None``: fresh entropy).
         level: coverage of the interval.
+        metric: ``"balanced"`` (mean recall over the classes present in each resample) or
+            ``"accuracy"`` (fraction correct).
+
+    Returns:
+        A :class:`PairedBootstrap`.
+
+    Raises:
+        ValueError: an unknown ``metric``, or predictions whose shape differs from ``y_true``'s.
     """
+    if metric not in _PAIRED_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(_PAIRED_METRICS)}")
     y, (a, b), k = _encode(y_true, pred_a, pred_b)
     full = np.arange(len(y))[None, :]
     hits = [a == y, b == y]
     total, (ca, cb) = _per_class_counts(y, hits, full, k)
-    difference = float(_balanced(total, ca)[0] - _balanced(total, cb)[0])
+    score_a, score_b = _score(metric, total, ca), _score(metric, total, cb)
+    difference = float(_score_difference(metric, total, ca, cb)[0])
     idx = bootstrap_indices(len(y), n_resamples, seed)
     total, (ca, cb) = _per_class_counts(y, hits, idx, k)
-    diffs = _balanced(total, ca) - _balanced(total, cb)
+    diffs = _score_difference(metric, total, ca, cb)
     lo, hi = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)])
-    return PairedBootstrap(difference, float(lo), float(hi), float(np.mean(diffs <= 0)), diffs)
+    return PairedBootstrap(difference, float(lo), float(hi), float(np.mean(diffs <= 0)),
+                           diffs, score_a, score_b, metric)

@@ -157,7 +157,7 @@ _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 color:#222;padding:0 1em} h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:2em;
 border-bottom:1px solid #ddd;padding-bottom:.2em} table{border-collapse:collapse;margin:.6em 0}
-td,th{padding:.25em .8em;border-bottom:1px solid #eee;text-align:right} th{background:#f6f6f6}
+td,th{padding:.25em .55em;border-bottom:1px solid #eee;text-align:right} td{white-space:nowrap} th{background:#f6f6f6}
 td:first-child,th:first-child{text-align:left} .muted{color:#777;font-size:.9em} .best{font-weight:600}
 figure{margin:1.2em 0} figcaption{color:#555;font-size:.9em;margin-top:.2em}
 .info td{text-align:left}

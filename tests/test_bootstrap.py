@@ -75,3 +75,19 @@ def test_paired_bootstrap_matches_a_naive_loop():
     assert res.difference == pytest.approx(full, abs=1e-12)
     swapped = paired_bootstrap(y, b, a, n_resamples=400, seed=11)
     np.testing.assert_array_equal(swapped.differences, -res.differences)
+
+
+def test_paired_bootstrap_accuracy_matches_a_naive_loop():
+    """``metric="accuracy"`` (what ``probekit.viz.paired_bootstrap`` uses) scores plain accuracy."""
+    y, a = _case("imbalanced", seed=3)
+    _, b = _case("imbalanced", seed=6)
+    res = paired_bootstrap(y, a, b, n_resamples=300, seed=4, metric="accuracy")
+    idx = np.random.default_rng(4).integers(0, len(y), size=(300, len(y)))
+    diffs = np.array([accuracy_score(y[i], a[i]) - accuracy_score(y[i], b[i]) for i in idx])
+    np.testing.assert_allclose(res.differences, diffs, rtol=0, atol=1e-12)
+    np.testing.assert_allclose([res.lo, res.hi], np.percentile(diffs, [2.5, 97.5]), atol=1e-12)
+    assert res.p_not_better == pytest.approx(np.mean(diffs <= 0))
+    assert (res.score_a, res.score_b) == pytest.approx((accuracy_score(y, a), accuracy_score(y, b)))
+    assert res.difference == pytest.approx(accuracy_score(y, a) - accuracy_score(y, b), abs=1e-12)
+    with pytest.raises(ValueError, match="unknown metric 'f1'"):
+        paired_bootstrap(y, a, b, metric="f1")

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from probekit._bootstrap import paired_bootstrap as _paired
+
 __all__ = ["PairedBootstrap", "paired_bootstrap"]
 
 
@@ -79,7 +81,9 @@ def paired_bootstrap(
     """Bootstrap the accuracy difference of two classifiers over the same test samples.
 
     Each resample draws ``N`` sample indices with replacement and scores both A and B on those same
-    samples.
+    samples; the resampling is :func:`probekit._bootstrap.paired_bootstrap` with
+    ``metric="accuracy"`` (the same draws as the balanced-accuracy comparisons of ``probekit run``
+    for the same seed).
 
     Args:
         y_true: ``(N,)`` true labels.
@@ -103,24 +107,15 @@ def paired_bootstrap(
             f"y_true, pred_a and pred_b must be non-empty (N,) arrays of one length, got "
             f"{y.shape}, {a.shape}, {b.shape}"
         )
-    delta = (a == y).astype(np.float64) - (b == y).astype(np.float64)  # (N,) per-sample difference
-    n = y.size
-    rng = np.random.default_rng(random_state)
-    diffs = np.empty(n_resamples)
-    chunk = max(1, 2_000_000 // n)
-    for start in range(0, n_resamples, chunk):
-        stop = min(n_resamples, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        diffs[start:stop] = delta[idx].mean(1)
-    tail = 100 * (1 - confidence) / 2
-    lo, hi = np.percentile(diffs, [tail, 100 - tail])
+    res = _paired(y, a, b, n_resamples=n_resamples, seed=random_state, level=confidence,
+                  metric="accuracy")
     return PairedBootstrap(
-        accuracy_a=float((a == y).mean()),
-        accuracy_b=float((b == y).mean()),
-        difference=float(delta.mean()),
-        ci=(float(lo), float(hi)),
-        frac_le_zero=float((diffs <= 0).mean()),
-        n=int(n),
+        accuracy_a=res.score_a,
+        accuracy_b=res.score_b,
+        difference=res.difference,
+        ci=(res.lo, res.hi),
+        frac_le_zero=res.p_not_better,
+        n=int(y.size),
         n_resamples=int(n_resamples),
         confidence=float(confidence),
     )
