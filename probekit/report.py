@@ -195,7 +195,9 @@ def _heads_table(metrics: dict[str, Any], summary: dict[str, Any] | None) -> str
             f"<tr class='{'best' if head == best else ''}'><td>{html.escape(name)}</td>"
             f"<td>{_pct(e['accuracy'])}</td><td>{_ci(e['accuracy_ci'])}</td>"
             f"<td>{_pct(e['balanced_accuracy'])}</td><td>{_ci(e['balanced_accuracy_ci'])}</td>"
-            f"{_paired(e, 'vs_last_layer')}{_paired(e, 'vs_best_layer')}"
+            f"{_paired(e, 'vs_last_layer')}"
+            # the linear head's selected layer is itself the "best layer" reference
+            f"{'<td>(reference)</td>' if head == 'linear' else _paired(e, 'vs_best_layer')}"
             f"<td>{'' if agree is None else f'{agree:.2f}'}</td><td>{e.get('fit_seconds', '')}</td></tr>")
     last = html.escape(str(base.get("last_layer", "last layer")))
     chosen = html.escape(str(base.get("best_layer", "best layer")))

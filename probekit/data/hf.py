@@ -17,6 +17,20 @@ _TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "image", "
 _LABEL_COLUMNS = ("label", "labels", "class", "target")
 
 
+def _class_labels(
+    raw: list[Any], feat: Any, label_col: str, where: str
+) -> tuple[np.ndarray, list[str]]:
+    """``(N,)`` int64 class indices and class names of a label column (ClassLabel or raw values)."""
+    import datasets
+
+    if isinstance(feat, datasets.ClassLabel):
+        labels = np.asarray(raw, dtype=np.int64)
+        if len(labels) and labels.min() < 0:
+            raise DataError(f"{where}: label column {label_col!r} has unlabelled rows (-1)")
+        return labels, list(feat.names)
+    return _encode_labels(raw, where)
+
+
 def _pick_column(
     columns: list[str],
     given: str | None,
@@ -113,14 +127,7 @@ def _load_hf(
     item_col = _pick_column(columns, text_column, _TEXT_COLUMNS, "text", where, is_item)
     label_col = _pick_column(columns, label_column, _LABEL_COLUMNS, "label", where)
     raw = list(ds[label_col])
-    feat = features[label_col]
-    if isinstance(feat, datasets.ClassLabel):
-        names = list(feat.names)
-        labels = np.asarray(raw, dtype=np.int64)
-        if len(labels) and labels.min() < 0:
-            raise DataError(f"{where}: label column {label_col!r} has unlabelled rows (-1)")
-    else:
-        labels, names = _encode_labels(raw, where)
+    labels, names = _class_labels(raw, features[label_col], label_col, where)
     keep = _subset(labels, limit, seed)
     if keep is not None:
         ds = ds.select(keep.tolist())
@@ -223,14 +230,7 @@ def _load_hf_stream(
     for row in ds.select_columns([item_col, label_col]):
         texts.append("" if row[item_col] is None else str(row[item_col]))
         raw.append(row[label_col])
-    feat = features[label_col]
-    if isinstance(feat, datasets.ClassLabel):
-        names = list(feat.names)
-        labels = np.asarray(raw, dtype=np.int64)
-        if len(labels) and labels.min() < 0:
-            raise DataError(f"{where}: label column {label_col!r} has unlabelled rows (-1)")
-    else:
-        labels, names = _encode_labels(raw, where)
+    labels, names = _class_labels(raw, features[label_col], label_col, where)
     keep = _subset(labels, limit, seed)
     if keep is not None:
         texts = [texts[i] for i in keep.tolist()]
