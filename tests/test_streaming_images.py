@@ -170,6 +170,22 @@ def test_streamed_image_extraction_equals_the_plain_one_and_resumes(sources, tmp
     assert again.manifest["fingerprint"] == plain.manifest["fingerprint"]
 
 
+def test_prefetching_thread_reads_a_stream_as_inline(sources):
+    """On an accelerator the next batch is preprocessed on a worker thread (forced here on CPU)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from probekit.extract import _batched_inputs
+
+    lm = _tiny_cnn()
+    spec = f"hf:{sources['folder']}"
+    inline = list(_batched_inputs(lm, load_data(spec), 3, 21, 4, None))
+    with ThreadPoolExecutor(1) as pool:
+        threaded = list(_batched_inputs(lm, load_data(spec, streaming=True), 3, 21, 4, pool))
+    assert [s for s, _ in threaded] == [s for s, _ in inline] == [3, 7, 11, 15, 19]
+    for (_, a), (_, b) in zip(threaded, inline, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import sys, torch
     from probekit import extract, load_data, load_model
