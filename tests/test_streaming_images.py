@@ -264,3 +264,19 @@ def test_streaming_holds_a_chunk_not_the_dataset(tmp_path):
     assert count == n and pixels == n * size * size * 3
     print(f"streamed {n} images ({pixels / 2**20:.0f} MiB decoded): RSS grew {grown / 2**20:.1f} MiB")
     assert grown < pixels / 4, (grown, pixels)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_row_without_an_image_is_a_one_line_data_error(tmp_path, streaming):
+    import datasets
+
+    images: list = _rgb_images(4)
+    images[2] = None
+    rows = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]},
+                                      features=_features(["x", "y"]))
+    rows.save_to_disk(str(tmp_path / "holes"))
+    ds = load_data(f"hf:{tmp_path / 'holes'}", streaming=streaming)
+    assert len(ds.get_items([0, 1])) == 2
+    with pytest.raises(DataError, match="row 2 has no image in column 'image'") as err:
+        ds.get_items([1, 2, 3])
+    assert "\n" not in str(err.value)

@@ -119,7 +119,10 @@ def _load_hf(
         fp = str(getattr(ds, "_fingerprint", ""))
 
         def get_image(i: int) -> Any:
-            return ds[int(i)][item_col]
+            image = ds[int(i)][item_col]
+            if image is None:
+                raise DataError(f"{where}: row {int(i)} has no image in column {item_col!r}")
+            return image
 
         def content_hash(h: Any) -> None:
             h.update(fp.encode())
