@@ -164,8 +164,11 @@ class _HeadAttribution:
         elif mode == "zero":
             self.fill = torch.zeros(n_tokens, dim)
         else:  # the train mean the estimator stored (saved heads always have it)
-            stored = _stored_mean(clf, n_tokens, dim)
-            self.fill = stored if stored is not None else stream_stats(self.rows, 256)[0].float()
+            self.fill = _stored_mean(clf, n_tokens, dim)
+            if self.fill is None:  # else the test rows' mean, zero-padded as the input is
+                mean = stream_stats(self.rows, 256)[0].float()
+                self.fill = torch.zeros(n_tokens, dim)
+                self.fill[:, : mean.shape[1]] = mean
         self.file = _RowFile(out_dir / f"{name}.safetensors", n,
                              {"accuracy_drop": ((n_layers,), np.float32)})
         self.sums: dict[str, np.ndarray] = {}
