@@ -59,6 +59,14 @@ def _best_weight_head(metrics: dict[str, Any], arrays: dict[str, Any]) -> str | 
     return max(heads, key=lambda h: metrics["heads"][h]["balanced_accuracy"])
 
 
+def _head_layers(run_dir: Path, head: str, layers: list[str]) -> list[str]:
+    """The layers a head was fitted on (a run's ``probe_params`` may give it some of them)."""
+    config = run_dir / "probes" / head / "config.json"
+    if config.is_file():
+        return list(json.loads(config.read_text()).get("layer_names") or layers)
+    return layers
+
+
 def build_figures(run_dir: str | Path) -> list[Figure]:
     """Every figure of a run, most telling first."""
     from .attribution import AblationResult
@@ -97,6 +105,7 @@ def build_figures(run_dir: str | Path) -> list[Figure]:
     order = sorted(arrays, key=lambda h: (h != best, h))
     for head in order:
         a = arrays[head]
+        layers = _head_layers(Path(run_dir), head, metrics["layer_names"])
         if "layer_weights" in a and head != "scalar-mix":
             disp = LayerAttributionDisplay.from_arrays(
                 a["layer_weights"], layers, labels, label_names, predictions=a["predictions"],
