@@ -239,14 +239,23 @@ class _PairStats:
         )
 
     def update(self, x: Tensor, y: Tensor) -> None:
-        na, nb = self._sq_norms(x, self.oa), self._sq_norms(y, self.ob)  # (b, LA), (b, LB)
         self.n += x.shape[0]
-        if self.symmetric:  # y is x: the upper block triangle of x^T x
+        if self.symmetric:  # y is x: the upper block triangle of x^T x, each sum once
+            na = self._sq_norms(x, self.oa)  # (b, LA)
             for i in range(len(self.oa) - 1):
                 a0, a1 = self.oa[i], self.oa[i + 1]
                 self.C[a0:a1, a0:].addmm_(x[:, a0:a1].T, x[:, a0:])
-        else:
-            self.C += x.T @ y
+            s, u, q = x.sum(0), x.T @ na, na.sum(0)
+            self.sa += s
+            self.sb += s
+            self.ua += u
+            self.ub += u
+            self.nn += na.T @ na
+            self.qa += q
+            self.qb += q
+            return
+        na, nb = self._sq_norms(x, self.oa), self._sq_norms(y, self.ob)  # (b, LA), (b, LB)
+        self.C += x.T @ y
         self.sa += x.sum(0)
         self.sb += y.sum(0)
         self.ua += x.T @ nb

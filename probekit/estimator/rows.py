@@ -7,9 +7,10 @@ Shapes: ``N`` samples, ``T = L * P`` tokens (layer-major), ``D`` the widest sele
 The shards are safetensors files: an 8-byte header length, a JSON header with every tensor's
 dtype, shape and byte range, then the raw row-major data. The cache's reader knows every
 block's byte range and checks its digest the first time it reads it; :class:`CacheRows` has
-the reader check each block it is about to use (one full read of that block, once), maps each
-shard
-once and copies the requested rows of each ``(n, D)`` block; after each block it tells the
+the reader check each block it is about to use (one full read of that block, once per opened cache),
+maps each shard once and copies the requested rows of each ``(n, D)`` block, visiting them in
+file order (one slice for a run of consecutive rows, one numpy ``take`` otherwise, written with
+numpy rather than torch's indexed assignment); after each block it tells the
 kernel (``madvise(MADV_DONTNEED)``) that the block's mapped pages are no longer needed, so they
 leave the process's resident set (they stay in the page cache; the kernel maps pages around
 every touched row, so without this a random batch would map most of every shard it touches):
