@@ -53,9 +53,6 @@ def write_similarity(matrix: Any, names_a: Sequence[str], names_b: Sequence[str]
     import torch
     from safetensors.torch import save_file
 
-    from .viz import ExportError, export, find_chrome
-    from .viz.science import SimilarityDisplay
-
     m = np.asarray(matrix, dtype=np.float64)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +70,9 @@ def write_similarity(matrix: Any, names_a: Sequence[str], names_b: Sequence[str]
     written = [stem.with_suffix(".csv"), stem.with_suffix(".safetensors")]
     if not heatmap:
         return written
+    from .viz import ExportError, export, find_chrome
+    from .viz.science import SimilarityDisplay
+
     disp = SimilarityDisplay.from_arrays(m, names_a, names_b, method, label_a=label_a,
                                          label_b=label_b)
     written.append(export(disp, stem.with_suffix(".html")))

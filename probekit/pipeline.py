@@ -120,11 +120,12 @@ def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool = Fal
 
 
 def _split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
+    """Stratified ``(train, test)`` positions, sorted: the same split as the estimators'
+    validation split (:func:`probekit.train.stratified_split`), so ``round(test_size * n_c)``
+    samples of every class ``c`` with two or more samples go to test."""
+    from .train.metrics import stratified_split
 
-    positions = np.arange(len(labels))
-    train, test = train_test_split(positions, test_size=test_size, random_state=seed, stratify=labels)
-    return np.sort(train), np.sort(test)
+    return stratified_split(labels, test_size, seed)
 
 
 def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, metric: Any, n: int, seed: int) -> tuple[float, float]:
@@ -137,14 +138,13 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, metric: Any, n: int, se
 
 
 def _scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
     from ._bootstrap import bootstrap_interval  # the intervals of bootstrap_ci, vectorised
+    from .train.metrics import accuracy, balanced_accuracy
 
     return {
-        "accuracy": float(accuracy_score(y, pred)),
+        "accuracy": accuracy(y, pred),
         "accuracy_ci": bootstrap_interval(y, pred, "accuracy", n_boot, seed),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "balanced_accuracy": balanced_accuracy(y, pred),
         "balanced_accuracy_ci": bootstrap_interval(y, pred, "balanced_accuracy", n_boot, seed),
     }
 

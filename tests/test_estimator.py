@@ -127,6 +127,36 @@ def test_cross_val_score():
     assert scores.shape == (2,)
 
 
+def test_scikit_learn_sees_a_classifier_without_probekit_importing_it():
+    """The estimators implement the contract themselves (no sklearn base class): scikit-learn's
+    own tools must still treat them as a classifier / regressor with settable parameters."""
+    from sklearn.base import is_classifier, is_regressor
+    from sklearn.metrics import accuracy_score
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.utils import check_random_state
+
+    from probekit import ProbeRegressor
+    from probekit.estimator.params import random_seed
+
+    assert is_classifier(ProbeClassifier()) and not is_regressor(ProbeClassifier())
+    assert is_regressor(ProbeRegressor()) and not is_classifier(ProbeRegressor())
+    x, y = layered_blobs(n=240)
+    cv = StratifiedKFold(2, shuffle=True, random_state=0)
+    search = GridSearchCV(ProbeClassifier(random_state=0), {"C": [1e-4, 1.0]}, cv=cv).fit(x, y)
+    assert search.best_params_ == {"C": 1.0}  # C=1e-4 all but erases the weights
+    assert search.best_estimator_.C == 1.0 and search.best_estimator_ is not search.estimator
+    ref = ProbeClassifier(C=1.0, random_state=0).fit(x, y)
+    assert np.array_equal(search.best_estimator_.predict(x), ref.predict(x))
+    assert search.best_estimator_.score(x, y) == accuracy_score(y, ref.predict(x))
+    with pytest.raises(ValueError, match="Invalid parameter 'nope'"):
+        ProbeClassifier().set_params(nope=1)
+    assert repr(ProbeClassifier("laya", C=0.5)) == "ProbeClassifier(C=0.5, head='laya')"
+    for state in (0, 7, 2**31 - 2, np.random.RandomState(3)):
+        mine = random_seed(state if not isinstance(state, np.random.RandomState)
+                           else np.random.RandomState(3))
+        assert mine == check_random_state(state).randint(0, 2**31 - 1)
+
+
 @pytest.mark.parametrize("head", list_probes())
 def test_every_head_learns_above_chance(head):
     """A constant or broken head cannot pass: held-out accuracy well above chance (1/3)."""

@@ -217,3 +217,21 @@ def test_bad_options_are_config_errors():
         similarity(x, batch_size=0)
     with pytest.raises(DataError, match="at least 4"):
         similarity(x[:3], method="cka-debiased")
+
+
+def test_a_constant_layer_is_marked_undefined_in_the_heatmap_not_left_blank():
+    from probekit.viz.science import SimilarityDisplay
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3, 4))
+    x[:, 0] = 1.5  # e.g. a [CLS] embedding before any block: the same vector for every input
+    m = similarity(x, method="cka")
+    assert np.isnan(m[0]).all() and np.isnan(m[:, 0]).all() and not np.isnan(m[1:, 1:]).any()
+    fig = SimilarityDisplay.from_arrays(m, ["layers.0", "layers.1", "layers.2"]).figure_
+    grey = fig.data[1]
+    assert np.array_equal(~np.isnan(np.asarray(grey.z, dtype=float)), np.isnan(m))
+    assert np.array_equal(np.asarray(grey.text) == "n/a", np.isnan(m))
+    assert grey.texttemplate == "%{text}" and "undefined" in grey.hovertemplate
+    notes = [a.text for a in fig.layout.annotations]
+    assert notes == ["n/a: undefined, layers.0 constant over every sample"]
+    assert len(SimilarityDisplay.from_arrays(m[1:, 1:], ["a", "b"]).figure_.data) == 1

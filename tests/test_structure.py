@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,3 +198,32 @@ def test_every_public_name_is_importable_from_the_package():
     assert set(probekit._EXPORTS) == set(probekit.__all__) - {"__version__"}
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         probekit.nope  # noqa: B018
+
+
+def test_fit_on_a_cache_loads_neither_scikit_learn_nor_scipy(tmp_path):
+    """`probekit fit` of a classification cache imports torch, not scikit-learn (1.3 s of SciPy)."""
+    from probekit.cache import CacheWriter
+
+    rng = np.random.default_rng(0)
+    manifest = {"model": {"id": "synthetic"}, "poolings": ["cls"], "dtype": "float32",
+                "layers": [{"name": f"layers.{i}", "dim": 8} for i in range(3)],
+                "dataset": {"name": "toy", "fingerprint": "toy-0", "n": 120,
+                            "label_names": ["a", "b"]}}
+    w = CacheWriter.create(tmp_path / "cache", manifest, 120)
+    for i in w.missing_shards():
+        start, stop = w.shard_range(i)
+        y = np.arange(start, stop) % 2
+        w.write_shard(i, {f"layers.{k}.cls": rng.normal(size=(stop - start, 8)).astype(np.float32)
+                          + y[:, None] for k in range(3)}, y)
+    w.finalize()
+    argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear",
+            "--out", str(tmp_path / "run"), "--bootstrap", "50"]
+    probe = _PROBE.replace('("torch", "transformers", "sklearn", "captum", "timm", "numpy")',
+                           '("sklearn", "scipy", "transformers", "plotly", "pandas")')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", probe, json.dumps(argv)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert result["heavy"] == [], f"probekit fit imported {result['heavy']}"

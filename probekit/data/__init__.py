@@ -33,6 +33,7 @@ from .bundled import BUNDLED_DATASETS, VADER_THRESHOLD, _load_mnist, _load_vader
 from .csv_file import _load_csv
 from .dataset import Dataset
 from .hf import _load_hf
+from .hf_stream import _load_hf_stream
 from .imagefolder import IMAGE_EXTENSIONS, _load_imagefolder
 from .regression import DATA_TARGETS, load_regression
 
@@ -77,7 +78,9 @@ def load_data(
         streaming: ``hf:`` only: read the data as a ``datasets`` stream (``streaming=True``; a
             local folder of data files or a ``save_to_disk`` folder too), length known or not,
             without downloading or memory-mapping the whole dataset; the result equals the
-            non-streamed one (same fingerprint). Text data only.
+            non-streamed one (same fingerprint). Text data keeps its texts and labels in
+            memory; image data only its labels: images are decoded batch by batch as they are
+            asked for, in order (:mod:`.hf_stream`).
         target: ``"classification"`` (class labels) or ``"regression"``: continuous targets in
             ``ds.targets`` ``(N,)`` float64 (``csv:`` with a numeric label column, detected
             when ``label_column`` is not given; ``bundled:vader-valence-scores``); ``limit``
@@ -117,8 +120,10 @@ def load_data(
     if target == "regression" or rest == "vader-valence-scores":
         ds = load_regression(scheme, rest, spec, target, split, text_column, label_column, limit,
                              seed)
+    elif scheme == "hf" and streaming:
+        ds = _load_hf_stream(rest, split, text_column, label_column, limit, seed, spec)
     elif scheme == "hf":
-        ds = _load_hf(rest, split, text_column, label_column, limit, seed, spec, streaming)
+        ds = _load_hf(rest, split, text_column, label_column, limit, seed, spec)
     elif scheme == "csv":
         ds = _load_csv(rest, split, text_column, label_column, limit, seed, spec)
     elif scheme == "imagefolder":

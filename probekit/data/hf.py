@@ -1,5 +1,5 @@
 """``hf:NAME``, ``hf:NAME:CONFIG`` and ``hf:DIR``: Hugging Face datasets (hub, save_to_disk or a
-folder of data files), read whole or as a stream."""
+folder of data files), read whole; :mod:`.hf_stream` reads them as a stream."""
 
 from __future__ import annotations
 
@@ -64,7 +64,6 @@ def _load_hf(
     limit: int | None,
     seed: int,
     spec: str,
-    streaming: bool = False,
 ) -> Dataset:
     """A Hugging Face dataset: ``hf:NAME``, ``hf:NAME:CONFIG``, or ``hf:DIR`` (save_to_disk or data files).
 
@@ -75,9 +74,7 @@ def _load_hf(
     ``Image`` column makes image data (decoded lazily). The fingerprint uses the dataset's own
     ``_fingerprint`` plus the labels (and texts).
 
-    With ``streaming``, the data is read as a ``datasets`` stream (an ``IterableDataset``, length
-    known or not) in one pass over its text and label columns; the result equals the
-    non-streamed dataset, fingerprint included (how the data was read is not part of it).
+    The same data read as a stream: :func:`.hf_stream._load_hf_stream`.
     """
     try:
         import datasets
@@ -87,23 +84,8 @@ def _load_hf(
         ) from e
 
     local = Path(name).expanduser()
-    if streaming:
-        return _load_hf_stream(datasets, name, local, split, text_column, label_column, limit,
-                               seed, spec)
     if local.is_dir() and _saved_to_disk(local):
-        try:
-            ds = datasets.load_from_disk(str(local))
-        except FileNotFoundError as e:
-            raise DataError(f"{local} is not a dataset saved with save_to_disk: {e}") from e
-        if isinstance(ds, datasets.DatasetDict):
-            splits = list(ds.keys())
-            if split is None:
-                split = "train" if "train" in splits else (splits[0] if len(splits) == 1 else None)
-            if split not in splits:
-                raise DataError(f"{local}: no split {split!r}; the splits are {splits}")
-            ds = ds[split]
-        elif split not in (None, "train"):
-            raise DataError(f"{local} holds a single split; got split={split!r}")
+        ds, split = _saved_split(datasets, local, split)
         display = local.name
     else:  # a hub name, or a folder of data files (json, csv, parquet, ...)
         ds_name, _, config = (str(local), "", "") if local.is_dir() else name.partition(":")
@@ -117,13 +99,7 @@ def _load_hf(
     features = ds.features
     columns = list(ds.column_names)
 
-    def is_item(c: str) -> bool:
-        f = features[c]
-        return isinstance(f, datasets.Image) or getattr(f, "dtype", None) in (
-            "string",
-            "large_string",
-        )
-
+    is_item = _is_item(datasets, features)
     item_col = _pick_column(columns, text_column, _TEXT_COLUMNS, "text", where, is_item)
     label_col = _pick_column(columns, label_column, _LABEL_COLUMNS, "label", where)
     raw = list(ds[label_col])
@@ -143,7 +119,10 @@ def _load_hf(
         fp = str(getattr(ds, "_fingerprint", ""))
 
         def get_image(i: int) -> Any:
-            return ds[int(i)][item_col]
+            image = ds[int(i)][item_col]
+            if image is None:
+                raise DataError(f"{where}: row {int(i)} has no image in column {item_col!r}")
+            return image
 
         def content_hash(h: Any) -> None:
             h.update(fp.encode())
@@ -174,68 +153,30 @@ def _saved_to_disk(folder: Path) -> bool:
     return any((folder / f).is_file() for f in ("dataset_dict.json", "state.json"))
 
 
-def _load_hf_stream(
-    datasets: Any,
-    name: str,
-    local: Path,
-    split: str | None,
-    text_column: str | None,
-    label_column: str | None,
-    limit: int | None,
-    seed: int,
-    spec: str,
-) -> Dataset:
-    """``hf:`` text data read as a stream: one pass over the item and label columns."""
+def _saved_split(datasets: Any, local: Path, split: str | None) -> tuple[Any, str | None]:
+    """``(datasets.Dataset, split)`` of a ``save_to_disk`` folder: one split of a ``DatasetDict``
+    (default ``"train"`` or its only split) or the one saved ``Dataset``."""
     try:
-        if local.is_dir() and _saved_to_disk(local):
-            saved = datasets.load_from_disk(str(local))
-            if isinstance(saved, datasets.DatasetDict):
-                splits = list(saved.keys())
-                if split is None:
-                    split = "train" if "train" in splits else (splits[0] if len(splits) == 1 else None)
-                if split not in splits:
-                    raise DataError(f"{local}: no split {split!r}; the splits are {splits}")
-                saved = saved[split]
-            elif split not in (None, "train"):
-                raise DataError(f"{local} holds a single split; got split={split!r}")
-            ds = saved.to_iterable_dataset()
-            display = local.name
-        else:
-            ds_name, _, config = (str(local), "", "") if local.is_dir() else name.partition(":")
-            split = split or "train"
-            ds = datasets.load_dataset(ds_name, config or None, split=split, streaming=True)
-            display = ds_name.rstrip("/").split("/")[-1] + (f"-{config}" if config else "")
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - datasets raises many kinds; report them as one
-        raise DataError(f"cannot stream hf:{name} split {split!r}: {e}") from e
-    where = f"hf:{name}"
-    features = ds.features
-    if features is None:  # some streams learn their columns from the first rows
-        ds = ds._resolve_features()
-        features = ds.features
-    columns = list(features)
+        ds = datasets.load_from_disk(str(local))
+    except FileNotFoundError as e:
+        raise DataError(f"{local} is not a dataset saved with save_to_disk: {e}") from e
+    if isinstance(ds, datasets.DatasetDict):
+        splits = list(ds.keys())
+        if split is None:
+            split = "train" if "train" in splits else (splits[0] if len(splits) == 1 else None)
+        if split not in splits:
+            raise DataError(f"{local}: no split {split!r}; the splits are {splits}")
+        return ds[split], split
+    if split not in (None, "train"):
+        raise DataError(f"{local} holds a single split; got split={split!r}")
+    return ds, split
+
+
+def _is_item(datasets: Any, features: Any) -> Callable[[str], bool]:
+    """Whether a column can hold the items: an ``Image`` or a string column."""
 
     def is_item(c: str) -> bool:
         f = features[c]
         return isinstance(f, datasets.Image) or getattr(f, "dtype", None) in ("string", "large_string")
 
-    item_col = _pick_column(columns, text_column, _TEXT_COLUMNS, "text", where, is_item)
-    label_col = _pick_column(columns, label_column, _LABEL_COLUMNS, "label", where)
-    if isinstance(features[item_col], datasets.Image):
-        raise DataError(f"{where}: streaming reads text data only; {item_col!r} holds images "
-                        "(load it without streaming)")
-    texts: list[str] = []
-    raw: list[Any] = []
-    for row in ds.select_columns([item_col, label_col]):
-        texts.append("" if row[item_col] is None else str(row[item_col]))
-        raw.append(row[label_col])
-    labels, names = _class_labels(raw, features[label_col], label_col, where)
-    keep = _subset(labels, limit, seed)
-    if keep is not None:
-        texts = [texts[i] for i in keep.tolist()]
-        labels = labels[keep]
-    options = {"split": split, "text_column": item_col, "label_column": label_col, "limit": limit,
-               "seed": seed}
-    return Dataset(name=display, kind="text", labels=labels, label_names=names, texts=texts,
-                   spec=spec, options=options)
+    return is_item

@@ -24,9 +24,6 @@ from typing import Any, Self
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
-from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
@@ -36,6 +33,7 @@ from ..probes.base import ProbeOutput
 from ..train import GridResult, TrainConfig, train_grid
 from .inputs import _is_cache, cache_layout, check_finite, read_arrays, read_cache
 from .model import FeatureNorm, ProbeModel, _buffer, _set_selected_layer, fit_feature_norm
+from .params import EstimatorParams, check_fitted, random_seed
 from .persist import _jsonable, load_probe, save_probe
 from .recipes import DROPOUT_PARAM, HEAD_VARIANTS, OVERRIDABLE, recipe_for
 from .rows import CacheRows
@@ -43,7 +41,7 @@ from .rows import CacheRows
 __all__ = ["ProbeEstimator"]
 
 
-class ProbeEstimator(BaseEstimator):
+class ProbeEstimator(EstimatorParams):
     """Base class of the probe estimators (not used directly); see :mod:`.base` for the hooks."""
 
     _task = "classification"
@@ -134,7 +132,7 @@ class ProbeEstimator(BaseEstimator):
         return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
 
     def _seed(self) -> int:
-        return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+        return random_seed(self.random_state)
 
     def _device(self) -> torch.device:
         if self.device is not None:
@@ -163,7 +161,7 @@ class ProbeEstimator(BaseEstimator):
         Raises:
             DataError: a layout that does not match the fitted one, or non-finite values.
         """
-        check_is_fitted(self, "model_")
+        check_fitted(self, "model_")
         x, info = self._read(X, fitting=False)
         want = (self.n_layers_ * self.tokens_per_layer_, max(self.dims_))
         if tuple(x.shape[1:]) != want:
@@ -354,7 +352,7 @@ class ProbeEstimator(BaseEstimator):
 
     @torch.no_grad()
     def _outputs(self, X: Any, batch: int = 8192) -> Iterator[ProbeOutput]:
-        check_is_fitted(self, "model_")
+        check_fitted(self, "model_")
         self.model_.eval()
         if _is_cache(X) and self._should_stream(X, self._budget()):
             yield from self._stream_outputs(X, batch)

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import ClassifierMixin
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
@@ -39,7 +38,7 @@ from .stream import fit_from_stream
 __all__ = ["ProbeClassifier"]
 
 
-class ProbeClassifier(ClassifierMixin, ProbeEstimator):
+class ProbeClassifier(ProbeEstimator):
     """A probe head over cached layer features, with the scikit-learn estimator contract.
 
     Args:
@@ -93,6 +92,8 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
         control probe's validation balanced accuracy per layer), selectivity_ ``(L,)``
         (``layer_scores_ - control_scores_``), control_estimator_ (the fitted control probe).
     """
+
+    _estimator_type = "classifier"
 
     selected_layer_: int | None
     layer_scores_: np.ndarray | None
@@ -304,4 +305,6 @@ class ProbeClassifier(ClassifierMixin, ProbeEstimator):
             if not _is_cache(X):
                 raise DataError("y is required unless X is a FeatureCache")
             y = np.asarray(X.labels)
-        return super().score(X, y, sample_weight=sample_weight)
+        from sklearn.metrics import accuracy_score
+
+        return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from ..errors import DataError
 from ..probes import create_probe
 from .model import FeatureNorm, ProbeModel
+from .params import check_fitted
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import ProbeEstimator as ProbeClassifier
@@ -50,7 +50,7 @@ def save_probe(clf: ProbeClassifier, path: str | os.PathLike[str]) -> Path:
     from safetensors.torch import save_file
 
     self = clf
-    check_is_fitted(self, "model_")
+    check_fitted(self, "model_")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}

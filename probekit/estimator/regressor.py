@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import RegressorMixin
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
@@ -58,7 +57,7 @@ def spearman(y_true: Any, y_pred: Any) -> float:
     return float(np.mean(rhos))
 
 
-class ProbeRegressor(RegressorMixin, ProbeEstimator):
+class ProbeRegressor(ProbeEstimator):
     """A probe head regressing continuous targets from cached layer features.
 
     Args:
@@ -85,6 +84,7 @@ class ProbeRegressor(RegressorMixin, ProbeEstimator):
     """
 
     _task = "regression"
+    _estimator_type = "regressor"
     stream = False  # not a parameter: training from a streamed cache is classification-only
     target_mean_: np.ndarray
     target_scale_: np.ndarray
@@ -254,7 +254,9 @@ class ProbeRegressor(RegressorMixin, ProbeEstimator):
 
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """R² on ``(X, y)`` (scikit-learn's ``r2_score``, averaged over targets)."""
-        return super().score(X, self._targets(X, y), sample_weight=sample_weight)
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(self._targets(X, y), self.predict(X), sample_weight=sample_weight))
 
     def spearman(self, X: Any, y: Any = None) -> float:
         """Spearman rho between :meth:`predict` and ``y`` (mean over targets)."""

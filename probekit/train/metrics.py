@@ -19,8 +19,8 @@ __all__ = ["accuracy", "balanced_accuracy", "batch_size_for", "class_weights", "
 
 def _as_long_tensor(y: Any) -> Tensor:
     if isinstance(y, Tensor):
-        return y.detach().long().cpu()
-    return torch.as_tensor(np.asarray(y)).long()
+        return y.detach().long().cpu().contiguous()
+    return torch.as_tensor(np.ascontiguousarray(y)).long()
 
 
 def accuracy(y_true: Any, y_pred: Any) -> float:

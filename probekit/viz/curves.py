@@ -249,7 +249,7 @@ class LayerAccuracyDisplay(_FigureBundle):
                 y=self.chance,
                 line={"dash": "dash", "color": "#888"},
                 annotation_text=f"chance {self.chance:.2f}",
-                annotation_position="bottom right",
+                annotation_position="top right",  # below it, the text meets the tick labels
             )
         fig.update_xaxes(title="layer", type="category")
         fig.update_yaxes(title="accuracy")

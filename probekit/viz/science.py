@@ -82,11 +82,28 @@ class SimilarityDisplay(_FigureBundle):
             colorbar={"title": {"text": label, "side": "right"}},
         )
         fig = go.Figure(heat)
+        undefined = np.isnan(self.matrix)
+        if undefined.any():  # a layer constant over the samples: 0 / 0, drawn grey, not blank
+            fig.add_trace(go.Heatmap(
+                z=np.where(undefined, 0.0, np.nan), x=self.names_b, y=self.names_a,
+                colorscale=[[0, "#d9d9d9"], [1, "#d9d9d9"]], showscale=False,
+                text=np.where(undefined, "n/a", ""), texttemplate="%{text}" if show_values else None,
+                hovertemplate=f"{self.label_a} %{{y}}<br>{self.label_b} %{{x}}<br>{label} "
+                              "undefined: a layer constant over the samples<extra></extra>",
+            ))
+            const = [n for n, row in zip(self.names_a, undefined, strict=True) if row.all()]
+            const += [n for n, col in zip(self.names_b, undefined.T, strict=True)
+                      if col.all() and n not in const]
+            note = ("n/a: undefined, " + ", ".join(const) + " constant over every sample"
+                    if const else "n/a: undefined (a constant layer)")
+            fig.add_annotation(text=note, xref="paper", yref="paper", x=0, y=-0.14,
+                               showarrow=False, xanchor="left", yanchor="top",
+                               font={"size": 11})
         fig.update_xaxes(title=self.label_b, type="category", showgrid=False)
         fig.update_yaxes(title=self.label_a, type="category", autorange="reversed", showgrid=False)
         side = int(np.clip(220 + 32 * max(la, lb), 400, 900))
         fig.update_layout(template=TEMPLATE, title=title or f"Layer similarity ({label})",
-                          width=width or side + 100, height=height or side)
+                          width=width or side + 100, height=height or side + 30 * undefined.any())
         self.figure_ = fig
         return self
 
@@ -157,7 +174,7 @@ class LayerCurvesDisplay(_FigureBundle):
                 hovertemplate=f"layer %{{x}}<br>{name} %{{y:{fmt}}}<extra></extra>"))
         if self.reference is not None:
             fig.add_hline(y=self.reference, line={"dash": "dash", "color": "#888"},
-                          annotation_text=self.reference_text, annotation_position="bottom right")
+                          annotation_text=self.reference_text, annotation_position="top right")
         fig.update_xaxes(title="layer", type="category")
         fig.update_yaxes(title=self.y_title, tickformat=".0%" if self.percent else None)
         fig.update_layout(template=TEMPLATE, title=title or "Per-layer curves", width=width,
