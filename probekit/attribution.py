@@ -19,7 +19,7 @@ with the same fitted attributes) and calls ``clf.model_`` directly on ``clf.as_t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -140,6 +140,43 @@ def _regression_result(
         base_proba=base_se.numpy(),
         units="squared error",
     )
+
+
+def _forward(clf: Any) -> tuple[Callable[[Tensor], Tensor], torch.device]:
+    """What ablation compares and where: class probabilities ``(B, C)`` (classifiers) or
+    predicted targets ``(B, K)`` float64 in target units (regressors), and the fitted device."""
+    device = _device(clf)
+    return (_target_fn(clf, device) if _is_regressor(clf) else _proba_fn(clf.model_)), device
+
+
+def _ablated(
+    forward: Callable[[Tensor], Tensor], xb: Tensor, repl: Tensor, mask: Tensor, device: Any
+) -> tuple[Tensor, Tensor]:
+    """Outputs on ``xb`` ``(b, T, D)`` and on its ``L`` ablated copies, ``(b, C)`` and
+    ``(b, L, C)`` on CPU: copy ``l`` takes ``repl`` ``(b or 1, L or 1, T, D)`` where ``mask``
+    ``(1, L, T, 1)`` marks layer ``l``'s tokens."""
+    b, n_tokens, dim = xb.shape
+    n_layers = mask.shape[1]
+    xa = torch.where(mask, repl, xb[:, None])  # (b, L, T, D)
+    p0 = forward(xb.to(device)).cpu()
+    pa = forward(xa.reshape(b * n_layers, n_tokens, dim).to(device)).cpu()
+    return p0, pa.reshape(b, n_layers, -1)
+
+
+def _true_class(p0: Tensor, pa: Tensor, tb: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """True-class probability and hit, unablated ``(b,)`` and ablated ``(b, L)``, from the
+    probabilities ``p0`` ``(b, C)`` and ``pa`` ``(b, L, C)`` and the class indices ``tb`` ``(b,)``."""
+    b, n_layers = pa.shape[:2]
+    base_p = p0.gather(1, tb[:, None])[:, 0]
+    abl_p = pa.gather(2, tb[:, None, None].expand(b, n_layers, 1))[..., 0]
+    return base_p, abl_p, p0.argmax(1) == tb, pa.argmax(2) == tb[:, None]
+
+
+def _shuffle_orders(n: int, n_layers: int, random_state: int | None) -> Iterator[np.ndarray]:
+    """The ``"shuffle"`` ablation's permutations ``(N,)`` int64, one per layer, in layer order."""
+    rng = np.random.default_rng(random_state)
+    for _ in range(n_layers):
+        yield rng.permutation(n)
 
 
 def _layer_mask(n_layers: int, tokens_per_layer: int) -> Tensor:
@@ -328,15 +365,13 @@ def ablation_sensitivity(
     mask = _layer_mask(n_layers, per)[None, :, :, None]  # (1, L, T, 1)
 
     if mode == "shuffle":
-        rng = np.random.default_rng(random_state)
-        perms = torch.as_tensor(np.stack([rng.permutation(n) for _ in range(n_layers)]))  # (L, N)
+        perms = torch.as_tensor(np.stack(list(_shuffle_orders(n, n_layers, random_state))))  # (L, N)
         fill = None
     else:
         perms = None
         fill = _resolve_baseline(clf, x, mode if baseline is None else baseline)  # (T, D)
 
-    model, device = clf.model_, _device(clf)
-    forward = _target_fn(clf, device) if regression else _proba_fn(model)
+    forward, device = _forward(clf)
     chunk = max(1, _MAX_ELEMENTS // (n_layers * n_tokens * dim))
     if regression:
         base_out = torch.empty(n, target.shape[1], dtype=torch.float64)
@@ -348,23 +383,15 @@ def ablation_sensitivity(
     with torch.inference_mode():
         for start in range(0, n, chunk):
             idx = torch.arange(start, min(start + chunk, n))
-            xb, tb = x[idx], target[idx]  # (b, T, D), (b,)
-            b = len(idx)
             if perms is not None:
                 repl = x[perms[:, idx]].transpose(0, 1)  # (b, L, T, D)
             else:
                 repl = fill[None, None]  # type: ignore[index]  # (1, 1, T, D)
-            xa = torch.where(mask, repl, xb[:, None])  # (b, L, T, D)
-            p0 = forward(xb.to(device)).cpu()  # (b, C)
-            pa = forward(xa.reshape(b * n_layers, n_tokens, dim).to(device)).cpu()
-            pa = pa.reshape(b, n_layers, -1)  # (b, L, C)
+            p0, pa = _ablated(forward, x[idx], repl, mask, device)  # (b, C), (b, L, C)
             if regression:
                 base_out[idx], abl_out[idx] = p0.double(), pa.double()
                 continue
-            base_p[idx] = p0.gather(1, tb[:, None])[:, 0]
-            abl_p[idx] = pa.gather(2, tb[:, None, None].expand(b, n_layers, 1))[..., 0]
-            base_hit[idx] = p0.argmax(1) == tb
-            abl_hit[idx] = pa.argmax(2) == tb[:, None]
+            base_p[idx], abl_p[idx], base_hit[idx], abl_hit[idx] = _true_class(p0, pa, target[idx])
 
     if regression:
         return _regression_result(clf, target, base_out, abl_out, mode)

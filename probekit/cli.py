@@ -160,7 +160,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from .pipeline import attribute_stage
     from .report import write_figures
 
-    summary = attribute_stage(args.run_dir, ablation=args.ablation)
+    summary = attribute_stage(args.run_dir, ablation=args.ablation, max_memory=args.max_memory)
     write_figures(args.run_dir)
     print(f"attributed {', '.join(summary['heads'])} in {Path(args.run_dir) / 'attribution'}")
     return 0
@@ -269,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attribute", help="layer attribution of a run's heads on its test split")
     p.add_argument("run_dir")
     p.add_argument("--ablation", default=None, choices=["mean", "zero", "shuffle"])
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget, e.g. 512MB or 4GiB (default: the run's fit_max_memory, "
+                        "else half the available RAM); the test rows are read from disk in chunks "
+                        "that fit it")
     p.set_defaults(fn=cmd_attribute)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html")

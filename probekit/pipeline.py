@@ -12,7 +12,6 @@ any model is loaded or any feature extracted (:func:`validate_run`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,14 +31,13 @@ from .runs import (
     load_config,
     load_config_dicts,
     read_config,
-    read_split,
-    read_targets,
     run_name,
     write_config,
     write_metrics,
     write_split,
     write_targets,
 )
+from .runs import cache_targets as _cache_targets
 
 __all__ = ["CPU_PROBE_PARAMS", "DEFAULT_PROBES", "DEFAULT_RUNS", "RunConfig", "attribute_stage",
            "extract_stage", "fit_regression_stage", "fit_stage", "load_config", "resolve_configs", "run", "run_one",
@@ -307,73 +305,14 @@ def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: 
     return {h: heads[h] for h in cfg.probes}, names
 
 
-def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """Per-sample layer attribution of every saved head on the test split.
+def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int = 0,
+                    max_memory: Any = None) -> dict[str, Any]:
+    """Per-sample layer attribution of every saved head on the test split, within the run's
+    memory budget: :func:`probekit.attribute_stage.attribute_stage` (imported when called, so
+    that this module stays light)."""
+    from .attribute_stage import attribute_stage as stage
 
-    Writes ``attribution/<head>.safetensors`` (``layer_weights`` (N, L) when the head has them,
-    ``ablation`` (N, L), ``accuracy_drop`` (L,), ``layer_map`` (N, L, L) for AILA) and
-    ``attribution/attribution.json`` (mean profiles, agreement between weights and ablation).
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    from .attribution import (
-        ablation_sensitivity,
-        attribution_agreement,
-        layer_attribution,
-        layer_map,
-    )
-    from .cache import FeatureCache
-    from .estimator import ProbeClassifier, ProbeRegressor
-
-    run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
-    mode = ablation or cfg.ablation
-    cache = FeatureCache.open(cfg.cache_dir)
-    split = read_split(run_dir)
-    test = np.asarray(split["test"])
-    X = _load_features(cache)[test]
-    regression = cfg.task == "regression"
-    estimator = ProbeRegressor if regression else ProbeClassifier
-    y = (_cache_targets(cache, cfg.cache_dir)[0] if regression else np.asarray(cache.labels))[test]
-    out_dir = run_dir / "attribution"
-    out_dir.mkdir(exist_ok=True)
-    summary: dict[str, Any] = {"mode": mode, "test": test.tolist(), "heads": {}}
-    for head_dir in sorted((run_dir / "probes").iterdir()):
-        clf = estimator.load(head_dir)
-        head = head_dir.name
-        abl = ablation_sensitivity(clf, X, y, mode=mode, random_state=seed)
-        pred_dtype = torch.float32 if regression else torch.int64
-        tensors = {"ablation": torch.as_tensor(abl.per_sample, dtype=torch.float32),
-                   "accuracy_drop": torch.as_tensor(abl.accuracy_drop, dtype=torch.float32),
-                   "predictions": torch.as_tensor(np.asarray(clf.predict(X)), dtype=pred_dtype)}
-        if regression:
-            tensors["targets"] = torch.as_tensor(y, dtype=torch.float32)
-        entry: dict[str, Any] = {"ablation_mean": abl.per_sample.mean(0).tolist(),
-                                 "accuracy_drop": np.asarray(abl.accuracy_drop).tolist(),
-                                 "base_accuracy": float(abl.base_accuracy), "units": abl.units}
-        weights = _maybe(layer_attribution, clf, X)
-        if weights is not None:
-            tensors["layer_weights"] = torch.as_tensor(weights, dtype=torch.float32)
-            agree = attribution_agreement(weights, abl.per_sample)
-            entry["weights_mean"] = weights.mean(0).tolist()
-            entry["agreement_median"] = float(np.nanmedian(agree))
-            tensors["agreement"] = torch.as_tensor(agree, dtype=torch.float32)
-        lmap = _maybe(layer_map, clf, X)
-        if lmap is not None:
-            tensors["layer_map"] = torch.as_tensor(lmap, dtype=torch.float32)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / f"{head}.safetensors"))
-        summary["heads"][head] = entry
-    (out_dir / "attribution.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def _maybe(fn: Any, *args: Any) -> Any:
-    """``fn(*args)``, or None when the head has no such output (the functions raise ValueError)."""
-    try:
-        return fn(*args)
-    except ValueError:
-        return None
+    return stage(run_dir, ablation=ablation, seed=seed, max_memory=max_memory)
 
 
 def run_one(cfg: RunConfig, progress: bool = True) -> Path:
@@ -452,12 +391,6 @@ def _check_targets(data: Any, spec: str) -> None:
     targets = np.asarray(getattr(data, "targets", np.zeros(0)), dtype=np.float64)
     if targets.size < 2 or np.ptp(targets) == 0:
         raise DataError(f"{spec} has constant (or no) regression targets; probes need them to vary")
-
-
-def _cache_targets(cache: Any, cache_dir: Any) -> tuple[np.ndarray, str]:
-    """The cache's samples' regression targets ``(N,)`` (by ``cache.index``) and their name."""
-    targets, name = read_targets(cache_dir, cache.manifest["dataset"]["fingerprint"])
-    return np.asarray(targets, dtype=np.float64)[np.asarray(cache.index)], name
 
 
 def _regression_scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:

@@ -197,7 +197,8 @@ class RunConfig:
         probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
             ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
             Default: a light ALF (one config, 20 epochs); ``{}`` gives every head its paper recipe.
-        fit_max_memory: probe training's memory budget (``4GiB``); bigger caches stream from disk.
+        fit_max_memory: the memory budget of probe training and attribution (``4GiB``); bigger
+            caches stream from disk.
         test_size: fraction of samples held out (stratified) for every reported score.
         seed: seeds the split, the probes and the bootstrap.
         ablation: replacement for ablation sensitivity: ``mean``, ``zero`` or ``shuffle``.
@@ -254,8 +255,9 @@ class RunConfig:
     probe_params: dict[str, dict[str, Any]] = option(
         help='per-head ProbeClassifier keywords as JSON, e.g. \'{"alf": {"lr": 0.01}}\'',
         parse=parse_json, factory=lambda: {k: dict(v) for k, v in CPU_PROBE_PARAMS.items()})
-    fit_max_memory: str | None = option(None, "memory budget of probe training, e.g. 512MB or "
-                                        "4GiB (default: half the RAM); bigger caches stream")
+    fit_max_memory: str | None = option(None, "memory budget of probe training and attribution, "
+                                        "e.g. 512MB or 4GiB (default: half the RAM); bigger "
+                                        "caches stream")
     test_size: float = option(0.2, "held-out fraction (stratified)", parse=float)
     seed: int = option(0, "seed of the split, the probes and the bootstrap", parse=int)
     ablation: str = option("mean", "replacement for ablation sensitivity", choices=ABLATIONS)
@@ -553,3 +555,12 @@ def read_targets(cache_dir: str | Path, fingerprint: str) -> tuple[list[float], 
         raise ConfigError(f"{path} belongs to another dataset than the cache {cache_dir}; "
                           "extract again with --task regression")
     return saved["targets"], str(saved.get("name", "target"))
+
+
+def cache_targets(cache: Any, cache_dir: str | Path) -> tuple[Any, str]:
+    """The cache's samples' regression targets ``(N,)`` float64 (by ``cache.index``) and their
+    name."""
+    import numpy as np
+
+    targets, name = read_targets(cache_dir, cache.manifest["dataset"]["fingerprint"])
+    return np.asarray(targets, dtype=np.float64)[np.asarray(cache.index)], name
