@@ -218,7 +218,7 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
     if cfg.mdl:
         metrics["mdl"] = mdl_table(X[train], labels[train], list(cache.layer_names),
                                    len(cache.poolings), cfg.seed, cfg.device)
-    metrics["similarity"] = write_cka(run_dir, cache)
+    metrics["similarity"] = write_cka(run_dir, cache, max_memory=budget)
     if random_cache is not None:
         if not np.array_equal(np.asarray(random_cache.labels), labels):
             raise DataError("the random-init cache holds other samples than the run's cache")
@@ -229,7 +229,8 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
             "fingerprint": random_cache.manifest.get("fingerprint"),
             "heads": _fit_heads(random_cache, Xr, labels, train, test, cfg, progress, None,
                                 None)[0],
-            "similarity_to_trained": write_cka(run_dir, cache, random_cache, "trained-vs-random"),
+            "similarity_to_trained": write_cka(run_dir, cache, random_cache, "trained-vs-random",
+                                               max_memory=budget),
         }
     write_metrics(metrics, run_dir)
     return metrics
