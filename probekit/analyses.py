@@ -100,9 +100,15 @@ def mdl_table(X_train: Any, y_train: np.ndarray, layer_names: list[str], tokens:
     return result.to_dict()
 
 
-def write_cka(run_dir: Path, cache: Any, other: Any = None, name: str = "within") -> dict[str, Any]:
+def write_cka(run_dir: Path, cache: Any, other: Any = None, name: str = "within",
+              max_memory: int | None = None) -> dict[str, Any]:
     """Linear CKA between the cache's layers (or between ``cache`` and ``other``'s layers) over
     all samples, written to ``RUN/similarity/<name>/`` (CSV + safetensors).
+
+    Args:
+        max_memory: the fit's memory budget in bytes: half of it (at most 1 GiB) for the
+            cross-product accumulators of a pass, the other half for a batch's float64 copies
+            (about 36 bytes per feature and row); ``None``: :func:`similarity`'s defaults.
 
     Returns:
         ``{"method", "file", "layers_a", "layers_b"}`` for ``metrics.json``.
@@ -110,7 +116,14 @@ def write_cka(run_dir: Path, cache: Any, other: Any = None, name: str = "within"
     from .compare import write_similarity
     from .similarity import similarity
 
-    matrix, names_a, names_b = similarity(cache, other, "cka", return_names=True)
+    opts: dict[str, int] = {}
+    if max_memory is not None:
+        width = sum(cache.dims) * (1 if "cls" in cache.poolings else len(cache.poolings))
+        if other is not None:
+            width += sum(other.dims) * (1 if "cls" in other.poolings else len(other.poolings))
+        opts = {"max_memory": max(1, min(1 << 30, max_memory // 2)),
+                "batch_size": int(max(64, min(4096, max_memory // 2 // (36 * width))))}
+    matrix, names_a, names_b = similarity(cache, other, "cka", return_names=True, **opts)
     out = run_dir / "similarity" / name
     write_similarity(matrix, names_a, names_b, out, "cka", heatmap=False)
     return {"method": "cka", "file": str((out / "similarity-cka.safetensors").relative_to(run_dir)),

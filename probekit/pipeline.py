@@ -202,7 +202,7 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
     # Out of core (3 copies of the features would not fit): heads read their rows from the
     # cache's train / test subsets; NaN and infinity are caught by the fit's statistics pass.
     X = None if 3 * n_bytes > budget and not (cfg.mdl or cfg.control) else _load_features(cache)
-    if X is not None and not torch.isfinite(X).all():
+    if X is not None and not bool(torch.isfinite(X.sum())) and not torch.isfinite(X).all():
         raise DataError("the cache holds NaN or infinite features")
     train, test = _split(labels, cfg.test_size, cfg.seed)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
@@ -218,7 +218,7 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
     if cfg.mdl:
         metrics["mdl"] = mdl_table(X[train], labels[train], list(cache.layer_names),
                                    len(cache.poolings), cfg.seed, cfg.device)
-    metrics["similarity"] = write_cka(run_dir, cache)
+    metrics["similarity"] = write_cka(run_dir, cache, max_memory=budget)
     if random_cache is not None:
         if not np.array_equal(np.asarray(random_cache.labels), labels):
             raise DataError("the random-init cache holds other samples than the run's cache")
@@ -229,7 +229,8 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
             "fingerprint": random_cache.manifest.get("fingerprint"),
             "heads": _fit_heads(random_cache, Xr, labels, train, test, cfg, progress, None,
                                 None)[0],
-            "similarity_to_trained": write_cka(run_dir, cache, random_cache, "trained-vs-random"),
+            "similarity_to_trained": write_cka(run_dir, cache, random_cache, "trained-vs-random",
+                                               max_memory=budget),
         }
     write_metrics(metrics, run_dir)
     return metrics
@@ -421,7 +422,7 @@ def fit_regression_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> d
     if np.ptp(y) == 0:
         raise DataError("the cache's regression targets are constant; probes need them to vary")
     X = _load_features(cache)
-    if not torch.isfinite(X).all():
+    if not bool(torch.isfinite(X.sum())) and not torch.isfinite(X).all():
         raise DataError("the cache holds NaN or infinite features")
     train, test = train_test_split(np.arange(len(y)), test_size=cfg.test_size, random_state=cfg.seed)
     train, test = np.sort(train), np.sort(test)

@@ -210,10 +210,16 @@ class _PairStats:
     """Streaming sufficient statistics of linear (debiased) HSIC for a group pair.
 
     ``X`` is the concatenation of the group's A-layers ``(b, DA)``, ``Y`` of its B-layers
-    ``(b, DB)``; both are shifted by a fixed vector before they arrive here.
+    ``(b, DB)``; both are shifted by a fixed vector before they arrive here. ``symmetric``: ``X``
+    and ``Y`` are the same layers (a diagonal group pair of one input), so only the blocks of
+    ``X^T Y`` on and above the layer diagonal are accumulated (half the products); :meth:`hsic`
+    then answers for ``i <= j``.
     """
 
-    def __init__(self, da: list[int], db: list[int], device: torch.device) -> None:
+    def __init__(
+        self, da: list[int], db: list[int], device: torch.device, symmetric: bool = False
+    ) -> None:
+        self.symmetric = symmetric
         self.oa = np.concatenate([[0], np.cumsum(da)]).tolist()
         self.ob = np.concatenate([[0], np.cumsum(db)]).tolist()
         z = lambda *s: torch.zeros(*s, dtype=_F64, device=device)  # noqa: E731
@@ -233,8 +239,22 @@ class _PairStats:
         )
 
     def update(self, x: Tensor, y: Tensor) -> None:
-        na, nb = self._sq_norms(x, self.oa), self._sq_norms(y, self.ob)  # (b, LA), (b, LB)
         self.n += x.shape[0]
+        if self.symmetric:  # y is x: the upper block triangle of x^T x, each sum once
+            na = self._sq_norms(x, self.oa)  # (b, LA)
+            for i in range(len(self.oa) - 1):
+                a0, a1 = self.oa[i], self.oa[i + 1]
+                self.C[a0:a1, a0:].addmm_(x[:, a0:a1].T, x[:, a0:])
+            s, u, q = x.sum(0), x.T @ na, na.sum(0)
+            self.sa += s
+            self.sb += s
+            self.ua += u
+            self.ub += u
+            self.nn += na.T @ na
+            self.qa += q
+            self.qb += q
+            return
+        na, nb = self._sq_norms(x, self.oa), self._sq_norms(y, self.ob)  # (b, LA), (b, LB)
         self.C += x.T @ y
         self.sa += x.sum(0)
         self.sb += y.sum(0)
@@ -247,6 +267,8 @@ class _PairStats:
     def hsic(self, i: int, j: int, debiased: bool) -> float:
         """HSIC of A-layer ``i`` and B-layer ``j`` of this group pair (without ``1/(N-1)^2``
         for the biased estimator: the factor cancels in CKA)."""
+        if self.symmetric and i > j:
+            raise ValueError("a symmetric pair holds HSIC for i <= j only")
         a0, a1, b0, b1 = self.oa[i], self.oa[i + 1], self.ob[j], self.ob[j + 1]
         n = self.n
         c = self.C[a0:a1, b0:b1]
@@ -306,7 +328,9 @@ def _accumulate(
     if same:
         need_a = need_b = sorted(set(need_a) | set(need_b))
     stats = [
-        _PairStats([src_a.dims[k] for k in ga], [src_b.dims[k] for k in gb], device)
+        _PairStats(
+            [src_a.dims[k] for k in ga], [src_b.dims[k] for k in gb], device, same and ga == gb
+        )
         for ga, gb in tasks
     ]
     it_a = src_a.batches(batch_size, need_a)
@@ -328,7 +352,8 @@ def _accumulate(
         xa = {k: f - s for k, f, s in zip(need_a, fa, shift_a, strict=True)}
         xb = xa if same else {k: f - s for k, f, s in zip(need_b, fb, shift_b, strict=True)}
         for st, (ga, gb) in zip(stats, tasks, strict=True):
-            st.update(torch.cat([xa[k] for k in ga], 1), torch.cat([xb[k] for k in gb], 1))
+            x = torch.cat([xa[k] for k in ga], 1)
+            st.update(x, x if st.symmetric else torch.cat([xb[k] for k in gb], 1))
     return stats
 
 
@@ -367,6 +392,8 @@ def linear_cka_pairs(
         (st,) = _accumulate(a, b, [task], batch_size, dev)
         for i, ka in enumerate(task[0]):
             for j, kb in enumerate(task[1]):
+                if st.symmetric and j < i:
+                    continue  # the mirror of (j, i)
                 hsic[ka, kb] = st.hsic(i, j, debiased)
                 if same:
                     hsic[kb, ka] = hsic[ka, kb]

@@ -72,6 +72,29 @@ def test_gather_equals_load_in_any_order(tmp_path):
         rows.close()
 
 
+def test_gather_of_runs_repeats_and_shard_crossings(tmp_path):
+    """The gather reads in file order and takes one slice per block for consecutive rows: rows
+    that only look like a run (a repeat and a gap), runs read backwards or across shards, and
+    a reused output buffer full of stale values must all give the loaded rows."""
+    for dtype in ("float32", "bfloat16"):
+        cache = _write_cache(tmp_path / dtype, 130, [5, 9, 7], dtype=dtype, poolings=("cls", "mean"))
+        sel, pools = cache.select([0, 2], None)
+        full = cache.load(layers=sel, pooling=pools)  # (N, 4, 7), layer 0 zero-padded
+        rows = CacheRows(cache, sel, pools)
+        cases = [[3, 3, 5], [5, 3, 3], [49, 50, 51], [51, 50, 49], list(range(40, 110)),
+                 [0, 1, 2, 99, 100, 101], [129, 0], []]
+        for idx in cases:
+            idx = np.asarray(idx, dtype=np.int64)
+            stale = torch.full((idx.size, 4, 7), 7.0)
+            assert torch.equal(rows.gather(idx, out=stale), full[idx]), (dtype, idx)
+            assert torch.equal(rows.gather(idx, layers=[0]), full[idx][:, :2])
+        sub = cache_subset(cache, np.r_[60:130, 0:60])  # consecutive here, not in the file
+        srows = CacheRows(sub, sel, pools)
+        assert torch.equal(srows.gather(np.arange(130)), full[sub.positions])
+        rows.close()
+        srows.close()
+
+
 def test_one_pass_statistics_match_two_pass(tmp_path):
     cache = _write_cache(tmp_path / "c", 173, [6, 4])
     x = cache.load().double().numpy()

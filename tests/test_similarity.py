@@ -81,6 +81,20 @@ def test_cka_across_inputs_with_different_widths_and_memory_split(method, hsic):
     assert whole.shape == (5, 3)
 
 
+@pytest.mark.parametrize(
+    ("method", "hsic"), [("cka", _hsic_biased), ("cka-debiased", _hsic_unbiased)]
+)
+def test_cka_of_one_input_split_into_layer_groups(method, hsic):
+    """One input, a budget of two layers per group: diagonal group pairs accumulate only their
+    upper block triangle, off-diagonal pairs the whole block; every cell must match."""
+    x = _layers(seed=3)
+    ref = _naive_cka(list(x.transpose(1, 0, 2)), list(x.transpose(1, 0, 2)), hsic)
+    split = similarity(x, method=method, batch_size=16, max_memory=16 * 16 * 8)  # [0,1],[2,3],[4]
+    np.testing.assert_allclose(split, ref, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(split, split.T)
+    assert np.ptp(ref) > 0.3
+
+
 @pytest.mark.parametrize("method", ["cka", "cka-debiased"])
 def test_cka_of_a_layer_with_itself_is_one(method):
     s = similarity(_layers(), method=method, batch_size=13)

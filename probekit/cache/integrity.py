@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 import xxhash
 
@@ -47,6 +48,14 @@ _ST_DTYPES = {
     "F16": torch.float16,
     "BF16": torch.bfloat16,
     "I64": torch.int64,
+}
+
+
+_NP = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
+       torch.int64: np.int64}
+#: (stored, destination) dtypes that numpy converts exactly as torch does (same or widening)
+_EXACT_NUMPY = {(a, a) for a in _NP} | {
+    (torch.float16, torch.float32), (torch.float16, torch.float64), (torch.float32, torch.float64)
 }
 
 
@@ -285,6 +294,13 @@ class ShardFile:
                 h = xxhash.xxh3_128() if check else None
                 row_bytes = (end - begin) // shape[0]
                 step = max(1, _CHUNK // row_bytes)
+                # numpy copies into a CPU destination (exact conversions only): torch's copy_
+                # into a strided view pays for its thread pool on every 1 MiB chunk
+                np_dest = (
+                    dest.numpy()
+                    if dest.device.type == "cpu" and (dtype, dest.dtype) in _EXACT_NUMPY
+                    else None
+                )
                 f.seek(begin)
                 for r0 in range(0, shape[0], step):
                     r1 = min(shape[0], r0 + step)
@@ -292,6 +308,11 @@ class ShardFile:
                     _read_exact(f, view, self.path)
                     if h is not None:
                         h.update(view)
+                    if np_dest is not None:
+                        src = np.frombuffer(view, dtype=_NP[dtype]).reshape(r1 - r0, *shape[1:])
+                        np_dest[r0:r1] = src
+                        del src  # release the buffer export before the next read into it
+                        continue
                     block = torch.frombuffer(view, dtype=dtype).view((r1 - r0, *shape[1:]))
                     dest[r0:r1].copy_(block)
                     del block  # release the buffer export before the next read into it

@@ -82,8 +82,12 @@ def fit_feature_norm(mode: str, x: Tensor, chunk: int = 8192) -> FeatureNorm:
     """Fit a :class:`FeatureNorm` of ``mode`` on ``x`` ``(N, T, D)`` (float64 two-pass stats)."""
     norm = FeatureNorm(mode, x.shape[1], x.shape[2])
     if mode == "standardize":
-        mean = sum(c.double().sum(0) for c in x.split(chunk)) / x.shape[0]
-        var = sum((c.double() - mean).pow(2).sum(0) for c in x.split(chunk)) / x.shape[0]
+        mean = sum(c.sum(0, dtype=torch.float64) for c in x.split(chunk)) / x.shape[0]
+        var = torch.zeros_like(mean)
+        for c in x.split(chunk):
+            d = c.double().sub_(mean)  # one float64 temporary per chunk
+            var += d.square_().sum(0)
+        var /= x.shape[0]
         std = var.sqrt()
         norm.mean.copy_(mean.float())
         norm.std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)).float())

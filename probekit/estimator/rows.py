@@ -7,9 +7,10 @@ Shapes: ``N`` samples, ``T = L * P`` tokens (layer-major), ``D`` the widest sele
 The shards are safetensors files: an 8-byte header length, a JSON header with every tensor's
 dtype, shape and byte range, then the raw row-major data. The cache's reader knows every
 block's byte range and checks its digest the first time it reads it; :class:`CacheRows` has
-the reader check each block it is about to use (one full read of that block, once), maps each
-shard
-once and copies the requested rows of each ``(n, D)`` block; after each block it tells the
+the reader check each block it is about to use (one full read of that block, once per opened cache),
+maps each shard once and copies the requested rows of each ``(n, D)`` block, visiting them in
+file order (one slice for a run of consecutive rows, one numpy ``take`` otherwise, written with
+numpy rather than torch's indexed assignment); after each block it tells the
 kernel (``madvise(MADV_DONTNEED)``) that the block's mapped pages are no longer needed, so they
 leave the process's resident set (they stay in the page cache; the kernel maps pages around
 every touched row, so without this a random batch would map most of every shard it touches):
@@ -139,33 +140,46 @@ class CacheRows:
         layers = list(range(len(self.sel))) if layers is None else list(layers)
         p = len(self.pools)
         shape = (idx.size, len(layers) * p, self.width)
+        padded = any(self.dims[li] < self.width for li in layers)
         if out is None:
-            out = torch.zeros(shape, dtype=torch.float32)
-        elif tuple(out.shape) != shape:
-            raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
-        elif any(self.dims[li] < self.width for li in layers):
+            out = (torch.zeros if padded else torch.empty)(shape, dtype=torch.float32)
+        elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device.type != "cpu":
+            raise ValueError(
+                f"out is {out.dtype} {tuple(out.shape)} on {out.device}, expected float32 "
+                f"{shape} on the CPU"
+            )
+        elif padded:
             out.zero_()
-        shard = np.searchsorted(self._starts, absolute, side="right") - 1
-        order = np.argsort(shard, kind="stable")
-        bounds = np.flatnonzero(np.diff(shard[order])) + 1
-        for members in np.split(order, bounds) if order.size else []:
-            s = int(shard[members[0]])
+        if idx.size == 0:
+            return out
+        dest = out.numpy()  # numpy copies: no intra-op thread pool for these small strided copies
+        # visit the samples in file order: shard by shard, rows ascending within a shard
+        order = np.argsort(absolute, kind="stable")
+        shard = np.searchsorted(self._starts, absolute[order], side="right") - 1
+        firsts = np.flatnonzero(np.r_[True, np.diff(shard) != 0])
+        for first, members in zip(firsts, np.split(order, firsts[1:]), strict=True):
+            s = int(shard[first])
             local = absolute[members] - self._starts[s]
+            l0, m0, k = int(local[0]), int(members[0]), members.size
+            # consecutive samples (a chunk): plain slices on both sides, no fancy indexing
+            run = bool((np.diff(local) == 1).all() and (np.diff(members) == 1).all())
+            rows_at: Any = slice(l0, l0 + k) if run else local
+            dest_at: Any = slice(m0, m0 + k) if run else members
             mm, layout = self._open(s)
-            dest = torch.from_numpy(members)
             for t_l, li in enumerate(layers):
                 d = self.dims[li]
                 for pi, key in enumerate(self.keys[li]):
                     offset, dtype = layout[key]
+                    raw = _NP_RAW[dtype]
                     block = np.frombuffer(
-                        mm, dtype=_NP_RAW[dtype], count=self._rows[s] * d, offset=offset
+                        mm, dtype=raw, count=self._rows[s] * d, offset=offset
                     ).reshape(self._rows[s], d)
-                    rows = torch.from_numpy(block[local])  # a copy of the wanted rows
-                    if dtype == torch.bfloat16:
-                        rows = rows.view(torch.bfloat16)
-                    out[dest, t_l * p + pi, :d] = rows.float()
-                    del block
-                    _drop(mm, offset, self._rows[s] * d * rows.element_size())
+                    src = block[rows_at]
+                    if dtype == torch.bfloat16:  # bfloat16 bits are float32's top half
+                        src = (src.astype(np.uint32) << 16).view(np.float32)
+                    dest[dest_at, t_l * p + pi, :d] = src
+                    del block, src
+                    _drop(mm, offset, self._rows[s] * d * np.dtype(raw).itemsize)
         return out
 
     def chunks(self, rows: int, layers: Sequence[int] | None = None) -> Iterator[Tensor]:
