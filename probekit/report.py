@@ -38,17 +38,26 @@ class Figure:
 
 
 def _load_run(run_dir: Path) -> dict[str, Any]:
-    from safetensors.numpy import load_file
-
     from .cache import FeatureCache
+    from .report_arrays import AttributionFile
 
     cfg = read_config(run_dir)
     metrics = read_metrics(run_dir)
     att_dir = run_dir / "attribution"
     summary = json.loads((att_dir / "attribution.json").read_text()) if (att_dir / "attribution.json").is_file() else None
-    arrays = {p.stem: load_file(str(p)) for p in sorted(att_dir.glob("*.safetensors"))} if summary else {}
+    arrays = {p.stem: AttributionFile(p) for p in sorted(att_dir.glob("*.safetensors"))} if summary else {}
     cache = FeatureCache.open(cfg.cache_dir)
     return {"cfg": cfg, "metrics": metrics, "summary": summary, "arrays": arrays, "cache": cache}
+
+
+def _chunk_bytes(cfg: Any) -> int:
+    """Chunks of the attribution files: small, and within the run's budget (``fit_max_memory``)."""
+    from .memory import default_budget, parse_size
+    from .report_arrays import CHUNK_BYTES
+
+    size = cfg.fit_max_memory
+    budget = parse_size(size, "fit_max_memory") if size is not None else default_budget()
+    return max(1, min(CHUNK_BYTES, budget // 8))
 
 
 def _best_weight_head(metrics: dict[str, Any], arrays: dict[str, Any]) -> str | None:
@@ -67,9 +76,17 @@ def _head_layers(run_dir: Path, head: str, layers: list[str]) -> list[str]:
     return layers
 
 
-def build_figures(run_dir: str | Path) -> list[Figure]:
-    """Every figure of a run, most telling first."""
-    from .attribution import AblationResult
+def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[Figure]:
+    """Every figure of a run, most telling first.
+
+    The attribution files are read lazily, a chunk of rows at a time: class means, ablation
+    means and layer-map means are over every test sample, and a per-sample heatmap draws at most
+    ``max_samples`` rows (default :data:`probekit.report_arrays.HEATMAP_MAX_SAMPLES`), above it a
+    seeded class-stratified subsample in the original order, said in its title and caption.
+    """
+    from types import SimpleNamespace
+
+    from .report_arrays import HEATMAP_MAX_SAMPLES, stratified_subsample, summarize_head
     from .viz import (
         AblationDisplay,
         ClassProfileDisplay,
@@ -80,8 +97,12 @@ def build_figures(run_dir: str | Path) -> list[Figure]:
 
     run = _load_run(Path(run_dir))
     metrics, summary, arrays, cache = run["metrics"], run["summary"], run["arrays"], run["cache"]
+    cap = HEATMAP_MAX_SAMPLES if max_samples is None else int(max_samples)
+    chunk, seed = _chunk_bytes(run["cfg"]), run["cfg"].seed
+    head_layers = {h: _head_layers(Path(run_dir), h, metrics["layer_names"]) for h in arrays}
     if metrics.get("task") == "regression":
-        return [Figure(*spec) for spec in regression_figures(metrics, summary, arrays)]
+        return [Figure(*spec) for spec in regression_figures(metrics, summary, arrays, head_layers,
+                                                             cap, seed, chunk)]
     layers = metrics["layer_names"]
     label_names = metrics["label_names"]
     figs: list[Figure] = []
@@ -100,35 +121,43 @@ def build_figures(run_dir: str | Path) -> list[Figure]:
         return figs
     test = np.asarray(summary["test"])
     labels = np.asarray(cache.labels)[test]
-    texts = [cache.texts[i] for i in test] if cache.texts else None
+    shown = stratified_subsample(labels, cap, seed)  # (k,) rows of the per-sample heatmaps
+    n, k = len(test), len(shown)
+    note = f"{k} of {n} test samples shown" if k < n else ""
+    texts = [cache.texts[i] for i in test[shown]] if cache.texts else None
     best = _best_weight_head(metrics, arrays)
     order = sorted(arrays, key=lambda h: (h != best, h))
     for head in order:
         a = arrays[head]
-        layers = _head_layers(Path(run_dir), head, metrics["layer_names"])
+        layers = head_layers[head]
+        s = summarize_head(a, labels, shown, chunk)
         if "layer_weights" in a and head != "scalar-mix":
+            title = {"title": f"Layer attribution per sample: {head} layer weight ({note})"} if note else {}
             disp = LayerAttributionDisplay.from_arrays(
-                a["layer_weights"], layers, labels, label_names, predictions=a["predictions"],
-                sample_ids=np.asarray(cache.index)[test], texts=texts, value_name=f"{head} layer weight")
+                s.weights_shown, layers, labels[shown], label_names, predictions=a["predictions"][shown],
+                sample_ids=np.asarray(cache.index)[test[shown]], texts=texts,
+                value_name=f"{head} layer weight", **title)
             agree = summary["heads"][head].get("agreement_median")
+            caption = ("Each row is a test sample, grouped by class; each column a layer. "
+                       f"Median Spearman agreement with ablation: {agree:.2f}." if agree is not None
+                       else "")
+            if note:
+                caption += f" {note}: a class-stratified random sample (seed {seed}); the class means below are over all {n}."
             figs.append(Figure(f"weights-{head}", f"{head}: layer weights per test sample",
-                               "Each row is a test sample, grouped by class; each column a layer. "
-                               f"Median Spearman agreement with ablation: {agree:.2f}." if agree is not None
-                               else "", disp.figure_, key=head == best))
-            prof = ClassProfileDisplay.from_arrays(a["layer_weights"], layers, labels, label_names,
-                                                   value_name=f"{head} layer weight")
+                               caption.strip(), disp.figure_, key=head == best))
+            prof = ClassProfileDisplay.from_class_means(s.class_means, layers, s.classes, label_names,
+                                                        s.counts, value_name=f"{head} layer weight")
             figs.append(Figure(f"profile-{head}", f"{head}: class-mean layer profile",
                                "Mean layer weight within each true class.", prof.figure_, key=head == best))
-        result = AblationResult(per_sample=a["ablation"], accuracy_drop=a["accuracy_drop"],
-                                base_accuracy=summary["heads"][head]["base_accuracy"],
-                                layer_names=list(layers), mode=summary["mode"])
-        abl = AblationDisplay.from_result(result)
+        result = SimpleNamespace(accuracy_drop=a["accuracy_drop"], layer_names=list(layers),
+                                 base_accuracy=summary["heads"][head]["base_accuracy"], mode=summary["mode"])
+        abl = AblationDisplay.from_stats(s.ablation_mean, s.ablation_std, s.n, result)
         figs.append(Figure(f"ablation-{head}", f"{head}: layer ablation sensitivity",
                            f"Drop in true-class probability and in accuracy when one layer is replaced "
                            f"by its {summary['mode']} ({'train mean' if summary['mode'] == 'mean' else summary['mode']}).",
                            abl.figure_, key=head == best))
-        if "layer_map" in a:
-            lm = LayerMapDisplay.from_arrays(a["layer_map"], layers)
+        if s.layer_map is not None:
+            lm = LayerMapDisplay.from_arrays(s.layer_map, layers)
             figs.append(Figure(f"layermap-{head}", f"{head}: layer-to-layer attention",
                                "Row j: how layer j mixes itself and the layers below it (mean over test samples).",
                                lm.figure_))

@@ -8,6 +8,7 @@ head, and each head's layer weights and ablation sensitivity in squared-error un
 from __future__ import annotations
 
 import html
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -39,14 +40,34 @@ def _scatter(y: np.ndarray, pred: np.ndarray, head: str, r2: float, rho: float, 
     return fig
 
 
+def _target_bins(y: np.ndarray, bins: int = 10) -> np.ndarray:
+    """``(N,)`` decile of each target: the strata of a heatmap's subsample."""
+    edges = np.quantile(y, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.searchsorted(edges, y)
+
+
 def regression_figures(metrics: dict[str, Any], summary: dict[str, Any] | None,
-                       arrays: dict[str, Any]) -> list[FigureSpec]:
-    """Every figure of a regression run, most telling first."""
-    from .attribution import AblationResult
+                       arrays: dict[str, Any], head_layers: dict[str, list[str]] | None = None,
+                       max_samples: int | None = None, seed: int = 0,
+                       chunk_bytes: int | None = None) -> list[FigureSpec]:
+    """Every figure of a regression run, most telling first.
+
+    ``arrays`` maps each head to its :class:`~probekit.report_arrays.AttributionFile`, read a
+    chunk of ``chunk_bytes`` at a time; ``head_layers`` gives the layers each head was fitted on
+    (default: every layer). A per-sample heatmap draws at most ``max_samples`` rows, above it a
+    seeded sample stratified by target decile.
+    """
+    from .report_arrays import (
+        CHUNK_BYTES,
+        HEATMAP_MAX_SAMPLES,
+        stratified_subsample,
+        summarize_head,
+    )
     from .viz import AblationDisplay, LayerAccuracyDisplay
 
     layers = metrics["layer_names"]
     target = metrics.get("target_name", "target")
+    cap = HEATMAP_MAX_SAMPLES if max_samples is None else max_samples
     figs: list[FigureSpec] = []
     linear = metrics["heads"].get("linear")
     if linear and "per_layer" in linear:
@@ -70,23 +91,32 @@ def regression_figures(metrics: dict[str, Any], summary: dict[str, Any] | None,
                      "Each point is a test sample; the dashed line is a perfect prediction.", fig, True))
     for head in sorted(arrays, key=lambda h: (h != best, h)):
         a = arrays[head]
+        head_names = (head_layers or {}).get(head, layers)
+        n = a.shapes["ablation"][0]
+        y = np.asarray(a["targets"]) if "targets" in a else None
+        shown = stratified_subsample(np.zeros(n) if y is None else _target_bins(y), cap, seed)
+        s = summarize_head(a, np.zeros(n), shown, chunk_bytes or CHUNK_BYTES)
         if "layer_weights" in a and head != "scalar-mix":
             import plotly.graph_objects as go
 
-            w = np.asarray(a["layer_weights"])
-            order = np.argsort(np.asarray(a["targets"])) if "targets" in a else np.arange(len(w))
-            fig = go.Figure(go.Heatmap(z=w[order], x=layers, colorscale="Viridis",
+            w = s.weights_shown.astype(a.dtypes["layer_weights"])  # (k, L) as stored
+            order = np.argsort(y[shown]) if y is not None else np.arange(len(w))
+            note = f" ({len(shown)} of {n} test samples shown)" if len(shown) < n else ""
+            fig = go.Figure(go.Heatmap(z=w[order], x=head_names, colorscale="Viridis",
                                        colorbar={"title": "weight"}))
-            fig.update_layout(title=f"{head}: layer weights per test sample (sorted by true {target})",
+            fig.update_layout(title=f"{head}: layer weights per test sample (sorted by true {target}){note}",
                               template="plotly_white", xaxis={"title": "layer", "type": "category"},
                               yaxis={"title": f"test samples, by {target}"})
+            caption = f"Each row is a test sample, sorted by its true {target}; each column a layer."
+            if note:
+                caption += (f" {len(shown)} of {n} test samples shown: a random sample stratified "
+                            f"by {target} decile (seed {seed}).")
             figs.append((f"weights-{head}", f"{head}: layer weights per test sample",
-                         f"Each row is a test sample, sorted by its true {target}; each column a layer.",
-                         fig, head == best))
-        result = AblationResult(per_sample=a["ablation"], accuracy_drop=a["accuracy_drop"],
-                                base_accuracy=summary["heads"][head]["base_accuracy"],
-                                layer_names=list(layers), mode=summary["mode"])
-        fig = AblationDisplay.from_result(result).figure_
+                         caption, fig, head == best))
+        result = SimpleNamespace(accuracy_drop=a["accuracy_drop"], layer_names=list(head_names),
+                                 base_accuracy=summary["heads"][head]["base_accuracy"],
+                                 mode=summary["mode"])
+        fig = AblationDisplay.from_stats(s.ablation_mean, s.ablation_std, s.n, result).figure_
         fig.update_yaxes(title="Δ squared error", row=1, col=1)
         fig.update_yaxes(title="Δ R²", tickformat=".2f", row=2, col=1)
         fig.update_layout(title=f"Layer ablation ({summary['mode']}): base R² {result.base_accuracy:.3f}")

@@ -26,6 +26,9 @@ class AblationDisplay(_FigureBundle):
         result: the ablation result.
 
     Attributes:
+        n_: number of samples.
+        mean_: ``(L,)`` mean drop in the true-class probability.
+        std_: ``(L,)`` its standard deviation over samples (``ddof=1``).
         figure_: the plotly figure after :meth:`plot`.
     """
 
@@ -37,6 +40,10 @@ class AblationDisplay(_FigureBundle):
                 f"got {per_sample.shape}"
             )
         self.result = result
+        n = per_sample.shape[0]
+        self.n_ = n
+        self.mean_ = per_sample.mean(0)  # (L,)
+        self.std_ = per_sample.std(0, ddof=1) if n > 1 else np.zeros_like(self.mean_)
 
     @classmethod
     def from_result(cls, result: Any, **plot_kwargs: Any) -> AblationDisplay:
@@ -46,6 +53,42 @@ class AblationDisplay(_FigureBundle):
             The display, plotted.
         """
         return cls(result).plot(**plot_kwargs)
+
+    @classmethod
+    def from_stats(
+        cls,
+        mean: Any,
+        std: Any,
+        n: int,
+        result: Any,
+        **plot_kwargs: Any,
+    ) -> AblationDisplay:
+        """Plot from the per-layer mean and spread of the drops, computed elsewhere (e.g. streamed
+        over a file too big to load).
+
+        Args:
+            mean: ``(L,)`` mean drop per layer over the ``n`` samples.
+            std: ``(L,)`` its standard deviation (``ddof=1``).
+            n: number of samples.
+            result: anything with ``accuracy_drop``, ``base_accuracy``, ``layer_names`` and
+                ``mode`` as an :class:`~probekit.attribution.AblationResult` (its
+                ``per_sample`` is not read).
+            **plot_kwargs: passed to :meth:`plot`.
+
+        Returns:
+            The display, plotted.
+        """
+        disp = cls.__new__(cls)
+        disp.result = result
+        disp.n_ = int(n)
+        disp.mean_ = np.asarray(mean, dtype=np.float64)
+        disp.std_ = np.asarray(std, dtype=np.float64)
+        if disp.mean_.shape != (len(result.layer_names),) or disp.std_.shape != disp.mean_.shape:
+            raise ValueError(
+                f"mean and std must be (L,) with L = {len(result.layer_names)}, "
+                f"got {disp.mean_.shape} and {disp.std_.shape}"
+            )
+        return disp.plot(**plot_kwargs)
 
     @classmethod
     def from_estimator(
@@ -100,10 +143,8 @@ class AblationDisplay(_FigureBundle):
         from scipy.stats import norm
 
         res = self.result
-        per_sample = np.asarray(res.per_sample, dtype=np.float64)  # (N, L)
-        n = per_sample.shape[0]
-        mean = per_sample.mean(0)  # (L,)
-        sem = per_sample.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
+        n, mean = self.n_, self.mean_  # (L,)
+        sem = self.std_ / np.sqrt(n) if n > 1 else np.zeros_like(mean)
         err = float(norm.ppf(0.5 + confidence / 2)) * sem
         acc = np.asarray(res.accuracy_drop, dtype=np.float64)  # (L,)
         names = [str(x) for x in res.layer_names]

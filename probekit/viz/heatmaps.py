@@ -394,8 +394,29 @@ class ClassProfileDisplay(_FigureBundle):
         sums = np.zeros((len(classes), vals.shape[1]))
         np.add.at(sums, codes, vals)
         means = sums / counts[:, None]
-        names = [_name_of(c, label_names) for c in classes]
-        disp = cls(means, layer_names, names, counts, value_name=value_name)
+        return cls.from_class_means(means, layer_names, classes, label_names, counts,
+                                    value_name=value_name, **plot_kwargs)
+
+    @classmethod
+    def from_class_means(
+        cls,
+        class_means: np.ndarray,
+        layer_names: Sequence[str],
+        classes: Sequence[Any] | np.ndarray,
+        label_names: Sequence[str] | Mapping[Any, str] | None = None,
+        counts: np.ndarray | None = None,
+        *,
+        value_name: str = "attribution",
+        **plot_kwargs: Any,
+    ) -> ClassProfileDisplay:
+        """Plot ``(C, L)`` means of the ``C`` classes computed elsewhere (e.g. streamed over a
+        file too big to load), ``classes`` named through ``label_names``, ``counts (C,)``.
+
+        Returns:
+            The display, plotted.
+        """
+        names = [_name_of(c, label_names) for c in np.asarray(classes)]
+        disp = cls(class_means, layer_names, names, counts, value_name=value_name)
         return disp.plot(**plot_kwargs)
 
     @classmethod
