@@ -3,7 +3,7 @@
 Writes synthetic caches of the given sizes (same layers and width, more samples; shard by
 shard with ``CacheWriter``, never the whole cache in memory), runs
 ``probekit fit --probe linear,laya --max-memory 512MB`` on each in a fresh process, and prints
-the peak resident set (``ru_maxrss`` of that process) and the wall time per size, the ratio of
+the peak resident set (``VmHWM`` of that process: its own, not its parent's) and the wall time per size, the ratio of
 the largest to the smallest peak (target <= 1.5: flat) and time per GB (target: at most linear
 growth). Caches are deleted afterwards.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -65,6 +64,7 @@ def child(args: argparse.Namespace) -> None:
     """Run ``probekit fit`` in this process and print its peak RSS and time as JSON."""
     from probekit import runs
     from probekit.cli import main
+    from probekit.memory import peak_rss
 
     if args.laya_epochs:
         runs.CPU_PROBE_PARAMS["laya"] = {"epochs": args.laya_epochs}
@@ -72,7 +72,7 @@ def child(args: argparse.Namespace) -> None:
     code = main(["fit", "--cache", args.cache, "--probe", args.probes, "--out", args.out,
                  "--max-memory", args.max_memory, "--bootstrap", "100"])
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()  # VmHWM: this process's own peak (ru_maxrss includes the parent's)
     print(json.dumps({"code": code, "seconds": seconds, "peak_rss": peak}))
 
 

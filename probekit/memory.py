@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["available_memory", "default_budget", "parse_size"]
+__all__ = ["available_memory", "default_budget", "parse_size", "peak_rss", "reset_peak_rss", "rss"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -59,3 +59,52 @@ def available_memory() -> int:
 def default_budget() -> int:
     """The default memory budget of a fit: half the available RAM."""
     return available_memory() // 2
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss() -> int:
+    """This process's resident set now, in bytes (Linux; 0 where it cannot be read)."""
+    kib = _status_kib("VmRSS")
+    return 0 if kib is None else kib * 1024
+
+
+def peak_rss() -> int:
+    """This process's peak resident set in bytes, since start or :func:`reset_peak_rss`.
+
+    On Linux this is ``VmHWM``, the high-water mark of this process's own memory map.
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` is not: Linux carries it over ``execve``, so a child
+    started from a large parent (a test runner, a benchmark driver) reports at least the
+    parent's resident set at the fork. Elsewhere ``ru_maxrss`` is the only figure there is.
+    """
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB elsewhere
+
+
+def reset_peak_rss() -> bool:
+    """Start :func:`peak_rss` again from the current resident set (Linux ``clear_refs``).
+
+    Returns:
+        Whether the kernel took the reset (False where ``/proc/self/clear_refs`` is missing).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

@@ -164,8 +164,9 @@ def test_cli_attribute_and_report_with_a_head_on_some_layers(tmp_path):
 
 _RSS_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     import numpy as np
+    from probekit.memory import peak_rss, reset_peak_rss, rss
     from probekit.pipeline import attribute_stage
     from probekit.estimator import ProbeClassifier
     from probekit.attribution import ablation_sensitivity, layer_attribution
@@ -174,10 +175,10 @@ _RSS_SCRIPT = textwrap.dedent(
     clf = ProbeClassifier.load(run_dir + "/probes/laya")
     ablation_sensitivity(clf, warm, np.arange(8) % 2, mode="shuffle")  # load every module
     layer_attribution(clf, warm)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert reset_peak_rss()  # the peak of this process only, from here
+    base = rss()
     attribute_stage(run_dir, ablation="shuffle", max_memory=budget)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"growth_mb": (peak - base) / 1024}))
+    print(json.dumps({"growth_mb": (peak_rss() - base) / 2**20}))
     """
 )
 

@@ -213,15 +213,13 @@ def test_regression_heatmap_subsample_follows_the_targets(tmp_path):
 
 _RSS_SCRIPT = textwrap.dedent(
     """
-    import json, re, sys
+    import json, sys
     import numpy as np
     from probekit.attribution import AblationResult
     from probekit.cache import FeatureCache
+    from probekit.memory import peak_rss, reset_peak_rss, rss
     from probekit.report import write_report
     from probekit.viz import AblationDisplay, LayerAttributionDisplay, LayerMapDisplay
-
-    def status(key):  # MiB; VmHWM is this process's own peak (ru_maxrss counts the parent's)
-        return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
 
     run_dir, cache_dir = sys.argv[1], sys.argv[2]
     warm = np.random.default_rng(0).random((8, 4))  # import torch, scipy, plotly and the displays
@@ -229,10 +227,10 @@ _RSS_SCRIPT = textwrap.dedent(
     LayerAttributionDisplay.from_arrays(warm, list("abcd"), np.arange(8) % 2).figure_.to_html()
     LayerMapDisplay.from_arrays(warm[:4], list("abcd"))
     AblationDisplay.from_result(AblationResult(warm, warm[0], 0.5, list("abcd"), "mean"))
-    open("/proc/self/clear_refs", "w").write("5")  # the peak starts again from here
-    base = status("VmRSS")
+    assert reset_peak_rss()  # the peak of this process only, from here
+    base = rss()
     path = write_report(run_dir)
-    growth = status("VmHWM") - base
+    growth = (peak_rss() - base) / 2**20
     print(json.dumps({"growth_mb": growth, "html_mb": path.stat().st_size / 2**20}))
     """
 )

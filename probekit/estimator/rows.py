@@ -254,13 +254,14 @@ def stream_stats(rows: CacheRows, chunk: int) -> tuple[Tensor, Tensor, bool]:
     m2 = torch.zeros_like(mean)
     finite = True
     for x in rows.chunks(chunk):
-        if not bool(torch.isfinite(x).all()):
-            finite = False
-            break
-        xd = x.double()
+        if not bool(torch.isfinite(x.sum())):  # NaN and inf propagate into the sum
+            finite = bool(torch.isfinite(x).all())  # only a float32 overflow of finite values
+            if not finite:
+                break
+        xd = x.double()  # the chunk's one float64 temporary
         b = xd.shape[0]
         mb = xd.mean(0)
-        m2b = (xd - mb).pow(2).sum(0)
+        m2b = xd.sub_(mb).square_().sum(0)
         delta = mb - mean
         total = n + b
         mean += delta * (b / total)
