@@ -43,7 +43,8 @@ class LinearSolution:
 
 
 def _logistic_objective(
-    X: Tensor, Y: Tensor, sw: Tensor, W: Tensor, b: Tensor, alpha: float
+    X: Tensor, Y: Tensor, sw: Tensor, W: Tensor, b: Tensor, alpha: float,
+    Xt: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Mean weighted log-loss plus ``alpha/2 ||W||^2`` and its gradient, without autograd.
 
@@ -57,11 +58,16 @@ def _logistic_objective(
         sw: ``(N,)`` sample weights divided by their sum.
         W: ``(K, F)`` weights; ``b``: ``(K,)`` intercepts.
         alpha: L2 strength on the mean loss (``1 / (C * sum of sample weights)``).
+        Xt: ``X.T`` contiguous ``(F, N)``, for several classes: ``W @ Xt`` gives the class-major
+            logits in one product, about twice as fast as ``(X @ W.T).T`` made contiguous.
 
     Returns:
         ``(loss, grad_W (K, F), grad_b (K,))``.
     """
-    z = torch.addmm(b, X, W.T).T.contiguous()  # (K, N)
+    if Xt is not None:
+        z = torch.addmm(b[:, None], W, Xt)  # (K, N)
+    else:
+        z = torch.addmm(b, X, W.T).T.contiguous()  # (K, N)
     if Y.ndim == 1:
         z1 = z[0]
         loss = (sw * (F.softplus(z1) - Y * z1)).sum()
@@ -161,12 +167,17 @@ def _solve_one_layer(
     max_iter: int,
     tol: float,
 ) -> tuple[Tensor, Tensor, int, float]:
-    """L-BFGS on one layer's logistic regression; weights ``(K, F)`` and bias ``(K,)`` flattened."""
+    """L-BFGS on one layer's logistic regression; weights ``(K, F)`` and bias ``(K,)`` flattened.
+
+    With several classes the layer's block is also held transposed (one more ``(N, F)`` copy
+    per solving thread) for the faster logits product.
+    """
     K, Fdim = W0.shape
+    Xt = X.T.contiguous() if K > 1 else None
 
     def fg(w: Tensor) -> tuple[Tensor, Tensor]:
         W, b = w[: K * Fdim].view(K, Fdim), w[K * Fdim :]
-        loss, gW, gb = _logistic_objective(X, Y, sw, W, b, alpha)
+        loss, gW, gb = _logistic_objective(X, Y, sw, W, b, alpha, Xt)
         return loss, torch.cat([gW.reshape(-1), gb])
 
     w, n_iter = _lbfgs(fg, torch.cat([W0.reshape(-1), b0]), max_iter, tol)
