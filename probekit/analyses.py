@@ -100,6 +100,11 @@ def mdl_table(X_train: Any, y_train: np.ndarray, layer_names: list[str], tokens:
     return result.to_dict()
 
 
+CKA_MAX_WORK = 1e13
+"""Largest ``N x features_a x features_b`` a run computes its CKA map for (about 100 s in float64
+on a 2-core CPU); above it :func:`write_cka` warns and records why it skipped the map."""
+
+
 def write_cka(run_dir: Path, cache: Any, other: Any = None, name: str = "within",
               max_memory: int | None = None) -> dict[str, Any]:
     """Linear CKA between the cache's layers (or between ``cache`` and ``other``'s layers) over
@@ -111,16 +116,27 @@ def write_cka(run_dir: Path, cache: Any, other: Any = None, name: str = "within"
             (about 36 bytes per feature and row); ``None``: :func:`similarity`'s defaults.
 
     Returns:
-        ``{"method", "file", "layers_a", "layers_b"}`` for ``metrics.json``.
+        ``{"method", "file", "layers_a", "layers_b"}`` for ``metrics.json``, or
+        ``{"method", "skipped"}`` when the map would cost more than :data:`CKA_MAX_WORK`.
     """
+    import warnings
+
     from .compare import write_similarity
     from .similarity import similarity
 
+    def features(c: Any) -> int:  # what similarity() compares: cls if recorded, else all
+        return sum(c.dims) * (1 if "cls" in c.poolings else len(c.poolings))
+
+    work = len(cache) * features(cache) * (features(other) if other is not None else features(cache))
+    if work > CKA_MAX_WORK:
+        reason = (f"linear CKA over every layer pair of all {len(cache)} samples is "
+                  f"{work:.1e} multiply-adds (over {CKA_MAX_WORK:.0e}: minutes to hours); run "
+                  "`probekit compare` (or probekit.similarity) on chosen layers for it")
+        warnings.warn(f"{name} layer similarity skipped: {reason}", stacklevel=2)
+        return {"method": "cka", "skipped": reason}
     opts: dict[str, int] = {}
     if max_memory is not None:
-        width = sum(cache.dims) * (1 if "cls" in cache.poolings else len(cache.poolings))
-        if other is not None:
-            width += sum(other.dims) * (1 if "cls" in other.poolings else len(other.poolings))
+        width = features(cache) + (features(other) if other is not None else 0)
         opts = {"max_memory": max(1, min(1 << 30, max_memory // 2)),
                 "batch_size": int(max(64, min(4096, max_memory // 2 // (36 * width))))}
     matrix, names_a, names_b = similarity(cache, other, "cka", return_names=True, **opts)

@@ -80,7 +80,7 @@ def science_figures(run_dir: Path, metrics: dict[str, Any]) -> list[dict[str, An
         entry = metrics.get(key)
         if key == "random_init" and entry:
             entry = entry.get("similarity_to_trained")
-        path = run_dir / entry["file"] if entry else None
+        path = run_dir / entry["file"] if entry and "file" in entry else None
         if path is None or not path.is_file():
             continue
         matrix, names_a, names_b = read_similarity(path)

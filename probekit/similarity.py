@@ -255,7 +255,7 @@ class _PairStats:
             self.qb += q
             return
         na, nb = self._sq_norms(x, self.oa), self._sq_norms(y, self.ob)  # (b, LA), (b, LB)
-        self.C += x.T @ y
+        self.C.addmm_(x.T, y)  # no (DA, DB) temporary
         self.sa += x.sum(0)
         self.sb += y.sum(0)
         self.ua += x.T @ nb
