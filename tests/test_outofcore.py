@@ -275,18 +275,15 @@ def test_cli_fit_with_a_tiny_budget_matches_in_memory(tmp_path, capsys):
 def test_peak_rss_is_the_child_own_not_the_parent_at_the_fork():
     """ru_maxrss survives execve on Linux: a child of a big process would report the parent's
     resident set. The memory tests above measure with peak_rss() for that reason."""
-    import resource
-
-    from probekit.memory import peak_rss, reset_peak_rss, rss
-
     ballast = np.ones(400 * 2**20, dtype=np.uint8)  # 400 MiB resident in this (parent) process
-    code = ("import json, resource; from probekit.memory import peak_rss; "
-            "print(json.dumps([peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))")
+    code = ("import json, resource; import numpy as np\n"
+            "from probekit.memory import peak_rss, reset_peak_rss, rss\n"
+            "start = [peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]\n"
+            "assert reset_peak_rss(); base = rss()\n"
+            "block = np.ones(64 * 2**20, dtype=np.uint8)\n"
+            "print(json.dumps(start + [peak_rss() - base]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    peak, maxrss_kib = json.loads(out.stdout)
-    assert maxrss_kib * 1024 > 400 * 2**20 > 4 * peak  # the carried-over figure vs the child's own
-    assert reset_peak_rss()
-    base = rss()
-    block = np.ones(64 * 2**20, dtype=np.uint8)  # while the ballast lives: fresh pages
-    assert 60 * 2**20 < peak_rss() - base < 80 * 2**20
-    del block, ballast, resource
+    peak, maxrss, growth = json.loads(out.stdout)
+    assert maxrss > 400 * 2**20 > 4 * peak  # the carried-over figure vs the child's own
+    assert 60 * 2**20 < growth < 80 * 2**20  # a fresh 64 MiB block, after the reset
+    del ballast
