@@ -5,7 +5,7 @@
     RUN/
       config.json            the resolved RunConfig
       cache/                 the feature cache (reused when it is already complete)
-      split.json             train / test sample positions (stratified, seeded)
+      split.json             train / test sample positions (seeded; stratified for classification)
       probes/<head>/         model.safetensors + config.json for every head
       metrics.json, metrics.csv
       attribution/<head>.safetensors + attribution.json
@@ -199,7 +199,8 @@ class RunConfig:
             Default: a light ALF (one config, 20 epochs); ``{}`` gives every head its paper recipe.
         fit_max_memory: the memory budget of probe training and attribution (``4GiB``); bigger
             caches stream from disk.
-        test_size: fraction of samples held out (stratified) for every reported score.
+        test_size: fraction of samples held out for every reported score (stratified for
+            classification, random for regression).
         seed: seeds the split, the probes and the bootstrap.
         ablation: replacement for ablation sensitivity: ``mean``, ``zero`` or ``shuffle``.
         bootstrap: bootstrap resamples for the 95% confidence intervals.
