@@ -206,7 +206,8 @@ def test_stage_peak_memory_stays_within_budget(tmp_path):
                          capture_output=True, text=True, check=True)
     growth = json.loads(res.stdout.strip().splitlines()[-1])["growth_mb"]
     features_mb = n * layers * dim * 4 / 2**20
-    assert growth < 2 * 32 + 16 < 0.75 * features_mb, growth  # measured: 43-52 MiB (main: 1 GiB)
+    print(f"peak RSS growth of the chunked attribute stage: {growth:.1f} MiB")
+    assert growth < 2 * 32 + 16 < 0.75 * features_mb, growth  # measured: 43-55 MiB (main: 1 GiB)
     out = load_file(str(run_dir / "attribution" / "laya.safetensors"))
     assert out["ablation"].shape == (test.size, layers)
     # the test rows' layer weights and predictions as in memory

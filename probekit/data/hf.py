@@ -80,7 +80,7 @@ def _load_hf(
         import datasets
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise DataError(
-            "hf: datasets need the 'datasets' package (pip install probekit[hub])"
+            "hf: datasets need the 'datasets' package (pip install 'probekit-layers[hub]', or pip install datasets)"
         ) from e
 
     local = Path(name).expanduser()

@@ -63,7 +63,7 @@ def _load_hf_stream(
         import datasets
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise DataError(
-            "hf: datasets need the 'datasets' package (pip install probekit[hub])"
+            "hf: datasets need the 'datasets' package (pip install 'probekit-layers[hub]', or pip install datasets)"
         ) from e
 
     where = f"hf:{name}"

@@ -121,8 +121,8 @@ def export(
         import kaleido  # noqa: F401
     except ImportError as err:
         raise ExportError(
-            f"writing .{suffix} needs kaleido>=1: `pip install kaleido` (or `pip install "
-            f"probekit[export]`). {_INSTALL_HINT}"
+            f"writing .{suffix} needs kaleido>=1 (a dependency of probekit-layers): "
+            f"`pip install 'kaleido>=1'`. {_INSTALL_HINT}"
         ) from err
     if find_chrome() is None:
         raise ExportError(f"no Chrome/Chromium found to write {path.name!r}. {_INSTALL_HINT}")
