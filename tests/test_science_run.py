@@ -13,6 +13,8 @@ import pytest
 
 from probekit.cli import main
 
+from .test_structure import toy_cache
+
 POS = ["good", "great", "nice", "lovely", "happy", "joy", "fine", "super", "kind", "calm"]
 NEG = ["bad", "awful", "nasty", "horrid", "sad", "pain", "grim", "vile", "mean", "cruel"]
 
@@ -199,3 +201,25 @@ def test_random_init_options_are_checked_before_work():
     with pytest.raises(ConfigError, match="control needs the linear probe"):
         RunConfig(control=True, probes=["alf"])
     assert RunConfig.from_dict({"random-init": "true", "mdl": "yes"}).random_init is True
+
+
+def test_fit_skips_a_cka_map_too_big_to_compute_and_says_why(tmp_path, monkeypatch):
+    """A 7B model's within-model CKA is ~1e15 multiply-adds: the run warns, records why, and its
+    report still builds (here the limit is lowered to the toy cache's 120 x 24 x 24)."""
+    import probekit.analyses as analyses
+    from probekit.report import build_figures
+
+    toy_cache(tmp_path / "cache")
+    argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear", "--bootstrap", "20"]
+    assert main([*argv, "--out", str(tmp_path / "ok")]) == 0
+    ok = json.loads((tmp_path / "ok" / "metrics.json").read_text())["similarity"]
+    assert (tmp_path / "ok" / ok["file"]).is_file()
+    monkeypatch.setattr(analyses, "CKA_MAX_WORK", 120 * 24 * 24 - 1)
+    with pytest.warns(UserWarning, match="within layer similarity skipped: .* 6.9e\\+04"):
+        assert main([*argv, "--out", str(tmp_path / "big")]) == 0
+    skipped = json.loads((tmp_path / "big" / "metrics.json").read_text())["similarity"]
+    assert set(skipped) == {"method", "skipped"} and "probekit compare" in skipped["skipped"]
+    assert not (tmp_path / "big" / "similarity").exists()
+    names = {f.name for f in build_figures(tmp_path / "big")}
+    assert "accuracy" in names and "cka" not in names
+    assert "cka" in {f.name for f in build_figures(tmp_path / "ok")}
