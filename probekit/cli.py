@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -307,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``probekit`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    formatwarning = warnings.formatwarning
+    if not os.environ.get("PROBEKIT_DEBUG"):  # one line per warning, as errors are printed
+        warnings.formatwarning = _one_line_warning(args.command)
     try:
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
@@ -327,6 +331,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"probekit {args.command}: internal error (a bug in probekit; the traceback above "
               "says where)", file=sys.stderr)
         return EXIT_BUG
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(command: str) -> Any:
+    """``warnings.formatwarning`` for the CLI: ``probekit CMD: warning: first line``, without the
+    source line that Python's default shows (``PROBEKIT_DEBUG=1`` keeps the default)."""
+
+    def fmt(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+            line: str | None = None) -> str:
+        text = str(message).strip().splitlines()
+        return f"probekit {command}: warning: {text[0] if text else category.__name__}\n"
+
+    return fmt
 
 
 if __name__ == "__main__":  # pragma: no cover

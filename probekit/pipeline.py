@@ -185,9 +185,9 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
     minus that of the last layer's linear probe (``vs_last_layer``) and of the single layer chosen
     on a validation split of the train samples (``vs_best_layer``), by :func:`paired_comparison`.
     """
-    import torch
 
     from .analyses import control_keys_of, mdl_table, write_cka
+    from .estimator.inputs import check_finite
 
     if cfg.task == "regression":
         return fit_regression_stage(cache, cfg, progress)
@@ -202,8 +202,8 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
     # Out of core (3 copies of the features would not fit): heads read their rows from the
     # cache's train / test subsets; NaN and infinity are caught by the fit's statistics pass.
     X = None if 3 * n_bytes > budget and not (cfg.mdl or cfg.control) else _load_features(cache)
-    if X is not None and not bool(torch.isfinite(X.sum())) and not torch.isfinite(X).all():
-        raise DataError("the cache holds NaN or infinite features")
+    if X is not None:
+        check_finite(X, "the cache")
     train, test = _split(labels, cfg.test_size, cfg.seed)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
     metrics: dict[str, Any] = {
@@ -411,10 +411,10 @@ def fit_regression_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> d
     """:func:`fit_stage` for ``task="regression"``: every head as a
     :class:`~probekit.ProbeRegressor` on a random train split; R², Spearman and MSE on the test
     split with bootstrap intervals (per layer for the linear probes)."""
-    import torch
     from sklearn.model_selection import train_test_split
 
     from .estimator import ProbeRegressor
+    from .estimator.inputs import check_finite
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -422,8 +422,7 @@ def fit_regression_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> d
     if np.ptp(y) == 0:
         raise DataError("the cache's regression targets are constant; probes need them to vary")
     X = _load_features(cache)
-    if not bool(torch.isfinite(X.sum())) and not torch.isfinite(X).all():
-        raise DataError("the cache holds NaN or infinite features")
+    check_finite(X, "the cache")
     train, test = train_test_split(np.arange(len(y)), test_size=cfg.test_size, random_state=cfg.seed)
     train, test = np.sort(train), np.sort(test)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)

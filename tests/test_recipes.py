@@ -4,42 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from probekit import ConfigError, ProbeClassifier
-from probekit.cache import CacheWriter
 
-
-def _cls_mean_cache(path, n=120, seed=0):
-    """A finished cache of 3 layers (widths 6, 10, 8) with ``cls`` and ``mean`` for each."""
-    layers = [("layers.0", 6), ("layers.1", 10), ("layers.2", 8)]
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    manifest = {
-        "model": {"id": "tiny", "revision": "r", "weights_sha256": "0" * 64},
-        "layers": [{"name": name, "dim": d} for name, d in layers],
-        "poolings": ["cls", "mean"],
-        "dtype": "float32",
-        "precision": "fp32",
-        "preprocessing": {},
-        "dataset": {"name": "toy", "fingerprint": "f" * 64, "n": n, "label_names": ["a", "b"]},
-    }
-    feats = {
-        f"{name}.{p}": torch.from_numpy(
-            (rng.normal(size=(n, d)) + (i + 1) * 0.8 * (labels[:, None] - 0.5)).astype(np.float32)
-        )
-        for i, (name, d) in enumerate(layers)
-        for p in ("cls", "mean")
-    }
-    writer = CacheWriter.create(path, manifest, n, shard_size=50)
-    for i in writer.missing_shards():
-        start, stop = writer.shard_range(i)
-        writer.write_shard(i, {k: v[start:stop] for k, v in feats.items()}, labels[start:stop])
-    return writer.finalize()
+from .test_estimator import _make_cache
 
 
 def test_alf_default_on_a_cache_fuses_cls_and_mean_over_the_63_point_grid(tmp_path):
-    cache = _cls_mean_cache(tmp_path / "cache")
+    cache = _make_cache(tmp_path / "cache")
     # epochs=1 keeps every default grid axis and only drops the 1000-step floor (test speed)
     clf = ProbeClassifier("alf", epochs=1, random_state=0).fit(cache)
     assert clf.tokens_per_layer_ == 2

@@ -13,7 +13,7 @@ import pytest
 
 from probekit.cli import main
 
-from .test_structure import toy_cache
+from .test_estimator import _make_cache
 
 POS = ["good", "great", "nice", "lovely", "happy", "joy", "fine", "super", "kind", "calm"]
 NEG = ["bad", "awful", "nasty", "horrid", "sad", "pain", "grim", "vile", "mean", "cruel"]
@@ -209,7 +209,7 @@ def test_fit_skips_a_cka_map_too_big_to_compute_and_says_why(tmp_path, monkeypat
     import probekit.analyses as analyses
     from probekit.report import build_figures
 
-    toy_cache(tmp_path / "cache")
+    _make_cache(tmp_path / "cache")  # 120 samples, cls widths 6 + 10 + 8 = 24
     argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear", "--bootstrap", "20"]
     assert main([*argv, "--out", str(tmp_path / "ok")]) == 0
     ok = json.loads((tmp_path / "ok" / "metrics.json").read_text())["similarity"]

@@ -254,6 +254,32 @@ def test_user_error_through_a_real_process(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_cli_warnings_are_one_line_each(tmp_path):
+    """A warning from deep inside a command reaches the user as ``probekit CMD: warning: ...``,
+    one line, without Python's file:line and source echo (here: a CKA map over the limit)."""
+    import os
+    import subprocess
+    import sys
+
+    from .test_estimator import _make_cache
+
+    _make_cache(tmp_path / "cache")
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, probekit.analyses as a; a.CKA_MAX_WORK = 1; from probekit.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear", "--bootstrap", "20",
+            "--out", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("PROBEKIT_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if "warning" in ln.lower()]
+    assert lines and all(ln.startswith("probekit fit: warning: ") for ln in lines), proc.stderr
+    assert any("layer similarity skipped" in ln for ln in lines)
+    assert "analyses.py" not in proc.stderr and "pipeline.py" not in proc.stderr
+
+
 def test_cli_run_names_the_run_and_prints_the_summary(tmp_path, capsys, monkeypatch):
     """``probekit run`` without --name: the folder is named after model and data, and the
     command ends with the summary table (run_one stubbed: this checks the CLI, not the flow)."""

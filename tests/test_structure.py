@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,28 +199,11 @@ def test_every_public_name_is_importable_from_the_package():
         probekit.nope  # noqa: B018
 
 
-def toy_cache(path: Path, n: int = 120, n_layers: int = 3, dim: int = 8) -> Path:
-    """A small two-class float32 cache (``cls`` pooling) whose layers carry the label."""
-    from probekit.cache import CacheWriter
-
-    rng = np.random.default_rng(0)
-    manifest = {"model": {"id": "synthetic"}, "poolings": ["cls"], "dtype": "float32",
-                "layers": [{"name": f"layers.{i}", "dim": dim} for i in range(n_layers)],
-                "dataset": {"name": "toy", "fingerprint": f"toy-{n}", "n": n,
-                            "label_names": ["a", "b"]}}
-    w = CacheWriter.create(path, manifest, n)
-    for i in w.missing_shards():
-        start, stop = w.shard_range(i)
-        y = np.arange(start, stop) % 2
-        w.write_shard(i, {f"layers.{k}.cls": rng.normal(size=(stop - start, dim)).astype(np.float32)
-                          + y[:, None] for k in range(n_layers)}, y)
-    w.finalize()
-    return path
-
-
 def test_fit_on_a_cache_loads_neither_scikit_learn_nor_scipy(tmp_path):
     """`probekit fit` of a classification cache imports torch, not scikit-learn (1.3 s of SciPy)."""
-    toy_cache(tmp_path / "cache")
+    from .test_estimator import _make_cache
+
+    _make_cache(tmp_path / "cache")  # 3 layers, cls and mean, 120 samples
     argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear",
             "--out", str(tmp_path / "run"), "--bootstrap", "50"]
     probe = _PROBE.replace('("torch", "transformers", "sklearn", "captum", "timm", "numpy")',

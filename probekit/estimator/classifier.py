@@ -27,12 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
-from ..probes import create_probe
 from ..train import TrainConfig, balanced_accuracy, fit_linear_probes, stratified_split
 from .base import ProbeEstimator
 from .control import control_keys, fit_control
 from .inputs import _is_cache, encode_labels
-from .model import FeatureNorm, _layer_major, _linear_rows, _load_linear, _set_selected_layer
+from .model import FeatureNorm, _layer_major, _linear_rows, finish_linear
 from .stream import fit_from_stream
 
 __all__ = ["ProbeClassifier"]
@@ -227,16 +226,7 @@ class ProbeClassifier(ProbeEstimator):
             sol = fit_linear_probes(xl, y, init=sol, **opts)
             history += _linear_rows("refit", sol, None)
         del xl
-        head = create_probe(self.head, **self._head_kwargs(variant))
-        _load_linear(head, sol.weight.cpu(), sol.bias.cpu())
-        _set_selected_layer(head, self.selected_layer_)
-        self.best_params_ = {"solver": "lbfgs", "C": float(s.C), "max_iter": int(s.max_iter)}
-        self.history_ = history
-        self.best_epoch_ = None
-        self.grid_scores_ = None
-        self.grid_configs_ = None
-        self.n_iter_ = sol.n_iter
-        return head, dict(variant)
+        return finish_linear(self, s, variant, sol, history)
 
     # ----------------------------------------------------------------- task hooks
 

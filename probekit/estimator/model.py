@@ -155,3 +155,22 @@ def _stream_stats(batches: Any, n_tokens: int, dim: int) -> tuple[Tensor, Tensor
     for xb, _ in batches():
         sq += (xb.double() - mean).pow(2).sum(0)
     return mean, (sq / max(n, 1)).sqrt()
+
+
+def finish_linear(clf: Any, s: Any, variant: dict[str, Any], sol: Any,
+                  history: list[dict[str, Any]]) -> tuple[nn.Module, dict[str, Any]]:
+    """The ``linear`` head from per-layer solutions ``sol`` (``weight (L, F, C)``, ``bias (L, C)``,
+    ``n_iter``), with ``clf``'s fitted attributes set as every fit of it (in memory or streamed)
+    leaves them; ``clf.selected_layer_`` is already chosen."""
+    from ..probes import create_probe
+
+    head = create_probe(clf.head, **clf._head_kwargs(variant))
+    _load_linear(head, sol.weight.cpu(), sol.bias.cpu())
+    _set_selected_layer(head, clf.selected_layer_)
+    clf.best_params_ = {"solver": "lbfgs", "C": float(s.C), "max_iter": int(s.max_iter)}
+    clf.history_ = history
+    clf.best_epoch_ = None
+    clf.grid_scores_ = None
+    clf.grid_configs_ = None
+    clf.n_iter_ = sol.n_iter
+    return head, dict(variant)

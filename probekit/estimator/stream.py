@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from ..probes import create_probe, get_probe_class
+from ..probes import get_probe_class
 from ..train import TrainConfig, balanced_accuracy, fit_linear_probes, stratified_split
 from ..train.linear import LinearSolution
 from ..transfer import host_empty, to_device
 from .inputs import encode_labels
-from .model import FeatureNorm, _linear_rows, _load_linear, _set_selected_layer
+from .model import FeatureNorm, _linear_rows, finish_linear
 from .rows import CacheRows, stream_stats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -228,12 +228,4 @@ def _fit_linear_blocks(
     final = _stack(refit) if refit else _stack(search)
     if refit:
         history += _linear_rows("refit", final, None)
-    head = create_probe(clf.head, **clf._head_kwargs(variant))
-    _load_linear(head, final.weight.cpu(), final.bias.cpu())
-    _set_selected_layer(head, clf.selected_layer_)
-    clf.best_params_ = {"solver": "lbfgs", "C": float(s.C), "max_iter": int(s.max_iter)}
-    clf.history_ = history
-    clf.best_epoch_ = None
-    clf.grid_scores_ = None
-    clf.n_iter_ = final.n_iter
-    return head, dict(variant)
+    return finish_linear(clf, s, variant, final, history)
