@@ -1,6 +1,6 @@
-"""Bootstrap intervals: the vectorised ``probekit._bootstrap`` against the per-resample loop.
+"""Bootstrap intervals: the vectorised ``probekit.analysis.stats`` against the per-resample loop.
 
-The loop is ``probekit.pipeline.bootstrap_ci`` (one ``sklearn.metrics.balanced_accuracy_score``
+The loop is ``probekit.runs.fit.bootstrap_ci`` (one ``sklearn.metrics.balanced_accuracy_score``
 call per resample), which ``probekit fit`` used for every head and every layer; the vectorised
 version draws the same ``(R, N)`` resample matrix and scores all rows with per-class
 ``np.bincount`` s. Both are timed on the same labels, interleaved (loop, vectorised, loop, ...),
@@ -23,8 +23,8 @@ import warnings
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
-from probekit._bootstrap import bootstrap_interval, paired_bootstrap
-from probekit.pipeline import bootstrap_ci
+from probekit.analysis.stats import bootstrap_interval, paired_bootstrap
+from probekit.runs.fit import bootstrap_ci
 
 
 def _timed(fn):

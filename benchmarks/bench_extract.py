@@ -68,10 +68,11 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 import probekit  # noqa: E402
-from probekit import _runtime, extract, load_data, load_model  # noqa: E402
+from probekit._utils import runtime as _runtime
+from probekit import extract, load_data, load_model  # noqa: E402
 from probekit.data import Dataset, from_arrays  # noqa: E402
-from probekit.extract import PRECISIONS, precision_context  # noqa: E402
-from probekit.models import LoadedModel  # noqa: E402
+from probekit.recording.extraction import PRECISIONS, precision_context  # noqa: E402
+from probekit.models.loading import LoadedModel  # noqa: E402
 
 # ----------------------------------------------------------------------------- timing
 
@@ -521,7 +522,7 @@ def churn_child(args: argparse.Namespace) -> None:
     import json
     import resource
 
-    from probekit import _runtime
+    from probekit._utils import runtime as _runtime
 
     model = load_model("bundled:efficientnet-lite0")
     data = load_data("bundled:mnist", limit=args.effnet_n)

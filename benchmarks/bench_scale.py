@@ -62,9 +62,9 @@ def write_cache(path: Path, n: int, n_layers: int, dim: int, seed: int = 0) -> N
 
 def child(args: argparse.Namespace) -> None:
     """Run ``probekit fit`` in this process and print its peak RSS and time as JSON."""
-    from probekit import runs
+    from probekit.runs import config as runs
     from probekit.cli import main
-    from probekit.memory import peak_rss
+    from probekit._utils.memory import peak_rss
 
     if args.laya_epochs:
         runs.CPU_PROBE_PARAMS["laya"] = {"epochs": args.laya_epochs}

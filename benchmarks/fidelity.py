@@ -22,7 +22,7 @@ Every head trains on the same stratified 80% train split (seed 0) and is scored 
     time (paper: the middle ones).
 
 Every difference is a PAIRED bootstrap over the test samples
-(:func:`probekit.pipeline.paired_comparison`, the one ``metrics.json`` uses): the same resampled
+(:func:`probekit.runs.fit.paired_comparison`, the one ``metrics.json`` uses): the same resampled
 indices score both classifiers; we report the difference of balanced accuracy, its 95% percentile
 interval and the fraction of resamples where it is <= 0.
 
@@ -49,7 +49,7 @@ import torch
 
 import probekit
 from probekit import ProbeClassifier
-from probekit.pipeline import paired_comparison
+from probekit.runs.fit import paired_comparison
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kcla import FullLayerAttention, make_head, peak_bytes, time_step  # noqa: E402

@@ -73,8 +73,8 @@ def _bert_dir(root: Path, tiny: bool) -> str:
 
 def extraction(device: torch.device, tiny: bool, root: Path) -> None:
     from probekit.data import from_arrays
-    from probekit.extract import extract, precision_context
-    from probekit.models import load_model
+    from probekit.recording.extraction import extract, precision_context
+    from probekit.models.loading import load_model
 
     n = 16 if tiny else 2048
     rng = np.random.default_rng(0)

@@ -8,22 +8,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import _runtime  # noqa: F401, E402, I001  (tunes glibc malloc; imports no torch)
-
 import importlib
-import sys
-import types
 from typing import Any
 
 # Public names -> the module that defines them. Imported on first use (PEP 562), so that
 # ``import probekit`` and ``probekit --help`` load neither torch nor scikit-learn.
 _EXPORTS: dict[str, str] = {
-    "AblationResult": "attribution",
-    "ablation_sensitivity": "attribution",
-    "attribution_agreement": "attribution",
-    "captum_attribution": "attribution",
-    "layer_attribution": "attribution",
-    "layer_map": "attribution",
+    "AblationResult": "analysis.attribution",
+    "ablation_sensitivity": "analysis.attribution",
+    "attribution_agreement": "analysis.attribution",
+    "captum_attribution": "analysis.attribution",
+    "layer_attribution": "analysis.attribution",
+    "layer_map": "analysis.attribution",
     "CacheWriter": "cache",
     "FeatureCache": "cache",
     "Dataset": "data",
@@ -35,33 +31,33 @@ _EXPORTS: dict[str, str] = {
     "DataError": "errors",
     "ModelError": "errors",
     "ProbekitError": "errors",
-    "control_labels": "control",
-    "sample_keys": "control",
-    "selectivity": "control",
-    "MDLResult": "mdl",
-    "mdl": "mdl",
-    "similarity": "similarity",
+    "control_labels": "estimator.control",
+    "sample_keys": "estimator.control",
+    "selectivity": "estimator.control",
+    "MDLResult": "analysis.mdl",
+    "mdl": "analysis.mdl",
+    "similarity": "analysis.similarity",
     "ProbeClassifier": "estimator",
-    "CacheSubset": "estimator",
-    "cache_subset": "estimator",
+    "CacheSubset": "cache",
+    "cache_subset": "cache",
     "ProbeRegressor": "estimator",
-    "extract": "extract",
-    "record": "extract",
-    "LayerRecorder": "hooks",
-    "LayerSpec": "layers",
-    "resolve_indices": "layers",
-    "select_layers": "layers",
-    "LayerListing": "listing",
-    "format_layers": "listing",
-    "list_layers": "listing",
+    "extract": "recording.extraction",
+    "record": "recording.extraction",
+    "LayerRecorder": "models.hooks",
+    "LayerSpec": "models.layers",
+    "resolve_indices": "models.layers",
+    "select_layers": "models.layers",
+    "LayerListing": "models.listing",
+    "format_layers": "models.listing",
+    "list_layers": "models.listing",
     "LoadedModel": "models",
     "load_model": "models",
     "run": "pipeline",
     "TrainConfig": "train",
-    "RunConfig": "runs",
-    "POOLINGS": "pooling",
-    "FeatureKey": "pooling",
-    "pool": "pooling",
+    "RunConfig": "runs.config",
+    "POOLINGS": "recording.pooling",
+    "FeatureKey": "recording.pooling",
+    "pool": "recording.pooling",
     "ProbeHead": "probes",
     "ProbeOutput": "probes",
     "check_probe": "probes",
@@ -138,19 +134,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-# ``probekit.mdl`` and ``probekit.similarity`` are functions named like their modules. Importing
-# the submodule makes Python bind the module on the package; bind the function instead, as the
-# eager ``from .mdl import mdl`` did (``from probekit.mdl import ...`` still reads the module).
-_SAME_NAME = {name for name, module in _EXPORTS.items() if name == module}
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SAME_NAME and isinstance(value, types.ModuleType):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ProbekitError
-from .layers import parse_layers
-from .run_summary import summary_table
-from .runs import RunConfig, parse_bool, run_options, stage_options
+from .models.layers import parse_layers
+from .runs.summary import summary_table
+from .runs.config import RunConfig, parse_bool, run_options, stage_options
 
 __all__ = ["build_parser", "main"]
 
@@ -63,7 +63,7 @@ def _given(args: argparse.Namespace, stage: str) -> dict[str, Any]:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .pooling import expand_poolings
+    from .recording.pooling import expand_poolings
 
     layers = parse_layers(args.layers)  # checked before anything is loaded
     if args.pooling is not None:
@@ -72,8 +72,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     model_options = stage_options("model", _given(args, "model"))
 
     from .data import load_data
-    from .extract import extract
-    from .models import load_model
+    from .recording.extraction import extract
+    from .models.loading import load_model
 
     store_dtype = args.store_dtype or args.dtype or "float32"
     if args.dtype is not None:
@@ -84,7 +84,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
                     store_dtype=store_dtype, precision=args.precision)
     if data_options.get("target") == "regression":  # the targets beside the cache
-        from .runs import write_targets
+        from .runs.folder import write_targets
 
         write_targets(args.out, data.targets, data.target_name, data.fingerprint)
     print(cache)
@@ -94,7 +94,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_layers(args: argparse.Namespace) -> int:
     model_options = stage_options("model", _given(args, "model"))  # checked before loading
 
-    from .listing import format_layers, list_layers
+    from .models.listing import format_layers, list_layers
 
     print(format_layers(list_layers(args.model, modules=args.modules, **model_options)))
     return 0
@@ -119,8 +119,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from .cache import FeatureCache
-    from .pipeline import fit_stage, validate_run
-    from .runs import CPU_PROBE_PARAMS, write_config
+    from .runs.fit import fit_stage
+    from .runs.extract import validate_run
+    from .runs.config import CPU_PROBE_PARAMS
+    from .runs.folder import write_config
 
     out = Path(args.out)
     probes = [p.strip() for p in args.probe.split(",") if p.strip()]
@@ -158,8 +160,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from .pipeline import attribute_stage
-    from .report import write_figures
+    from .runs.attribute import attribute_stage
+    from .report.html import write_figures
 
     summary = attribute_stage(args.run_dir, ablation=args.ablation, max_memory=args.max_memory)
     write_figures(args.run_dir)
@@ -168,14 +170,14 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .report.html import write_report
 
     print(write_report(args.run_dir))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_caches
+    from .runs.compare import compare_caches
 
     layers = parse_layers(args.layers)
     matrix, paths = compare_caches(args.cache_a, args.cache_b, args.out, args.method,

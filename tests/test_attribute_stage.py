@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from probekit.attribution import (
+from probekit.analysis.attribution import (
     ablation_sensitivity,
     attribution_agreement,
     layer_attribution,
@@ -21,8 +21,10 @@ from probekit.attribution import (
 from probekit.cache import FeatureCache
 from probekit.errors import ConfigError
 from probekit.estimator import ProbeClassifier, ProbeRegressor
-from probekit.pipeline import attribute_stage, fit_stage
-from probekit.runs import RunConfig, write_config, write_split, write_targets
+from probekit.runs.attribute import attribute_stage
+from probekit.runs.fit import fit_stage
+from probekit.runs.config import RunConfig
+from probekit.runs.folder import write_config, write_split, write_targets
 
 from .test_estimator import _make_cache
 from .test_outofcore import _write_cache
@@ -152,7 +154,7 @@ def test_cli_attribute_takes_a_budget(tmp_path, capsys):
 def test_figures_and_report_with_a_head_on_some_layers(tmp_path):
     """A head fitted on layers 0 and 2 of 3: its figures are drawn over its own layers (the
     figures of `probekit attribute` failed on it before)."""
-    from probekit.report import build_figures, write_report
+    from probekit.report.html import build_figures, write_report
 
     run_dir, _ = _run(tmp_path, heads=["linear", "laya", "alf"])  # laya on layers [0, 2]
     attribute_stage(run_dir, max_memory=TINY)
@@ -167,10 +169,10 @@ _RSS_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from probekit.memory import peak_rss, reset_peak_rss, rss
+    from probekit._utils.memory import peak_rss, reset_peak_rss, rss
     from probekit.pipeline import attribute_stage
     from probekit.estimator import ProbeClassifier
-    from probekit.attribution import ablation_sensitivity, layer_attribution
+    from probekit.analysis.attribution import ablation_sensitivity, layer_attribution
     run_dir, budget = sys.argv[1], sys.argv[2]
     warm = np.random.default_rng(0).normal(size=(8, 8, 1024)).astype(np.float32)
     clf = ProbeClassifier.load(run_dir + "/probes/laya")

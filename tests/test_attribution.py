@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from probekit import attribution as A
-from probekit.attribution import (
+from probekit.analysis import attribution as A
+from probekit.analysis.attribution import (
     AblationResult,
     ablation_sensitivity,
     attribution_agreement,
@@ -369,6 +369,6 @@ def test_only_layer_k_carries_the_label(head: str) -> None:
 
 
 def test_attribution_does_not_import_plotly() -> None:
-    code = "import sys, probekit.attribution; print('plotly' in sys.modules)"
+    code = "import sys, probekit.analysis.attribution; print('plotly' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from probekit._bootstrap import (
+from probekit.analysis.stats import (
     bootstrap_indices,
     bootstrap_interval,
     paired_bootstrap,
     resampled_balanced_accuracy,
 )
-from probekit.pipeline import bootstrap_ci  # the per-resample loop it replaces
+from probekit.runs.fit import bootstrap_ci  # the per-resample loop it replaces
 
 
 @contextlib.contextmanager

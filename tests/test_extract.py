@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from probekit import CacheMismatchError, _runtime, extract, from_arrays, load_model, record
+from probekit import CacheMismatchError, extract, from_arrays, load_model, record
+from probekit._utils import runtime as _runtime
 from probekit.cache import CacheWriter
 from probekit.cli import main
 

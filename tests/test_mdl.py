@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from probekit import ConfigError, DataError, extract, load_data, load_model, mdl
-from probekit.mdl import MDL_FRACTIONS, online_block_ends
+from probekit.analysis.mdl import MDL_FRACTIONS, online_block_ends
 
 
 def _graded(n: int = 1500, d: int = 12, snrs=(0.0, 0.4, 1.0, 2.5), seed: int = 0):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from probekit import LayerRecorder, load_model, record, resolve_indices, select_layers
-from probekit.models import ModelError
+from probekit.models.loading import ModelError
 
 TEXTS = ["a short one", "a much longer sentence that needs many more tokens than the first one does"]
 

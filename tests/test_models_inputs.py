@@ -19,8 +19,8 @@ from probekit import (
     record,
     select_layers,
 )
-from probekit.layers import glob_modules
-from probekit.models import _to_rgb
+from probekit.models.layers import glob_modules
+from probekit.models.loading import _to_rgb
 
 LONG = " ".join(["probing"] + ["frozen layers of a model"] * 10)  # about 50 tokens
 SHORT = "a short one"

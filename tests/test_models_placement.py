@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from probekit import extract, from_arrays, load_model, record
-from probekit._placement import parse_device_map, parse_dtype, parse_max_memory, parse_quantization
+from probekit.models.placement import (
+    parse_device_map,
+    parse_dtype,
+    parse_max_memory,
+    parse_quantization,
+)
 from probekit.errors import ModelError
 
 TEXTS = ["a short one", "a much longer sentence that needs many more tokens than the first one",
@@ -133,7 +138,7 @@ def test_placement_options_are_checked_before_loading(tmp_path, tiny_bert_dir):
 def test_model_options_describe_every_load_model_option():
     import inspect
 
-    from probekit.models import MODEL_OPTIONS
+    from probekit.models.loading import MODEL_OPTIONS
 
     params = inspect.signature(load_model).parameters
     keyword_only = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}

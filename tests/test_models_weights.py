@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from probekit import extract, from_arrays, load_data, load_model, record
-from probekit._weights import explain_load_error
+from probekit.models._weights import explain_load_error
 from probekit.errors import CacheMismatchError, ModelError
 
 TEXTS = ["a short one", "a much longer sentence that needs many more tokens than the first"]

@@ -15,12 +15,13 @@ import torch
 
 from probekit.cache import CacheWriter
 from probekit.errors import CacheError, ConfigError, DataError
-from probekit.estimator import ProbeClassifier, cache_subset
-from probekit.estimator.rows import CacheRows, stream_stats
+from probekit.cache import cache_subset
+from probekit.estimator import ProbeClassifier
+from probekit.cache.rows import CacheRows, stream_stats
 from probekit.estimator.stream import NormalisedRows
-from probekit.memory import parse_size
-from probekit.runs import RunConfig
-from probekit.transfer import host_empty, pinned_for, to_device, to_host, to_host_all
+from probekit._utils.memory import parse_size
+from probekit.runs.config import RunConfig
+from probekit._utils.transfer import host_empty, pinned_for, to_device, to_host, to_host_all
 
 from .test_estimator import _make_cache
 
@@ -212,7 +213,7 @@ _RSS_SCRIPT = textwrap.dedent(
     """
     import json, sys, warnings
     import numpy as np
-    from probekit.memory import peak_rss, reset_peak_rss, rss
+    from probekit._utils.memory import peak_rss, reset_peak_rss, rss
     from probekit.cache import FeatureCache
     from probekit.estimator import ProbeClassifier
     cache = FeatureCache.open(sys.argv[1])
@@ -278,7 +279,7 @@ def test_peak_rss_is_the_child_own_not_the_parent_at_the_fork():
     resident set. The memory tests above measure with peak_rss() for that reason."""
     ballast = np.ones(400 * 2**20, dtype=np.uint8)  # 400 MiB resident in this (parent) process
     code = ("import json, resource; import numpy as np\n"
-            "from probekit.memory import peak_rss, reset_peak_rss, rss\n"
+            "from probekit._utils.memory import peak_rss, reset_peak_rss, rss\n"
             "start = [peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]\n"
             "assert reset_peak_rss(); base = rss()\n"
             "block = np.ones(64 * 2**20, dtype=np.uint8)\n"

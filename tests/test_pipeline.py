@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from probekit.cli import main
-from probekit.pipeline import RunConfig, load_config, run
+from probekit.runs.config import RunConfig, load_config
+from probekit.pipeline import run
 
 POS = ["good", "great", "nice", "lovely", "happy", "joy", "fine", "super", "kind", "calm"]
 NEG = ["bad", "awful", "nasty", "horrid", "sad", "pain", "grim", "vile", "mean", "cruel"]

@@ -12,12 +12,13 @@ import textwrap
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from probekit.attribute_stage import _RowFile
-from probekit.attribution import AblationResult
-from probekit.pipeline import attribute_stage
-from probekit.report import _head_layers, build_figures
-from probekit.report_arrays import stratified_subsample
-from probekit.runs import RunConfig, write_config, write_split
+from probekit.runs.attribute import _RowFile
+from probekit.analysis.attribution import AblationResult
+from probekit.runs.attribute import attribute_stage
+from probekit.report.html import _head_layers, build_figures
+from probekit.report.arrays import stratified_subsample
+from probekit.runs.config import RunConfig
+from probekit.runs.folder import write_config, write_split
 from probekit.viz import (
     AblationDisplay,
     ClassProfileDisplay,
@@ -215,10 +216,10 @@ _RSS_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from probekit.attribution import AblationResult
+    from probekit.analysis.attribution import AblationResult
     from probekit.cache import FeatureCache
-    from probekit.memory import peak_rss, reset_peak_rss, rss
-    from probekit.report import write_report
+    from probekit._utils.memory import peak_rss, reset_peak_rss, rss
+    from probekit.report.html import write_report
     from probekit.viz import AblationDisplay, LayerAttributionDisplay, LayerMapDisplay
 
     run_dir, cache_dir = sys.argv[1], sys.argv[2]

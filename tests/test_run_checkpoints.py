@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from probekit import FeatureCache, format_layers, list_layers, load_data, load_model
 from probekit.cli import main
-from probekit.runs import RunConfig, loader_keywords, stage_options
+from probekit.runs.config import RunConfig, loader_keywords, stage_options
 
 POS = ["good", "great", "nice", "lovely", "happy", "joy", "fine", "super", "kind", "calm"]
 NEG = ["bad", "awful", "nasty", "horrid", "sad", "pain", "grim", "vile", "mean", "cruel"]
@@ -60,7 +60,7 @@ def _run_both_ways(tmp_path: Path, options: dict) -> tuple[Path, Path]:
 
 
 def test_run_options_reach_every_loader_keyword():
-    from probekit.models import MODEL_OPTIONS
+    from probekit.models.loading import MODEL_OPTIONS
 
     def keywords(fn) -> set[str]:
         params = inspect.signature(fn).parameters.values()
@@ -275,7 +275,7 @@ def test_quantization_needs_bitsandbytes_to_run_not_to_read_a_config(tmp_path, c
     import importlib.util
 
     from probekit import pipeline
-    from probekit.runs import read_config, write_config
+    from probekit.runs.folder import read_config, write_config
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -10,13 +10,13 @@ import textwrap
 
 import pytest
 
-from probekit import _runtime
+from probekit._utils import runtime as _runtime
 
 CHILD = textwrap.dedent(
     """
     import json
     import probekit
-    from probekit import _runtime
+    from probekit._utils import runtime as _runtime
     from tests.test_runtime import churn_faults
     print(json.dumps({"faults": churn_faults(), **_runtime.allocator_state()}))
     """

@@ -38,8 +38,8 @@ def word_cache(tiny_bert_dir, tmp_path):
 
 def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
     from probekit import FeatureCache, ProbeClassifier, similarity
-    from probekit.compare import read_similarity
-    from probekit.control import label_cdf, labels_from_cdf
+    from probekit.runs.compare import read_similarity
+    from probekit.estimator.control import label_cdf, labels_from_cdf
 
     out = tmp_path / "fit"
     assert main(["fit", "--cache", str(word_cache), "--probe", "linear", "--out", str(out),
@@ -84,7 +84,7 @@ def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
     layer_rows = [r for r in table if r["head"] == "linear" and r["layer"] != "all"]
     np.testing.assert_allclose([float(r["selectivity"]) for r in layer_rows],
                                [r["selectivity"] for r in rows], atol=1e-4)
-    from probekit.report import build_figures
+    from probekit.report.html import build_figures
 
     figs = {f.name: f.figure for f in build_figures(out)}
     curves = {t.name: list(t.y) for t in figs["selectivity"].data if t.name}
@@ -150,8 +150,10 @@ def test_compare_cli_writes_the_similarity_of_two_caches(word_cache, tiny_gpt2_d
 
 def test_compare_random_run_has_both_curves_and_separate_caches(tiny_bert_dir, tmp_path):
     from probekit import FeatureCache
-    from probekit.pipeline import RunConfig, extract_stage, run
-    from probekit.report import build_figures
+    from probekit.runs.config import RunConfig
+    from probekit.runs.extract import extract_stage
+    from probekit.pipeline import run
+    from probekit.report.html import build_figures
 
     data = _csv(tmp_path / "words.csv")
     cfg = RunConfig(name="rnd", model=f"hf:{tiny_bert_dir}", data=f"csv:{data}",
@@ -194,7 +196,7 @@ def test_compare_random_run_has_both_curves_and_separate_caches(tiny_bert_dir, t
 
 def test_random_init_options_are_checked_before_work():
     from probekit import ConfigError
-    from probekit.pipeline import RunConfig
+    from probekit.runs.config import RunConfig
 
     with pytest.raises(ConfigError, match="random_init"):
         RunConfig(random_init=True, compare_random=True)
@@ -206,8 +208,8 @@ def test_random_init_options_are_checked_before_work():
 def test_fit_skips_a_cka_map_too_big_to_compute_and_says_why(tmp_path, monkeypatch):
     """A 7B model's within-model CKA is ~1e15 multiply-adds: the run warns, records why, and its
     report still builds (here the limit is lowered to the toy cache's 120 x 24 x 24)."""
-    import probekit.analyses as analyses
-    from probekit.report import build_figures
+    import probekit.runs.science as analyses
+    from probekit.report.html import build_figures
 
     _make_cache(tmp_path / "cache")  # 120 samples, cls widths 6 + 10 + 8 = 24
     argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear", "--bootstrap", "20"]

@@ -18,10 +18,11 @@ from probekit.cli import build_parser, main
 from probekit.errors import ConfigError, ProbekitError
 from probekit.estimator import HEAD_DEFAULTS, ProbeClassifier
 from probekit.estimator.recipes import recipe_for
-from probekit.layers import parse_layers
-from probekit.pooling import FeatureKey, expand_poolings
-from probekit.run_summary import summary_table
-from probekit.runs import RunConfig, load_config, run_name, write_metrics
+from probekit.models.layers import parse_layers
+from probekit.recording.pooling import FeatureKey, expand_poolings
+from probekit.runs.summary import summary_table
+from probekit.runs.config import RunConfig, load_config, run_name
+from probekit.runs.folder import write_metrics
 from probekit.train import TrainConfig
 
 # --------------------------------------------------------------------------- TrainConfig
@@ -265,7 +266,7 @@ def test_cli_warnings_are_one_line_each(tmp_path):
 
     _make_cache(tmp_path / "cache")
     root = Path(__file__).resolve().parents[1]
-    code = ("import sys, probekit.analyses as a; a.CKA_MAX_WORK = 1; from probekit.cli import main; "
+    code = ("import sys, probekit.runs.science as a; a.CKA_MAX_WORK = 1; from probekit.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
     argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear", "--bootstrap", "20",
             "--out", str(tmp_path / "run")]
@@ -277,7 +278,7 @@ def test_cli_warnings_are_one_line_each(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if "warning" in ln.lower()]
     assert lines and all(ln.startswith("probekit fit: warning: ") for ln in lines), proc.stderr
     assert any("layer similarity skipped" in ln for ln in lines)
-    assert "analyses.py" not in proc.stderr and "pipeline.py" not in proc.stderr
+    assert "science.py" not in proc.stderr and "fit.py" not in proc.stderr
 
 
 def test_cli_run_names_the_run_and_prints_the_summary(tmp_path, capsys, monkeypatch):

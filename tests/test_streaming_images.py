@@ -174,7 +174,7 @@ def test_prefetching_thread_reads_a_stream_as_inline(sources):
     """On an accelerator the next batch is preprocessed on a worker thread (forced here on CPU)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from probekit.extract import _batched_inputs
+    from probekit.recording.extraction import _batched_inputs
 
     lm = _tiny_cnn()
     spec = f"hf:{sources['folder']}"

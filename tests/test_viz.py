@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from probekit.attribution import ablation_sensitivity, layer_attribution
+from probekit.analysis.attribution import ablation_sensitivity, layer_attribution
 from probekit.estimator import ProbeClassifier
 from probekit.viz import (
     AblationDisplay,
@@ -348,7 +348,7 @@ def _shown_ticks(fig) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("scale", [1e-4, 3e-3, 2e-2, 0.3])
 def test_no_axis_shows_duplicate_tick_labels_on_small_ranges(scale: float) -> None:
-    from probekit.attribution import AblationResult
+    from probekit.analysis.attribution import AblationResult
 
     rng = np.random.default_rng(1)
     per_sample = rng.normal(scale, scale, size=(40, 4))
@@ -376,7 +376,7 @@ def test_no_axis_shows_duplicate_tick_labels_on_small_ranges(scale: float) -> No
 )
 def test_rendered_svg_ticks_are_distinct(tmp_path) -> None:
     """The tick labels plotly actually draws (read from kaleido's SVG) are distinct."""
-    from probekit.attribution import AblationResult
+    from probekit.analysis.attribution import AblationResult
 
     scale = 2.5e-3
     res = AblationResult(

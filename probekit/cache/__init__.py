@@ -23,19 +23,17 @@ Example:
 
 from __future__ import annotations
 
+from .._utils.lazy import attach
 from ..errors import CacheError, CacheMismatchError
-from .layout import _DTYPES as _DTYPES  # the stored dtypes, by name (benchmarks use it)
-from .layout import DEFAULT_SHARD_SIZE, FORMAT_VERSION
-from .reader import FeatureCache
-from .writer import CacheWriter
 
-__all__ = [
-    "CacheError",
-    "CacheMismatchError",
-    "CacheWriter",
-    "DEFAULT_SHARD_SIZE",
-    "FORMAT_VERSION",
-    "FeatureCache",
-]
-
-FeatureCache.create = staticmethod(CacheWriter.create)
+# Names load on first use: the CLI's parser reads the pooling spelling of
+# :mod:`~probekit.cache.poolings` without torch.
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "CacheWriter": "writer",
+    "DEFAULT_SHARD_SIZE": "layout",
+    "FORMAT_VERSION": "layout",
+    "FeatureCache": "reader",
+    "CacheSubset": "rows",
+    "cache_subset": "rows",
+})
+__all__ += ["CacheError", "CacheMismatchError"]

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ..errors import CacheError
-from ..layers import resolve_indices
-from ..pooling import expand_poolings
+from ..models.layers import resolve_indices
+from .poolings import recorded_poolings
 from .integrity import TEXTS_DIGEST, ShardFile, parse_manifest, parse_shard_meta, sha256_hex
 from .layout import _DTYPES, FORMAT_VERSION, _validate_identity, shard_paths
 
@@ -386,5 +386,5 @@ def _alloc(n: int, t: int, d: int, dtype: torch.dtype, device: Any, padded: bool
 
 
 def _as_poolings(pooling: str | Sequence[str] | None, recorded: Sequence[str]) -> list[str]:
-    """All recorded poolings for ``None``, else :func:`~probekit.pooling.expand_poolings`."""
-    return list(recorded) if pooling is None else expand_poolings(pooling, recorded=recorded)
+    """All recorded poolings for ``None``, else :func:`~probekit.cache.poolings.recorded_poolings`."""
+    return list(recorded) if pooling is None else recorded_poolings(pooling, recorded)

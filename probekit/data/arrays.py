@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .._images import to_uint8
+from .._utils.images import to_uint8
 from ..errors import DataError
 from .common import _encode_labels
 from .dataset import Dataset

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._images import to_rgb
+from .._utils.images import to_rgb
 from ..errors import DataError
 from .common import _subset
 from .dataset import Dataset

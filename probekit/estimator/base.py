@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
-from ..memory import default_budget, parse_size
+from .._utils.memory import default_budget, parse_size
 from ..probes import create_probe, get_probe_class, head_params
 from ..probes.base import ProbeOutput
 from ..train import GridResult, TrainConfig, train_grid
@@ -36,7 +36,7 @@ from .model import FeatureNorm, ProbeModel, _buffer, _set_selected_layer, fit_fe
 from .params import EstimatorParams, check_fitted, random_seed
 from .persist import _jsonable, load_probe, save_probe
 from .recipes import DROPOUT_PARAM, HEAD_VARIANTS, OVERRIDABLE, recipe_for
-from .rows import CacheRows
+from ..cache.rows import CacheRows
 
 __all__ = ["ProbeEstimator"]
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from ..layers import resolve_indices
+from ..models.layers import resolve_indices
 
 __all__ = ["cache_layout", "check_finite", "encode_labels", "read_arrays", "read_cache"]
 

@@ -29,10 +29,10 @@ from ..errors import DataError
 from ..probes import get_probe_class
 from ..train import TrainConfig, balanced_accuracy, fit_linear_probes, stratified_split
 from ..train.linear import LinearSolution
-from ..transfer import host_empty, to_device
+from .._utils.transfer import host_empty, to_device
 from .inputs import encode_labels
 from .model import FeatureNorm, _linear_rows, finish_linear
-from .rows import CacheRows, stream_stats
+from ..cache.rows import CacheRows, stream_stats
 
 if TYPE_CHECKING:  # pragma: no cover
     from .classifier import ProbeClassifier

@@ -20,14 +20,14 @@ Example:
     'heatmap'
 """
 
-from probekit.viz.ablation import AblationDisplay
-from probekit.viz.curves import LayerAccuracyDisplay, wilson_interval
-from probekit.viz.export import ExportError, export, find_chrome
-from probekit.viz.heatmaps import ClassProfileDisplay, LayerAttributionDisplay, LayerMapDisplay
-from probekit.viz.notebook import figure_bundle, static_images_available, use_notebook_renderer
-from probekit.viz.science import LayerCurvesDisplay, SimilarityDisplay
-from probekit.viz.stats import PairedBootstrap, paired_bootstrap
-from probekit.viz.ticks import nice_ticks, set_axis_ticks
+from .ablation import AblationDisplay
+from .curves import LayerAccuracyDisplay, wilson_interval
+from .export import ExportError, export, find_chrome
+from .heatmaps import ClassProfileDisplay, LayerAttributionDisplay, LayerMapDisplay
+from .notebook import figure_bundle, static_images_available, use_notebook_renderer
+from .science import LayerCurvesDisplay, SimilarityDisplay
+from .stats import PairedBootstrap, paired_bootstrap
+from .ticks import nice_ticks, set_axis_ticks
 
 __all__ = [
     "AblationDisplay",

@@ -8,8 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from probekit.viz.heatmaps import DIVERGING, TEMPLATE, _FigureBundle
-from probekit.viz.ticks import set_axis_ticks
+from .heatmaps import DIVERGING, TEMPLATE, _FigureBundle
+from .ticks import set_axis_ticks
 
 __all__ = ["AblationDisplay"]
 
@@ -114,7 +114,7 @@ class AblationDisplay(_FigureBundle):
         Returns:
             The display, plotted.
         """
-        from probekit.attribution import ablation_sensitivity
+        from ..analysis.attribution import ablation_sensitivity
 
         res = ablation_sensitivity(clf, X, y, mode=mode, random_state=random_state)  # type: ignore[arg-type]
         return cls(res).plot(**plot_kwargs)

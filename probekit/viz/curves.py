@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from probekit.viz.heatmaps import TEMPLATE, _FigureBundle
-from probekit.viz.ticks import set_axis_ticks
+from .heatmaps import TEMPLATE, _FigureBundle
+from .ticks import set_axis_ticks
 
 __all__ = ["LayerAccuracyDisplay", "wilson_interval"]
 
@@ -149,9 +149,9 @@ class LayerAccuracyDisplay(_FigureBundle):
                 name=name,
                 **plot_kwargs,
             )
-        from probekit._fitted import class_index as _class_index
-        from probekit._fitted import head_outputs as _head_outputs
-        from probekit._fitted import inputs as _inputs
+        from ..estimator.fitted import class_index as _class_index
+        from ..estimator.fitted import head_outputs as _head_outputs
+        from ..estimator.fitted import inputs as _inputs
 
         x = _inputs(clf, X)
         parts = _head_outputs(clf, x, "layer_logits")

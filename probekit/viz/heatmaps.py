@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from probekit.viz.ticks import value_decimals
+from .ticks import value_decimals
 
 __all__ = ["ClassProfileDisplay", "LayerAttributionDisplay", "LayerMapDisplay"]
 
@@ -40,7 +40,7 @@ class _FigureBundle:
     figure_: go.Figure
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from probekit.viz.notebook import figure_bundle
+        from .notebook import figure_bundle
 
         return figure_bundle(self.figure_)
 
@@ -80,7 +80,7 @@ def _estimator_values(
     clf: Any, X: Any, y: Any, method: str, ablation_mode: str
 ) -> tuple[np.ndarray, str]:
     """``(N, L)`` attribution of ``clf`` on ``X`` by ``method`` and a name for the colour bar."""
-    from probekit import attribution as A
+    from ..analysis import attribution as A
 
     if method == "auto":
         try:
@@ -541,7 +541,7 @@ class LayerMapDisplay(_FigureBundle):
         Returns:
             The display, plotted.
         """
-        from probekit.attribution import layer_map
+        from ..analysis.attribution import layer_map
 
         return cls.from_arrays(layer_map(clf, X), list(clf.layer_names_), **plot_kwargs)
 

@@ -50,7 +50,7 @@ _state: dict[str, Any] = {"server": False, "plotlyjs_sent": False}
 
 def static_images_available() -> bool:
     """Whether kaleido can draw PNGs here (kaleido importable and a Chrome/Chromium found)."""
-    from probekit.viz.export import find_chrome
+    from .export import find_chrome
 
     try:
         import kaleido  # noqa: F401

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from probekit.viz.heatmaps import TEMPLATE, _FigureBundle
+from .heatmaps import TEMPLATE, _FigureBundle
 
 __all__ = ["LayerCurvesDisplay", "SimilarityDisplay"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from probekit._bootstrap import paired_bootstrap as _paired
+from ..analysis.stats import paired_bootstrap as _paired
 
 __all__ = ["PairedBootstrap", "paired_bootstrap"]
 

@@ -13,8 +13,8 @@ __all__ = ["science_figures", "science_tables"]
 
 def science_figures(run_dir: Path, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The figures, most telling first, as dicts of :class:`probekit.report.Figure` fields."""
-    from .compare import read_similarity
-    from .viz.science import LayerCurvesDisplay, SimilarityDisplay
+    from ..runs.compare import read_similarity
+    from ..viz.science import LayerCurvesDisplay, SimilarityDisplay
 
     figs: list[dict[str, Any]] = []
     layers = metrics["layer_names"]

@@ -55,8 +55,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, DataError
-from .layers import resolve_indices
+from ..errors import ConfigError, DataError
+from ..models.layers import resolve_indices
 
 __all__ = ["METHODS", "DISTANCES", "similarity", "linear_cka_pairs"]
 

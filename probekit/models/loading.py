@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._images import to_rgb as _to_rgb
-from ._placement import (
+from .._utils.images import to_rgb as _to_rgb
+from .placement import (
     dtype_name,
     main_device,
     parse_device_map,
@@ -50,7 +50,7 @@ from ._weights import (
     seeded,
     state_sha256,
 )
-from .errors import ModelError
+from ..errors import ModelError
 from .layers import LayerSpec
 
 __all__ = ["LoadedModel", "ModelError", "load_model", "BUNDLED_MODELS", "MODEL_OPTIONS", "WEIGHTS"]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attribution import (
+from ..analysis.attribution import (
     _ablated,
     _forward,
     _is_regressor,
@@ -39,13 +39,15 @@ from .attribution import (
     layer_attribution,
     layer_map,
 )
-from .cache import FeatureCache
-from .errors import ConfigError
-from .estimator import ProbeClassifier, ProbeRegressor, cache_subset
-from .estimator.inputs import check_finite
-from .estimator.rows import CacheRows, stream_stats
-from .memory import default_budget, parse_size
-from .runs import ABLATIONS, cache_targets, read_config, read_split
+from ..cache import FeatureCache
+from ..errors import ConfigError
+from ..cache import cache_subset
+from ..estimator import ProbeClassifier, ProbeRegressor
+from ..estimator.inputs import check_finite
+from ..cache.rows import CacheRows, stream_stats
+from .._utils.memory import default_budget, parse_size
+from .config import ABLATIONS
+from .folder import cache_targets, read_config, read_split
 
 __all__ = ["attribute_stage"]
 
@@ -152,7 +154,7 @@ class _HeadAttribution:
             self.sse = torch.zeros(k, dtype=torch.float64)  # unablated squared error per target
             self.sse_abl = torch.zeros(n_layers, k, dtype=torch.float64)
         else:
-            from ._fitted import class_index
+            from ..estimator.fitted import class_index
 
             self.target = torch.as_tensor(class_index(clf, y, n))
             self.hits = 0
@@ -221,7 +223,7 @@ class _HeadAttribution:
 
     def _ablation(self, idx: np.ndarray, x: torch.Tensor) -> np.ndarray:
         """Per-sample ablation ``(b, L)`` of the samples ``idx``; updates the running counts."""
-        from ._fitted import inputs
+        from ..estimator.fitted import inputs
 
         xb = inputs(self.clf, x)  # (b, T, D), the head's layout
         parts = []

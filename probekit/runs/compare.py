@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["compare_caches", "read_similarity", "write_similarity"]
 
@@ -70,8 +70,8 @@ def write_similarity(matrix: Any, names_a: Sequence[str], names_b: Sequence[str]
     written = [stem.with_suffix(".csv"), stem.with_suffix(".safetensors")]
     if not heatmap:
         return written
-    from .viz import ExportError, export, find_chrome
-    from .viz.science import SimilarityDisplay
+    from ..viz import ExportError, export, find_chrome
+    from ..viz.science import SimilarityDisplay
 
     disp = SimilarityDisplay.from_arrays(m, names_a, names_b, method, label_a=label_a,
                                          label_b=label_b)
@@ -121,8 +121,8 @@ def compare_caches(cache_a: str | os.PathLike[str], cache_b: str | os.PathLike[s
         ConfigError: a bad method (before any cache is read). CacheError: a folder that is not
             a finished cache. DataError: two caches of different samples.
     """
-    from .cache import FeatureCache
-    from .similarity import METHODS, similarity
+    from ..cache import FeatureCache
+    from ..analysis.similarity import METHODS, similarity
 
     if method not in METHODS:
         raise ConfigError(f"unknown similarity method {method!r}; choose from {', '.join(METHODS)}")

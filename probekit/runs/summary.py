@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .runs import read_metrics
+from .folder import read_metrics
 
 __all__ = ["summary_table"]
 

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._fitted import _BATCH as _BATCH
-from ._fitted import class_index as _class_index
-from ._fitted import fitted_device as _device
-from ._fitted import head_outputs as _head_outputs
-from ._fitted import inputs as _inputs
+from ..estimator.fitted import _BATCH as _BATCH
+from ..estimator.fitted import class_index as _class_index
+from ..estimator.fitted import fitted_device as _device
+from ..estimator.fitted import head_outputs as _head_outputs
+from ..estimator.fitted import inputs as _inputs
 
 __all__ = [
     "AblationResult",
@@ -239,7 +239,7 @@ def _resolve_baseline(clf: Any, x: Tensor, baseline: str | np.ndarray | Tensor) 
 def _heads_with(attr: str) -> list[str]:
     """Names of registered heads whose ``ProbeOutput.<attr>`` is set (tiny forward per head)."""
     try:
-        from probekit.probes import create_probe, list_probes
+        from ..probes import create_probe, list_probes
     except ImportError:  # pragma: no cover - registry always ships with probekit
         return []
     names = []

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 __all__ = ["control_keys_of", "control_rows", "mdl_table", "paired_diff_ci", "write_cka"]
 
@@ -29,11 +29,11 @@ def control_keys_of(cache: Any, cfg: Any) -> np.ndarray:
     Raises:
         ConfigError: image data whose dataset cannot be loaded again (a cache fitted alone).
     """
-    from .control import sample_keys
+    from ..estimator.control import sample_keys
 
     if getattr(cache, "texts", None) is not None:
         return np.asarray(sample_keys(cache), dtype=object)
-    from .data import load_data
+    from ..data import load_data
 
     try:
         data = load_data(cfg.data, seed=cfg.seed, **cfg.stage_options("data"))
@@ -69,7 +69,7 @@ def control_rows(clf: Any, X_test: Any, y_test: np.ndarray, keys_test: np.ndarra
     Returns:
         ``L`` dicts: control_accuracy, control_accuracy_ci, selectivity, selectivity_ci.
     """
-    from .estimator.control import control_task_labels
+    from ..estimator.control import control_task_labels
 
     y_ctl = control_task_labels(clf, list(keys_test))
     task_ok = clf.predict_layers(X_test) == np.asarray(y_test)[:, None]  # (N, L)
@@ -91,7 +91,7 @@ def mdl_table(X_train: Any, y_train: np.ndarray, layer_names: list[str], tokens:
               device: Any = None) -> dict[str, Any]:
     """:func:`probekit.mdl` per layer (linear probes) of ``(N, L * P, D)`` layer-major features;
     a layer's ``P`` pooled vectors are concatenated. Returns ``MDLResult.to_dict()``."""
-    from .mdl import mdl
+    from ..analysis.mdl import mdl
 
     n = X_train.shape[0]
     x = X_train.reshape(n, len(layer_names), tokens * X_train.shape[-1])
@@ -122,7 +122,7 @@ def write_cka(run_dir: Path, cache: Any, other: Any = None, name: str = "within"
     import warnings
 
     from .compare import write_similarity
-    from .similarity import similarity
+    from ..analysis.similarity import similarity
 
     def features(c: Any) -> int:  # what similarity() compares: cls if recorded, else all
         return sum(c.dims) * (1 if "cls" in c.poolings else len(c.poolings))

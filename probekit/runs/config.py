@@ -1,16 +1,4 @@
-"""The run folder: its configuration (:class:`RunConfig`), its layout, and what it holds.
-
-::
-
-    RUN/
-      config.json            the resolved RunConfig
-      cache/                 the feature cache (reused when it is already complete)
-      split.json             train / test sample positions (seeded; stratified for classification)
-      probes/<head>/         model.safetensors + config.json for every head
-      metrics.json, metrics.csv
-      attribution/<head>.safetensors + attribution.json
-      figures/*.html (+ .png where a Chromium is found)
-      report.html
+"""The options of a run: :class:`RunConfig`.
 
 :class:`RunConfig` is the one definition of a run's options: its fields are the config-file
 keys, the ``probekit run`` flags (generated from the fields, see :func:`run_options`) and the
@@ -46,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
-from .errors import ConfigError
-from .layers import check_layers, parse_layers
-from .memory import parse_size
-from .pooling import expand_poolings
+from ..models.placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
+from ..errors import ConfigError
+from ..models.layers import check_layers, parse_layers
+from .._utils.memory import parse_size
+from ..recording.pooling import expand_poolings
 
 __all__ = [
     "DEFAULT_PROBES",
@@ -480,88 +468,24 @@ def load_config(path: str | Path) -> list[RunConfig]:
 # ------------------------------------------------------------------------------- run folder
 
 
-def read_config(run_dir: str | Path) -> RunConfig:
-    """The :class:`RunConfig` saved in a run folder."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a probekit run folder (no config.json)")
-    return RunConfig.from_dict(json.loads(path.read_text()))
 
 
-def write_config(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
-    """Write ``config.json`` into ``run_dir`` (default ``cfg.run_dir``); returns the folder."""
-    folder = Path(run_dir) if run_dir is not None else cfg.run_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    return folder
 
 
-def write_split(run_dir: Path, train: Sequence[int], test: Sequence[int], seed: int,
-                test_size: float) -> None:
-    (run_dir / "split.json").write_text(json.dumps(
-        {"train": [int(i) for i in train], "test": [int(i) for i in test], "seed": seed,
-         "test_size": test_size}))
 
 
-def read_split(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "split.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} has no split.json: run `probekit fit` first")
-    return json.loads(path.read_text())
 
 
-def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
-    """``metrics.json`` and ``metrics.csv`` (see :mod:`probekit.metrics_csv`)."""
-    from .metrics_csv import write_classification_csv, write_regression_csv
-
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if metrics.get("task") == "regression":
-        return write_regression_csv(metrics, run_dir)
-    return write_classification_csv(metrics, run_dir)
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} has no metrics.json: run `probekit fit` first")
-    return json.loads(path.read_text())
 
 
 # ------------------------------------------------------------------------------- regression
 
 
-def targets_path(cache_dir: str | Path) -> Path:
-    """Where a regression run keeps its targets: ``CACHE/targets.json`` (the cache's labels are
-    class indices)."""
-    return Path(cache_dir) / "targets.json"
 
 
-def write_targets(cache_dir: str | Path, targets: Sequence[float], name: str,
-                  fingerprint: str) -> Path:
-    """Write a dataset's continuous targets (by dataset position) beside its feature cache."""
-    path = targets_path(cache_dir)
-    path.write_text(json.dumps({"name": name, "dataset_fingerprint": fingerprint,
-                                "targets": [float(t) for t in targets]}))
-    return path
 
 
-def read_targets(cache_dir: str | Path, fingerprint: str) -> tuple[list[float], str]:
-    """The targets by dataset position and their name, checked against the cache's dataset."""
-    path = targets_path(cache_dir)
-    if not path.is_file():
-        raise ConfigError(f"{cache_dir} holds no regression targets ({path.name}); extract it "
-                          "with --task regression")
-    saved = json.loads(path.read_text())
-    if saved.get("dataset_fingerprint") != fingerprint:
-        raise ConfigError(f"{path} belongs to another dataset than the cache {cache_dir}; "
-                          "extract again with --task regression")
-    return saved["targets"], str(saved.get("name", "target"))
 
 
-def cache_targets(cache: Any, cache_dir: str | Path) -> tuple[Any, str]:
-    """The cache's samples' regression targets ``(N,)`` float64 (by ``cache.index``) and their
-    name."""
-    import numpy as np
-
-    targets, name = read_targets(cache_dir, cache.manifest["dataset"]["fingerprint"])
-    return np.asarray(targets, dtype=np.float64)[np.asarray(cache.index)], name

@@ -14,7 +14,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelError
+from ..errors import ModelError
 
 if TYPE_CHECKING:
     import torch

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",

@@ -24,17 +24,17 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ._runtime import resolve_precision
-from .cache import CacheWriter, FeatureCache
-from .cache.files import _kill_point
-from .data import Dataset, load_data
+from .._utils.runtime import resolve_precision
+from ..cache import CacheWriter, FeatureCache
+from ..cache.files import _kill_point
+from ..data import Dataset, load_data
 from .distributed import Ranks, join_ranks
-from .errors import ConfigError, DataError
-from .hooks import LayerRecorder
-from .layers import LayerSpec, Selection, select_layers
-from .models import LoadedModel, load_model
+from ..errors import ConfigError, DataError
+from ..models.hooks import LayerRecorder
+from ..models.layers import LayerSpec, Selection, select_layers
+from ..models.loading import LoadedModel, load_model
 from .pooling import expand_poolings, pool
-from .transfer import to_host_all
+from .._utils.transfer import to_host_all
 
 __all__ = ["extract", "record", "PRECISIONS", "STORE_DTYPES"]
 

@@ -48,10 +48,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, DataError
-from .estimator import ProbeClassifier
-from .layers import resolve_indices
-from .probes import list_probes
+from ..errors import ConfigError, DataError
+from ..estimator import ProbeClassifier
+from ..models.layers import resolve_indices
+from ..probes import list_probes
 
 __all__ = ["MDL_FRACTIONS", "MDLResult", "mdl", "online_block_ends"]
 

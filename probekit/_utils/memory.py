@@ -8,7 +8,7 @@ import numbers
 import re
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["available_memory", "default_budget", "parse_size", "peak_rss", "reset_peak_rss", "rss"]
 

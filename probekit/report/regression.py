@@ -57,13 +57,8 @@ def regression_figures(metrics: dict[str, Any], summary: dict[str, Any] | None,
     (default: every layer). A per-sample heatmap draws at most ``max_samples`` rows, above it a
     seeded sample stratified by target decile.
     """
-    from .report_arrays import (
-        CHUNK_BYTES,
-        HEATMAP_MAX_SAMPLES,
-        stratified_subsample,
-        summarize_head,
-    )
-    from .viz import AblationDisplay, LayerAccuracyDisplay
+    from .arrays import CHUNK_BYTES, HEATMAP_MAX_SAMPLES, stratified_subsample, summarize_head
+    from ..viz import AblationDisplay, LayerAccuracyDisplay
 
     layers = metrics["layer_names"]
     target = metrics.get("target_name", "target")

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
 from .hooks import _first_tensor
 from .layers import glob_modules
-from .models import LoadedModel, load_model
+from .loading import LoadedModel, load_model
 
 __all__ = ["LayerListing", "format_layers", "list_layers"]
 

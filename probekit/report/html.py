@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .report_regression import regression_figures, regression_tables
-from .report_science import science_figures, science_tables
-from .runs import read_config, read_metrics
+from .regression import regression_figures, regression_tables
+from .science import science_figures, science_tables
+from ..runs.folder import read_config, read_metrics
 
 __all__ = ["Figure", "build_figures", "write_figures", "write_report"]
 
@@ -38,8 +38,8 @@ class Figure:
 
 
 def _load_run(run_dir: Path) -> dict[str, Any]:
-    from .cache import FeatureCache
-    from .report_arrays import AttributionFile
+    from ..cache import FeatureCache
+    from .arrays import AttributionFile
 
     cfg = read_config(run_dir)
     metrics = read_metrics(run_dir)
@@ -52,8 +52,8 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
 
 def _chunk_bytes(cfg: Any) -> int:
     """Chunks of the attribution files: small, and within the run's budget (``fit_max_memory``)."""
-    from .memory import default_budget, parse_size
-    from .report_arrays import CHUNK_BYTES
+    from .._utils.memory import default_budget, parse_size
+    from .arrays import CHUNK_BYTES
 
     size = cfg.fit_max_memory
     budget = parse_size(size, "fit_max_memory") if size is not None else default_budget()
@@ -86,8 +86,8 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     """
     from types import SimpleNamespace
 
-    from .report_arrays import HEATMAP_MAX_SAMPLES, stratified_subsample, summarize_head
-    from .viz import (
+    from .arrays import HEATMAP_MAX_SAMPLES, stratified_subsample, summarize_head
+    from ..viz import (
         AblationDisplay,
         ClassProfileDisplay,
         LayerAccuracyDisplay,
@@ -170,7 +170,7 @@ def write_figures(run_dir: str | Path, formats: list[str] | tuple[str, ...] = ("
     Images need a Chrome/Chromium for kaleido; without one a warning says what to install and
     only HTML is written.
     """
-    from .viz import ExportError, export, find_chrome
+    from ..viz import ExportError, export, find_chrome
 
     out = Path(run_dir) / "figures"
     out.mkdir(parents=True, exist_ok=True)

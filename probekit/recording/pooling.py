@@ -17,12 +17,12 @@ builds and parses that name; :func:`expand_poolings` owns the pooling spelling.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from ..cache.poolings import recorded_poolings, split_poolings
+from ..errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -43,19 +43,15 @@ def expand_poolings(pooling: str | Sequence[str], recorded: Sequence[str] | None
         ConfigError: an empty, unknown or (with ``recorded``) unrecorded pooling, naming the
             valid ones.
     """
-    parts = [pooling] if isinstance(pooling, str) else list(pooling)
-    names = [n.strip() for part in parts for n in re.split(r"[+,]", str(part)) if n.strip()]
-    valid = list(recorded) if recorded is not None else list(POOLINGS)
-    if not names:
-        raise ConfigError(f"pooling is empty; choose from {', '.join(valid)}")
+    if recorded is not None:
+        return recorded_poolings(pooling, recorded)
+    names = split_poolings(pooling, POOLINGS)
     for n in names:
-        if recorded is not None and n not in recorded:
-            raise ConfigError(f"pooling {n!r} was not recorded; recorded poolings: {valid}")
-        if recorded is None and n not in POOLINGS:
+        if n not in POOLINGS:
             raise ConfigError(
                 f"unknown pooling {n!r}; choose from {', '.join(POOLINGS)}, or join them: cls+mean"
             )
-    return list(dict.fromkeys(names))
+    return names
 
 
 @dataclass(frozen=True, order=True)

@@ -1,0 +1,21 @@
+"""Analysis of fitted probes and caches: layer attribution and ablation
+(:mod:`~probekit.analysis.attribution`), online-code MDL (:mod:`~probekit.analysis.mdl`),
+CKA / RSA layer similarity (:mod:`~probekit.analysis.similarity`) and the bootstrap statistics
+every score and comparison uses (:mod:`~probekit.analysis.stats`)."""
+
+from __future__ import annotations
+
+from .._utils.lazy import attach
+
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "AblationResult": "attribution",
+    "ablation_sensitivity": "attribution",
+    "attribution_agreement": "attribution",
+    "captum_attribution": "attribution",
+    "layer_attribution": "attribution",
+    "layer_map": "attribution",
+    "MDLResult": "mdl",
+    "PairedBootstrap": "stats",
+    "bootstrap_interval": "stats",
+    "paired_bootstrap": "stats",
+})
