@@ -35,8 +35,9 @@ def _timed(fn):
 
 def naive_paired(y, a, b, r, seed):
     idx = np.random.default_rng(seed).integers(0, len(y), size=(r, len(y)))
-    d = np.array([balanced_accuracy_score(y[i], a[i]) - balanced_accuracy_score(y[i], b[i])
-                  for i in idx])
+    d = np.array(
+        [balanced_accuracy_score(y[i], a[i]) - balanced_accuracy_score(y[i], b[i]) for i in idx]
+    )
     lo, hi = np.percentile(d, [2.5, 97.5])
     return float(lo), float(hi), float(np.mean(d <= 0))
 
@@ -55,10 +56,14 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=50.0)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
-    print(f"N={args.n} test samples, R={args.resamples} resamples, {args.repeats} interleaved "
-          "rounds after a warm-up; medians (shared machine: wall is noisy, CPU time steadier)")
-    head = (f"{'classes':>7} {'step':<26} {'loop s':>8} {'vect s':>8} {'x wall':>7} "
-            f"{'x cpu':>7}  same result")
+    print(
+        f"N={args.n} test samples, R={args.resamples} resamples, {args.repeats} interleaved "
+        "rounds after a warm-up; medians (shared machine: wall is noisy, CPU time steadier)"
+    )
+    head = (
+        f"{'classes':>7} {'step':<26} {'loop s':>8} {'vect s':>8} {'x wall':>7} "
+        f"{'x cpu':>7}  same result"
+    )
     print(head)
     print("-" * len(head))
     worst = float("inf")
@@ -70,10 +75,12 @@ def main() -> None:
         steps = {
             "balanced-accuracy interval": (
                 lambda y=y, a=a: bootstrap_ci(y, a, balanced_accuracy_score, args.resamples, 0),
-                lambda y=y, a=a: bootstrap_interval(y, a, n_resamples=args.resamples, seed=0)),
+                lambda y=y, a=a: bootstrap_interval(y, a, n_resamples=args.resamples, seed=0),
+            ),
             "paired bootstrap": (
                 lambda y=y, a=a, b=b: naive_paired(y, a, b, args.resamples, 0),
-                lambda y=y, a=a, b=b: vect_paired(y, a, b, args.resamples, 0)),
+                lambda y=y, a=a, b=b: vect_paired(y, a, b, args.resamples, 0),
+            ),
         }
         for name, (loop, vect) in steps.items():
             loop(), vect()  # warm-up
@@ -87,10 +94,14 @@ def main() -> None:
             xw, xc = wall["loop"] / wall["vect"], cpu["loop"] / max(cpu["vect"], 1e-9)
             if name.startswith("balanced"):
                 worst = min(worst, xw)
-            print(f"{k:>7} {name:<26} {wall['loop']:8.3f} {wall['vect']:8.4f} {xw:7.0f} "
-                  f"{xc:7.0f}  {same}")
-    print(f"target: balanced-accuracy interval >= {args.target:.0f}x the loop (wall, medians): "
-          f"{worst:.0f}x -> {'met' if worst >= args.target else 'NOT met'}")
+            print(
+                f"{k:>7} {name:<26} {wall['loop']:8.3f} {wall['vect']:8.4f} {xw:7.0f} "
+                f"{xc:7.0f}  {same}"
+            )
+    print(
+        f"target: balanced-accuracy interval >= {args.target:.0f}x the loop (wall, medians): "
+        f"{worst:.0f}x -> {'met' if worst >= args.target else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

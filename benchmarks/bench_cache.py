@@ -70,21 +70,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cache = FeatureCache.open(args.cache)
     mib = sum(f.stat().st_size for f, _, _ in cache._shards) / 2**20
-    print(f"{cache}\n{len(cache._shards)} shards, {mib:.1f} MiB; medians of {args.repeats} "
-          "interleaved repeats, each on a freshly opened cache")
-    print(f"{'read':<12} {'verified':>10} {'unverified':>11} {'ratio':>7} {'2nd load':>10} "
-          f"{'xxh3 alone':>11}")
+    print(
+        f"{cache}\n{len(cache._shards)} shards, {mib:.1f} MiB; medians of {args.repeats} "
+        "interleaved repeats, each on a freshly opened cache"
+    )
+    print(
+        f"{'read':<12} {'verified':>10} {'unverified':>11} {'ratio':>7} {'2nd load':>10} "
+        f"{'xxh3 alone':>11}"
+    )
     for label, layers in (("one layer", [-1]), ("all layers", None)):
         r = bench(args.cache, args.repeats, layers)
         sel, pools = cache.select(layers)
         nbytes = sum(
-            f.entries[f"{cache.layer_names[j]}.{p}"][3] - f.entries[f"{cache.layer_names[j]}.{p}"][2]
-            for f in cache._files for j in sel for p in pools
+            f.entries[f"{cache.layer_names[j]}.{p}"][3]
+            - f.entries[f"{cache.layer_names[j]}.{p}"][2]
+            for f in cache._files
+            for j in sel
+            for p in pools
         )
         floor = hash_floor(nbytes, args.repeats)
-        print(f"{label:<12} {r['verified'] * 1e3:>8.1f}ms {r['unverified'] * 1e3:>9.1f}ms "
-              f"{r['ratio']:>6.2f}x {r['verified, 2nd load'] * 1e3:>8.1f}ms "
-              f"{floor * 1e3:>9.1f}ms")
+        print(
+            f"{label:<12} {r['verified'] * 1e3:>8.1f}ms {r['unverified'] * 1e3:>9.1f}ms "
+            f"{r['ratio']:>6.2f}x {r['verified, 2nd load'] * 1e3:>8.1f}ms "
+            f"{floor * 1e3:>9.1f}ms"
+        )
 
 
 if __name__ == "__main__":

@@ -68,11 +68,11 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 import probekit  # noqa: E402
-from probekit._utils import runtime as _runtime
 from probekit import extract, load_data, load_model  # noqa: E402
+from probekit._utils import runtime as _runtime  # noqa: E402
 from probekit.data import Dataset, from_arrays  # noqa: E402
-from probekit.recording.extraction import PRECISIONS, precision_context  # noqa: E402
 from probekit.models.loading import LoadedModel  # noqa: E402
+from probekit.recording.extraction import PRECISIONS, precision_context  # noqa: E402
 
 # ----------------------------------------------------------------------------- timing
 
@@ -151,8 +151,10 @@ class IdleGate:
     def summary(self) -> str:
         if self.pct <= 0:
             return "idle gate off"
-        return (f"idle gate {self.pct:.0f}%: {self.calls} waits, {self.waited:.0f} s waited, "
-                f"{self.contended} gave up after {self.max_wait:.0f} s (ran contended)")
+        return (
+            f"idle gate {self.pct:.0f}%: {self.calls} waits, {self.waited:.0f} s waited, "
+            f"{self.contended} gave up after {self.max_wait:.0f} s (ran contended)"
+        )
 
 
 GATE = IdleGate()
@@ -240,8 +242,9 @@ def batch_starts(n: int, batch_size: int, shard_size: int) -> list[tuple[int, in
     return out
 
 
-def make_workload(name: str, model: LoadedModel, data: Dataset, batch_size: int,
-                  shard_size: int) -> Workload:
+def make_workload(
+    name: str, model: LoadedModel, data: Dataset, batch_size: int, shard_size: int
+) -> Workload:
     """Preprocess ``data`` once; build the pre-tokenized twin of ``model`` and ``data``."""
     spans = batch_starts(len(data), batch_size, shard_size)
     batches = [model.preprocess(data.get_items(range(a, b))) for a, b in spans]
@@ -255,8 +258,12 @@ def make_workload(name: str, model: LoadedModel, data: Dataset, batch_size: int,
         return model.preprocess(data.get_items(idx))  # not one of the pre-made batches
 
     pre_model = dataclasses.replace(model, preprocess=cached_preprocess, kind="text")
-    pre_data = from_arrays([str(i) for i in range(len(data))], data.labels,
-                           label_names=data.label_names, name=f"{data.name}-pretokenized")
+    pre_data = from_arrays(
+        [str(i) for i in range(len(data))],
+        data.labels,
+        label_names=data.label_names,
+        name=f"{data.name}-pretokenized",
+    )
     return Workload(name, model, data, batch_size, shard_size, batches, pre_model, pre_data)
 
 
@@ -264,12 +271,17 @@ def subset_workload(w: Workload, n: int, batch_size: int) -> Workload:
     """The first ``n`` samples of ``w`` (for the precision runs), in one shard."""
     items = w.data.get_items(range(n))
     if w.data.kind == "text":
-        data = from_arrays(items, w.data.labels[:n], label_names=w.data.label_names,
-                           name=f"{w.data.name}-{n}")
+        data = from_arrays(
+            items, w.data.labels[:n], label_names=w.data.label_names, name=f"{w.data.name}-{n}"
+        )
     else:
         assert w.data.images is not None
-        data = from_arrays(w.data.images[:n], w.data.labels[:n], label_names=w.data.label_names,
-                           name=f"{w.data.name}-{n}")
+        data = from_arrays(
+            w.data.images[:n],
+            w.data.labels[:n],
+            label_names=w.data.label_names,
+            name=f"{w.data.name}-{n}",
+        )
     return make_workload(w.name, w.model, data, batch_size, n)
 
 
@@ -283,8 +295,9 @@ def synthetic_sentences(words: Dataset, n: int, lo: int, hi: int, seed: int = 0)
         pick = rng.choices(pos, k=rng.randint(lo, hi))
         texts.append(" ".join(words.texts[i] for i in pick))
         labels.append(int(2 * sum(int(words.labels[i]) for i in pick) > len(pick)))
-    return from_arrays(texts, labels, label_names=words.label_names,
-                       name=f"vader-sentences-{lo}-{hi}")
+    return from_arrays(
+        texts, labels, label_names=words.label_names, name=f"vader-sentences-{lo}-{hi}"
+    )
 
 
 # ----------------------------------------------------------------------------- runs
@@ -310,14 +323,22 @@ class ExtractRunner:
         self.extract_fn = extract_fn
         self._last: Path | None = None
 
-    def __call__(self, w: Workload, *, pre: bool, precision: str = "fp32",
-                 keep: bool = False) -> Any:
+    def __call__(
+        self, w: Workload, *, pre: bool, precision: str = "fp32", keep: bool = False
+    ) -> Any:
         self.cleanup()
         out = Path(tempfile.mkdtemp(prefix="cache-", dir=self.root))
         self._last = out
         model, data = (w.pre_model, w.pre_data) if pre else (w.model, w.data)
-        cache = self.extract_fn(model, data, out, batch_size=w.batch_size,
-                                shard_size=w.shard_size, precision=precision, progress=False)
+        cache = self.extract_fn(
+            model,
+            data,
+            out,
+            batch_size=w.batch_size,
+            shard_size=w.shard_size,
+            precision=precision,
+            progress=False,
+        )
         if keep:
             return {p: cache.load(pooling=p) for p in cache.poolings}, cache.layer_names
         return None
@@ -328,8 +349,9 @@ class ExtractRunner:
             self._last = None
 
 
-def agreement(ref: dict[str, Tensor], other: dict[str, Tensor],
-              layer_names: list[str]) -> tuple[float, str, float]:
+def agreement(
+    ref: dict[str, Tensor], other: dict[str, Tensor], layer_names: list[str]
+) -> tuple[float, str, float]:
     """Minimum cosine similarity over samples, layers and poolings, where it is, and the largest
     relative error ``|other - ref| / |ref|`` of one sample's vector."""
     worst, where, rel = 2.0, "", 0.0
@@ -357,12 +379,17 @@ def fmt_pct(x: float) -> str:
     return "   -" if x != x else f"{100 * x:3.0f}%"
 
 
-def fp32_section(workloads: list[Workload], runner: ExtractRunner, repeats: int,
-                 target: float) -> list[tuple[Any, ...]]:
-    print("\n== fp32: extract() against a plain forward pass "
-          f"(median of {repeats} interleaved runs after a warm-up) ==")
-    head = (f"{'workload':<18} {'variant':<16} {'samples/s':>10} {'median s':>9} {'min s':>7} "
-            f"{'spread':>6} {'cpu/wall':>8} {'fwd/this':>8} {'(min)':>6} {'(cpu)':>6}")
+def fp32_section(
+    workloads: list[Workload], runner: ExtractRunner, repeats: int, target: float
+) -> list[tuple[Any, ...]]:
+    print(
+        "\n== fp32: extract() against a plain forward pass "
+        f"(median of {repeats} interleaved runs after a warm-up) =="
+    )
+    head = (
+        f"{'workload':<18} {'variant':<16} {'samples/s':>10} {'median s':>9} {'min s':>7} "
+        f"{'spread':>6} {'cpu/wall':>8} {'fwd/this':>8} {'(min)':>6} {'(cpu)':>6}"
+    )
     print(head)
     print("-" * len(head))
     ratios = []
@@ -382,36 +409,60 @@ def fp32_section(workloads: list[Workload], runner: ExtractRunner, repeats: int,
             rel = f"{fwd / timing.median:8.3f}" if extract_row else ""
             rel_min = f"{fwd_best / timing.best:6.3f}" if extract_row else ""
             rel_cpu = f"{fwd_cpu / timing.cpu_median:6.3f}" if extract_row else ""
-            print(f"{w.name:<18} {name:<16} {fmt_rate(w.n, timing.median)} {timing.median:9.3f} "
-                  f"{timing.best:7.3f} {fmt_pct(timing.spread):>6} {timing.cpu_per_wall:8.2f} "
-                  f"{rel:>8} {rel_min:>6} {rel_cpu:>6}")
-        info = (f"  N={w.n}, batch {w.batch_size}, shard {w.shard_size}, "
-                f"{w.tokens_per_sample():.1f} tokens/sample; load avg before: {load0}, "
-                f"after: {load_average()}")
+            print(
+                f"{w.name:<18} {name:<16} {fmt_rate(w.n, timing.median)} {timing.median:9.3f} "
+                f"{timing.best:7.3f} {fmt_pct(timing.spread):>6} {timing.cpu_per_wall:8.2f} "
+                f"{rel:>8} {rel_min:>6} {rel_cpu:>6}"
+            )
+        info = (
+            f"  N={w.n}, batch {w.batch_size}, shard {w.shard_size}, "
+            f"{w.tokens_per_sample():.1f} tokens/sample; load avg before: {load0}, "
+            f"after: {load_average()}"
+        )
         print(info)
         pre, e2e = t["extract pre-tok"], t["extract e2e"]
-        ratios.append((w.name, fwd / pre.median, fwd_best / pre.best,
-                       fwd / e2e.median, fwd_best / e2e.best))
-    print("  fwd/this: median forward time / median time of this variant (its throughput relative"
-          " to the forward pass);\n  (min): the same from the fastest runs (noise only adds time);"
-          " (cpu): from median process CPU seconds\n  (all threads; less sensitive to other"
-          " processes, but inflated by OpenMP spin-waiting).")
+        ratios.append(
+            (w.name, fwd / pre.median, fwd_best / pre.best, fwd / e2e.median, fwd_best / e2e.best)
+        )
+    print(
+        "  fwd/this: median forward time / median time of this variant (its throughput relative"
+        " to the forward pass);\n  (min): the same from the fastest runs (noise only adds time);"
+        " (cpu): from median process CPU seconds\n  (all threads; less sensitive to other"
+        " processes, but inflated by OpenMP spin-waiting)."
+    )
     print()
     for name, pre, pre_min, e2e, e2e_min in ratios:
-        verdict = ("met" if min(pre, pre_min) >= target else
-                   "met on the fastest runs only" if pre_min >= target else
-                   "met on the medians only" if pre >= target else "NOT met")
-        print(f"target extract >= {target:.2f} x forward ({name}): pre-tokenized {pre:.3f} median, "
-              f"{pre_min:.3f} fastest -> {verdict}; end-to-end {e2e:.3f} / {e2e_min:.3f}")
+        verdict = (
+            "met"
+            if min(pre, pre_min) >= target
+            else "met on the fastest runs only"
+            if pre_min >= target
+            else "met on the medians only"
+            if pre >= target
+            else "NOT met"
+        )
+        print(
+            f"target extract >= {target:.2f} x forward ({name}): pre-tokenized {pre:.3f} median, "
+            f"{pre_min:.3f} fastest -> {verdict}; end-to-end {e2e:.3f} / {e2e_min:.3f}"
+        )
     return ratios
 
 
-def precision_section(subsets: list[Workload], runner: ExtractRunner, precisions: list[str],
-                      repeats: int, budget: float) -> None:
-    print(f"\n== precision: speed-up vs the fp32 forward, and pooled-feature agreement with fp32 "
-          f"(fastest of up to {repeats} runs after a warm-up, {budget:.0f} s budget per cell) ==")
-    head = (f"{'workload':<18} {'N':>4} {'precision':<9} {'fwd samp/s':>10} {'fwd x':>6} "
-            f"{'ext samp/s':>10} {'ext x':>6} {'runs':>5} {'min cosine':>11} {'max rel':>8}  at")
+def precision_section(
+    subsets: list[Workload],
+    runner: ExtractRunner,
+    precisions: list[str],
+    repeats: int,
+    budget: float,
+) -> None:
+    print(
+        f"\n== precision: speed-up vs the fp32 forward, and pooled-feature agreement with fp32 "
+        f"(fastest of up to {repeats} runs after a warm-up, {budget:.0f} s budget per cell) =="
+    )
+    head = (
+        f"{'workload':<18} {'N':>4} {'precision':<9} {'fwd samp/s':>10} {'fwd x':>6} "
+        f"{'ext samp/s':>10} {'ext x':>6} {'runs':>5} {'min cosine':>11} {'max rel':>8}  at"
+    )
     print(head)
     print("-" * (len(head) + 14))
     for w in subsets:
@@ -420,7 +471,8 @@ def precision_section(subsets: list[Workload], runner: ExtractRunner, precisions
         for p in precisions:
             tf, _ = bench_budgeted(lambda w=w, p=p: run_forward(w, p), repeats, budget)
             te, (feats, names) = bench_budgeted(
-                lambda w=w, p=p: runner(w, pre=True, precision=p, keep=True), repeats, budget)
+                lambda w=w, p=p: runner(w, pre=True, precision=p, keep=True), repeats, budget
+            )
             if p == "fp32":
                 ref, fwd32 = feats, tf.best
             if ref is not None:
@@ -430,12 +482,16 @@ def precision_section(subsets: list[Workload], runner: ExtractRunner, precisions
                 cos_s, where = f"{'(no fp32)':>20}", ""
             sx_f = f"{fwd32 / tf.best:6.2f}" if fwd32 else "     -"
             sx_e = f"{fwd32 / te.best:6.2f}" if fwd32 else "     -"
-            print(f"{w.name:<18} {w.n:>4} {p:<9} {fmt_rate(w.n, tf.best)} {sx_f} "
-                  f"{fmt_rate(w.n, te.best)} {sx_e} {len(tf.wall):>2}/{len(te.wall):<2} "
-                  f"{cos_s}  {where}")
-    print("  fwd x / ext x: fp32-forward time / this time (>1 is faster); runs: forward/extract; "
-          "min cosine over samples, layers and poolings;\n  max rel: largest "
-          "|x - x_fp32| / |x_fp32| of one sample's pooled vector (0 = bitwise equal)")
+            print(
+                f"{w.name:<18} {w.n:>4} {p:<9} {fmt_rate(w.n, tf.best)} {sx_f} "
+                f"{fmt_rate(w.n, te.best)} {sx_e} {len(tf.wall):>2}/{len(te.wall):<2} "
+                f"{cos_s}  {where}"
+            )
+    print(
+        "  fwd x / ext x: fp32-forward time / this time (>1 is faster); runs: forward/extract; "
+        "min cosine over samples, layers and poolings;\n  max rel: largest "
+        "|x - x_fp32| / |x_fp32| of one sample's pooled vector (0 = bitwise equal)"
+    )
 
 
 def profile_extract(workloads: list[Workload], runner: ExtractRunner, rows: int) -> None:
@@ -443,8 +499,10 @@ def profile_extract(workloads: list[Workload], runner: ExtractRunner, rows: int)
     from torch.profiler import ProfilerActivity, profile
 
     for w in workloads:
-        for name, fn in (("forward", lambda w=w: run_forward(w)),
-                         ("extract pre-tok", lambda w=w: runner(w, pre=True))):
+        for name, fn in (
+            ("forward", lambda w=w: run_forward(w)),
+            ("extract pre-tok", lambda w=w: runner(w, pre=True)),
+        ):
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 fn()
             print(f"\n== profile: {w.name}, {name} (self CPU time, top {rows}) ==")
@@ -494,14 +552,26 @@ def memory_section(args: argparse.Namespace, workloads: list[Workload]) -> None:
     for w in workloads:
         cells = []
         for v in variants:
-            cmd = [sys.executable, __file__, *passthrough, "--only", keys[w.name],
-                   "--memory-child", v]
+            cmd = [
+                sys.executable,
+                __file__,
+                *passthrough,
+                "--only",
+                keys[w.name],
+                "--memory-child",
+                v,
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True, check=False)
             line = [x for x in res.stdout.splitlines() if x.startswith("MEMORY ")]
-            cells.append(f"{v} +{float(line[0].split()[1]):.0f} MiB" if line
-                         else f"{v} failed: {res.stderr.strip().splitlines()[-1:]}")
-        print(f"{w.name:<18} N={w.n:<5} batch {w.batch_size:<3} shard {w.shard_size:<5} "
-              + "   ".join(cells))
+            cells.append(
+                f"{v} +{float(line[0].split()[1]):.0f} MiB"
+                if line
+                else f"{v} failed: {res.stderr.strip().splitlines()[-1:]}"
+            )
+        print(
+            f"{w.name:<18} N={w.n:<5} batch {w.batch_size:<3} shard {w.shard_size:<5} "
+            + "   ".join(cells)
+        )
 
 
 # ----------------------------------------------------------------------------- page faults
@@ -522,21 +592,31 @@ def churn_child(args: argparse.Namespace) -> None:
     import json
     import resource
 
-    from probekit._utils import runtime as _runtime
+    from probekit._utils import runtime as _runtime  # noqa: E402
 
     model = load_model("bundled:efficientnet-lite0")
     data = load_data("bundled:mnist", limit=args.effnet_n)
     with tempfile.TemporaryDirectory(prefix="bench-churn-") as tmp:
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        cache = extract(model, data, Path(tmp) / "cache", precision=args.churn_child,
-                        progress=False)
+        cache = extract(
+            model, data, Path(tmp) / "cache", precision=args.churn_child, progress=False
+        )
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         precision = cache.manifest["precision"]
-    print("CHURN " + json.dumps({
-        "wall": wall, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
-        "minflt": r1.ru_minflt - r0.ru_minflt, "tuned": _runtime.allocator_state()["tuned"],
-        "precision": precision}))
+    print(
+        "CHURN "
+        + json.dumps(
+            {
+                "wall": wall,
+                "user": r1.ru_utime - r0.ru_utime,
+                "sys": r1.ru_stime - r0.ru_stime,
+                "minflt": r1.ru_minflt - r0.ru_minflt,
+                "tuned": _runtime.allocator_state()["tuned"],
+                "precision": precision,
+            }
+        )
+    )
 
 
 def matmul_ceiling(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -564,18 +644,22 @@ def churn_section(args: argparse.Namespace) -> None:
     import resource
     import subprocess
 
-    print(f"\n== page faults: `probekit extract --model bundled:efficientnet-lite0 --data "
-          f"bundled:mnist --limit {args.effnet_n}` (extract() in a fresh process per run, "
-          f"{args.churn_repeats} interleaved rounds, medians) ==")
+    print(
+        f"\n== page faults: `probekit extract --model bundled:efficientnet-lite0 --data "
+        f"bundled:mnist --limit {args.effnet_n}` (extract() in a fresh process per run, "
+        f"{args.churn_repeats} interleaved rounds, medians) =="
+    )
     model = load_model("bundled:efficientnet-lite0")
     data = load_data("bundled:mnist", limit=8)
     flops = forward_flops(model, data)
     ceil32 = matmul_ceiling(torch.float32)
     bf16_native = _runtime.bf16_is_native("cpu")
     ceil16 = matmul_ceiling(torch.bfloat16) if bf16_native else float("nan")
-    print(f"forward: {flops / 1e9:.3f} GFLOP/sample (FlopCounterMode); matmul ceiling (2048^3, "
-          f"{torch.get_num_threads()} threads, fastest of 5): fp32 {ceil32:.0f} GFLOP/s, bf16 "
-          + (f"{ceil16:.0f} GFLOP/s (native)" if bf16_native else "not native (not measured)"))
+    print(
+        f"forward: {flops / 1e9:.3f} GFLOP/sample (FlopCounterMode); matmul ceiling (2048^3, "
+        f"{torch.get_num_threads()} threads, fastest of 5): fp32 {ceil32:.0f} GFLOP/s, bf16 "
+        + (f"{ceil16:.0f} GFLOP/s (native)" if bf16_native else "not native (not measured)")
+    )
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in CHURN_VARIANTS}
     passthrough = ["--threads", str(args.threads), "--effnet-n", str(args.effnet_n)]
     for _ in range(args.churn_repeats):
@@ -590,18 +674,32 @@ def churn_section(args: argparse.Namespace) -> None:
             if not line:
                 raise RuntimeError(f"{name} failed: {res.stderr.strip()[-2000:]}")
             run = json.loads(line[0][6:])
-            run.update(proc_wall=wall, proc_sys=c1.ru_stime - c0.ru_stime,
-                       proc_cpu=c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime,
-                       proc_minflt=c1.ru_minflt - c0.ru_minflt)
+            run.update(
+                proc_wall=wall,
+                proc_sys=c1.ru_stime - c0.ru_stime,
+                proc_cpu=c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime,
+                proc_minflt=c1.ru_minflt - c0.ru_minflt,
+            )
             runs[name].append(run)
-            print(f"  run: {name:<18} extract {run['wall']:7.2f} s wall, {run['user']:7.2f} s "
-                  f"user, {run['sys']:6.2f} s kernel, {run['minflt'] / 1e6:5.2f} M faults "
-                  f"(process {wall:6.1f} s)", flush=True)
-    med = {name: {k: statistics.median(float(r[k]) for r in rs) for k in rs[0]
-                  if k not in ("precision", "tuned")} for name, rs in runs.items()}
-    head = (f"{'variant':<18} {'precision':<9} {'samples/s':>9} {'x old':>6} {'(cpu)':>6} {'wall s':>7} "
-            f"{'user s':>7} {'kernel s':>8} {'kernel %':>8} {'faults':>7} {'GFLOP/s':>8} "
-            f"{'% ceil':>6} | {'process: wall s':>15} {'kernel s':>8} {'faults':>7}")
+            print(
+                f"  run: {name:<18} extract {run['wall']:7.2f} s wall, {run['user']:7.2f} s "
+                f"user, {run['sys']:6.2f} s kernel, {run['minflt'] / 1e6:5.2f} M faults "
+                f"(process {wall:6.1f} s)",
+                flush=True,
+            )
+    med = {
+        name: {
+            k: statistics.median(float(r[k]) for r in rs)
+            for k in rs[0]
+            if k not in ("precision", "tuned")
+        }
+        for name, rs in runs.items()
+    }
+    head = (
+        f"{'variant':<18} {'precision':<9} {'samples/s':>9} {'x old':>6} {'(cpu)':>6} {'wall s':>7} "
+        f"{'user s':>7} {'kernel s':>8} {'kernel %':>8} {'faults':>7} {'GFLOP/s':>8} "
+        f"{'% ceil':>6} | {'process: wall s':>15} {'kernel s':>8} {'faults':>7}"
+    )
     print(head)
     print("-" * len(head))
     old = med["old default"]
@@ -611,31 +709,37 @@ def churn_section(args: argparse.Namespace) -> None:
         gflops = flops * args.effnet_n / m["wall"] / 1e9
         ceil = ceil16 if rs[0]["precision"] == "bf16" else ceil32
         tuned = {bool(r["tuned"]) for r in rs}
-        print(f"{name:<18} {rs[0]['precision']:<9} {args.effnet_n / m['wall']:9.1f} "
-              f"{old['wall'] / m['wall']:6.2f} "
-              f"{(old['user'] + old['sys']) / (m['user'] + m['sys']):6.2f} "
-              f"{m['wall']:7.2f} {m['user']:7.2f} {m['sys']:8.2f} "
-              f"{100 * kernel:7.1f}% {m['minflt'] / 1e6:6.2f}M {gflops:8.1f} "
-              f"{100 * gflops / ceil:5.1f}% | {m['proc_wall']:15.2f} {m['proc_sys']:8.2f} "
-              f"{m['proc_minflt'] / 1e6:6.2f}M" + ("" if tuned == {name != "old default"}
-                                                  else "  (allocator state unexpected!)"))
-    print("  samples/s, wall, user, kernel, faults: of extract() alone (medians); x old: median "
-          "old-default wall / this wall; (cpu): the same\n  from user + kernel CPU seconds (the "
-          "steadier one when other processes share the cores);\n  kernel %: kernel / (user + kernel) CPU seconds; "
-          "GFLOP/s: forward FLOPs x samples / extract() wall, against the matmul ceiling of "
-          "the\n  precision used; process: the whole child process (imports, model and data "
-          "loading included). Other processes on a\n  shared machine only add wall time: "
-          "kernel % and faults are the steadier figures.")
+        print(
+            f"{name:<18} {rs[0]['precision']:<9} {args.effnet_n / m['wall']:9.1f} "
+            f"{old['wall'] / m['wall']:6.2f} "
+            f"{(old['user'] + old['sys']) / (m['user'] + m['sys']):6.2f} "
+            f"{m['wall']:7.2f} {m['user']:7.2f} {m['sys']:8.2f} "
+            f"{100 * kernel:7.1f}% {m['minflt'] / 1e6:6.2f}M {gflops:8.1f} "
+            f"{100 * gflops / ceil:5.1f}% | {m['proc_wall']:15.2f} {m['proc_sys']:8.2f} "
+            f"{m['proc_minflt'] / 1e6:6.2f}M"
+            + ("" if tuned == {name != "old default"} else "  (allocator state unexpected!)")
+        )
+    print(
+        "  samples/s, wall, user, kernel, faults: of extract() alone (medians); x old: median "
+        "old-default wall / this wall; (cpu): the same\n  from user + kernel CPU seconds (the "
+        "steadier one when other processes share the cores);\n  kernel %: kernel / (user + kernel) CPU seconds; "
+        "GFLOP/s: forward FLOPs x samples / extract() wall, against the matmul ceiling of "
+        "the\n  precision used; process: the whole child process (imports, model and data "
+        "loading included). Other processes on a\n  shared machine only add wall time: "
+        "kernel % and faults are the steadier figures."
+    )
     for name in ("tuned malloc fp32", "new default"):
         m = med[name]
         kernel = m["sys"] / max(1e-9, m["user"] + m["sys"])
         speed = old["wall"] / m["wall"]
         speed_cpu = (old["user"] + old["sys"]) / (m["user"] + m["sys"])
-        print(f"target ({name}): kernel {100 * kernel:.1f}% of CPU time (< 15%: "
-              f"{'met' if kernel < 0.15 else 'NOT met'}); throughput {speed:.2f}x the old default "
-              f"by wall, {speed_cpu:.2f}x by CPU time (>= {args.churn_target:.1f}x: "
-              f"{'met' if speed >= args.churn_target else 'NOT met'} / "
-              f"{'met' if speed_cpu >= args.churn_target else 'NOT met'})")
+        print(
+            f"target ({name}): kernel {100 * kernel:.1f}% of CPU time (< 15%: "
+            f"{'met' if kernel < 0.15 else 'NOT met'}); throughput {speed:.2f}x the old default "
+            f"by wall, {speed_cpu:.2f}x by CPU time (>= {args.churn_target:.1f}x: "
+            f"{'met' if speed >= args.churn_target else 'NOT met'} / "
+            f"{'met' if speed_cpu >= args.churn_target else 'NOT met'})"
+        )
 
 
 # ----------------------------------------------------------------------------- main
@@ -658,10 +762,12 @@ def build_workloads(args: argparse.Namespace) -> tuple[list[Workload], list[Work
             workloads.append(w)
             subsets.append(subset_workload(w, min(args.prec_words_n, w.n), args.text_batch))
         if "sentences" in args.only:
-            data = synthetic_sentences(load_data("bundled:vader-valence"), args.sentences_n,
-                                       *args.sentence_words)
-            w = make_workload("minilm sentences", minilm, data, args.text_batch,
-                              text_shard(len(data)))
+            data = synthetic_sentences(
+                load_data("bundled:vader-valence"), args.sentences_n, *args.sentence_words
+            )
+            w = make_workload(
+                "minilm sentences", minilm, data, args.text_batch, text_shard(len(data))
+            )
             workloads.append(w)
             subsets.append(subset_workload(w, min(args.prec_sentences_n, w.n), args.text_batch))
     if "vit" in args.only:
@@ -674,8 +780,9 @@ def build_workloads(args: argparse.Namespace) -> tuple[list[Workload], list[Work
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 repeat: a smoke run")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per variant")
@@ -683,8 +790,12 @@ def main() -> None:
     ap.add_argument("--sentences-n", type=int, default=128, help="synthetic sentences (MiniLM)")
     ap.add_argument("--sentence-words", type=int, nargs=2, default=(20, 40), metavar=("LO", "HI"))
     ap.add_argument("--text-batch", type=int, default=64, help="batch size for MiniLM")
-    ap.add_argument("--text-shard", type=int, default=0,
-                    help="shard size for MiniLM (0: half the data, so the writer thread overlaps)")
+    ap.add_argument(
+        "--text-shard",
+        type=int,
+        default=0,
+        help="shard size for MiniLM (0: half the data, so the writer thread overlaps)",
+    )
     ap.add_argument("--vit-n", type=int, default=32, help="MNIST images (ViT-S)")
     ap.add_argument("--vit-batch", type=int, default=8, help="batch size for ViT-S")
     ap.add_argument("--vit-shard", type=int, default=0, help="shard size for ViT-S (0: N)")
@@ -692,21 +803,41 @@ def main() -> None:
     ap.add_argument("--prec-words-n", type=int, default=256)
     ap.add_argument("--prec-sentences-n", type=int, default=32)
     ap.add_argument("--prec-vit-n", type=int, default=4)
-    ap.add_argument("--cell-budget", type=float, default=8.0,
-                    help="seconds per precision cell before repeats stop")
+    ap.add_argument(
+        "--cell-budget",
+        type=float,
+        default=8.0,
+        help="seconds per precision cell before repeats stop",
+    )
     ap.add_argument("--target", type=float, default=0.95, help="extract / forward target")
-    ap.add_argument("--only", nargs="+", choices=("words", "sentences", "vit", "effnet"),
-                    default=("words", "sentences", "vit", "effnet"))
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=("words", "sentences", "vit", "effnet"),
+        default=("words", "sentences", "vit", "effnet"),
+    )
     ap.add_argument("--effnet-n", type=int, default=500, help="MNIST digits (EfficientNet)")
     ap.add_argument("--churn-repeats", type=int, default=3, help="rounds of the page-fault runs")
-    ap.add_argument("--churn-target", type=float, default=1.8,
-                    help="new / old default throughput target (page-fault section)")
+    ap.add_argument(
+        "--churn-target",
+        type=float,
+        default=1.8,
+        help="new / old default throughput target (page-fault section)",
+    )
     ap.add_argument("--skip-precision", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler tables too")
-    ap.add_argument("--memory", action="store_true",
-                    help="peak RSS growth of one extract per workload, in fresh processes (Linux)")
-    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="PCT",
-                    help="before each timed run wait until PCT %% of the CPU is idle (0: off)")
+    ap.add_argument(
+        "--memory",
+        action="store_true",
+        help="peak RSS growth of one extract per workload, in fresh processes (Linux)",
+    )
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="PCT",
+        help="before each timed run wait until PCT %% of the CPU is idle (0: off)",
+    )
     ap.add_argument("--wait-max", type=float, default=20.0, help="most seconds one wait lasts")
     ap.add_argument("--memory-child", choices=("extract",), help=argparse.SUPPRESS)
     ap.add_argument("--churn-child", choices=("fp32", "auto"), help=argparse.SUPPRESS)
@@ -730,10 +861,12 @@ def main() -> None:
         memory_child(workloads[0], args.memory_child)
         return
     t_start = time.perf_counter()
-    print(f"probekit {getattr(probekit, '__version__', '?')}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
-          f"capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', '(unset)')}")
+    print(
+        f"probekit {getattr(probekit, '__version__', '?')}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
+        f"capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', '(unset)')}"
+    )
     print(f"load average (1/5/15 min) at start: {load_average()}")
     print(f"allocator: {_runtime.allocator_state()}")
     if "effnet" in args.only:
@@ -752,8 +885,10 @@ def main() -> None:
         runner.cleanup()
     if args.memory:
         memory_section(args, workloads)
-    print(f"\nload average at end: {load_average()}; {GATE.summary()}; "
-          f"total {time.perf_counter() - t_start:.0f} s")
+    print(
+        f"\nload average at end: {load_average()}; {GATE.summary()}; "
+        f"total {time.perf_counter() - t_start:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -35,16 +35,42 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(out: Path, nproc: int, threads: int, args: argparse.Namespace) -> float:
     """Wall seconds of one ``probekit extract`` into ``out``."""
-    cli = ["extract", "--model", "bundled:minilm-l6", "--data", "bundled:vader-valence",
-           "--limit", str(args.limit), "--pooling", "mean", "--batch-size", str(args.batch_size),
-           "--shard-size", str(args.shard_size), "--out", str(out)]
+    cli = [
+        "extract",
+        "--model",
+        "bundled:minilm-l6",
+        "--data",
+        "bundled:vader-valence",
+        "--limit",
+        str(args.limit),
+        "--pooling",
+        "mean",
+        "--batch-size",
+        str(args.batch_size),
+        "--shard-size",
+        str(args.shard_size),
+        "--out",
+        str(out),
+    ]
     if nproc == 1:
         cmd = [sys.executable, "-m", "probekit", *cli]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "probekit", *cli]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(ROOT)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "probekit",
+            *cli,
+        ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     t = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -83,8 +109,10 @@ def main() -> None:
             ref = shards(out)
             same = sum(ranks.get(k) == v for k, v in ref.items())
             verdict = "bitwise equal" if same == len(ref) == len(ranks) else "DIFFERENT"
-            print(f"{args.nproc}-process cache vs {name}: {same}/{len(ref)} shard files equal "
-                  f"({verdict})")
+            print(
+                f"{args.nproc}-process cache vs {name}: {same}/{len(ref)} shard files equal "
+                f"({verdict})"
+            )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,13 @@ def run(argv: list[str], src: Path, cwd: Path) -> tuple[float, float]:
     """Wall and CPU seconds of ``python -m probekit.cli ARGV`` with ``src`` on the path."""
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
     cpu0, t0 = _child_cpu(), time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "probekit.cli", *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "probekit.cli", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall, cpu = time.perf_counter() - t0, _child_cpu() - cpu0
     if proc.returncode != 0:
         raise SystemExit(f"{src}: probekit {' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
@@ -51,8 +56,9 @@ def run(argv: list[str], src: Path, cwd: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--baseline", default="4d6c415", help="git revision to compare with")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     ap.add_argument("--target", type=float, default=4.0, help="baseline / new wall time")
@@ -61,8 +67,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-fit-"))
     old_src = work / "baseline"
     try:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_src),
-                        args.baseline], check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_src), args.baseline],
+            check=True,
+            capture_output=True,
+        )
         sides = {"new": ROOT, "old": old_src}
         extract = ["extract", "--model", "bundled:minilm-l6", "--data", "bundled:vader-valence"]
         for name, src in sides.items():
@@ -72,26 +81,45 @@ def main() -> None:
         for r in range(args.repeats + 1):  # round 0 warms the page cache and is dropped
             for name, src in sides.items():
                 out = work / f"run-{name}-{r}"
-                t = run(["fit", "--cache", str(work / f"cache-{name}"), "--probe", "linear",
-                         "--out", str(out)], src, work)
+                t = run(
+                    [
+                        "fit",
+                        "--cache",
+                        str(work / f"cache-{name}"),
+                        "--probe",
+                        "linear",
+                        "--out",
+                        str(out),
+                    ],
+                    src,
+                    work,
+                )
                 if r:
                     fits[name].append(t)
                     print(f"  round {r} {name}: {t[0]:.2f} s wall, {t[1]:.2f} s CPU", flush=True)
-        print(f"\n`probekit fit --probe linear`, bundled MiniLM cache, medians of {args.repeats}"
-              " interleaved fresh processes")
-        med = {n: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
-               for n, v in fits.items()}
+        print(
+            f"\n`probekit fit --probe linear`, bundled MiniLM cache, medians of {args.repeats}"
+            " interleaved fresh processes"
+        )
+        med = {
+            n: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+            for n, v in fits.items()
+        }
         for name in sides:
             label = "this tree" if name == "new" else f"baseline {args.baseline}"
             print(f"  {label:<22} {med[name][0]:7.2f} s wall {med[name][1]:7.2f} s CPU")
         ratio_wall = med["old"][0] / med["new"][0]
         ratio_cpu = med["old"][1] / med["new"][1]
         verdict = "met" if ratio_wall >= args.target else "not met"
-        print(f"speed-up: {ratio_wall:.2f}x by wall, {ratio_cpu:.2f}x by CPU time "
-              f"(target {args.target:g}x by wall: {verdict})")
+        print(
+            f"speed-up: {ratio_wall:.2f}x by wall, {ratio_cpu:.2f}x by CPU time "
+            f"(target {args.target:g}x by wall: {verdict})"
+        )
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_src)],
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_src)],
+            capture_output=True,
+        )
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -74,8 +74,9 @@ def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return best, out
 
 
-def _sk_layer(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
-              max_iter: int) -> tuple[float, int]:
+def _sk_layer(
+    xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, max_iter: int
+) -> tuple[float, int]:
     """One layer's scikit-learn probe on a single BLAS thread: (held-out accuracy, iterations)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -90,7 +91,11 @@ def _sk_layer(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray
 
 
 def bench_linear(
-    x: np.ndarray, y: np.ndarray, test_frac: float, repeat: int, jobs: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    test_frac: float,
+    repeat: int,
+    jobs: int,
     converged: bool = False,
 ) -> list[dict[str, Any]]:
     """Time and per-layer held-out accuracy of both sides on one stratified split.
@@ -112,8 +117,10 @@ def bench_linear(
     pool = Parallel(n_jobs=jobs, backend="loky")
 
     def sklearn_layers(max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
-        out = pool(delayed(_sk_layer)(a, ytr, b, yte, max_iter)
-                   for a, b in zip(layers_tr, layers_te, strict=True))
+        out = pool(
+            delayed(_sk_layer)(a, ytr, b, yte, max_iter)
+            for a, b in zip(layers_tr, layers_te, strict=True)
+        )
         return np.array([o[0] for o in out]), np.array([o[1] for o in out])
 
     def ours(**params: Any) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
@@ -145,23 +152,47 @@ def bench_linear(
     rows = []
     for name in names:
         t, (acc, iters) = statistics.median(times[name]), outs[name]
-        rows.append({"what": name, "seconds": t, "ratio": t_sk / t,
-                     "max_diff_pp": 100 * float(np.abs(acc - acc_sk).max()),
-                     "runs": [round(v, 2) for v in times[name]]})
-        print(f"{name}: held-out accuracy per layer {np.round(acc, 4).tolist()}; "
-              f"iterations per layer {np.asarray(iters).tolist()}")
+        rows.append(
+            {
+                "what": name,
+                "seconds": t,
+                "ratio": t_sk / t,
+                "max_diff_pp": 100 * float(np.abs(acc - acc_sk).max()),
+                "runs": [round(v, 2) for v in times[name]],
+            }
+        )
+        print(
+            f"{name}: held-out accuracy per layer {np.round(acc, 4).tolist()}; "
+            f"iterations per layer {np.asarray(iters).tolist()}"
+        )
     if converged:
         t_conv, (acc_conv, it_conv) = _timed(lambda: sklearn_layers(1000), 1)
-        print(f"sklearn max_iter=1000: accuracy {np.round(acc_conv, 4).tolist()}; iterations "
-              f"{it_conv.tolist()}")
-        rows.append({"what": "sklearn, max_iter=1000 (vs probekit default)", "seconds": t_conv,
-                     "ratio": t_sk / t_conv,
-                     "max_diff_pp": 100 * float(np.abs(outs[names[2]][0] - acc_conv).max())})
+        print(
+            f"sklearn max_iter=1000: accuracy {np.round(acc_conv, 4).tolist()}; iterations "
+            f"{it_conv.tolist()}"
+        )
+        rows.append(
+            {
+                "what": "sklearn, max_iter=1000 (vs probekit default)",
+                "seconds": t_conv,
+                "ratio": t_sk / t_conv,
+                "max_diff_pp": 100 * float(np.abs(outs[names[2]][0] - acc_conv).max()),
+            }
+        )
     return rows
 
 
-GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
-            "aten::linear", "aten::einsum", "aten::_softmax", "aten::_log_softmax")
+GEMM_OPS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::matmul",
+    "aten::linear",
+    "aten::einsum",
+    "aten::_softmax",
+    "aten::_log_softmax",
+)
 
 
 def profile_grid(head: str, grid: Callable[[], Any], one_by_one: Callable[[], Any]) -> None:
@@ -184,17 +215,27 @@ def profile_grid(head: str, grid: Callable[[], Any], one_by_one: Callable[[], An
         calls = sum(e.count for e in events if e.key.startswith("aten::"))
         total = sum(e.self_cpu_time_total for e in events) / 1e6
         totals[name] = (wall, arith, total, calls)
-        print(f"\n== profile {head}, {name}: {wall:.2f} s wall (profiled), {calls} aten calls, "
-              f"self CPU {total:.2f} s, of it matmul/softmax {arith:.2f} s ==")
+        print(
+            f"\n== profile {head}, {name}: {wall:.2f} s wall (profiled), {calls} aten calls, "
+            f"self CPU {total:.2f} s, of it matmul/softmax {arith:.2f} s =="
+        )
         print(events.table(sort_by="self_cpu_time_total", row_limit=12))
     (ws, a_s, _, c_s), (wg, a_g, _, c_g) = totals["one by one"], totals["grid"]
-    print(f"{head}: aten calls {c_s} -> {c_g} ({c_s / max(c_g, 1):.1f}x fewer); matmul/softmax "
-          f"self time {a_s:.2f} s -> {a_g:.2f} s; speed-up bound if the grid had no overhead "
-          f"at all: {ws / max(a_g, 1e-9):.2f}x (profiled {ws / wg:.2f}x)")
+    print(
+        f"{head}: aten calls {c_s} -> {c_g} ({c_s / max(c_g, 1):.1f}x fewer); matmul/softmax "
+        f"self time {a_s:.2f} s -> {a_g:.2f} s; speed-up bound if the grid had no overhead "
+        f"at all: {ws / max(a_g, 1e-9):.2f}x (profiled {ws / wg:.2f}x)"
+    )
 
 
 def bench_grid(
-    head: str, n: int, n_layers: int, dim: int, n_classes: int, epochs: int, repeat: int,
+    head: str,
+    n: int,
+    n_layers: int,
+    dim: int,
+    n_classes: int,
+    epochs: int,
+    repeat: int,
     profile: bool = False,
 ) -> list[dict[str, Any]]:
     """The 3 x 7 grid in one vectorised pass vs config after config (search phase only)."""
@@ -209,19 +250,29 @@ def bench_grid(
         xt = torch.nn.functional.normalize(xt, dim=-1)
     yt = torch.from_numpy(y)
     lrs, wds = [1e-1, 1e-2, 1e-3], [float(w) for w in np.logspace(-6, 0, 7)]
-    base = dataclasses.replace(HEAD_DEFAULTS[head], epochs=epochs, val_size=0.2, patience=None,
-                               refit=False, seed=0, device="cpu")
+    base = dataclasses.replace(
+        HEAD_DEFAULTS[head],
+        epochs=epochs,
+        val_size=0.2,
+        patience=None,
+        refit=False,
+        seed=0,
+        device="cpu",
+    )
 
     def build(**kw: Any) -> torch.nn.Module:
         return create_probe(head, n_layers=n_layers, dims=dim, n_classes=n_classes, **kw)
 
     def grid() -> Any:
-        return train_grid(build, xt, yt, n_classes,
-                          dataclasses.replace(base, lr=lrs, weight_decay=wds))
+        return train_grid(
+            build, xt, yt, n_classes, dataclasses.replace(base, lr=lrs, weight_decay=wds)
+        )
 
     def one_by_one() -> list[Any]:
         return [
-            train_grid(build, xt, yt, n_classes, dataclasses.replace(base, lr=[lr], weight_decay=[wd]))
+            train_grid(
+                build, xt, yt, n_classes, dataclasses.replace(base, lr=[lr], weight_decay=[wd])
+            )
             for lr in lrs
             for wd in wds
         ]
@@ -271,8 +322,10 @@ def bench_grid(
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     width = max(len(r["what"]) for r in rows)
-    print(f"{'benchmark':<{width}}  {'median s':>8}  {'speed-up':>8}  {'max acc diff (pp)':>17}"
-          "  runs (s)")
+    print(
+        f"{'benchmark':<{width}}  {'median s':>8}  {'speed-up':>8}  {'max acc diff (pp)':>17}"
+        "  runs (s)"
+    )
     for r in rows:
         what, sec, ratio, diff = r["what"], r["seconds"], r["ratio"], r["max_diff_pp"]
         print(f"{what:<{width}}  {sec:8.2f}  {ratio:7.2f}x  {diff:17.2f}  {r.get('runs', '')}")
@@ -326,18 +379,28 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_grid:
         for head in args.grid_heads:
             rows += bench_grid(
-                head, args.grid_n, args.grid_layers, args.grid_dim, 4, args.grid_epochs, args.repeat,
+                head,
+                args.grid_n,
+                args.grid_layers,
+                args.grid_dim,
+                4,
+                args.grid_epochs,
+                args.repeat,
                 args.profile_grid,
             )
     print_table(rows)
     for r in rows:
         if r["what"].startswith("probekit linear, all"):
             ok = r["ratio"] >= 2 and r["max_diff_pp"] <= 0.5
-            print(f"target linear >= 2x scikit-learn (same workers) at <= 0.5 pp: {r['ratio']:.2f}x,"
-                  f" {r['max_diff_pp']:.2f} pp -> {'met' if ok else 'NOT met'}")
+            print(
+                f"target linear >= 2x scikit-learn (same workers) at <= 0.5 pp: {r['ratio']:.2f}x,"
+                f" {r['max_diff_pp']:.2f} pp -> {'met' if ok else 'NOT met'}"
+            )
         if "vectorised" in r["what"]:
-            print(f"target grid >= 3x one config at a time ({r['what'].split(':')[0]}): "
-                  f"{r['ratio']:.2f}x -> {'met' if r['ratio'] >= 3 else 'NOT met'}")
+            print(
+                f"target grid >= 3x one config at a time ({r['what'].split(':')[0]}): "
+                f"{r['ratio']:.2f}x -> {'met' if r['ratio'] >= 3 else 'NOT met'}"
+            )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,12 @@ def write_cache(path: Path, n: int, n_layers: int, dim: int, seed: int = 0) -> N
         "layers": [{"name": f"layers.{i}", "dim": dim} for i in range(n_layers)],
         "poolings": ["cls"],
         "dtype": "float32",
-        "dataset": {"name": "synthetic", "fingerprint": f"{n}-{seed}", "n": n,
-                    "label_names": ["a", "b"]},
+        "dataset": {
+            "name": "synthetic",
+            "fingerprint": f"{n}-{seed}",
+            "n": n,
+            "label_names": ["a", "b"],
+        },
     }
     w = CacheWriter.create(path, manifest, n)
     direction = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
@@ -62,15 +66,28 @@ def write_cache(path: Path, n: int, n_layers: int, dim: int, seed: int = 0) -> N
 
 def child(args: argparse.Namespace) -> None:
     """Run ``probekit fit`` in this process and print its peak RSS and time as JSON."""
-    from probekit.runs import config as runs
-    from probekit.cli import main
     from probekit._utils.memory import peak_rss
+    from probekit.cli import main
+    from probekit.runs import config as runs
 
     if args.laya_epochs:
         runs.CPU_PROBE_PARAMS["laya"] = {"epochs": args.laya_epochs}
     t0 = time.perf_counter()
-    code = main(["fit", "--cache", args.cache, "--probe", args.probes, "--out", args.out,
-                 "--max-memory", args.max_memory, "--bootstrap", "100"])
+    code = main(
+        [
+            "fit",
+            "--cache",
+            args.cache,
+            "--probe",
+            args.probes,
+            "--out",
+            args.out,
+            "--max-memory",
+            args.max_memory,
+            "--bootstrap",
+            "100",
+        ]
+    )
     seconds = time.perf_counter() - t0
     peak = peak_rss()  # VmHWM: this process's own peak (ru_maxrss includes the parent's)
     print(json.dumps({"code": code, "seconds": seconds, "peak_rss": peak}))
@@ -98,7 +115,9 @@ def main() -> None:
     need = sum(float(s) for s in args.sizes.split(",")) * 1e9 * 1.05
     free = shutil.disk_usage(root).free
     if free < need:
-        sys.exit(f"bench_scale: {root} has {free / 1e9:.1f} GB free, the caches need {need / 1e9:.1f}")
+        sys.exit(
+            f"bench_scale: {root} has {free / 1e9:.1f} GB free, the caches need {need / 1e9:.1f}"
+        )
     row = args.layers * args.dim * 4
     rows = []
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -110,10 +129,24 @@ def main() -> None:
             write_cache(cache, n, args.layers, args.dim)
             write_s = time.perf_counter() - t0
             res = subprocess.run(
-                [sys.executable, __file__, "--child", "--cache", str(cache), "--out",
-                 str(root / f"fit-{gb:g}GB"), "--probes", args.probes, "--max-memory",
-                 args.max_memory, "--laya-epochs", str(args.laya_epochs)],
-                capture_output=True, text=True, env=env,
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--cache",
+                    str(cache),
+                    "--out",
+                    str(root / f"fit-{gb:g}GB"),
+                    "--probes",
+                    args.probes,
+                    "--max-memory",
+                    args.max_memory,
+                    "--laya-epochs",
+                    str(args.laya_epochs),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
             )
             out = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {}
             if out.get("code") != 0:
@@ -121,9 +154,12 @@ def main() -> None:
             metrics = json.loads((root / f"fit-{gb:g}GB" / "metrics.json").read_text())
             accs = {h: round(e["accuracy"], 3) for h, e in metrics["heads"].items()}
             rows.append((gb, n, out["peak_rss"] / 1e9, out["seconds"], write_s, accs))
-            print(f"{gb:5g} GB  n={n:7d}  peak RSS {out['peak_rss'] / 1e9:5.2f} GB  fit "
-                  f"{out['seconds']:7.1f} s ({out['seconds'] / gb:6.1f} s/GB)  write {write_s:5.1f} s"
-                  f"  test accuracy {accs}", flush=True)
+            print(
+                f"{gb:5g} GB  n={n:7d}  peak RSS {out['peak_rss'] / 1e9:5.2f} GB  fit "
+                f"{out['seconds']:7.1f} s ({out['seconds'] / gb:6.1f} s/GB)  write {write_s:5.1f} s"
+                f"  test accuracy {accs}",
+                flush=True,
+            )
             if not args.keep:
                 shutil.rmtree(cache)
     finally:
@@ -131,15 +167,19 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     peaks = [r[2] for r in rows]
     per_gb = [r[3] / r[0] for r in rows]
-    print(f"\nlayers={args.layers} dim={args.dim} probes={args.probes} "
-          f"--max-memory {args.max_memory} laya_epochs={args.laya_epochs or 'recipe'}")
+    print(
+        f"\nlayers={args.layers} dim={args.dim} probes={args.probes} "
+        f"--max-memory {args.max_memory} laya_epochs={args.laya_epochs or 'recipe'}"
+    )
     print("size GB      " + " ".join(f"{r[0]:7g}" for r in rows))
     print("peak RSS GB  " + " ".join(f"{x:7.2f}" for x in peaks))
     print("fit s        " + " ".join(f"{r[3]:7.1f}" for r in rows))
     print("fit s / GB   " + " ".join(f"{x:7.1f}" for x in per_gb))
     ratio = max(peaks) / min(peaks)
-    print(f"peak RSS largest / smallest: {ratio:.2f} (target <= 1.5): "
-          f"{'flat' if ratio <= 1.5 else 'NOT flat'}")
+    print(
+        f"peak RSS largest / smallest: {ratio:.2f} (target <= 1.5): "
+        f"{'flat' if ratio <= 1.5 else 'NOT flat'}"
+    )
     growth = per_gb[-1] / per_gb[0]
     print(f"time per GB, largest / smallest: {growth:.2f} (<= ~1: at most linear)")
 

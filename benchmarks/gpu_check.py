@@ -59,8 +59,7 @@ def _bert_dir(root: Path, tiny: bool) -> str:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     cfg = (
-        BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                   intermediate_size=64)
+        BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
         if tiny
         else BertConfig()  # bert-base-uncased's sizes: 12 layers, 768 wide, 110M parameters
     )
@@ -73,8 +72,8 @@ def _bert_dir(root: Path, tiny: bool) -> str:
 
 def extraction(device: torch.device, tiny: bool, root: Path) -> None:
     from probekit.data import from_arrays
-    from probekit.recording.extraction import extract, precision_context
     from probekit.models.loading import load_model
+    from probekit.recording.extraction import extract, precision_context
 
     n = 16 if tiny else 2048
     rng = np.random.default_rng(0)
@@ -97,9 +96,13 @@ def extraction(device: torch.device, tiny: bool, root: Path) -> None:
         for precision in ("fp32", "bf16"):
             _reset_peak(device)
             out = root / f"cache-{len(list(root.iterdir()))}"
-            def run(model: Any = model, data: Any = data, out: Path = out, p: str = precision) -> Any:
-                return extract(model, data, out, batch_size=batch, precision=p, device=device,
-                               progress=False)
+
+            def run(
+                model: Any = model, data: Any = data, out: Path = out, p: str = precision
+            ) -> Any:
+                return extract(
+                    model, data, out, batch_size=batch, precision=p, device=device, progress=False
+                )
 
             seconds, _ = _timed(run, device)
             peak = _peak(device)
@@ -111,9 +114,11 @@ def extraction(device: torch.device, tiny: bool, root: Path) -> None:
                         model.forward({k: v.to(device) for k, v in inputs.items()})
 
             plain, _ = _timed(forward, device)
-            print(f"{title:18s} {precision:5s} extract {n / seconds:8.1f} samples/s   plain "
-                  f"forward {n / plain:8.1f} samples/s   extract/forward {seconds / plain:5.2f}"
-                  f"   peak GPU {peak}")
+            print(
+                f"{title:18s} {precision:5s} extract {n / seconds:8.1f} samples/s   plain "
+                f"forward {n / plain:8.1f} samples/s   extract/forward {seconds / plain:5.2f}"
+                f"   peak GPU {peak}"
+            )
 
 
 def linear_probes(device: torch.device, tiny: bool) -> None:
@@ -148,9 +153,11 @@ def linear_probes(device: torch.device, tiny: bool) -> None:
 
     gpu, acc_gpu = _timed(gpu_fit, device)
     diff = float(np.abs(np.asarray(acc_cpu) - acc_gpu.cpu().numpy()).max())
-    print(f"scikit-learn + joblib (CPU) {cpu:7.2f} s   probekit on {device.type} {gpu:7.2f} s   "
-          f"speed-up {cpu / gpu:6.1f}x (target >= 30x)   max train-accuracy diff {diff:.4f}   "
-          f"peak GPU {_peak(device)}")
+    print(
+        f"scikit-learn + joblib (CPU) {cpu:7.2f} s   probekit on {device.type} {gpu:7.2f} s   "
+        f"speed-up {cpu / gpu:6.1f}x (target >= 30x)   max train-accuracy diff {diff:.4f}   "
+        f"peak GPU {_peak(device)}"
+    )
 
 
 def alf_grid(device: torch.device, tiny: bool) -> None:
@@ -163,12 +170,18 @@ def alf_grid(device: torch.device, tiny: bool) -> None:
     x[:, :, 0] += (np.arange(n_layers) / n_layers) * (y[:, None] - 0.5)
     recipe = HEAD_DEFAULTS["alf"]
     grid = [(lr, wd) for lr in recipe.lr for wd in recipe.weight_decay]
-    print(f"\n== ALF grid: {len(grid)} configs, {n} x {n_layers} x {dim}, recipe epochs "
-          f"(>= {recipe.min_steps} steps, {epochs} epochs)")
+    print(
+        f"\n== ALF grid: {len(grid)} configs, {n} x {n_layers} x {dim}, recipe epochs "
+        f"(>= {recipe.min_steps} steps, {epochs} epochs)"
+    )
     _reset_peak(device)
     # attention dropout fixed (the recipe also searches {0, 0.1, 0.3}): the lr x wd grid of 21
-    kw = {"device": str(device), "random_state": 0, "epochs": epochs,
-          "head_params": {"attn_dropout": 0.0}}
+    kw = {
+        "device": str(device),
+        "random_state": 0,
+        "epochs": epochs,
+        "head_params": {"attn_dropout": 0.0},
+    }
     vec, clf = _timed(lambda: ProbeClassifier("alf", **kw).fit(x, y), device)
     peak = _peak(device)
 
@@ -179,8 +192,10 @@ def alf_grid(device: torch.device, tiny: bool) -> None:
         ]
 
     seq, _ = _timed(one_by_one, device)
-    print(f"vectorised {vec:7.1f} s   one at a time {seq:7.1f} s   speed-up {seq / vec:5.1f}x   "
-          f"best {clf.best_params_}   peak GPU {peak}")
+    print(
+        f"vectorised {vec:7.1f} s   one at a time {seq:7.1f} s   speed-up {seq / vec:5.1f}x   "
+        f"best {clf.best_params_}   peak GPU {peak}"
+    )
 
 
 def main() -> None:
@@ -191,8 +206,10 @@ def main() -> None:
     if args.dry_run:
         device = torch.device("cpu")
     elif not torch.cuda.is_available():
-        print("gpu_check: no CUDA device (torch.cuda.is_available() is False); nothing to measure."
-              " Use --dry-run to check the script on the CPU.")
+        print(
+            "gpu_check: no CUDA device (torch.cuda.is_available() is False); nothing to measure."
+            " Use --dry-run to check the script on the CPU."
+        )
         return
     else:
         device = torch.device("cuda")

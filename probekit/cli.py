@@ -25,8 +25,8 @@ from typing import Any
 
 from .errors import ProbekitError
 from .models.layers import parse_layers
-from .runs.summary import summary_table
 from .runs.config import RunConfig, parse_bool, run_options, stage_options
+from .runs.summary import summary_table
 
 __all__ = ["build_parser", "main"]
 
@@ -38,19 +38,43 @@ EXIT_BUG = 1
 
 
 def _add_common_extract(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="hf:NAME, timm:NAME, bundled:minilm-l6, bundled:efficientnet-lite0, or a directory")
-    p.add_argument("--data", required=True, help="hf:NAME, csv:PATH, imagefolder:DIR, bundled:vader-valence, bundled:mnist")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="hf:NAME, timm:NAME, bundled:minilm-l6, bundled:efficientnet-lite0, or a directory",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="hf:NAME, csv:PATH, imagefolder:DIR, bundled:vader-valence, bundled:mnist",
+    )
     add_run_options(p, run_options("data"))
-    p.add_argument("--layers", default=None, help="all (default), N (last N), 0,3,-1, or module globs like 'blocks.*.norm2'")
-    p.add_argument("--pooling", default=None, help="cls, mean, last, cls+mean or cls,mean (default: the model's)")
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="all (default), N (last N), 0,3,-1, or module globs like 'blocks.*.norm2'",
+    )
+    p.add_argument(
+        "--pooling",
+        default=None,
+        help="cls, mean, last, cls+mean or cls,mean (default: the model's)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--device", default=None)
-    p.add_argument("--store-dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="dtype the features are stored in; float16/bfloat16 halve disk and RAM "
-                   "(default: float32)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="deprecated name of --store-dtype")
+    p.add_argument(
+        "--store-dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="dtype the features are stored in; float16/bfloat16 halve disk and RAM "
+        "(default: float32)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="deprecated name of --store-dtype",
+    )
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "medium", "bf16"])
     add_run_options(p, run_options("model"))
     p.add_argument("--out", required=True, help="cache folder")
@@ -58,8 +82,11 @@ def _add_common_extract(p: argparse.ArgumentParser) -> None:
 
 def _given(args: argparse.Namespace, stage: str) -> dict[str, Any]:
     """The flags of one stage's run options that were given on the command line."""
-    return {f.name: getattr(args, f.name) for f in run_options(stage)
-            if getattr(args, f.name, None) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in run_options(stage)
+        if getattr(args, f.name, None) is not None
+    }
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -72,17 +99,26 @@ def cmd_extract(args: argparse.Namespace) -> int:
     model_options = stage_options("model", _given(args, "model"))
 
     from .data import load_data
-    from .recording.extraction import extract
     from .models.loading import load_model
+    from .recording.extraction import extract
 
     store_dtype = args.store_dtype or args.dtype or "float32"
     if args.dtype is not None:
         print("probekit extract: --dtype is deprecated; use --store-dtype", file=sys.stderr)
     data = load_data(args.data, **data_options)
     model = load_model(args.model, **model_options)
-    cache = extract(model, data, args.out, layers=layers, pooling=args.pooling,
-                    batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
-                    store_dtype=store_dtype, precision=args.precision)
+    cache = extract(
+        model,
+        data,
+        args.out,
+        layers=layers,
+        pooling=args.pooling,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        device=args.device,
+        store_dtype=store_dtype,
+        precision=args.precision,
+    )
     if data_options.get("target") == "regression":  # the targets beside the cache
         from .runs.folder import write_targets
 
@@ -110,28 +146,40 @@ def cmd_info(args: argparse.Namespace) -> int:
     m = cache.manifest
     print(cache)
     print(f"  model      {m['model'].get('id')}  ({m['model'].get('class')})")
-    print(f"  dataset    {m['dataset']['name']}  n={len(cache)}  classes={', '.join(cache.label_names)}")
+    print(
+        f"  dataset    {m['dataset']['name']}  n={len(cache)}  classes={', '.join(cache.label_names)}"
+    )
     print(f"  layers     {', '.join(f'{n}:{d}' for n, d in zip(cache.layer_names, cache.dims))}")
-    print(f"  poolings   {', '.join(cache.poolings)}   dtype {m['dtype']}   precision {m.get('precision')}")
+    print(
+        f"  poolings   {', '.join(cache.poolings)}   dtype {m['dtype']}   precision {m.get('precision')}"
+    )
     print(f"  shards     {m['n_shards']} x {m['shard_size']}   fingerprint {m['fingerprint'][:16]}")
     return 0
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from .cache import FeatureCache
-    from .runs.fit import fit_stage
-    from .runs.extract import validate_run
     from .runs.config import CPU_PROBE_PARAMS
+    from .runs.extract import validate_run
+    from .runs.fit import fit_stage
     from .runs.folder import write_config
 
     out = Path(args.out)
     probes = [p.strip() for p in args.probe.split(",") if p.strip()]
-    cfg = RunConfig(name=out.name, out=str(out.parent), probes=probes, seed=args.seed,
-                    test_size=args.test_size, bootstrap=args.bootstrap, cache=str(args.cache),
-                    fit_max_memory=args.max_memory,
-                    task=args.task,
-                    probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes},
-                    control=args.control, mdl=args.mdl)
+    cfg = RunConfig(
+        name=out.name,
+        out=str(out.parent),
+        probes=probes,
+        seed=args.seed,
+        test_size=args.test_size,
+        bootstrap=args.bootstrap,
+        cache=str(args.cache),
+        fit_max_memory=args.max_memory,
+        task=args.task,
+        probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes},
+        control=args.control,
+        mdl=args.mdl,
+    )
     validate_run(cfg)  # unknown heads fail before the cache is read
     cache = FeatureCache.open(args.cache)
     cfg.model = cache.manifest["model"].get("id", "")
@@ -145,23 +193,29 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return 0
     for head, e in metrics["heads"].items():
         lo, hi = e["balanced_accuracy_ci"]
-        print(f"{head:16s} acc {e['accuracy']:.3f}  balanced {e['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]")
+        print(
+            f"{head:16s} acc {e['accuracy']:.3f}  balanced {e['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
+        )
     rows = metrics["heads"].get("linear", {}).get("per_layer", [])
     if rows and "selectivity" in rows[0]:
         top = max(rows, key=lambda r: r["selectivity"])
-        print(f"most selective layer (linear probe): {top['layer']}  selectivity "
-              f"{top['selectivity']:.3f} (accuracy {top['accuracy']:.3f}, control "
-              f"{top['control_accuracy']:.3f})")
+        print(
+            f"most selective layer (linear probe): {top['layer']}  selectivity "
+            f"{top['selectivity']:.3f} (accuracy {top['accuracy']:.3f}, control "
+            f"{top['control_accuracy']:.3f})"
+        )
     if "mdl" in metrics:
         top = max(metrics["mdl"]["layers"], key=lambda r: r["compression"])
-        print(f"shortest online code (MDL): {top['layer']}  {top['online_bits']:.1f} bits, "
-              f"compression {top['compression']:.2f}")
+        print(
+            f"shortest online code (MDL): {top['layer']}  {top['online_bits']:.1f} bits, "
+            f"compression {top['compression']:.2f}"
+        )
     return 0
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from .runs.attribute import attribute_stage
     from .report.html import write_figures
+    from .runs.attribute import attribute_stage
 
     summary = attribute_stage(args.run_dir, ablation=args.ablation, max_memory=args.max_memory)
     write_figures(args.run_dir)
@@ -180,17 +234,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .runs.compare import compare_caches
 
     layers = parse_layers(args.layers)
-    matrix, paths = compare_caches(args.cache_a, args.cache_b, args.out, args.method,
-                                   layers=layers, pooling=args.pooling)
-    print(f"{args.method} similarity {matrix.shape[0]} x {matrix.shape[1]} layers -> "
-          + ", ".join(str(p) for p in paths))
+    matrix, paths = compare_caches(
+        args.cache_a, args.cache_b, args.out, args.method, layers=layers, pooling=args.pooling
+    )
+    print(
+        f"{args.method} similarity {matrix.shape[0]} x {matrix.shape[1]} layers -> "
+        + ", ".join(str(p) for p in paths)
+    )
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import resolve_configs, run_one
 
-    options = {f.name: getattr(args, f.name) for f in run_options() if getattr(args, f.name) is not None}
+    options = {
+        f.name: getattr(args, f.name) for f in run_options() if getattr(args, f.name) is not None
+    }
     if args.config is None and set(options) <= {"out"}:
         configs = resolve_configs(None)  # the bundled demos
         configs = [RunConfig.from_dict({**c.to_dict(), **options}) for c in configs]
@@ -205,8 +264,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- parser
 
 
-def add_run_options(p: argparse.ArgumentParser,
-                    fields: Sequence[dataclasses.Field[Any]] | None = None) -> None:
+def add_run_options(
+    p: argparse.ArgumentParser, fields: Sequence[dataclasses.Field[Any]] | None = None
+) -> None:
     """One ``--flag`` per :class:`~probekit.runs.RunConfig` field (text, parsed by the field);
     ``fields`` picks some (default: all)."""
     for f in run_options() if fields is None else fields:
@@ -214,8 +274,13 @@ def add_run_options(p: argparse.ArgumentParser,
             default = f.default
         else:
             default = f.default_factory()  # type: ignore[misc]
-        shown = ",".join(default) if isinstance(default, list) else json.dumps(default) \
-            if isinstance(default, (dict, bool)) else default
+        shown = (
+            ",".join(default)
+            if isinstance(default, list)
+            else json.dumps(default)
+            if isinstance(default, (dict, bool))
+            else default
+        )
         help_text = f.metadata.get("help", "")
         if "default" not in help_text and default is not None:
             help_text += f" (default: {shown})"
@@ -223,11 +288,24 @@ def add_run_options(p: argparse.ArgumentParser,
         choices = f.metadata.get("choices")
         flag = f"--{f.name.replace('_', '-')}"
         if f.metadata.get("parse") is parse_bool:  # --flag alone means true; --flag false too
-            p.add_argument(flag, dest=f.name, default=None, nargs="?", const="true",
-                           metavar="true|false", help=help_text)
+            p.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                nargs="?",
+                const="true",
+                metavar="true|false",
+                help=help_text,
+            )
             continue
-        p.add_argument(flag, dest=f.name, default=None, choices=choices,
-                       metavar=None if choices else f.name.upper(), help=help_text)
+        p.add_argument(
+            flag,
+            dest=f.name,
+            default=None,
+            choices=choices,
+            metavar=None if choices else f.name.upper(),
+            help=help_text,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,31 +329,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="train probe heads on a cache; write metrics.json/csv")
     p.add_argument("--cache", required=True)
-    p.add_argument("--probe", default="linear,alf,laya,kcla,aila-attention",
-                   help="comma-separated heads (see probekit.list_probes())")
+    p.add_argument(
+        "--probe",
+        default="linear,alf,laya,kcla,aila-attention",
+        help="comma-separated heads (see probekit.list_probes())",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-size", type=float, default=0.2)
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="memory budget, e.g. 512MB or 4GiB (default: half the available RAM); "
-                        "a larger cache is trained out of core, reading rows from disk")
-    p.add_argument("--task", default="classification", choices=["classification", "regression"],
-                   help="regression: continuous targets (the cache must be extracted with --task regression)")
-    p.add_argument("--control", action="store_true",
-                   help="control task per layer of the linear probe: control accuracy and "
-                        "selectivity (Hewitt & Liang, 2019)")
-    p.add_argument("--mdl", action="store_true",
-                   help="online-code MDL per layer on the train split (Voita & Titov, 2020)")
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="memory budget, e.g. 512MB or 4GiB (default: half the available RAM); "
+        "a larger cache is trained out of core, reading rows from disk",
+    )
+    p.add_argument(
+        "--task",
+        default="classification",
+        choices=["classification", "regression"],
+        help="regression: continuous targets (the cache must be extracted with --task regression)",
+    )
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="control task per layer of the linear probe: control accuracy and "
+        "selectivity (Hewitt & Liang, 2019)",
+    )
+    p.add_argument(
+        "--mdl",
+        action="store_true",
+        help="online-code MDL per layer on the train split (Voita & Titov, 2020)",
+    )
     p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("attribute", help="layer attribution of a run's heads on its test split")
     p.add_argument("run_dir")
     p.add_argument("--ablation", default=None, choices=["mean", "zero", "shuffle"])
-    p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="memory budget, e.g. 512MB or 4GiB (default: the run's fit_max_memory, "
-                        "else half the available RAM); the test rows are read from disk in chunks "
-                        "that fit it")
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="memory budget, e.g. 512MB or 4GiB (default: the run's fit_max_memory, "
+        "else half the available RAM); the test rows are read from disk in chunks "
+        "that fit it",
+    )
     p.set_defaults(fn=cmd_attribute)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html")
@@ -284,23 +383,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="layer similarity (CKA/RSA) within one cache or between two")
     p.add_argument("cache_a")
-    p.add_argument("cache_b", nargs="?", default=None,
-                   help="a second cache on the same samples (default: CACHE_A with itself)")
+    p.add_argument(
+        "cache_b",
+        nargs="?",
+        default=None,
+        help="a second cache on the same samples (default: CACHE_A with itself)",
+    )
     p.add_argument("--out", required=True, help="folder for the CSV, safetensors and heatmap")
     p.add_argument("--method", default="cka", choices=["cka", "cka-debiased", "rsa"])
     p.add_argument("--layers", default=None, help="all (default), N (last N), 0,3,-1 or names")
     p.add_argument("--pooling", default=None, help="cls, mean, cls+mean (default: cls if recorded)")
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("layers", help="list a model's recordable layers (what --layers takes)")
-    p.add_argument("model", help="hf:NAME, timm:NAME, bundled:minilm-l6, bundled:efficientnet-lite0, "
-                   "or a directory")
-    p.add_argument("--modules", action="store_true",
-                   help="also print the module tree, one row per glob, with output shapes")
+    p.add_argument(
+        "model",
+        help="hf:NAME, timm:NAME, bundled:minilm-l6, bundled:efficientnet-lite0, or a directory",
+    )
+    p.add_argument(
+        "--modules",
+        action="store_true",
+        help="also print the module tree, one row per glob, with output shapes",
+    )
     add_run_options(p, run_options("model"))
     p.set_defaults(fn=cmd_layers)
 
-    p = sub.add_parser("run", help="extract -> fit -> attribute -> report (bundled demos without a config)")
-    p.add_argument("config", nargs="?", default=None, help="YAML or TOML file with the options below")
+    p = sub.add_parser(
+        "run", help="extract -> fit -> attribute -> report (bundled demos without a config)"
+    )
+    p.add_argument(
+        "config", nargs="?", default=None, help="YAML or TOML file with the options below"
+    )
     add_run_options(p)
     p.set_defaults(fn=cmd_run)
     return parser
@@ -316,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
-        print("probekit: interrupted", file=sys.stderr)
+        _stderr_line("probekit: interrupted")
         return 130
     except BrokenPipeError:  # the reader went away (``probekit layers MODEL | head``)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -326,23 +438,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         text = str(err).strip()
         msg = text.splitlines()[0] if text else type(err).__name__
-        print(f"probekit {args.command}: error: {msg}", file=sys.stderr)
+        _stderr_line(f"probekit {args.command}: error: {msg}")
         return EXIT_USAGE
     except Exception:
         traceback.print_exc()
-        print(f"probekit {args.command}: internal error (a bug in probekit; the traceback above "
-              "says where)", file=sys.stderr)
+        _stderr_line(
+            f"probekit {args.command}: internal error (a bug in probekit; the traceback "
+            "above says where)"
+        )
         return EXIT_BUG
     finally:
         warnings.formatwarning = formatwarning
+
+
+def _stderr_line(line: str) -> None:
+    """Write one line to stderr in one call: under ``python -u`` (or ``PYTHONUNBUFFERED``) ``print``
+    writes the text and its newline separately, and the lines of two torchrun ranks interleave."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 def _one_line_warning(command: str) -> Any:
     """``warnings.formatwarning`` for the CLI: ``probekit CMD: warning: first line``, without the
     source line that Python's default shows (``PROBEKIT_DEBUG=1`` keeps the default)."""
 
-    def fmt(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-            line: str | None = None) -> str:
+    def fmt(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
         text = str(message).strip().splitlines()
         return f"probekit {command}: warning: {text[0] if text else category.__name__}\n"
 

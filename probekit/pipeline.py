@@ -42,8 +42,10 @@ def run_one(cfg: RunConfig, progress: bool = True) -> Path:
     return run_dir
 
 
-def resolve_configs(config: str | Path | RunConfig | dict[str, Any] | Sequence[RunConfig] | None = None,
-                    **options: Any) -> list[RunConfig]:
+def resolve_configs(
+    config: str | Path | RunConfig | dict[str, Any] | Sequence[RunConfig] | None = None,
+    **options: Any,
+) -> list[RunConfig]:
     """The run configurations :func:`run` would run (see there), each validated."""
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(options) - known)
@@ -74,8 +76,11 @@ def _explicit(cfg: RunConfig) -> dict[str, Any]:
     return values
 
 
-def run(config: str | Path | RunConfig | dict[str, Any] | Sequence[RunConfig] | None = None,
-        progress: bool = True, **options: Any) -> list[Path]:
+def run(
+    config: str | Path | RunConfig | dict[str, Any] | Sequence[RunConfig] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> list[Path]:
     """Run the whole flow from Python, exactly as ``probekit run [CONFIG] [--OPTION ...]`` does.
 
     Args:

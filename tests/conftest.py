@@ -46,9 +46,17 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer_dir
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                     intermediate_size=48, max_position_embeddings=128)
-    return _save_text_model(BertModel(cfg), minilm_tokenizer_dir, str(tmp_path_factory.mktemp("bert")))
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=128,
+    )
+    return _save_text_model(
+        BertModel(cfg), minilm_tokenizer_dir, str(tmp_path_factory.mktemp("bert"))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +65,18 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer_dir
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=30522, n_embd=32, n_layer=3, n_head=2, n_positions=128,
-                     bos_token_id=0, eos_token_id=0)
-    return _save_text_model(GPT2Model(cfg), minilm_tokenizer_dir, str(tmp_path_factory.mktemp("gpt2")))
+    cfg = GPT2Config(
+        vocab_size=30522,
+        n_embd=32,
+        n_layer=3,
+        n_head=2,
+        n_positions=128,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return _save_text_model(
+        GPT2Model(cfg), minilm_tokenizer_dir, str(tmp_path_factory.mktemp("gpt2"))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +86,14 @@ def tiny_hf_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("vit"))
-    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
-                    image_size=32, patch_size=8)
+    cfg = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        image_size=32,
+        patch_size=8,
+    )
     ViTModel(cfg).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path

@@ -22,8 +22,8 @@ from probekit.cache import FeatureCache
 from probekit.errors import ConfigError
 from probekit.estimator import ProbeClassifier, ProbeRegressor
 from probekit.runs.attribute import attribute_stage
-from probekit.runs.fit import fit_stage
 from probekit.runs.config import RunConfig
+from probekit.runs.fit import fit_stage
 from probekit.runs.folder import write_config, write_split, write_targets
 
 from .test_estimator import _make_cache
@@ -38,15 +38,27 @@ def _run(tmp_path, task="classification", heads=None):
     cache = _make_cache(tmp_path / "cache")
     if task == "regression":
         rng = np.random.default_rng(1)
-        write_targets(tmp_path / "cache", rng.normal(size=len(cache)).tolist(), "score",
-                      cache.manifest["dataset"]["fingerprint"])
+        write_targets(
+            tmp_path / "cache",
+            rng.normal(size=len(cache)).tolist(),
+            "score",
+            cache.manifest["dataset"]["fingerprint"],
+        )
     if heads is None:
         heads = HEADS if task == "classification" else ["linear", "laya", "aila-attention"]
     params = {h: dict(QUICK) for h in heads if h != "linear"}
     if len(heads) > 2:
         params["laya"]["layers"] = [0, 2]  # a head on some of the cache's layers
-    cfg = RunConfig(name="run", out=str(tmp_path), probes=heads, cache=str(tmp_path / "cache"),
-                    bootstrap=10, probe_params=params, task=task, test_size=0.25)
+    cfg = RunConfig(
+        name="run",
+        out=str(tmp_path),
+        probes=heads,
+        cache=str(tmp_path / "cache"),
+        bootstrap=10,
+        probe_params=params,
+        task=task,
+        test_size=0.25,
+    )
     write_config(cfg)
     fit_stage(cache, cfg, progress=False)
     return tmp_path / "run", cache
@@ -57,7 +69,9 @@ def _reference(run_dir, cache, mode, seed, regression=False):
     test = np.asarray(json.loads((run_dir / "split.json").read_text())["test"])
     X = cache.load(pooling=cache.poolings)[test]  # (N, L * P, D)
     if regression:
-        y = np.asarray(json.loads((run_dir.parent / "cache" / "targets.json").read_text())["targets"])
+        y = np.asarray(
+            json.loads((run_dir.parent / "cache" / "targets.json").read_text())["targets"]
+        )
         y = y[np.asarray(cache.index)][test]
     else:
         y = np.asarray(cache.labels)[test]
@@ -66,8 +80,12 @@ def _reference(run_dir, cache, mode, seed, regression=False):
     for head_dir in sorted((run_dir / "probes").iterdir()):
         clf = est.load(head_dir)
         abl = ablation_sensitivity(clf, X, y, mode=mode, random_state=seed)
-        ref = {"ablation": abl.per_sample, "accuracy_drop": abl.accuracy_drop,
-               "base_accuracy": abl.base_accuracy, "predictions": clf.predict(X)}
+        ref = {
+            "ablation": abl.per_sample,
+            "accuracy_drop": abl.accuracy_drop,
+            "base_accuracy": abl.base_accuracy,
+            "predictions": clf.predict(X),
+        }
         try:
             ref["layer_weights"] = layer_attribution(clf, X)
             ref["agreement"] = attribution_agreement(ref["layer_weights"], abl.per_sample)
@@ -88,24 +106,34 @@ def _check(run_dir, summary, refs, rtol=0.0):
     for head, ref in refs.items():
         got = load_file(str(run_dir / "attribution" / f"{head}.safetensors"))
         entry = summary["heads"][head]
-        keys = {"ablation", "accuracy_drop", "predictions"} | ({"layer_weights", "agreement",
-                                                               "layer_map"} & set(ref))
+        keys = {"ablation", "accuracy_drop", "predictions"} | (
+            {"layer_weights", "agreement", "layer_map"} & set(ref)
+        )
         assert keys <= set(got), (head, set(got))
         assert ("layer_weights" in got) == ("layer_weights" in ref), head
         assert ("layer_map" in got) == ("layer_map" in ref), head
         for key in keys:
-            np.testing.assert_allclose(got[key], np.asarray(ref[key], dtype=got[key].dtype),
-                                       rtol=rtol, atol=1e-6, err_msg=f"{head} {key}")
-        np.testing.assert_allclose(entry["ablation_mean"], ref["ablation"].mean(0), rtol=rtol,
-                                   atol=1e-6)
-        np.testing.assert_allclose(entry["accuracy_drop"], ref["accuracy_drop"], rtol=rtol,
-                                   atol=1e-6)
+            np.testing.assert_allclose(
+                got[key],
+                np.asarray(ref[key], dtype=got[key].dtype),
+                rtol=rtol,
+                atol=1e-6,
+                err_msg=f"{head} {key}",
+            )
+        np.testing.assert_allclose(
+            entry["ablation_mean"], ref["ablation"].mean(0), rtol=rtol, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            entry["accuracy_drop"], ref["accuracy_drop"], rtol=rtol, atol=1e-6
+        )
         assert entry["base_accuracy"] == pytest.approx(ref["base_accuracy"], abs=1e-6)
         if "layer_weights" in ref:
-            np.testing.assert_allclose(entry["weights_mean"], ref["layer_weights"].mean(0),
-                                       atol=1e-6)
+            np.testing.assert_allclose(
+                entry["weights_mean"], ref["layer_weights"].mean(0), atol=1e-6
+            )
             assert entry["agreement_median"] == pytest.approx(
-                float(np.nanmedian(ref["agreement"])), abs=1e-6)
+                float(np.nanmedian(ref["agreement"])), abs=1e-6
+            )
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +162,9 @@ def test_chunked_regression_stage_equals_in_memory(tmp_path):
     got = load_file(str(run_dir / "attribution" / "linear.safetensors"))
     test = json.loads((run_dir / "split.json").read_text())["test"]
     y = np.asarray(json.loads((run_dir.parent / "cache" / "targets.json").read_text())["targets"])
-    np.testing.assert_array_equal(got["targets"], y[np.asarray(cache.index)][test].astype(np.float32))
+    np.testing.assert_array_equal(
+        got["targets"], y[np.asarray(cache.index)][test].astype(np.float32)
+    )
 
 
 def test_cli_attribute_takes_a_budget(tmp_path, capsys):
@@ -194,8 +224,9 @@ def test_stage_peak_memory_stays_within_budget(tmp_path):
     n, layers, dim = 4000, 8, 1024
     _write_cache(tmp_path / "cache", n, [dim] * layers, shard_size=500)
     run_dir = tmp_path / "run"
-    cfg = RunConfig(name="run", out=str(tmp_path), probes=["linear", "laya"],
-                    cache=str(tmp_path / "cache"))
+    cfg = RunConfig(
+        name="run", out=str(tmp_path), probes=["linear", "laya"], cache=str(tmp_path / "cache")
+    )
     write_config(cfg)
     test = np.arange(1, n, 4)
     write_split(run_dir, np.setdiff1d(np.arange(n), test).tolist(), test.tolist(), 0, 0.25)
@@ -204,8 +235,12 @@ def test_stage_peak_memory_stays_within_budget(tmp_path):
     y = np.arange(200) % 2
     ProbeClassifier("linear", max_iter=5, random_state=0).fit(x, y).save(run_dir / "probes/linear")
     ProbeClassifier("laya", epochs=1, random_state=0).fit(x, y).save(run_dir / "probes/laya")
-    res = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(run_dir), "32MiB"],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(run_dir), "32MiB"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     growth = json.loads(res.stdout.strip().splitlines()[-1])["growth_mb"]
     features_mb = n * layers * dim * 4 / 2**20
     print(f"peak RSS growth of the chunked attribute stage: {growth:.1f} MiB")

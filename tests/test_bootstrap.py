@@ -44,7 +44,10 @@ def _case(kind: str, n: int = 150, seed: int = 1):
 @pytest.mark.parametrize("seed", [0, 7])
 def test_same_intervals_as_the_sklearn_loop(kind, seed):
     y, pred = _case(kind)
-    for metric, fn in (("balanced_accuracy", balanced_accuracy_score), ("accuracy", accuracy_score)):
+    for metric, fn in (
+        ("balanced_accuracy", balanced_accuracy_score),
+        ("accuracy", accuracy_score),
+    ):
         with _quiet():
             ref = bootstrap_ci(y, pred, fn, 300, seed)
         ours = bootstrap_interval(y, pred, metric, n_resamples=300, seed=seed)
@@ -66,8 +69,9 @@ def test_paired_bootstrap_matches_a_naive_loop():
     res = paired_bootstrap(y, a, b, n_resamples=400, seed=11)
     idx = np.random.default_rng(11).integers(0, len(y), size=(400, len(y)))
     with _quiet():
-        diffs = np.array([balanced_accuracy_score(y[i], a[i]) - balanced_accuracy_score(y[i], b[i])
-                          for i in idx])
+        diffs = np.array(
+            [balanced_accuracy_score(y[i], a[i]) - balanced_accuracy_score(y[i], b[i]) for i in idx]
+        )
         full = balanced_accuracy_score(y, a) - balanced_accuracy_score(y, b)
     np.testing.assert_allclose(res.differences, diffs, rtol=0, atol=1e-12)
     np.testing.assert_allclose([res.lo, res.hi], np.percentile(diffs, [2.5, 97.5]), atol=1e-12)

@@ -15,9 +15,14 @@ from .test_estimator import linear_parity
 def test_minilm_vader_linear_matches_sklearn_every_layer(tmp_path_factory):
     from sklearn.model_selection import train_test_split
 
-    cache = extract(load_model("bundled:minilm-l6"), load_data("bundled:vader-valence"),
-                    tmp_path_factory.mktemp("minilm") / "cache", pooling="mean", batch_size=256,
-                    progress=False)
+    cache = extract(
+        load_model("bundled:minilm-l6"),
+        load_data("bundled:vader-valence"),
+        tmp_path_factory.mktemp("minilm") / "cache",
+        pooling="mean",
+        batch_size=256,
+        progress=False,
+    )
     X, y = cache.load().numpy(), np.asarray(cache.labels)
     assert X.shape == (5588, 7, 384)
     tr, te = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=y)

@@ -126,7 +126,9 @@ def test_load_parity_and_selection(tmp_path):
     assert cache.layer_names == names and cache.dims == [3, 5, 4] and cache.poolings == POOLINGS
     assert cache.label_names == ["a", "b"]
 
-    torch.testing.assert_close(cache.load(pooling="cls"), expected(feats, names, ["cls"]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        cache.load(pooling="cls"), expected(feats, names, ["cls"]), rtol=0, atol=0
+    )
     both = cache.load(pooling=["cls", "mean"])
     torch.testing.assert_close(cache.load(), both, rtol=0, atol=0)  # default: every pooling
     torch.testing.assert_close(cache.load(pooling="cls+mean"), both, rtol=0, atol=0)
@@ -251,7 +253,9 @@ def test_resume_writes_only_missing_shards(tmp_path, monkeypatch):
     written = []
     real = cache_mod.files._atomic_write
     monkeypatch.setattr(
-        cache_mod.files, "_atomic_write", lambda p, data: (written.append(Path(p).name), real(p, data))[1]
+        cache_mod.files,
+        "_atomic_write",
+        lambda p, data: (written.append(Path(p).name), real(p, data))[1],
     )
     resumed = CacheWriter.create(path, make_manifest(), N, shard_size=SHARD, texts=texts)
     assert not resumed.complete
@@ -313,8 +317,11 @@ def test_corrupted_shard_is_detected(tmp_path):
         reopened.load()
     with pytest.raises(CacheError, match="000001.safetensors"):
         list(FeatureCache.open(tmp_path / "c").batches(3))
-    bad_key = next(k for k in reopened.keys() if not torch.equal(
-        FeatureCache.open(tmp_path / "c", verify=False)[k], feats[k]))
+    bad_key = next(
+        k
+        for k in reopened.keys()
+        if not torch.equal(FeatureCache.open(tmp_path / "c", verify=False)[k], feats[k])
+    )
     with pytest.raises(CacheError, match="000001.safetensors.*sha256"):
         reopened[bad_key]
     with pytest.raises(CacheError, match="000001"):

@@ -95,8 +95,9 @@ def _identity_task(seed: int = 0):
 
 def test_probe_classifier_control_ranks_label_layer_above_identity_layer():
     x, y, keys = _identity_task()
-    clf = ProbeClassifier(head="linear", control=True, val_size=0.25, C=1.0, device="cpu",
-                          random_state=0).fit(x, y, sample_keys=keys)
+    clf = ProbeClassifier(
+        head="linear", control=True, val_size=0.25, C=1.0, device="cpu", random_state=0
+    ).fit(x, y, sample_keys=keys)
     task, ctl, sel = clf.layer_scores_, clf.control_scores_, clf.selectivity_
     assert task[1] >= task[0]  # raw validation accuracy does not prefer the label layer
     assert sel[0] > sel[1] + 0.2  # selectivity does

@@ -78,8 +78,10 @@ def test_hf_saved_dataset_keeps_the_mean_of_16_bit_images(tmp_path):
     arrays = [_grey_16bit(rng, level) for level in (10000, 45000)]
     ds = datasets.Dataset.from_dict(
         {"image": [Image.fromarray(a) for a in arrays], "label": [0, 1]},
-        features=datasets.Features({"image": datasets.Image(),
-                                    "label": datasets.ClassLabel(names=["a", "b"])}))
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+        ),
+    )
     ds.save_to_disk(str(tmp_path / "wide"))
     assert ds[0]["image"].mode in ("I;16", "I")  # stored and decoded as a wide image
     loaded = load_data(f"hf:{tmp_path / 'wide'}")

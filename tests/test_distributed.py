@@ -29,8 +29,21 @@ def _csv(tmp_path: Path) -> str:
 
 
 def _args(model: str, data: str, out: Path, pooling: str = "cls+mean") -> list[str]:
-    return ["extract", "--model", model, "--data", data, "--out", str(out),
-            "--batch-size", "2", "--shard-size", "4", "--pooling", pooling]
+    return [
+        "extract",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--shard-size",
+        "4",
+        "--pooling",
+        pooling,
+    ]
 
 
 def _in_process(model: str, data: str, out: Path) -> None:
@@ -43,14 +56,28 @@ def _in_process(model: str, data: str, out: Path) -> None:
         torch.set_num_threads(threads)
 
 
-def _torchrun(model: str, data: str, out: Path, nproc: int, pooling: str = "cls+mean",
-              **env: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "probekit", *_args(model, data, out, pooling)]
+def _torchrun(
+    model: str, data: str, out: Path, nproc: int, pooling: str = "cls+mean", **env: str
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "probekit",
+        *_args(model, data, out, pooling),
+    ]
     base = {k: v for k, v in os.environ.items() if not k.startswith("PROBEKIT_TEST_KILL")}
     # one thread everywhere (torchrun's own default per rank): the same BLAS blocking in both runs
-    full_env = {**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]),
-                "HF_HUB_OFFLINE": "1", **env}
+    full_env = {
+        **base,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+        "HF_HUB_OFFLINE": "1",
+        **env,
+    }
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
 
 
@@ -70,30 +97,46 @@ def test_two_processes_bitwise_equal_one_and_a_killed_rank_resumes(tiny_bert_dir
     got = FeatureCache.open(tmp_path / "two")
     assert got.manifest["fingerprint"] == ref.manifest["fingerprint"]
     assert _shard_bytes(tmp_path / "two") == ref_shards
-    assert (tmp_path / "two" / "texts.json").read_bytes() == (tmp_path / "one" / "texts.json").read_bytes()
+    assert (tmp_path / "two" / "texts.json").read_bytes() == (
+        tmp_path / "one" / "texts.json"
+    ).read_bytes()
 
     # rank 1 dies (SIGKILL) in its second shard (its 3rd forward pass of 2-sample batches): the
     # job fails, the cache is unfinished; a 1-process rerun fills only the missing shards
-    killed = _torchrun(tiny_bert_dir, data, tmp_path / "killed", 2,
-                       PROBEKIT_TEST_KILL_AT="forward:3", PROBEKIT_TEST_KILL_RANK="1")
+    killed = _torchrun(
+        tiny_bert_dir,
+        data,
+        tmp_path / "killed",
+        2,
+        PROBEKIT_TEST_KILL_AT="forward:3",
+        PROBEKIT_TEST_KILL_RANK="1",
+    )
     assert killed.returncode != 0
     with pytest.raises(CacheError):
         FeatureCache.open(tmp_path / "killed")
     shards = tmp_path / "killed" / "shards"
     # finished shards: a .safetensors with its .json (the writer thread may have renamed the
     # data of a shard and been killed before writing its .json: that shard counts as missing)
-    before = {p.name: p.stat().st_ino for p in shards.glob("*.safetensors")
-              if p.with_suffix(".json").is_file()}
+    before = {
+        p.name: p.stat().st_ino
+        for p in shards.glob("*.safetensors")
+        if p.with_suffix(".json").is_file()
+    }
     assert "000003.safetensors" not in before and "000005.safetensors" not in before
     assert 0 < len(before) < 7
     _in_process(tiny_bert_dir, data, tmp_path / "killed")
     assert _shard_bytes(tmp_path / "killed") == ref_shards
     after = {p.name: p.stat().st_ino for p in shards.iterdir() if p.suffix == ".safetensors"}
     assert all(after[name] == ino for name, ino in before.items())  # finished shards untouched
-    assert FeatureCache.open(tmp_path / "killed").manifest["fingerprint"] == ref.manifest["fingerprint"]
+    assert (
+        FeatureCache.open(tmp_path / "killed").manifest["fingerprint"]
+        == ref.manifest["fingerprint"]
+    )
 
 
-def test_other_settings_fail_on_every_rank_and_ranks_repair_a_finished_cache(tiny_bert_dir, tmp_path):
+def test_other_settings_fail_on_every_rank_and_ranks_repair_a_finished_cache(
+    tiny_bert_dir, tmp_path
+):
     """Rank 0 refuses a folder holding another cache; the other rank gets the same one-line error
     instead of waiting. A corrupt shard of a finished cache is rewritten by the rank that owns it
     and the cache is finished again."""

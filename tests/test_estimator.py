@@ -152,8 +152,9 @@ def test_scikit_learn_sees_a_classifier_without_probekit_importing_it():
         ProbeClassifier().set_params(nope=1)
     assert repr(ProbeClassifier("laya", C=0.5)) == "ProbeClassifier(C=0.5, head='laya')"
     for state in (0, 7, 2**31 - 2, np.random.RandomState(3)):
-        mine = random_seed(state if not isinstance(state, np.random.RandomState)
-                           else np.random.RandomState(3))
+        mine = random_seed(
+            state if not isinstance(state, np.random.RandomState) else np.random.RandomState(3)
+        )
         assert mine == check_random_state(state).randint(0, 2**31 - 1)
 
 
@@ -334,7 +335,9 @@ def test_feature_cache_streaming(tmp_path):
     assert [r["phase"] for r in clf.history_] == [r["phase"] for r in ref.history_]
     assert clf.score(cache) > 0.6 and clf.score(cache) == pytest.approx(ref.score(cache))
     lin = ProbeClassifier(stream=True, random_state=0).fit(cache)
-    np.testing.assert_array_equal(lin.predict(cache), ProbeClassifier(random_state=0).fit(cache).predict(cache))
+    np.testing.assert_array_equal(
+        lin.predict(cache), ProbeClassifier(random_state=0).fit(cache).predict(cache)
+    )
     mean = cache.load(pooling=["cls", "mean"]).mean(0)
     assert torch.allclose(lin.model_.norm.mean, mean, atol=1e-5)
 

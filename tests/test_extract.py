@@ -29,10 +29,20 @@ def _data():
 
 def test_cache_equals_in_memory_record(tiny_bert_dir, tmp_path, device):
     lm = load_model(tiny_bert_dir)
-    cache = extract(lm, _data(), tmp_path / "c", batch_size=7, shard_size=16, device=device,
-                    precision="fp32", progress=False)
+    cache = extract(
+        lm,
+        _data(),
+        tmp_path / "c",
+        batch_size=7,
+        shard_size=16,
+        device=device,
+        precision="fp32",
+        progress=False,
+    )
     assert len(cache) == 40 and cache.manifest["n_shards"] == 3
-    assert cache.poolings == ["cls", "mean"] and cache.layer_names == [f"layers.{i}" for i in range(4)]
+    assert cache.poolings == ["cls", "mean"] and cache.layer_names == [
+        f"layers.{i}" for i in range(4)
+    ]
     ref = record(lm.to("cpu"), WORDS, pooling="cls+mean", batch_size=7)
     for key, value in ref.items():
         torch.testing.assert_close(cache[key], value, atol=1e-5, rtol=1e-5)
@@ -73,8 +83,9 @@ def test_auto_precision_follows_the_hardware(tiny_bert_dir, tmp_path, monkeypatc
     lm = load_model(tiny_bert_dir)
     cache = extract(lm, _data(), tmp_path / "auto", progress=False)  # the default: "auto"
     assert cache.manifest["precision"] == ("bf16" if native else "fp32")
-    ref = extract(lm, _data(), tmp_path / "ref", precision=cache.manifest["precision"],
-                  progress=False)
+    ref = extract(
+        lm, _data(), tmp_path / "ref", precision=cache.manifest["precision"], progress=False
+    )
     assert torch.equal(cache.load(), ref.load())
 
 
@@ -89,8 +100,11 @@ def test_forced_bf16_warns_where_it_is_slow(monkeypatch):
 
 
 def test_bf16_detection_reads_the_cpu_flags(monkeypatch):
-    for flags, native in (({"avx2", "avx512f"}, False), ({"avx512f", "avx512_bf16"}, True),
-                          ({"amx_tile", "amx_bf16"}, True)):
+    for flags, native in (
+        ({"avx2", "avx512f"}, False),
+        ({"avx512f", "avx512_bf16"}, True),
+        ({"amx_tile", "amx_bf16"}, True),
+    ):
         _runtime.bf16_is_native.cache_clear()
         monkeypatch.setattr(_runtime, "_cpu_flags", lambda flags=flags: flags)
         assert _runtime.bf16_is_native("cpu") is native
@@ -121,8 +135,12 @@ def test_sigkill_midway_then_resume_gives_identical_cache(tiny_bert_dir, tmp_pat
     script = tmp_path / "crash.py"
     script.write_text(SCRIPT)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(script), tiny_bert_dir, str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), tiny_bert_dir, str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("wrote") and int(line.split()[1]) >= 3:
             os.kill(proc.pid, signal.SIGKILL)
@@ -141,11 +159,14 @@ def test_sigkill_midway_then_resume_gives_identical_cache(tiny_bert_dir, tmp_pat
         return original(self, i, *a, **k)
 
     monkeypatch.setattr(CacheWriter, "write_shard", counting)
-    data = from_arrays([f"word{i} sample" for i in range(96)], [i % 3 for i in range(96)], name="crash")
+    data = from_arrays(
+        [f"word{i} sample" for i in range(96)], [i % 3 for i in range(96)], name="crash"
+    )
     lm = load_model(tiny_bert_dir)
     resumed = extract(lm, data, out, batch_size=4, shard_size=8, progress=False)
     assert sorted(f"{i:06d}.json" for i in written) == sorted(
-        {f"{i:06d}.json" for i in range(12)} - done_before)
+        {f"{i:06d}.json" for i in range(12)} - done_before
+    )
     for path, mtime in mtimes.items():
         if path.with_suffix(".json").name in done_before:
             assert path.stat().st_mtime_ns == mtime, f"{path.name} was recomputed"
@@ -169,8 +190,20 @@ def _cli(capsys, *argv):
 def test_cli_extract_and_info(tiny_bert_dir, tmp_path, capsys):
     csv = tmp_path / "d.csv"
     csv.write_text("text,label\n" + "".join(f"{w},{l}\n" for w, l in zip(WORDS, LABELS)))
-    code, out, err = _cli(capsys, "extract", "--model", f"hf:{tiny_bert_dir}", "--data", f"csv:{csv}",
-                          "--layers", "0,-1", "--pooling", "mean", "--out", tmp_path / "c")
+    code, out, err = _cli(
+        capsys,
+        "extract",
+        "--model",
+        f"hf:{tiny_bert_dir}",
+        "--data",
+        f"csv:{csv}",
+        "--layers",
+        "0,-1",
+        "--pooling",
+        "mean",
+        "--out",
+        tmp_path / "c",
+    )
     assert code == 0, err
     code, out, _ = _cli(capsys, "info", tmp_path / "c")
     assert code == 0 and "layers.0:32, layers.3:32" in out
@@ -207,8 +240,12 @@ def test_cli_bad_input_is_one_line_exit_2(case, message, tiny_bert_dir, tmp_path
         (tmp_path / "e.csv").write_text("text,label\n")
         args["--data"] = f"csv:{tmp_path / 'e.csv'}"
     elif case == "other-cache":
-        assert _cli(capsys, "extract", *sum(([k, v] for k, v in args.items()), []),
-                    "--pooling", "cls")[0] == 0
+        assert (
+            _cli(
+                capsys, "extract", *sum(([k, v] for k, v in args.items()), []), "--pooling", "cls"
+            )[0]
+            == 0
+        )
     elif case == "not-a-cache":
         out.mkdir()
         (out / "precious.txt").write_text("keep me")

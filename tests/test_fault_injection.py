@@ -42,8 +42,9 @@ def _build(path: Path) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     feats = {f"{n}.{p}": torch.randn(N, d, generator=g) for n, d in LAYERS for p in POOLINGS}
     labels = np.arange(N) % 3
-    writer = CacheWriter.create(path, _manifest(), N, shard_size=SHARD,
-                                texts=[f"sample {i}" for i in range(N)])
+    writer = CacheWriter.create(
+        path, _manifest(), N, shard_size=SHARD, texts=[f"sample {i}" for i in range(N)]
+    )
     for i in writer.missing_shards():
         a, b = writer.shard_range(i)
         writer.write_shard(i, {k: v[a:b] for k, v in feats.items()}, labels[a:b])
@@ -53,14 +54,16 @@ def _build(path: Path) -> dict[str, torch.Tensor]:
 
 def _regions(path: Path) -> list[tuple[str, str, int, int]]:
     """``(relative file, region name, begin, end)`` for every part of every file of a cache."""
-    out = [("manifest.json", "manifest", 0, (path / "manifest.json").stat().st_size),
-           ("texts.json", "texts", 0, (path / "texts.json").stat().st_size)]
+    out = [
+        ("manifest.json", "manifest", 0, (path / "manifest.json").stat().st_size),
+        ("texts.json", "texts", 0, (path / "texts.json").stat().st_size),
+    ]
     for st in sorted((path / "shards").glob("*.safetensors")):
         raw = st.read_bytes()
         hlen = int.from_bytes(raw[:8], "little")
         rel = f"shards/{st.name}"
         out.append((rel, "header", 0, 8 + hlen))
-        for key, e in json.loads(raw[8:8 + hlen]).items():
+        for key, e in json.loads(raw[8 : 8 + hlen]).items():
             if key != "__metadata__":
                 b, end = e["data_offsets"]
                 kind = key if key in ("labels", "index") else "tensor data"
@@ -123,7 +126,9 @@ def test_twenty_flipped_bytes_are_all_detected(tmp_path):
     files_hit = {rel for rel, *_ in flips}
     every_file = {str(p.relative_to(pristine)) for p in pristine.rglob("*") if p.is_file()}
     assert files_hit == every_file, every_file - files_hit
-    assert {"header", "tensor data", "labels", "index", "texts", "manifest"} <= {k for _, k, *_ in flips}
+    assert {"header", "tensor data", "labels", "index", "texts", "manifest"} <= {
+        k for _, k, *_ in flips
+    }
     detected = 0
     for n, (rel, kind, offset, xor) in enumerate(flips):
         work = tmp_path / f"flip{n}"
@@ -188,15 +193,16 @@ def test_cli_fit_and_info_refuse_a_corrupt_cache(tiny_bert_dir, tmp_path, capsys
     raw[-7] ^= 0x10  # a feature byte: fit must not train on it
     shard.write_bytes(bytes(raw))
     capsys.readouterr()
-    code = main(["fit", "--cache", str(tmp_path / "c"), "--probe", "linear", "--out",
-                 str(tmp_path / "fit")])
+    code = main(
+        ["fit", "--cache", str(tmp_path / "c"), "--probe", "linear", "--out", str(tmp_path / "fit")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "000001.safetensors" in err[0], err
     assert not (tmp_path / "fit" / "metrics.csv").exists()
     # a flipped label byte is caught by every command that opens the cache, info included
     shard.write_bytes(bytes(raw[:-7]) + bytes([raw[-7] ^ 0x10]) + bytes(raw[-6:]))
     hlen = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + hlen])
+    header = json.loads(raw[8 : 8 + hlen])
     b, _ = header["labels"]["data_offsets"]
     fixed = bytearray(shard.read_bytes())
     fixed[8 + hlen + b] ^= 0x01
@@ -217,8 +223,11 @@ def _data():
 
 
 def _tree(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_extract_reextracts_only_the_bad_shard(tiny_bert_dir, tmp_path, monkeypatch):
@@ -292,7 +301,11 @@ def test_sigkill_at_ten_points_resumes_bitwise(tiny_bert_dir, tmp_path):
     out = subprocess.run(
         [sys.executable, str(script), tiny_bert_dir, str(root)]
         + [f"{n}={p}" for n, p in zip(names, points, strict=True)],
-        capture_output=True, text=True, env=env, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
     ).stdout.splitlines()
     assert out == [f"{n} {p} killed" for n, p in zip(names, points, strict=True)], out
 
@@ -329,7 +342,9 @@ def test_disk_full_is_a_clear_error_and_resumes(tiny_bert_dir, tmp_path):
         for st in finals:  # every shard under its final name is whole and has its .json
             js = st.with_suffix(".json")
             assert js.is_file(), st
-            assert hashlib.sha256(st.read_bytes()).hexdigest() == json.loads(js.read_bytes())["sha256"]
+            assert (
+                hashlib.sha256(st.read_bytes()).hexdigest() == json.loads(js.read_bytes())["sha256"]
+            )
         assert len(finals) < 6
         subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], check=True)
         cache = extract(lm, _data(), out, batch_size=4, shard_size=8, progress=False)

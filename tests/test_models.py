@@ -9,7 +9,10 @@ import torch
 from probekit import LayerRecorder, load_model, record, resolve_indices, select_layers
 from probekit.models.loading import ModelError
 
-TEXTS = ["a short one", "a much longer sentence that needs many more tokens than the first one does"]
+TEXTS = [
+    "a short one",
+    "a much longer sentence that needs many more tokens than the first one does",
+]
 
 
 def _hidden_states(lm, inputs):
@@ -58,8 +61,15 @@ def test_hf_vit_parity(tiny_hf_vit_dir):
 
 
 def _tiny_timm_vit():
-    return load_model("timm:vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                      depth=3, embed_dim=64, num_heads=2)
+    return load_model(
+        "timm:vit_small_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=3,
+        embed_dim=64,
+        num_heads=2,
+    )
 
 
 def test_timm_vit_parity_with_forward_intermediates():
@@ -69,8 +79,9 @@ def test_timm_vit_parity_with_forward_intermediates():
     with torch.no_grad(), LayerRecorder(m, lm.layers) as rec:
         got = rec.run(lm.forward, {"x": x})
     with torch.no_grad():
-        ref = m.forward_intermediates(x, output_fmt="NLC", intermediates_only=True,
-                                      return_prefix_tokens=True)
+        ref = m.forward_intermediates(
+            x, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
+        )
         embed = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
     assert torch.equal(got["layers.0"], embed)
     for l, (patches, prefix) in enumerate(ref, start=1):
@@ -103,7 +114,9 @@ def test_bundled_efficientnet_lite0_sees_sample_photos():
         top = lm.forward(lm.preprocess(images)).softmax(-1).topk(5).indices
     info = ImageNetInfo()
     names = [[info.index_to_description(int(i)) for i in row] for row in top]
-    assert any(w in " ".join(names[0]) for w in ("palace", "monastery", "pagoda", "bell cote")), names[0]
+    assert any(w in " ".join(names[0]) for w in ("palace", "monastery", "pagoda", "bell cote")), (
+        names[0]
+    )
     assert "daisy" in " ".join(names[1]), names[1]
 
 
@@ -126,8 +139,12 @@ def test_mask_aware_mean_matches_sentence_transformers_recipe():
 
 def _hooks(model):
     """Every forward (pre-)hook on the model; transformers 5 installs some of its own, which stay."""
-    return {(name, kind, key) for name, m in model.named_modules()
-            for kind, hooks in (("fwd", m._forward_hooks), ("pre", m._forward_pre_hooks)) for key in hooks}
+    return {
+        (name, kind, key)
+        for name, m in model.named_modules()
+        for kind, hooks in (("fwd", m._forward_hooks), ("pre", m._forward_pre_hooks))
+        for key in hooks
+    }
 
 
 def test_hooks_removed_after_success_bad_argument_and_model_error(tiny_bert_dir):

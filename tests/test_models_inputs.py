@@ -33,8 +33,14 @@ def short_bert_dir(tmp_path_factory, minilm_tokenizer_dir):
 
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("bert16"))
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=48, max_position_embeddings=16)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=16,
+    )
     BertModel(cfg).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_tokenizer_dir).save_pretrained(path)
     return path
@@ -75,8 +81,15 @@ def test_roberta_position_offset_is_respected(tmp_path, minilm_tokenizer_dir):
     from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
     torch.manual_seed(0)
-    cfg = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=48, max_position_embeddings=18, pad_token_id=1)
+    cfg = RobertaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=18,
+        pad_token_id=1,
+    )
     RobertaModel(cfg).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(minilm_tokenizer_dir).save_pretrained(tmp_path)
     lm = load_model(str(tmp_path))
@@ -96,10 +109,12 @@ def test_16bit_grey_keeps_its_mean():
     assert rgb.shape == (8, 8, 3) and abs(rgb.mean() - 127.5) <= 0.5
 
     ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64)
-    for image in (Image.fromarray(ramp.astype(np.uint16)),               # I;16
-                  Image.fromarray(ramp.astype(np.int32)),                # I (16-bit content)
-                  Image.fromarray((ramp / 65535).astype(np.float32)),    # F in [0, 1]
-                  ramp.astype(np.uint16)):                               # a uint16 array
+    for image in (
+        Image.fromarray(ramp.astype(np.uint16)),  # I;16
+        Image.fromarray(ramp.astype(np.int32)),  # I (16-bit content)
+        Image.fromarray((ramp / 65535).astype(np.float32)),  # F in [0, 1]
+        ramp.astype(np.uint16),
+    ):  # a uint16 array
         rgb = np.asarray(_to_rgb(image), dtype=np.float64)
         assert abs(rgb.mean() - ramp.mean() / 257) <= 0.5, getattr(image, "mode", "array")
         assert rgb.min() == 0 and rgb.max() == 255
@@ -107,7 +122,7 @@ def test_16bit_grey_keeps_its_mean():
 
 def test_16bit_image_reaches_the_model_as_its_8bit_twin():
     lm = load_model("timm:test_resnet", pretrained=False)
-    wide = Image.fromarray(np.full((40, 40), 257 * 128, dtype=np.uint16))   # exactly 128 / 255
+    wide = Image.fromarray(np.full((40, 40), 257 * 128, dtype=np.uint16))  # exactly 128 / 255
     eight = Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8))
     assert torch.equal(lm.preprocess([wide])["x"], lm.preprocess([eight])["x"])
 
@@ -118,11 +133,16 @@ def test_16bit_image_reaches_the_model_as_its_8bit_twin():
 def test_list_layers_tiny_bert(tiny_bert_dir):
     lm = load_model(tiny_bert_dir)
     listing = list_layers(lm, modules=True)
-    assert [(r["index"], r["name"], r["width"]) for r in listing.layers] == \
-        [(i, f"layers.{i}", 32) for i in range(4)]
+    assert [(r["index"], r["name"], r["width"]) for r in listing.layers] == [
+        (i, f"layers.{i}", 32) for i in range(4)
+    ]
     rows = {r["glob"]: r for r in listing.modules}
     block = rows["encoder.layer.*"]
-    assert (block["type"], block["count"], block["layers"]) == ("BertLayer", 3, ["layers.1", "layers.2", "layers.3"])
+    assert (block["type"], block["count"], block["layers"]) == (
+        "BertLayer",
+        3,
+        ["layers.1", "layers.2", "layers.3"],
+    )
     n_tokens = lm.example["input_ids"].shape[1]
     assert block["output"] == (1, n_tokens, 32)
     assert rows["encoder.layer.*.intermediate.dense"]["output"] == (1, n_tokens, 48)
@@ -130,8 +150,9 @@ def test_list_layers_tiny_bert(tiny_bert_dir):
     for r in listing.modules:
         assert len(glob_modules(lm.model, r["glob"])) == r["count"] >= 1
     got = record(lm, ["hi"], layers="encoder.layer.*.intermediate.dense", pooling="mean")
-    assert {k: v.shape[-1] for k, v in got.items()} == \
-        {f"encoder.layer.{i}.intermediate.dense.mean": 48 for i in range(3)}
+    assert {k: v.shape[-1] for k, v in got.items()} == {
+        f"encoder.layer.{i}.intermediate.dense.mean": 48 for i in range(3)
+    }
     assert len(select_layers(lm.model, lm.layers, "encoder.layer.*")) == 3
     text = format_layers(listing)
     assert str(listing) == text
@@ -141,7 +162,9 @@ def test_list_layers_tiny_bert(tiny_bert_dir):
 
 def test_list_layers_from_a_spec_keeps_mixed_sequentials_apart():
     listing = list_layers("timm:test_resnet", modules=True, pretrained=False)
-    assert [r["name"] for r in listing.layers] == [f"stages.{i}" for i in range(len(listing.layers))]
+    assert [r["name"] for r in listing.layers] == [
+        f"stages.{i}" for i in range(len(listing.layers))
+    ]
     types = {r["glob"]: r["type"] for r in listing.modules}
     # conv1 is Sequential(conv, norm, act, conv, ...): its children keep their indices
     assert types["conv1.0"] == "Conv2d" and types["conv1.1"] != "Conv2d"

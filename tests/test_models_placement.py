@@ -9,16 +9,22 @@ import pytest
 import torch
 
 from probekit import extract, from_arrays, load_model, record
+from probekit.errors import ModelError
 from probekit.models.placement import (
     parse_device_map,
     parse_dtype,
     parse_max_memory,
     parse_quantization,
 )
-from probekit.errors import ModelError
 
-TEXTS = ["a short one", "a much longer sentence that needs many more tokens than the first one",
-         "x y z", "hello there, world", "probing frozen layers", "one more"]
+TEXTS = [
+    "a short one",
+    "a much longer sentence that needs many more tokens than the first one",
+    "x y z",
+    "hello there, world",
+    "probing frozen layers",
+    "one more",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +34,15 @@ def gpt2_64_dir(tmp_path_factory, minilm_tokenizer_dir):
 
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("gpt2_64"))
-    cfg = GPT2Config(vocab_size=30522, n_embd=64, n_layer=4, n_head=2, n_positions=128,
-                     bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=30522,
+        n_embd=64,
+        n_layer=4,
+        n_head=2,
+        n_positions=128,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     GPT2Model(cfg).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_tokenizer_dir).save_pretrained(path)
     return path
@@ -37,8 +50,9 @@ def gpt2_64_dir(tmp_path_factory, minilm_tokenizer_dir):
 
 def _check_offload_parity(spec, cpu_memory, tmp_path):
     plain = load_model(spec)
-    big = load_model(spec, device_map="auto", max_memory={"cpu": cpu_memory},
-                     offload_folder=tmp_path / "offload")
+    big = load_model(
+        spec, device_map="auto", max_memory={"cpu": cpu_memory}, offload_folder=tmp_path / "offload"
+    )
     where = set(big.placement["hf_device_map"].values())
     assert where == {"cpu", "disk"}, big.placement["hf_device_map"]  # part of it lives on disk
     assert any(p.device.type == "meta" for p in big.model.parameters())
@@ -100,26 +114,34 @@ def test_bfloat16_timm_takes_float_images():
 
 def test_option_parsers():
     assert parse_device_map("auto") == "auto"
-    assert parse_device_map('{"embeddings": "cpu", "encoder": 0}') == {"embeddings": "cpu", "encoder": 0}
+    assert parse_device_map('{"embeddings": "cpu", "encoder": 0}') == {
+        "embeddings": "cpu",
+        "encoder": 0,
+    }
     assert parse_device_map("cuda:1") == "cuda:1"
     assert parse_max_memory("cpu=40MB, 0=10gib") == {"cpu": "40MB", 0: "10GiB"}
     assert parse_max_memory({"cuda:1": 1000, "cpu": "2GB"}) == {1: 1000, "cpu": "2GB"}
     assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype(None) is None
-    for bad, match in [(lambda: parse_device_map("everywhere"), "device_map 'everywhere'"),
-                       (lambda: parse_device_map("{oops"), "not valid JSON"),
-                       (lambda: parse_max_memory("cpu:40MB"), "DEVICE=SIZE"),
-                       (lambda: parse_max_memory({"cpu": "lots"}), "is not a size"),
-                       (lambda: parse_max_memory({"gpu": "1GB"}), "unknown device 'gpu'"),
-                       (lambda: parse_dtype("int8"), "float32, float16, bfloat16"),
-                       (lambda: parse_quantization("3bit"), "8bit, 4bit")]:
+    for bad, match in [
+        (lambda: parse_device_map("everywhere"), "device_map 'everywhere'"),
+        (lambda: parse_device_map("{oops"), "not valid JSON"),
+        (lambda: parse_max_memory("cpu:40MB"), "DEVICE=SIZE"),
+        (lambda: parse_max_memory({"cpu": "lots"}), "is not a size"),
+        (lambda: parse_max_memory({"gpu": "1GB"}), "unknown device 'gpu'"),
+        (lambda: parse_dtype("int8"), "float32, float16, bfloat16"),
+        (lambda: parse_quantization("3bit"), "8bit, 4bit"),
+    ]:
         with pytest.raises(ModelError, match=match):
             bad()
 
 
 def test_quantization_without_bitsandbytes_is_a_clear_error(monkeypatch, tiny_bert_dir):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else real(name, *a),
+    )
     with pytest.raises(ModelError, match="quantization=8bit needs the bitsandbytes package"):
         load_model(tiny_bert_dir, quantization="8bit")
 
@@ -143,4 +165,3 @@ def test_model_options_describe_every_load_model_option():
     params = inspect.signature(load_model).parameters
     keyword_only = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert set(MODEL_OPTIONS) == keyword_only
-

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from probekit import extract, from_arrays, load_data, load_model, record
-from probekit.models._weights import explain_load_error
 from probekit.errors import CacheMismatchError, ModelError
+from probekit.models._weights import explain_load_error
 
 TEXTS = ["a short one", "a much longer sentence that needs many more tokens than the first"]
 
@@ -37,7 +37,9 @@ def test_timm_state_dict_checkpoint(tmp_path, finetuned_timm, suffix):
     state = finetuned_timm.state_dict()
     path = tmp_path / f"weights{suffix}"
     if suffix == ".pth":
-        torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, path)  # DDP + wrapper
+        torch.save(
+            {"state_dict": {"module." + k: v for k, v in state.items()}}, path
+        )  # DDP + wrapper
     else:
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     lm = load_model("timm:test_resnet", checkpoint=path)
@@ -62,8 +64,11 @@ def test_timm_checkpoint_mismatch_names_the_key(tmp_path, finetuned_timm):
     missing = dict(state)
     missing.pop("layer1.0.conv1.weight")
     torch.save(missing, tmp_path / "missing.pt")
-    with pytest.raises(ModelError, match=r"cannot load timm:test_resnet: .*1 missing keys, first "
-                                         r"'layer1\.0\.conv1\.weight'"):
+    with pytest.raises(
+        ModelError,
+        match=r"cannot load timm:test_resnet: .*1 missing keys, first "
+        r"'layer1\.0\.conv1\.weight'",
+    ):
         load_model("timm:test_resnet", checkpoint=tmp_path / "missing.pt")
     torch.save(dict(state, extra_head=torch.zeros(3)), tmp_path / "extra.pt")
     with pytest.raises(ModelError, match=r"1 unexpected keys, first 'extra_head'"):
@@ -72,7 +77,9 @@ def test_timm_checkpoint_mismatch_names_the_key(tmp_path, finetuned_timm):
     bad[first] = torch.zeros(1, 2, 3)
     torch.save(bad, tmp_path / "shape.pt")
     shape = tuple(state[first].shape)
-    with pytest.raises(ModelError, match=re.escape(f"{first}: checkpoint (1, 2, 3) vs model {shape}")):
+    with pytest.raises(
+        ModelError, match=re.escape(f"{first}: checkpoint (1, 2, 3) vs model {shape}")
+    ):
         load_model("timm:test_resnet", checkpoint=tmp_path / "shape.pt")
 
 
@@ -82,8 +89,11 @@ class _NotATensor:
 
 def test_unreadable_or_missing_checkpoints(tmp_path):
     torch.save({"weight": _NotATensor()}, tmp_path / "pickled.pt")  # weights_only refuses it
-    with pytest.raises(ModelError, match=r"^cannot load timm:test_resnet: checkpoint .*pickled\.pt "
-                                         r"is not a readable state dict"):
+    with pytest.raises(
+        ModelError,
+        match=r"^cannot load timm:test_resnet: checkpoint .*pickled\.pt "
+        r"is not a readable state dict",
+    ):
         load_model("timm:test_resnet", checkpoint=tmp_path / "pickled.pt")
     with pytest.raises(ModelError, match="does not exist"):
         load_model("timm:test_resnet", checkpoint=tmp_path / "nothing.pth")
@@ -132,18 +142,24 @@ def test_hf_folder_with_missing_weights_is_refused(tmp_path, tiny_bert_dir):
     state = load_file(str(folder / "model.safetensors"))
     state.pop("encoder.layer.1.output.dense.weight")
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ModelError, match=r"first missing or mismatched key "
-                                         r"'encoder\.layer\.1\.output\.dense\.weight'"):
+    with pytest.raises(
+        ModelError,
+        match=r"first missing or mismatched key "
+        r"'encoder\.layer\.1\.output\.dense\.weight'",
+    ):
         load_model(str(folder))
 
 
-@pytest.mark.parametrize("spec, reason", [
-    ("timm:resnet18", "no weights offline and none given with --checkpoint"),
-    ("hf:no-such-org/no-such-model-probekit", "no weights offline"),
-    ("hf:/no/such/folder", "not a local folder, and not a valid hub id"),
-    ("timm:resnet1888", "unknown timm model"),
-    ("timm:resnet18.no_such_tag", "unknown pretrained tag"),
-])
+@pytest.mark.parametrize(
+    "spec, reason",
+    [
+        ("timm:resnet18", "no weights offline and none given with --checkpoint"),
+        ("hf:no-such-org/no-such-model-probekit", "no weights offline"),
+        ("hf:/no/such/folder", "not a local folder, and not a valid hub id"),
+        ("timm:resnet1888", "unknown timm model"),
+        ("timm:resnet18.no_such_tag", "unknown pretrained tag"),
+    ],
+)
 def test_load_failures_are_one_line_model_errors(spec, reason):
     with pytest.raises(ModelError) as info:
         load_model(spec)
@@ -154,9 +170,17 @@ def test_load_failures_are_one_line_model_errors(spec, reason):
 def test_remote_code_needs_trust(tmp_path):
     import json
 
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "probekit_custom",
-        "auto_map": {"AutoConfig": "configuration_x.XConfig", "AutoModel": "modeling_x.XModel"}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "probekit_custom",
+                "auto_map": {
+                    "AutoConfig": "configuration_x.XConfig",
+                    "AutoModel": "modeling_x.XModel",
+                },
+            }
+        )
+    )
     with pytest.raises(ModelError, match="needs its own code: pass trust_remote_code=True"):
         load_model(str(tmp_path))
 
@@ -170,11 +194,14 @@ def _hub_error(name: str, text: str) -> BaseException:
     return err
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("GatedRepoError", "the repository is gated"),
-    ("RevisionNotFoundError", "revision 'v9' does not exist"),
-    ("RepositoryNotFoundError", "no such repository on the hub (a typo?"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("GatedRepoError", "the repository is gated"),
+        ("RevisionNotFoundError", "revision 'v9' does not exist"),
+        ("RepositoryNotFoundError", "no such repository on the hub (a typo?"),
+    ],
+)
 def test_hub_errors_are_explained(name, reason):
     try:  # as transformers raises them: an OSError caused by the hub's error
         try:
@@ -197,7 +224,9 @@ def test_random_weights_are_seeded_and_fingerprinted(tmp_path, tiny_bert_dir):
     trained = load_model(tiny_bert_dir)
     for key, value in a.model.state_dict().items():
         assert torch.equal(value, b.model.state_dict()[key]), key
-    differ = [k for k, v in a.model.state_dict().items() if not torch.equal(v, c.model.state_dict()[k])]
+    differ = [
+        k for k, v in a.model.state_dict().items() if not torch.equal(v, c.model.state_dict()[k])
+    ]
     assert len(differ) > 10
     assert a.info["weights"] == "random" and a.info["seed"] == 1
     assert a.info["weights_sha256"] == b.info["weights_sha256"] != c.info["weights_sha256"]
@@ -208,8 +237,11 @@ def test_random_weights_are_seeded_and_fingerprinted(tmp_path, tiny_bert_dir):
     load_model(tiny_bert_dir, weights="random", seed=5)
     assert torch.equal(torch.rand(3), before)  # the caller's RNG is left alone
 
-    data = from_arrays(["good", "bad", "fine", "awful", "nice", "ugly"], [1, 0, 1, 0, 1, 0],
-                       label_names=["neg", "pos"])
+    data = from_arrays(
+        ["good", "bad", "fine", "awful", "nice", "ugly"],
+        [1, 0, 1, 0, 1, 0],
+        label_names=["neg", "pos"],
+    )
     ca = extract(a, data, tmp_path / "a", progress=False)
     cb = extract(b, data, tmp_path / "b", progress=False)
     assert ca.fingerprint == cb.fingerprint

@@ -31,8 +31,18 @@ def _poisoned() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-@pytest.mark.parametrize("call", ["predict", "predict_proba", "score", "predict_layers",
-                                  "layer_weights", "ablation", "attribution"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        "predict",
+        "predict_proba",
+        "score",
+        "predict_layers",
+        "layer_weights",
+        "ablation",
+        "attribution",
+    ],
+)
 def test_nonfinite_rows_are_named(fitted, call) -> None:
     x, y = _poisoned()
     calls = {

@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from probekit.cache import CacheWriter
-from probekit.errors import CacheError, ConfigError, DataError
-from probekit.cache import cache_subset
-from probekit.estimator import ProbeClassifier
-from probekit.cache.rows import CacheRows, stream_stats
-from probekit.estimator.stream import NormalisedRows
 from probekit._utils.memory import parse_size
-from probekit.runs.config import RunConfig
 from probekit._utils.transfer import host_empty, pinned_for, to_device, to_host, to_host_all
+from probekit.cache import CacheWriter, cache_subset
+from probekit.cache.rows import CacheRows, stream_stats
+from probekit.errors import CacheError, ConfigError, DataError
+from probekit.estimator import ProbeClassifier
+from probekit.estimator.stream import NormalisedRows
+from probekit.runs.config import RunConfig
 
 from .test_estimator import _make_cache
 
@@ -38,7 +37,12 @@ def _write_cache(
         "layers": [{"name": f"layers.{i}", "dim": d} for i, d in enumerate(layers)],
         "poolings": list(poolings),
         "dtype": dtype,
-        "dataset": {"name": "synthetic", "fingerprint": str(seed), "n": n, "label_names": ["a", "b"]},
+        "dataset": {
+            "name": "synthetic",
+            "fingerprint": str(seed),
+            "n": n,
+            "label_names": ["a", "b"],
+        },
     }
     w = CacheWriter.create(path, manifest, n, shard_size=shard_size)
     for i in w.missing_shards():
@@ -59,7 +63,9 @@ def _write_cache(
 
 def test_gather_equals_load_in_any_order(tmp_path):
     for dtype in ("float32", "float16", "bfloat16"):
-        cache = _write_cache(tmp_path / dtype, 130, [5, 9, 7], dtype=dtype, poolings=("cls", "mean"))
+        cache = _write_cache(
+            tmp_path / dtype, 130, [5, 9, 7], dtype=dtype, poolings=("cls", "mean")
+        )
         sel, pools = cache.select([0, 2], ["mean", "cls"])
         full = cache.load(layers=sel, pooling=pools)  # (N, 4, 7), layer 0 zero-padded
         rows = CacheRows(cache, sel, pools)
@@ -78,12 +84,22 @@ def test_gather_of_runs_repeats_and_shard_crossings(tmp_path):
     that only look like a run (a repeat and a gap), runs read backwards or across shards, and
     a reused output buffer full of stale values must all give the loaded rows."""
     for dtype in ("float32", "bfloat16"):
-        cache = _write_cache(tmp_path / dtype, 130, [5, 9, 7], dtype=dtype, poolings=("cls", "mean"))
+        cache = _write_cache(
+            tmp_path / dtype, 130, [5, 9, 7], dtype=dtype, poolings=("cls", "mean")
+        )
         sel, pools = cache.select([0, 2], None)
         full = cache.load(layers=sel, pooling=pools)  # (N, 4, 7), layer 0 zero-padded
         rows = CacheRows(cache, sel, pools)
-        cases = [[3, 3, 5], [5, 3, 3], [49, 50, 51], [51, 50, 49], list(range(40, 110)),
-                 [0, 1, 2, 99, 100, 101], [129, 0], []]
+        cases = [
+            [3, 3, 5],
+            [5, 3, 3],
+            [49, 50, 51],
+            [51, 50, 49],
+            list(range(40, 110)),
+            [0, 1, 2, 99, 100, 101],
+            [129, 0],
+            [],
+        ]
         for idx in cases:
             idx = np.asarray(idx, dtype=np.int64)
             stale = torch.full((idx.size, 4, 7), 7.0)
@@ -139,7 +155,9 @@ def test_streamed_fit_equals_in_memory_fit(tmp_path, head):
 def test_streamed_fit_on_a_subset_equals_arrays(tmp_path):
     cache = _make_cache(tmp_path / "cache")
     pos = np.r_[0:120:3, 1:120:4]
-    ref = ProbeClassifier(random_state=0).fit(cache.load(pooling="cls")[pos].numpy(), cache.labels[pos])
+    ref = ProbeClassifier(random_state=0).fit(
+        cache.load(pooling="cls")[pos].numpy(), cache.labels[pos]
+    )
     out = ProbeClassifier(random_state=0, max_memory=TINY, pooling="cls")
     out.fit(cache_subset(cache, pos))
     np.testing.assert_allclose(out.layer_scores_, ref.layer_scores_, atol=1e-12)
@@ -233,7 +251,9 @@ _RSS_SCRIPT = textwrap.dedent(
 def _rss_growth(path, budget, stream):
     res = subprocess.run(
         [sys.executable, "-c", _RSS_SCRIPT, str(path), budget, "1" if stream else "0"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(res.stdout.strip().splitlines()[-1])["growth_mb"]
 
@@ -261,16 +281,33 @@ def test_cli_fit_with_a_tiny_budget_matches_in_memory(tmp_path, capsys):
     metrics = []
     for extra in ([], ["--max-memory", "40KB"]):  # the cache and its train split stream
         out = tmp_path / f"fit{len(extra)}"
-        argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear,laya", "--out",
-                str(out), "--bootstrap", "20", *extra]
+        argv = [
+            "fit",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--probe",
+            "linear,laya",
+            "--out",
+            str(out),
+            "--bootstrap",
+            "20",
+            *extra,
+        ]
         assert main(argv) == 0
         metrics.append(json.loads((out / "metrics.json").read_text())["heads"])
     for head in ("linear", "laya"):
         assert metrics[1][head]["accuracy"] == metrics[0][head]["accuracy"]
         assert metrics[1][head]["balanced_accuracy_ci"] == metrics[0][head]["balanced_accuracy_ci"]
     assert metrics[1]["linear"]["per_layer"] == metrics[0]["linear"]["per_layer"]
-    bad = ["fit", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "x"),
-           "--max-memory", "lots"]
+    bad = [
+        "fit",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "x"),
+        "--max-memory",
+        "lots",
+    ]
     assert main(bad) == 2 and "fit_max_memory" in capsys.readouterr().err
 
 
@@ -278,12 +315,14 @@ def test_peak_rss_is_the_child_own_not_the_parent_at_the_fork():
     """ru_maxrss survives execve on Linux: a child of a big process would report the parent's
     resident set. The memory tests above measure with peak_rss() for that reason."""
     ballast = np.ones(400 * 2**20, dtype=np.uint8)  # 400 MiB resident in this (parent) process
-    code = ("import json, resource; import numpy as np\n"
-            "from probekit._utils.memory import peak_rss, reset_peak_rss, rss\n"
-            "start = [peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]\n"
-            "assert reset_peak_rss(); base = rss()\n"
-            "block = np.ones(64 * 2**20, dtype=np.uint8)\n"
-            "print(json.dumps(start + [peak_rss() - base]))")
+    code = (
+        "import json, resource; import numpy as np\n"
+        "from probekit._utils.memory import peak_rss, reset_peak_rss, rss\n"
+        "start = [peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]\n"
+        "assert reset_peak_rss(); base = rss()\n"
+        "block = np.ones(64 * 2**20, dtype=np.uint8)\n"
+        "print(json.dumps(start + [peak_rss() - base]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     peak, maxrss, growth = json.loads(out.stdout)
     assert maxrss > 400 * 2**20 > 4 * peak  # the carried-over figure vs the child's own

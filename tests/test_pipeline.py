@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from probekit.cli import main
-from probekit.runs.config import RunConfig, load_config
 from probekit.pipeline import run
+from probekit.runs.config import RunConfig, load_config
 
 POS = ["good", "great", "nice", "lovely", "happy", "joy", "fine", "super", "kind", "calm"]
 NEG = ["bad", "awful", "nasty", "horrid", "sad", "pain", "grim", "vile", "mean", "cruel"]
@@ -21,7 +21,9 @@ NEG = ["bad", "awful", "nasty", "horrid", "sad", "pain", "grim", "vile", "mean",
 @pytest.fixture
 def word_csv(tmp_path: Path) -> Path:
     path = tmp_path / "words.csv"
-    rows = [f"{w} {i},positive" for i in range(3) for w in POS] + [f"{w} {i},negative" for i in range(3) for w in NEG]
+    rows = [f"{w} {i},positive" for i in range(3) for w in POS] + [
+        f"{w} {i},negative" for i in range(3) for w in NEG
+    ]
     path.write_text("text,label\n" + "\n".join(rows) + "\n")
     return path
 
@@ -30,11 +32,26 @@ FAST = ["linear", "concat", "laya", "aila-attention"]
 
 
 def test_run_end_to_end_and_rerun_reuses_cache(tiny_bert_dir, word_csv, tmp_path):
-    cfg = RunConfig(name="tiny", model=f"hf:{tiny_bert_dir}", data=f"csv:{word_csv}",
-                    probes=FAST, out=str(tmp_path / "runs"), bootstrap=50, figures=[])
+    cfg = RunConfig(
+        name="tiny",
+        model=f"hf:{tiny_bert_dir}",
+        data=f"csv:{word_csv}",
+        probes=FAST,
+        out=str(tmp_path / "runs"),
+        bootstrap=50,
+        figures=[],
+    )
     (run_dir,) = run(cfg, progress=False)
-    for name in ("config.json", "split.json", "metrics.json", "metrics.csv", "report.html",
-                 "cache/manifest.json", "attribution/attribution.json", "figures/accuracy.html"):
+    for name in (
+        "config.json",
+        "split.json",
+        "metrics.json",
+        "metrics.csv",
+        "report.html",
+        "cache/manifest.json",
+        "attribution/attribution.json",
+        "figures/accuracy.html",
+    ):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["heads"]) == set(FAST)
@@ -70,8 +87,10 @@ def _check_paired(run_dir: Path, metrics: dict, n_boot: int, seed: int) -> None:
     lin = ProbeClassifier.load(run_dir / "probes" / "linear")
     layer_pred = lin.predict_layers(X)
     refs = {"vs_last_layer": layer_pred[:, -1], "vs_best_layer": layer_pred[:, lin.selected_layer_]}
-    assert metrics["baselines"] == {"last_layer": cache.layer_names[-1],
-                                    "best_layer": cache.layer_names[lin.selected_layer_]}
+    assert metrics["baselines"] == {
+        "last_layer": cache.layer_names[-1],
+        "best_layer": cache.layer_names[lin.selected_layer_],
+    }
     idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
     for head, entry in metrics["heads"].items():
         pred = ProbeClassifier.load(run_dir / "probes" / head).predict(X)
@@ -87,8 +106,12 @@ def _check_paired(run_dir: Path, metrics: dict, n_boot: int, seed: int) -> None:
 
 
 def test_config_files_hold_the_cli_options(tmp_path, word_csv):
-    (tmp_path / "a.yaml").write_text(f"model: bundled:minilm-l6\ndata: csv:{word_csv}\nprobes: linear,alf\n")
-    (tmp_path / "b.toml").write_text('out = "x"\n[[runs]]\nname = "one"\n[[runs]]\nname = "two"\nlimit = 10\n')
+    (tmp_path / "a.yaml").write_text(
+        f"model: bundled:minilm-l6\ndata: csv:{word_csv}\nprobes: linear,alf\n"
+    )
+    (tmp_path / "b.toml").write_text(
+        'out = "x"\n[[runs]]\nname = "one"\n[[runs]]\nname = "two"\nlimit = 10\n'
+    )
     (a,) = load_config(tmp_path / "a.yaml")
     assert a.probes == ["linear", "alf"] and a.data == f"csv:{word_csv}"
     one, two = load_config(tmp_path / "b.toml")
@@ -101,14 +124,41 @@ def test_config_files_hold_the_cli_options(tmp_path, word_csv):
 @pytest.fixture
 def tiny_cache(tiny_bert_dir, word_csv, tmp_path):
     out = tmp_path / "cache"
-    assert main(["extract", "--model", f"hf:{tiny_bert_dir}", "--data", f"csv:{word_csv}", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                f"hf:{tiny_bert_dir}",
+                "--data",
+                f"csv:{word_csv}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def test_cli_fit_attribute_report(tiny_cache, tmp_path, capsys):
     out = tmp_path / "fit"
-    assert main(["fit", "--cache", str(tiny_cache), "--probe", "linear,laya", "--out", str(out),
-                 "--bootstrap", "50"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--cache",
+                str(tiny_cache),
+                "--probe",
+                "linear,laya",
+                "--out",
+                str(out),
+                "--bootstrap",
+                "50",
+            ]
+        )
+        == 0
+    )
     assert (out / "metrics.csv").read_text().startswith("head,layer,accuracy")
     assert (out / "probes" / "laya" / "model.safetensors").is_file()
     assert main(["attribute", str(out)]) == 0
@@ -125,8 +175,14 @@ def _one_line_error(capsys, argv, needle):
 
 def test_cli_fit_bad_input(tiny_cache, tmp_path, capsys):
     out = str(tmp_path / "fit")
-    _one_line_error(capsys, ["fit", "--cache", str(tmp_path / "none"), "--out", out], "no feature cache")
-    _one_line_error(capsys, ["fit", "--cache", str(tiny_cache), "--probe", "linear,nope", "--out", out], "unknown probe")
+    _one_line_error(
+        capsys, ["fit", "--cache", str(tmp_path / "none"), "--out", out], "no feature cache"
+    )
+    _one_line_error(
+        capsys,
+        ["fit", "--cache", str(tiny_cache), "--probe", "linear,nope", "--out", out],
+        "unknown probe",
+    )
     # incomplete cache
     manifest = json.loads((tiny_cache / "manifest.json").read_text())
     from probekit.cache.integrity import manifest_bytes  # a hand edit would fail the digest
@@ -143,8 +199,11 @@ def _rewrite_cache(src, dst, labels=None, nan=False):
     cache = FeatureCache.open(src)
     m = dict(cache.manifest)
     m["dataset"] = dict(m["dataset"], fingerprint="edited")
-    w = CacheWriter.create(dst, {k: m[k] for k in ("model", "layers", "poolings", "dtype", "dataset")},
-                           n_samples=len(cache))
+    w = CacheWriter.create(
+        dst,
+        {k: m[k] for k in ("model", "layers", "poolings", "dtype", "dataset")},
+        n_samples=len(cache),
+    )
     tensors = {k: cache[k].clone() for k in cache.keys()}
     if nan:
         tensors[cache.keys()[0]][0, 0] = float("nan")
@@ -155,6 +214,12 @@ def _rewrite_cache(src, dst, labels=None, nan=False):
 
 def test_cli_fit_single_class_and_nan(tiny_cache, tmp_path, capsys):
     _rewrite_cache(tiny_cache, tmp_path / "single", labels="single")
-    _one_line_error(capsys, ["fit", "--cache", str(tmp_path / "single"), "--out", str(tmp_path / "f1")], "single class")
+    _one_line_error(
+        capsys,
+        ["fit", "--cache", str(tmp_path / "single"), "--out", str(tmp_path / "f1")],
+        "single class",
+    )
     _rewrite_cache(tiny_cache, tmp_path / "nan", nan=True)
-    _one_line_error(capsys, ["fit", "--cache", str(tmp_path / "nan"), "--out", str(tmp_path / "f2")], "nan")
+    _one_line_error(
+        capsys, ["fit", "--cache", str(tmp_path / "nan"), "--out", str(tmp_path / "f2")], "nan"
+    )

@@ -29,8 +29,10 @@ def _task(n: int = 400, n_layers: int = 4, dim: int = 24, targets: int = 1, seed
     scale = rng.uniform(0.3, 4.0, size=dim)
     x = (rng.normal(size=(n, n_layers, dim)) * scale + rng.normal(size=dim) * 3).astype(np.float32)
     w = rng.normal(size=(dim, targets))
-    y = sum((layer / n_layers) * (x[:, layer] - x[:, layer].mean(0)) / scale @ w
-            for layer in range(n_layers))
+    y = sum(
+        (layer / n_layers) * (x[:, layer] - x[:, layer].mean(0)) / scale @ w
+        for layer in range(n_layers)
+    )
     y = y + rng.normal(size=(n, targets)) * 1.5 + np.array([5.0, -2.0][:targets]) * 10
     return x, (y[:, 0] if targets == 1 else y)
 
@@ -50,7 +52,8 @@ def test_linear_head_is_ridge_per_layer(alpha):
     assert reg.selected_layer_ == int(np.argmax(reg.layer_scores_))
     np.testing.assert_allclose(reg.predict(x[te]), per_layer[:, reg.selected_layer_], rtol=1e-6)
     assert reg.score(x[te], y[te]) == pytest.approx(
-        r2_score(y[te], per_layer[:, reg.selected_layer_]), abs=1e-9)
+        r2_score(y[te], per_layer[:, reg.selected_layer_]), abs=1e-9
+    )
 
 
 def test_linear_head_multi_target_and_dual_form():
@@ -59,8 +62,9 @@ def test_linear_head_multi_target_and_dual_form():
     reg = ProbeRegressor(alpha=2.0, val_size=0, random_state=0).fit(x, y)
     assert reg.predict(x).shape == (60, 2)
     ref = make_pipeline(StandardScaler(), Ridge(alpha=2.0)).fit(x[:, 2], y)
-    np.testing.assert_allclose(reg.predict_layers(x)[:, 2], ref.predict(x[:, 2]), rtol=1e-4,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        reg.predict_layers(x)[:, 2], ref.predict(x[:, 2]), rtol=1e-4, atol=1e-3
+    )
 
 
 def test_ridge_solver_matches_sklearn_on_raw_features():
@@ -70,10 +74,12 @@ def test_ridge_solver_matches_sklearn_on_raw_features():
     sol = fit_ridge_probes(torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(Y), 5.0)
     for layer in range(2):
         ref = Ridge(alpha=5.0).fit(X[layer], Y)
-        np.testing.assert_allclose(sol.weight[layer, :, 0].numpy(), ref.coef_.reshape(-1), rtol=1e-4,
-                                   atol=1e-6)
-        np.testing.assert_allclose(sol.bias[layer].numpy(), np.reshape(ref.intercept_, -1), rtol=1e-4,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            sol.weight[layer, :, 0].numpy(), ref.coef_.reshape(-1), rtol=1e-4, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            sol.bias[layer].numpy(), np.reshape(ref.intercept_, -1), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_r2_and_mse_match_references():
@@ -93,7 +99,11 @@ def test_fusion_head_learns_and_attributes():
     rng = np.random.default_rng(4)
     scale = rng.uniform(0.3, 4.0, size=12)
     x = (rng.normal(size=(240, 3, 12)) * scale + rng.normal(size=12) * 3).astype(np.float32)
-    y = ((x[:, 2] - x[:, 2].mean(0)) / scale) @ rng.normal(size=12) * 2 + 0.5 * rng.normal(size=240) + 50
+    y = (
+        ((x[:, 2] - x[:, 2].mean(0)) / scale) @ rng.normal(size=12) * 2
+        + 0.5 * rng.normal(size=240)
+        + 50
+    )
     tr, te = np.arange(180), np.arange(180, 240)
     reg = ProbeRegressor(head="laya", epochs=12, lr=3e-3, random_state=0).fit(x[tr], y[tr])
     assert reg.score(x[te], y[te]) > 0.8  # trained with MSE, predicts in target units
@@ -114,21 +124,36 @@ def test_ablation_is_squared_error_rise():
         xa = x[:50].copy()
         xa[:, layer] = 0
         abl = reg.predict(xa)
-        np.testing.assert_allclose(res.per_sample[:, layer], (abl - y[:50]) ** 2 - (base - y[:50]) ** 2,
-                                   rtol=1e-4, atol=1e-4 * y.var())
+        np.testing.assert_allclose(
+            res.per_sample[:, layer],
+            (abl - y[:50]) ** 2 - (base - y[:50]) ** 2,
+            rtol=1e-4,
+            atol=1e-4 * y.var(),
+        )
         assert res.accuracy_drop[layer] == pytest.approx(
-            r2_score(y[:50], base) - r2_score(y[:50], abl), abs=1e-6)
+            r2_score(y[:50], base) - r2_score(y[:50], abl), abs=1e-6
+        )
     assert res.base_accuracy == pytest.approx(r2_score(y[:50], base), abs=1e-9)
 
 
 def test_minibatch_linear_head_regression():
     """The linear head trained by AdamW with the MSE loss approaches the ridge solution."""
     x, y = _task(n=300, n_layers=2, dim=8, seed=6)
-    reg = ProbeRegressor(solver="adamw", epochs=150, lr=3e-2, weight_decay=0.0, val_size=0.2,
-                         patience=None, random_state=0).fit(x, y)
+    reg = ProbeRegressor(
+        solver="adamw",
+        epochs=150,
+        lr=3e-2,
+        weight_decay=0.0,
+        val_size=0.2,
+        patience=None,
+        random_state=0,
+    ).fit(x, y)
     ridge = ProbeRegressor(alpha=1e-3, val_size=0, random_state=0).fit(x, y)
     assert reg.layer_scores_.shape == (2,)
-    assert abs(r2_score(y, reg.predict_layers(x)[:, 1]) - r2_score(y, ridge.predict_layers(x)[:, 1])) < 0.02
+    assert (
+        abs(r2_score(y, reg.predict_layers(x)[:, 1]) - r2_score(y, ridge.predict_layers(x)[:, 1]))
+        < 0.02
+    )
 
 
 def test_save_load_roundtrip_and_task_check(tmp_path):
@@ -173,8 +198,12 @@ def test_vader_valence_scores_are_the_lexicon_means():
     assert (np.abs(ds.targets) < 1.0).sum() > 1000  # near-neutral tokens kept, not thresholded
     sub = load_data("bundled:vader-valence-scores", target="regression", limit=300, seed=1)
     assert len(sub) == 300 and all(ref[t] == v for t, v in zip(sub.texts, sub.targets, strict=True))
-    assert sub.fingerprint != load_data("bundled:vader-valence-scores", target="regression",
-                                        limit=300, seed=2).fingerprint
+    assert (
+        sub.fingerprint
+        != load_data(
+            "bundled:vader-valence-scores", target="regression", limit=300, seed=2
+        ).fingerprint
+    )
     with pytest.raises(DataError, match="target='regression'"):
         load_data("bundled:vader-valence-scores")
 
@@ -205,11 +234,33 @@ def test_run_regression_end_to_end_on_minilm(tmp_path, capsys):
     from probekit.cli import main
 
     out = tmp_path / "runs"
-    rc = main(["run", "--model", "bundled:minilm-l6", "--data", "bundled:vader-valence-scores",
-               "--task", "regression", "--limit", "300", "--probes", "linear,laya",
-               "--pooling", "mean", "--probe-params", '{"linear": {"alpha": 100.0}, "laya": {"epochs": 4}}',
-               "--bootstrap", "50", "--figures", "html",
-               "--out", str(out), "--name", "reg"])
+    rc = main(
+        [
+            "run",
+            "--model",
+            "bundled:minilm-l6",
+            "--data",
+            "bundled:vader-valence-scores",
+            "--task",
+            "regression",
+            "--limit",
+            "300",
+            "--probes",
+            "linear,laya",
+            "--pooling",
+            "mean",
+            "--probe-params",
+            '{"linear": {"alpha": 100.0}, "laya": {"epochs": 4}}',
+            "--bootstrap",
+            "50",
+            "--figures",
+            "html",
+            "--out",
+            str(out),
+            "--name",
+            "reg",
+        ]
+    )
     assert rc == 0
     run_dir = out / "reg"
     assert "R2" in capsys.readouterr().out
@@ -248,16 +299,48 @@ def test_cli_extract_fit_attribute_report_regression(tiny_bert_dir, tmp_path, ca
     path = tmp_path / "scores.csv"
     path.write_text("text,score\n" + "\n".join(rows) + "\n")
     cache = tmp_path / "cache"
-    assert main(["extract", "--model", f"hf:{tiny_bert_dir}", "--data", f"csv:{path}",
-                 "--task", "regression", "--out", str(cache)]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                f"hf:{tiny_bert_dir}",
+                "--data",
+                f"csv:{path}",
+                "--task",
+                "regression",
+                "--out",
+                str(cache),
+            ]
+        )
+        == 0
+    )
     saved = json.loads((cache / "targets.json").read_text())
     assert saved["name"] == "score" and len(saved["targets"]) == 40
     # a classification fit of a regression-only cache still works on its labels: one class
-    assert main(["fit", "--cache", str(cache), "--probe", "linear", "--out", str(tmp_path / "c")]) == 2
+    assert (
+        main(["fit", "--cache", str(cache), "--probe", "linear", "--out", str(tmp_path / "c")]) == 2
+    )
     capsys.readouterr()
     out = tmp_path / "fit"
-    assert main(["fit", "--cache", str(cache), "--probe", "linear,scalar-mix", "--task", "regression",
-                 "--out", str(out), "--bootstrap", "20"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--cache",
+                str(cache),
+                "--probe",
+                "linear,scalar-mix",
+                "--task",
+                "regression",
+                "--out",
+                str(out),
+                "--bootstrap",
+                "20",
+            ]
+        )
+        == 0
+    )
     assert "R2" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target_name"] == "score" and len(metrics["heads"]["linear"]["per_layer"]) == 4
@@ -266,7 +349,9 @@ def test_cli_extract_fit_attribute_report_regression(tiny_bert_dir, tmp_path, ca
     assert "Spearman" in (out / "report.html").read_text()
     # a cache without targets: one clear line
     (cache / "targets.json").unlink()
-    code = main(["fit", "--cache", str(cache), "--task", "regression", "--out", str(tmp_path / "g")])
+    code = main(
+        ["fit", "--cache", str(cache), "--task", "regression", "--out", str(tmp_path / "g")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no regression targets" in err[0]
 
@@ -281,7 +366,8 @@ def test_captum_feature_ablation_explains_the_predicted_value():
     for layer in range(3):
         xa = x[:10].copy()
         xa[:, layer] = 0
-        np.testing.assert_allclose(attr[:, layer], base - reg.predict(xa), rtol=1e-4,
-                                   atol=1e-4 * y.std())
+        np.testing.assert_allclose(
+            attr[:, layer], base - reg.predict(xa), rtol=1e-4, atol=1e-4 * y.std()
+        )
     with pytest.raises(ValueError, match="output index"):
         captum_attribution(reg, x[:10], target="true", y=y[:10])

@@ -12,11 +12,10 @@ import textwrap
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from probekit.runs.attribute import _RowFile
 from probekit.analysis.attribution import AblationResult
-from probekit.runs.attribute import attribute_stage
-from probekit.report.html import _head_layers, build_figures
 from probekit.report.arrays import stratified_subsample
+from probekit.report.html import _head_layers, build_figures
+from probekit.runs.attribute import _RowFile, attribute_stage
 from probekit.runs.config import RunConfig
 from probekit.runs.folder import write_config, write_split
 from probekit.viz import (
@@ -48,16 +47,27 @@ def test_small_run_figures_are_those_of_the_whole_arrays(tmp_path):
         want = {}
         if "layer_weights" in a and head != "scalar-mix":
             want["weights"] = LayerAttributionDisplay.from_arrays(
-                a["layer_weights"], layers, labels, names, predictions=a["predictions"],
+                a["layer_weights"],
+                layers,
+                labels,
+                names,
+                predictions=a["predictions"],
                 sample_ids=np.asarray(cache.index)[test],
                 texts=[cache.texts[i] for i in test] if cache.texts else None,
-                value_name=f"{head} layer weight").figure_
+                value_name=f"{head} layer weight",
+            ).figure_
             want["profile"] = ClassProfileDisplay.from_arrays(
-                a["layer_weights"], layers, labels, names, value_name=f"{head} layer weight").figure_
-        want["ablation"] = AblationDisplay.from_result(AblationResult(
-            per_sample=a["ablation"], accuracy_drop=a["accuracy_drop"],
-            base_accuracy=summary["heads"][head]["base_accuracy"], layer_names=list(layers),
-            mode=summary["mode"])).figure_
+                a["layer_weights"], layers, labels, names, value_name=f"{head} layer weight"
+            ).figure_
+        want["ablation"] = AblationDisplay.from_result(
+            AblationResult(
+                per_sample=a["ablation"],
+                accuracy_drop=a["accuracy_drop"],
+                base_accuracy=summary["heads"][head]["base_accuracy"],
+                layer_names=list(layers),
+                mode=summary["mode"],
+            )
+        ).figure_
         if "layer_map" in a:
             want["layermap"] = LayerMapDisplay.from_arrays(a["layer_map"], layers).figure_
         for kind, fig in want.items():
@@ -72,16 +82,32 @@ def _synthetic_run(tmp_path, n_cache, layers, test, heads, rng, max_memory="1MB"
     """A run folder whose attribution files are written directly (random values, NaNs in the
     layer maps), over a synthetic cache of ``n_cache`` samples (labels ``i % 2``)."""
     _write_cache(tmp_path / "cache", n_cache, [4] * layers, shard_size=max(50, n_cache // 4))
-    cfg = RunConfig(name="run", out=str(tmp_path), probes=list(heads), cache=str(tmp_path / "cache"),
-                    fit_max_memory=max_memory)
+    cfg = RunConfig(
+        name="run",
+        out=str(tmp_path),
+        probes=list(heads),
+        cache=str(tmp_path / "cache"),
+        fit_max_memory=max_memory,
+    )
     write_config(cfg)
     run_dir = tmp_path / "run"
     write_split(run_dir, np.setdiff1d(np.arange(n_cache), test).tolist(), test.tolist(), 0, 0.25)
     names = [f"layers.{i}" for i in range(layers)]
-    metrics = {"layer_names": names, "label_names": ["a", "b"], "n_train": 0, "n_test": len(test),
-               "heads": {h: {"accuracy": 0.5, "accuracy_ci": [0.4, 0.6], "balanced_accuracy_ci":
-                             [0.4, 0.6], "balanced_accuracy": 0.5 + 0.01 * i}
-                         for i, h in enumerate(heads)}}
+    metrics = {
+        "layer_names": names,
+        "label_names": ["a", "b"],
+        "n_train": 0,
+        "n_test": len(test),
+        "heads": {
+            h: {
+                "accuracy": 0.5,
+                "accuracy_ci": [0.4, 0.6],
+                "balanced_accuracy_ci": [0.4, 0.6],
+                "balanced_accuracy": 0.5 + 0.01 * i,
+            }
+            for i, h in enumerate(heads)
+        },
+    }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     att = run_dir / "attribution"
     att.mkdir()
@@ -89,28 +115,37 @@ def _synthetic_run(tmp_path, n_cache, layers, test, heads, rng, max_memory="1MB"
     for head in heads:
         aila = head.startswith("aila")
         if writer:  # block by block, never the whole arrays in memory
-            out = _RowFile(att / f"{head}.safetensors", n, {"accuracy_drop": ((layers,), np.float32)})
+            out = _RowFile(
+                att / f"{head}.safetensors", n, {"accuracy_drop": ((layers,), np.float32)}
+            )
             for start in range(0, n, 2000):
                 b = min(2000, n - start)
-                rows = {"ablation": rng.normal(size=(b, layers)).astype(np.float32),
-                        "layer_weights": rng.random((b, layers)).astype(np.float32),
-                        "predictions": rng.integers(0, 2, b)}
+                rows = {
+                    "ablation": rng.normal(size=(b, layers)).astype(np.float32),
+                    "layer_weights": rng.random((b, layers)).astype(np.float32),
+                    "predictions": rng.integers(0, 2, b),
+                }
                 if aila:
                     rows["layer_map"] = rng.random((b, layers, layers)).astype(np.float32)
                 out.write(start, rows)
             out.finish({"accuracy_drop": rng.normal(size=layers).astype(np.float32)})
         else:
-            arrays = {"ablation": rng.normal(size=(n, layers)).astype(np.float32),
-                      "layer_weights": rng.random((n, layers)).astype(np.float32),
-                      "accuracy_drop": rng.normal(size=layers).astype(np.float32),
-                      "predictions": rng.integers(0, 2, n)}
+            arrays = {
+                "ablation": rng.normal(size=(n, layers)).astype(np.float32),
+                "layer_weights": rng.random((n, layers)).astype(np.float32),
+                "accuracy_drop": rng.normal(size=layers).astype(np.float32),
+                "predictions": rng.integers(0, 2, n),
+            }
             if aila:
                 lm = rng.random((n, layers, layers)).astype(np.float32)
                 lm[rng.random(lm.shape) < 0.05] = np.nan
                 arrays["layer_map"] = lm
             save_file(arrays, str(att / f"{head}.safetensors"))
-    summary = {"mode": "mean", "test": test.tolist(),
-               "heads": {h: {"base_accuracy": 0.5, "agreement_median": 0.1} for h in heads}}
+    summary = {
+        "mode": "mean",
+        "test": test.tolist(),
+        "heads": {h: {"base_accuracy": 0.5, "agreement_median": 0.1} for h in heads},
+    }
     (att / "attribution.json").write_text(json.dumps(summary))
     return run_dir
 
@@ -125,7 +160,9 @@ def test_stratified_subsample_is_proportional_sorted_and_seeded():
         want = k * np.bincount(labels, minlength=5) / len(labels)
         assert np.all(np.abs(got - want) < 1 + 1e-9), (k, got, want)
         np.testing.assert_array_equal(idx, stratified_subsample(labels, k, seed=11))
-    assert not np.array_equal(stratified_subsample(labels, 100, 1), stratified_subsample(labels, 100, 2))
+    assert not np.array_equal(
+        stratified_subsample(labels, 100, 1), stratified_subsample(labels, 100, 2)
+    )
     np.testing.assert_array_equal(stratified_subsample(labels[:50], 50), np.arange(50))
 
 
@@ -165,14 +202,18 @@ def test_big_run_subsamples_heatmaps_and_means_all_samples(tmp_path):
         bars = figs[f"ablation-{head}"].figure.data
         abl = a["ablation"].astype(np.float64)
         np.testing.assert_allclose(bars[0].y, abl.mean(0), rtol=1e-10, atol=1e-13)
-        np.testing.assert_allclose(bars[0].error_y.array, 1.959963984540054 * abl.std(0, ddof=1)
-                                   / np.sqrt(n), rtol=1e-9)
+        np.testing.assert_allclose(
+            bars[0].error_y.array, 1.959963984540054 * abl.std(0, ddof=1) / np.sqrt(n), rtol=1e-9
+        )
         np.testing.assert_allclose(bars[1].y, a["accuracy_drop"].astype(np.float64))
         assert f"N = {n}" in figs[f"ablation-{head}"].figure.layout.title.text
     lm = load_file(str(run_dir / "attribution" / "aila-attention.safetensors"))["layer_map"]
     assert np.isnan(lm).any()
-    np.testing.assert_allclose(figs["layermap-aila-attention"].figure.data[0].z,
-                               np.nanmean(lm.astype(np.float64), axis=0), rtol=1e-10)
+    np.testing.assert_allclose(
+        figs["layermap-aila-attention"].figure.data[0].z,
+        np.nanmean(lm.astype(np.float64), axis=0),
+        rtol=1e-10,
+    )
     # under the cap: every sample, no note
     full = {f.name: f for f in build_figures(run_dir, max_samples=n)}
     assert np.asarray(full["weights-laya"].figure.data[0].z).shape == (n, layers)
@@ -198,18 +239,22 @@ def test_regression_heatmap_subsample_follows_the_targets(tmp_path):
         assert heat.figure.to_json() == again[f"weights-{head}"].figure.to_json()
         z = np.asarray(heat.figure.data[0].z)
         assert z.shape == (cap, w.shape[1]) and list(heat.figure.data[0].x) == (
-            ["layers.0", "layers.2"] if head == "laya" else ["layers.0", "layers.1", "layers.2"])
+            ["layers.0", "layers.2"] if head == "laya" else ["layers.0", "layers.1", "layers.2"]
+        )
         rows = [int(np.flatnonzero((w == r).all(1))[0]) for r in z]  # which samples are drawn
         assert len(set(rows)) == cap and np.all(np.diff(y[rows]) >= 0)  # sorted by target
         deciles = np.searchsorted(np.quantile(y, np.linspace(0, 1, 11)[1:-1]), y)
         got = np.bincount(deciles[rows], minlength=10)
         assert np.all(np.abs(got - cap * np.bincount(deciles, minlength=10) / n) < 1 + 1e-9)
         abl = a["ablation"].astype(np.float64)
-        np.testing.assert_allclose(figs[f"ablation-{head}"].figure.data[0].y, abl.mean(0),
-                                   rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(
+            figs[f"ablation-{head}"].figure.data[0].y, abl.mean(0), rtol=1e-12, atol=1e-15
+        )
     full = {f.name: f for f in build_figures(run_dir)}
     assert np.asarray(full["weights-laya"].figure.data[0].z).shape[0] == n
-    assert "shown" not in full["weights-laya"].caption + full["weights-laya"].figure.layout.title.text
+    assert (
+        "shown" not in full["weights-laya"].caption + full["weights-laya"].figure.layout.title.text
+    )
 
 
 _RSS_SCRIPT = textwrap.dedent(
@@ -244,10 +289,22 @@ def test_report_of_a_big_run_stays_within_memory(tmp_path):
     # at most 4 MiB, it grows by what two 2,000-row heatmaps take to serialise (80-84 MiB measured).
     rng = np.random.default_rng(1)
     n, layers = 60_000, 32
-    run_dir = _synthetic_run(tmp_path, n, layers, np.arange(n), ["aila-attention", "laya"], rng,
-                             max_memory=None, writer=True)
-    res = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(run_dir), str(tmp_path / "cache")],
-                         capture_output=True, text=True, check=True)
+    run_dir = _synthetic_run(
+        tmp_path,
+        n,
+        layers,
+        np.arange(n),
+        ["aila-attention", "laya"],
+        rng,
+        max_memory=None,
+        writer=True,
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(run_dir), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     out = json.loads(res.stdout.strip().splitlines()[-1])
     print(out)  # pytest -s: the README's figure
     map_mb = n * layers * layers * 4 / 2**20

@@ -41,7 +41,9 @@ def _run_both_ways(tmp_path: Path, options: dict) -> tuple[Path, Path]:
     reuses the YAML run's cache only if both load the same model (same fingerprint)."""
     shared = {**FAST, **options, "out": str(tmp_path / "runs"), "cache": str(tmp_path / "cache")}
     yaml_file = tmp_path / "run.yaml"
-    yaml_file.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in {**shared, "name": "y"}.items()))
+    yaml_file.write_text(
+        "".join(f"{k}: {json.dumps(v)}\n" for k, v in {**shared, "name": "y"}.items())
+    )
     assert main(["run", str(yaml_file)]) == 0
     manifest = tmp_path / "cache" / "manifest.json"
     stamp = manifest.stat().st_mtime_ns
@@ -64,7 +66,9 @@ def test_run_options_reach_every_loader_keyword():
 
     def keywords(fn) -> set[str]:
         params = inspect.signature(fn).parameters.values()
-        return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"spec"}
+        return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {
+            "spec"
+        }
 
     assert keywords(load_model) == set(loader_keywords("model")) == set(MODEL_OPTIONS)
     assert keywords(load_data) == set(loader_keywords("data"))
@@ -74,14 +78,25 @@ def test_run_options_reach_every_loader_keyword():
 
 
 def test_model_options_are_parsed_and_renamed_for_load_model(tmp_path):
-    cfg = RunConfig.from_dict({"checkpoint": "w.pth", "trust-remote-code": "yes",
-                               "device_map": '{"embeddings": "cpu", "encoder": 0}',
-                               "max_memory": "cpu=40MB,0=2GiB", "torch_dtype": "bf16",
-                               "max_length": "64"})
+    cfg = RunConfig.from_dict(
+        {
+            "checkpoint": "w.pth",
+            "trust-remote-code": "yes",
+            "device_map": '{"embeddings": "cpu", "encoder": 0}',
+            "max_memory": "cpu=40MB,0=2GiB",
+            "torch_dtype": "bf16",
+            "max_length": "64",
+        }
+    )
     assert cfg.stage_options("model") == {
-        "checkpoint": "w.pth", "trust_remote_code": True, "max_length": 64,
-        "device_map": {"embeddings": "cpu", "encoder": 0}, "max_memory": {"cpu": "40MB", 0: "2GiB"},
-        "torch_dtype": "bfloat16", "weights": "pretrained"}
+        "checkpoint": "w.pth",
+        "trust_remote_code": True,
+        "max_length": 64,
+        "device_map": {"embeddings": "cpu", "encoder": 0},
+        "max_memory": {"cpu": "40MB", 0: "2GiB"},
+        "torch_dtype": "bfloat16",
+        "weights": "pretrained",
+    }
     rand = RunConfig(random_init="true", init_seed="3").stage_options("model")
     assert (rand["weights"], rand["seed"]) == ("random", 3)
     assert stage_options("model", {"revision": "v1"})["revision"] == "v1"
@@ -90,14 +105,17 @@ def test_model_options_are_parsed_and_renamed_for_load_model(tmp_path):
     assert again.stage_options("model") == cfg.stage_options("model")
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--torch-dtype", "int8"], "torch_dtype"),
-    (["--device-map", "everywhere"], "device_map 'everywhere'"),
-    (["--max-memory", "cpu:40MB"], "device=size pairs"),
-    (["--quantization", "3bit"], "quantization '3bit'"),
-    (["--random-init", "--checkpoint", "w.pth"], "exclude each other"),
-    (["--init-seed", "x"], "init_seed"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--torch-dtype", "int8"], "torch_dtype"),
+        (["--device-map", "everywhere"], "device_map 'everywhere'"),
+        (["--max-memory", "cpu:40MB"], "device=size pairs"),
+        (["--quantization", "3bit"], "quantization '3bit'"),
+        (["--random-init", "--checkpoint", "w.pth"], "exclude each other"),
+        (["--init-seed", "x"], "init_seed"),
+    ],
+)
 def test_bad_model_options_fail_in_one_line_before_loading(argv, needle, tmp_path, capsys):
     code = main(["run", "--model", "timm:test_resnet", "--out", str(tmp_path), *argv])
     err = capsys.readouterr().err.strip().splitlines()
@@ -129,17 +147,33 @@ def test_layers_command_on_a_tiny_timm_checkpoint(tmp_path, capsys):
 
     torch.manual_seed(5)
     model = timm.create_model("test_resnet", pretrained=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    assert main(["layers", "timm:test_resnet", "--checkpoint", str(tmp_path / "w.safetensors"),
-                 "--modules"]) == 0
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors")
+    )
+    assert (
+        main(
+            [
+                "layers",
+                "timm:test_resnet",
+                "--checkpoint",
+                str(tmp_path / "w.safetensors"),
+                "--modules",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     lines = out.splitlines()
-    rows = [line.split() for line in lines[2:2 + len(model.feature_info)]]
-    assert [(r[2], int(r[3])) for r in rows] == [(f["module"], f["num_chs"]) for f in model.feature_info]
+    rows = [line.split() for line in lines[2 : 2 + len(model.feature_info)]]
+    assert [(r[2], int(r[3])) for r in rows] == [
+        (f["module"], f["num_chs"]) for f in model.feature_info
+    ]
     # --modules: one row per glob; a block row carries its output shape on the model's input
     x = torch.zeros(1, *model.pretrained_cfg["input_size"])
     with torch.no_grad():
-        shape = tuple(model.layer2(model.layer1(model.maxpool(model.act1(model.bn1(model.conv1(x)))))).shape)
+        shape = tuple(
+            model.layer2(model.layer1(model.maxpool(model.act1(model.bn1(model.conv1(x)))))).shape
+        )
     (row,) = [line for line in lines if line.startswith("layer2 ")]
     assert "(" + ", ".join(map(str, shape)) + ")  <- stages.2" in row
     assert main(["layers", "timm:test_resnet", "--random-init", "--init-seed", "2"]) == 0
@@ -177,8 +211,9 @@ def finetuned_timm():
 @pytest.fixture
 def word_csv(tmp_path: Path) -> Path:
     path = tmp_path / "words.csv"
-    rows = [f"{w} {i},positive" for i in range(2) for w in POS] + \
-        [f"{w} {i},negative" for i in range(2) for w in NEG]
+    rows = [f"{w} {i},positive" for i in range(2) for w in POS] + [
+        f"{w} {i},negative" for i in range(2) for w in NEG
+    ]
     path.write_text("text,label\n" + "\n".join(rows) + "\n")
     return path
 
@@ -194,9 +229,16 @@ def test_run_on_a_timm_state_dict(tmp_path, image_folder, finetuned_timm, suffix
         torch.save({"model": state}, path)
     else:
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    y, _ = _run_both_ways(tmp_path, {"model": "timm:test_resnet", "checkpoint": str(path),
-                                     "data": f"imagefolder:{image_folder}", "pooling": "mean",
-                                     "batch_size": 8})
+    y, _ = _run_both_ways(
+        tmp_path,
+        {
+            "model": "timm:test_resnet",
+            "checkpoint": str(path),
+            "data": f"imagefolder:{image_folder}",
+            "pooling": "mean",
+            "batch_size": 8,
+        },
+    )
     cache = FeatureCache.open(tmp_path / "cache")
     assert cache.manifest["model"]["weights_sha256"] == _sha(path)
     # the cached features are the fine-tuned model's: mean over H, W of its stage outputs
@@ -204,10 +246,13 @@ def test_run_on_a_timm_state_dict(tmp_path, image_folder, finetuned_timm, suffix
     files = sorted(image_folder.glob("*/*.png"))
     x = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
     with torch.no_grad():
-        ref = [h.mean(dim=(2, 3)) for h in finetuned_timm.forward_intermediates(x, intermediates_only=True)]
+        ref = [
+            h.mean(dim=(2, 3))
+            for h in finetuned_timm.forward_intermediates(x, intermediates_only=True)
+        ]
     got = cache.load(pooling="mean")
     for i, r in enumerate(ref):
-        torch.testing.assert_close(got[:, i, :r.shape[1]], r, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got[:, i, : r.shape[1]], r, rtol=1e-4, atol=1e-5)
 
 
 def _bert_reference(folder: str, texts: list[str], bert: torch.nn.Module) -> list[torch.Tensor]:
@@ -215,7 +260,9 @@ def _bert_reference(folder: str, texts: list[str], bert: torch.nn.Module) -> lis
 
     tok = AutoTokenizer.from_pretrained(folder)
     with torch.no_grad():
-        hs = bert(**tok(texts, padding=True, return_tensors="pt"), output_hidden_states=True).hidden_states
+        hs = bert(
+            **tok(texts, padding=True, return_tensors="pt"), output_hidden_states=True
+        ).hidden_states
     return [h[:, 0] for h in hs]
 
 
@@ -230,9 +277,16 @@ def test_run_on_an_hf_local_folder(tmp_path, word_csv, minilm_tokenizer_dir):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(11)
-    tuned = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                                 num_attention_heads=2, intermediate_size=48,
-                                 max_position_embeddings=64)).eval()
+    tuned = BertModel(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=64,
+        )
+    ).eval()
     folder = tmp_path / "my-finetuned-bert"
     tuned.save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_tokenizer_dir).save_pretrained(folder)
@@ -250,8 +304,15 @@ def test_run_on_an_hf_config_plus_state_dict(tmp_path, word_csv, tiny_bert_dir):
     tuned = BertForSequenceClassification(AutoConfig.from_pretrained(tiny_bert_dir)).eval()
     path = tmp_path / "classifier.pth"
     torch.save(tuned.state_dict(), path)
-    _run_both_ways(tmp_path, {"model": f"hf:{tiny_bert_dir}", "checkpoint": str(path),
-                              "data": f"csv:{word_csv}", "pooling": "cls"})
+    _run_both_ways(
+        tmp_path,
+        {
+            "model": f"hf:{tiny_bert_dir}",
+            "checkpoint": str(path),
+            "data": f"csv:{word_csv}",
+            "pooling": "cls",
+        },
+    )
     model_info = FeatureCache.open(tmp_path / "cache").manifest["model"]
     assert model_info["weights_sha256"] == _sha(path)
     assert model_info["checkpoint"] == str(path.resolve())
@@ -261,8 +322,16 @@ def test_run_on_an_hf_config_plus_state_dict(tmp_path, word_csv, tiny_bert_dir):
 
 def test_run_random_init_is_the_seeded_random_model(tmp_path, word_csv, tiny_bert_dir):
     """--random-init --init-seed 4 caches what load_model(weights="random", seed=4) computes."""
-    _run_both_ways(tmp_path, {"model": f"hf:{tiny_bert_dir}", "random_init": "true",
-                              "init_seed": 4, "data": f"csv:{word_csv}", "pooling": "cls"})
+    _run_both_ways(
+        tmp_path,
+        {
+            "model": f"hf:{tiny_bert_dir}",
+            "random_init": "true",
+            "init_seed": 4,
+            "data": f"csv:{word_csv}",
+            "pooling": "cls",
+        },
+    )
     lm = load_model(f"hf:{tiny_bert_dir}", weights="random", seed=4)
     trained = load_model(f"hf:{tiny_bert_dir}")
     texts = load_data(f"csv:{word_csv}").texts
@@ -278,8 +347,11 @@ def test_quantization_needs_bitsandbytes_to_run_not_to_read_a_config(tmp_path, c
     from probekit.runs.folder import read_config, write_config
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else real(name, *a),
+    )
     monkeypatch.setattr(pipeline, "extract_stage", lambda *a, **k: 1 / 0)
     cfg = RunConfig(model="hf:x", quantization="int8", out=str(tmp_path))
     assert read_config(write_config(cfg)).quantization == "8bit"  # a saved run reads anywhere
@@ -288,34 +360,60 @@ def test_quantization_needs_bitsandbytes_to_run_not_to_read_a_config(tmp_path, c
     assert len(err) == 1 and "quantization=4bit needs the bitsandbytes package" in err[0], err
 
 
-def test_a_missing_checkpoint_or_no_weights_fail_in_one_line(tmp_path, image_folder, capsys,
-                                                             monkeypatch):
+def test_a_missing_checkpoint_or_no_weights_fail_in_one_line(
+    tmp_path, image_folder, capsys, monkeypatch
+):
     from probekit import pipeline
 
     def boom(*a, **k):
         raise AssertionError("work started before the checkpoint was checked")
 
     monkeypatch.setattr(pipeline, "extract_stage", boom)
-    base = ["run", "--model", "timm:test_resnet", "--data", f"imagefolder:{image_folder}",
-            "--out", str(tmp_path / "runs"), *_flags(FAST)]
+    base = [
+        "run",
+        "--model",
+        "timm:test_resnet",
+        "--data",
+        f"imagefolder:{image_folder}",
+        "--out",
+        str(tmp_path / "runs"),
+        *_flags(FAST),
+    ]
     assert main([*base, "--checkpoint", str(tmp_path / "typo.pth")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"probekit run: error: cannot load timm:test_resnet: checkpoint "
-                   f"{tmp_path / 'typo.pth'} does not exist"]
+    assert err == [
+        f"probekit run: error: cannot load timm:test_resnet: checkpoint "
+        f"{tmp_path / 'typo.pth'} does not exist"
+    ]
     monkeypatch.undo()
     assert main(base) == 2  # offline, no checkpoint: timm has no weights to give
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("probekit run: error: cannot load timm:test_resnet: "), err
+    assert len(err) == 1 and err[0].startswith(
+        "probekit run: error: cannot load timm:test_resnet: "
+    ), err
     assert "--checkpoint" in err[0], err[0]
 
 
-def test_a_checkpoint_that_does_not_fit_fails_in_one_line(tmp_path, image_folder, finetuned_timm, capsys):
+def test_a_checkpoint_that_does_not_fit_fails_in_one_line(
+    tmp_path, image_folder, finetuned_timm, capsys
+):
     state = dict(finetuned_timm.state_dict())
     del state["layer3.0.conv1.weight"]
     torch.save(state, tmp_path / "broken.pth")
-    code = main(["run", "--model", "timm:test_resnet", "--checkpoint", str(tmp_path / "broken.pth"),
-                 "--data", f"imagefolder:{image_folder}", "--out", str(tmp_path / "runs"),
-                 *_flags(FAST)])
+    code = main(
+        [
+            "run",
+            "--model",
+            "timm:test_resnet",
+            "--checkpoint",
+            str(tmp_path / "broken.pth"),
+            "--data",
+            f"imagefolder:{image_folder}",
+            "--out",
+            str(tmp_path / "runs"),
+            *_flags(FAST),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "cannot load timm:test_resnet" in err[0] and "layer3.0.conv1.weight" in err[0], err[0]
@@ -324,11 +422,23 @@ def test_a_checkpoint_that_does_not_fit_fails_in_one_line(tmp_path, image_folder
 def test_extract_takes_the_same_model_options(tmp_path, image_folder, finetuned_timm):
     path = tmp_path / "finetuned.safetensors"
     save_file({k: v.contiguous() for k, v in finetuned_timm.state_dict().items()}, str(path))
-    base = ["extract", "--model", "timm:test_resnet", "--data", f"imagefolder:{image_folder}",
-            "--limit", "4", "--layers", "-1"]
+    base = [
+        "extract",
+        "--model",
+        "timm:test_resnet",
+        "--data",
+        f"imagefolder:{image_folder}",
+        "--limit",
+        "4",
+        "--layers",
+        "-1",
+    ]
     assert main([*base, "--checkpoint", str(path), "--out", str(tmp_path / "a")]) == 0
     model_info = FeatureCache.open(tmp_path / "a").manifest["model"]
-    assert (model_info["weights_sha256"], model_info["checkpoint"]) == (_sha(path), str(path.resolve()))
+    assert (model_info["weights_sha256"], model_info["checkpoint"]) == (
+        _sha(path),
+        str(path.resolve()),
+    )
     assert main([*base, "--random-init", "--init-seed", "3", "--out", str(tmp_path / "b")]) == 0
     model_info = FeatureCache.open(tmp_path / "b").manifest["model"]
     assert (model_info["weights"], model_info["seed"]) == ("random", 3)

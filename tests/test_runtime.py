@@ -50,8 +50,9 @@ def test_import_keeps_freed_memory_and_the_opt_out_restores_glibc():
     env["PROBEKIT_MALLOC"] = "default"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env,
-                         check=True, cwd=root)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, check=True, cwd=root
+    )
     default = json.loads(out.stdout.strip().splitlines()[-1])
     assert not default["tuned"] and default["reason"] == "PROBEKIT_MALLOC=default"
     # glibc maps each 32 MiB block afresh and faults its 8,192 pages in: ~160k faults

@@ -31,19 +31,47 @@ def _csv(path: Path, reps: int = 3, suffix: str = "") -> Path:
 def word_cache(tiny_bert_dir, tmp_path):
     out = tmp_path / "cache"
     data = _csv(tmp_path / "words.csv")
-    assert main(["extract", "--model", f"hf:{tiny_bert_dir}", "--data", f"csv:{data}",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                f"hf:{tiny_bert_dir}",
+                "--data",
+                f"csv:{data}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
     from probekit import FeatureCache, ProbeClassifier, similarity
-    from probekit.runs.compare import read_similarity
     from probekit.estimator.control import label_cdf, labels_from_cdf
+    from probekit.runs.compare import read_similarity
 
     out = tmp_path / "fit"
-    assert main(["fit", "--cache", str(word_cache), "--probe", "linear", "--out", str(out),
-                 "--bootstrap", "50", "--control", "--mdl"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--cache",
+                str(word_cache),
+                "--probe",
+                "linear",
+                "--out",
+                str(out),
+                "--bootstrap",
+                "50",
+                "--control",
+                "--mdl",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     split = json.loads((out / "split.json").read_text())
     cache = FeatureCache.open(word_cache)
@@ -56,8 +84,9 @@ def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
     # labels' distribution and the recorded seed; per-layer test accuracy on them
     classes, cdf = label_cdf(y[tr])
     y_ctl = labels_from_cdf(keys, classes, cdf, lin["control"]["seed"])
-    ref = ProbeClassifier(head="linear", tokens_per_layer=len(cache.poolings), random_state=0,
-                          device="cpu").fit(X[tr], y_ctl[tr])
+    ref = ProbeClassifier(
+        head="linear", tokens_per_layer=len(cache.poolings), random_state=0, device="cpu"
+    ).fit(X[tr], y_ctl[tr])
     ctl_acc = (ref.predict_layers(X[te]) == y_ctl[te, None]).mean(0)
     rows = lin["per_layer"]
     np.testing.assert_allclose([r["control_accuracy"] for r in rows], ctl_acc, atol=1.01 / len(te))
@@ -65,9 +94,12 @@ def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
         assert r["selectivity"] == pytest.approx(r["accuracy"] - r["control_accuracy"], abs=1e-9)
         lo, hi = r["selectivity_ci"]
         assert lo <= r["selectivity"] <= hi
-    np.testing.assert_allclose(lin["control"]["validation_selectivity"],
-                               np.subtract(lin["control"]["validation_accuracy"],
-                                           lin["control"]["validation_control_accuracy"]))
+    np.testing.assert_allclose(
+        lin["control"]["validation_selectivity"],
+        np.subtract(
+            lin["control"]["validation_accuracy"], lin["control"]["validation_control_accuracy"]
+        ),
+    )
     # MDL: the uniform code is n_train log2(C); compression = uniform / online, per layer
     mdl = metrics["mdl"]
     assert [r["layer"] for r in mdl["layers"]] == list(cache.layer_names)
@@ -82,8 +114,9 @@ def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
     with open(out / "metrics.csv") as f:
         table = list(csv.DictReader(f))
     layer_rows = [r for r in table if r["head"] == "linear" and r["layer"] != "all"]
-    np.testing.assert_allclose([float(r["selectivity"]) for r in layer_rows],
-                               [r["selectivity"] for r in rows], atol=1e-4)
+    np.testing.assert_allclose(
+        [float(r["selectivity"]) for r in layer_rows], [r["selectivity"] for r in rows], atol=1e-4
+    )
     from probekit.report.html import build_figures
 
     figs = {f.name: f.figure for f in build_figures(out)}
@@ -95,49 +128,86 @@ def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
     np.testing.assert_allclose(np.asarray(figs["cka"].data[0].z, dtype=float), m, atol=1e-12)
     assert main(["report", str(out)]) == 0
     report = (out / "report.html").read_text()
-    for text in ("Control task and selectivity per layer", "MDL probing (online code)",
-                 "Layer similarity (linear CKA)", "selectivity %", "online bits"):
+    for text in (
+        "Control task and selectivity per layer",
+        "MDL probing (online code)",
+        "Layer similarity (linear CKA)",
+        "selectivity %",
+        "online bits",
+    ):
         assert text in report, text
 
 
-
-def test_compare_cli_writes_the_similarity_of_two_caches(word_cache, tiny_gpt2_dir, tmp_path,
-                                                         capsys):
+def test_compare_cli_writes_the_similarity_of_two_caches(
+    word_cache, tiny_gpt2_dir, tmp_path, capsys
+):
     from safetensors.numpy import load_file
 
     from probekit import FeatureCache, similarity
 
     gpt = tmp_path / "gpt-cache"
     data = tmp_path / "words.csv"  # the same file, so the same samples
-    assert main(["extract", "--model", f"hf:{tiny_gpt2_dir}", "--data", f"csv:{data}",
-                 "--out", str(gpt), "--pooling", "mean"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                f"hf:{tiny_gpt2_dir}",
+                "--data",
+                f"csv:{data}",
+                "--out",
+                str(gpt),
+                "--pooling",
+                "mean",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "cmp"
     for method in ("cka", "cka-debiased", "rsa"):
-        assert main(["compare", str(word_cache), str(gpt), "--out", str(out),
-                     "--method", method]) == 0
+        assert (
+            main(["compare", str(word_cache), str(gpt), "--out", str(out), "--method", method]) == 0
+        )
         ref = similarity(FeatureCache.open(word_cache), FeatureCache.open(gpt), method)
-        np.testing.assert_allclose(load_file(str(out / f"similarity-{method}.safetensors"))
-                                   ["similarity"], ref, atol=1e-12)
+        np.testing.assert_allclose(
+            load_file(str(out / f"similarity-{method}.safetensors"))["similarity"], ref, atol=1e-12
+        )
         with open(out / f"similarity-{method}.csv") as f:
             rows = list(csv.reader(f))
         assert rows[0][1:] == list(FeatureCache.open(gpt).layer_names)
         assert [r[0] for r in rows[1:]] == list(FeatureCache.open(word_cache).layer_names)
-        np.testing.assert_allclose(np.array([r[1:] for r in rows[1:]], dtype=float), ref,
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            np.array([r[1:] for r in rows[1:]], dtype=float), ref, rtol=1e-12
+        )
         heat = (out / f"similarity-{method}.html").read_text()
         assert "heatmap" in heat
     # one cache alone: its layers with each other
     # (mean pooling: BERT's [CLS] vector at the embedding layer is the same for every text)
-    assert main(["compare", str(word_cache), "--out", str(tmp_path / "self"), "--pooling",
-                 "mean"]) == 0
+    assert (
+        main(["compare", str(word_cache), "--out", str(tmp_path / "self"), "--pooling", "mean"])
+        == 0
+    )
     own = load_file(str(tmp_path / "self" / "similarity-cka.safetensors"))["similarity"]
-    np.testing.assert_allclose(own, similarity(FeatureCache.open(word_cache), pooling="mean"),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        own, similarity(FeatureCache.open(word_cache), pooling="mean"), atol=1e-12
+    )
     np.testing.assert_allclose(np.diag(own), 1.0, atol=1e-9)
     # caches of two different datasets are refused with one line, exit 2
     other = tmp_path / "other-cache"
-    assert main(["extract", "--model", f"hf:{tiny_gpt2_dir}", "--data",
-                 f"csv:{_csv(tmp_path / 'other.csv', suffix='x')}", "--out", str(other)]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                f"hf:{tiny_gpt2_dir}",
+                "--data",
+                f"csv:{_csv(tmp_path / 'other.csv', suffix='x')}",
+                "--out",
+                str(other),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["compare", str(word_cache), str(other), "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
@@ -150,17 +220,28 @@ def test_compare_cli_writes_the_similarity_of_two_caches(word_cache, tiny_gpt2_d
 
 def test_compare_random_run_has_both_curves_and_separate_caches(tiny_bert_dir, tmp_path):
     from probekit import FeatureCache
-    from probekit.runs.config import RunConfig
-    from probekit.runs.extract import extract_stage
     from probekit.pipeline import run
     from probekit.report.html import build_figures
+    from probekit.runs.config import RunConfig
+    from probekit.runs.extract import extract_stage
 
     data = _csv(tmp_path / "words.csv")
-    cfg = RunConfig(name="rnd", model=f"hf:{tiny_bert_dir}", data=f"csv:{data}",
-                    probes=["linear"], out=str(tmp_path / "runs"), bootstrap=50, figures=[],
-                    compare_random=True, init_seed=3)
+    cfg = RunConfig(
+        name="rnd",
+        model=f"hf:{tiny_bert_dir}",
+        data=f"csv:{data}",
+        probes=["linear"],
+        out=str(tmp_path / "runs"),
+        bootstrap=50,
+        figures=[],
+        compare_random=True,
+        init_seed=3,
+    )
     (run_dir,) = run(cfg, progress=False)
-    trained, random = FeatureCache.open(run_dir / "cache"), FeatureCache.open(run_dir / "cache-random")
+    trained, random = (
+        FeatureCache.open(run_dir / "cache"),
+        FeatureCache.open(run_dir / "cache-random"),
+    )
     assert trained.manifest["fingerprint"] != random.manifest["fingerprint"]
     assert random.manifest["model"]["weights"] == "random" and random.manifest["model"]["seed"] == 3
     assert trained.manifest["model"].get("weights", "pretrained") != "random"
@@ -183,13 +264,23 @@ def test_compare_random_run_has_both_curves_and_separate_caches(tiny_bert_dir, t
     # the trained-vs-random CKA sits beside the within-model one
     assert (run_dir / rnd["similarity_to_trained"]["file"]).is_file()
     # the same seed gives an identical random cache; another seed another one
-    again = extract_stage(RunConfig(model=cfg.model, data=cfg.data, init_seed=3,
-                                    cache=str(tmp_path / "again")), progress=False,
-                          random_init=True)
+    again = extract_stage(
+        RunConfig(model=cfg.model, data=cfg.data, init_seed=3, cache=str(tmp_path / "again")),
+        progress=False,
+        random_init=True,
+    )
     assert again.manifest["fingerprint"] == random.manifest["fingerprint"]
     assert np.array_equal(again.load().numpy(), random.load().numpy())
-    other = extract_stage(RunConfig(model=cfg.model, data=cfg.data, init_seed=4, random_init=True,
-                                    cache=str(tmp_path / "other")), progress=False)
+    other = extract_stage(
+        RunConfig(
+            model=cfg.model,
+            data=cfg.data,
+            init_seed=4,
+            random_init=True,
+            cache=str(tmp_path / "other"),
+        ),
+        progress=False,
+    )
     assert other.manifest["fingerprint"] != random.manifest["fingerprint"]
     assert not np.allclose(other.load().numpy(), random.load().numpy())
 

@@ -20,31 +20,34 @@ from probekit.estimator import HEAD_DEFAULTS, ProbeClassifier
 from probekit.estimator.recipes import recipe_for
 from probekit.models.layers import parse_layers
 from probekit.recording.pooling import FeatureKey, expand_poolings
-from probekit.runs.summary import summary_table
 from probekit.runs.config import RunConfig, load_config, run_name
 from probekit.runs.folder import write_metrics
+from probekit.runs.summary import summary_table
 from probekit.train import TrainConfig
 
 # --------------------------------------------------------------------------- TrainConfig
 
 
-@pytest.mark.parametrize("field, value, allowed", [
-    ("lr", -1.0, "> 0"),
-    ("lr", [], "non-empty list"),
-    ("weight_decay", [1e-3, -1.0], ">= 0"),
-    ("solver", "sgd", "'adamw', 'adam', 'lbfgs'"),
-    ("epochs", 0, "int >= 1"),
-    ("epochs", 2.5, "int >= 1"),
-    ("batch_size", True, "int >= 1"),
-    ("val_size", 1.0, "[0, 1)"),
-    ("jitter_p", 1.5, "[0, 1]"),
-    ("patience", 0, "int >= 1 or None"),
-    ("schedule", "linear", "'cosine', 'constant'"),
-    ("class_weight", "auto", "'balanced', None"),
-    ("grad_clip", 0.0, "> 0 or None"),
-    ("C", float("nan"), "> 0"),
-    ("vectorize", "jit", "'auto', 'vmap', 'loop'"),
-])
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [
+        ("lr", -1.0, "> 0"),
+        ("lr", [], "non-empty list"),
+        ("weight_decay", [1e-3, -1.0], ">= 0"),
+        ("solver", "sgd", "'adamw', 'adam', 'lbfgs'"),
+        ("epochs", 0, "int >= 1"),
+        ("epochs", 2.5, "int >= 1"),
+        ("batch_size", True, "int >= 1"),
+        ("val_size", 1.0, "[0, 1)"),
+        ("jitter_p", 1.5, "[0, 1]"),
+        ("patience", 0, "int >= 1 or None"),
+        ("schedule", "linear", "'cosine', 'constant'"),
+        ("class_weight", "auto", "'balanced', None"),
+        ("grad_clip", 0.0, "> 0 or None"),
+        ("C", float("nan"), "> 0"),
+        ("vectorize", "jit", "'auto', 'vmap', 'loop'"),
+    ],
+)
 def test_bad_train_setting_fails_at_construction_naming_the_range(field, value, allowed):
     with pytest.raises(ConfigError) as info:
         TrainConfig(**{field: value})
@@ -92,7 +95,12 @@ def test_pooling_spelling_and_feature_keys():
         expand_poolings("last", recorded=["cls", "mean"])
     key = FeatureKey.parse("blocks.1.norm2.mean")
     assert (key.layer, key.pooling, str(key)) == ("blocks.1.norm2", "mean", "blocks.1.norm2.mean")
-    assert FeatureKey.all(["a", "b.1"], ["cls", "mean"]) == ["a.cls", "a.mean", "b.1.cls", "b.1.mean"]
+    assert FeatureKey.all(["a", "b.1"], ["cls", "mean"]) == [
+        "a.cls",
+        "a.mean",
+        "b.1.cls",
+        "b.1.mean",
+    ]
     with pytest.raises(ConfigError):
         FeatureKey.parse("layers.3.avg")
 
@@ -101,13 +109,19 @@ def test_feature_cache_select_is_public_and_accepts_commas(tmp_path):
     layers = [("layers.0", 3), ("layers.1", 5), ("layers.2", 4)]
     manifest = {
         "model": {"id": "tiny", "revision": "abc", "weights_sha256": "0" * 64},
-        "layers": [{"name": n, "dim": d} for n, d in layers], "poolings": ["cls", "mean"],
-        "dtype": "float32", "precision": "fp32", "preprocessing": {"max_length": 16},
+        "layers": [{"name": n, "dim": d} for n, d in layers],
+        "poolings": ["cls", "mean"],
+        "dtype": "float32",
+        "precision": "fp32",
+        "preprocessing": {"max_length": 16},
         "dataset": {"name": "toy", "fingerprint": "f" * 64, "n": 6, "label_names": ["a", "b"]},
     }
     g = torch.Generator().manual_seed(0)
-    feats = {str(FeatureKey(n, p)): torch.randn(6, d, generator=g) for n, d in layers
-             for p in ("cls", "mean")}
+    feats = {
+        str(FeatureKey(n, p)): torch.randn(6, d, generator=g)
+        for n, d in layers
+        for p in ("cls", "mean")
+    }
     w = CacheWriter.create(tmp_path / "c", manifest, 6)
     w.write_shard(0, feats, torch.arange(6) % 2)
     cache = w.finalize()
@@ -136,7 +150,9 @@ def test_run_options_are_one_set_for_flags_config_keys_and_python(tmp_path):
     values = {f.name: getattr(RunConfig(), f.name) for f in dataclasses.fields(RunConfig)}
     values["layers"], values["name"] = [0, -1], "n"
     (tmp_path / "all.json").write_text(json.dumps(values))
-    (tmp_path / "all.yaml").write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items()))
+    (tmp_path / "all.yaml").write_text(
+        "\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items())
+    )
     (cfg,) = load_config(tmp_path / "all.yaml")
     assert cfg.to_dict() == json.loads((tmp_path / "all.json").read_text())
     # ... and a keyword of probekit.run (resolved without running anything)
@@ -147,16 +163,29 @@ def test_run_options_are_one_set_for_flags_config_keys_and_python(tmp_path):
 
 
 def test_options_are_parsed_alike_from_text():
-    cfg = RunConfig.from_dict({"probes": "linear, laya", "layers": "0,3,-1", "limit": "12",
-                               "probe-params": '{"laya": {"lr": 0.01}}', "pooling": "cls,mean"})
+    cfg = RunConfig.from_dict(
+        {
+            "probes": "linear, laya",
+            "layers": "0,3,-1",
+            "limit": "12",
+            "probe-params": '{"laya": {"lr": 0.01}}',
+            "pooling": "cls,mean",
+        }
+    )
     assert (cfg.probes, cfg.layers, cfg.limit) == (["linear", "laya"], [0, 3, -1], 12)
     assert cfg.probe_params == {"laya": {"lr": 0.01}}
     assert parse_layers("all") is None and parse_layers("4") == 4
     # the task has a default (classification) and reaches load_data as its target
     assert cfg.stage_options("data") == {"limit": 12, "target": "classification"}
     assert cfg.stage_options("extract")["layers"] == [0, 3, -1]
-    for bad in ({"limit": "many"}, {"pooling": "cls;mean"}, {"test_size": 1.5},
-                {"figures": "gif"}, {"ablation": "sideways"}, {"probe_params": "{not json"}):
+    for bad in (
+        {"limit": "many"},
+        {"pooling": "cls;mean"},
+        {"test_size": 1.5},
+        {"figures": "gif"},
+        {"ablation": "sideways"},
+        {"probe_params": "{not json"},
+    ):
         with pytest.raises(ConfigError):
             RunConfig.from_dict(bad)
 
@@ -174,13 +203,26 @@ def test_runs_are_named_after_model_and_data():
 
 
 def test_summary_table_reads_the_metrics(tmp_path):
-    e = {"accuracy": 0.9, "accuracy_ci": [0.8, 0.95], "balanced_accuracy": 0.875,
-         "balanced_accuracy_ci": [0.81, 0.93]}
-    per_layer = [dict(e, layer="layers.1", balanced_accuracy=0.7, balanced_accuracy_ci=[0.6, 0.8]),
-                 dict(e, layer="layers.2")]
-    metrics = {"model": "m", "data": "d", "n_train": 8, "n_test": 2,
-               "heads": {"linear": dict(e, per_layer=per_layer),
-                         "laya": dict(e, balanced_accuracy=0.5, balanced_accuracy_ci=[0.4, 0.6])}}
+    e = {
+        "accuracy": 0.9,
+        "accuracy_ci": [0.8, 0.95],
+        "balanced_accuracy": 0.875,
+        "balanced_accuracy_ci": [0.81, 0.93],
+    }
+    per_layer = [
+        dict(e, layer="layers.1", balanced_accuracy=0.7, balanced_accuracy_ci=[0.6, 0.8]),
+        dict(e, layer="layers.2"),
+    ]
+    metrics = {
+        "model": "m",
+        "data": "d",
+        "n_train": 8,
+        "n_test": 2,
+        "heads": {
+            "linear": dict(e, per_layer=per_layer),
+            "laya": dict(e, balanced_accuracy=0.5, balanced_accuracy_ci=[0.4, 0.6]),
+        },
+    }
     write_metrics(metrics, tmp_path)
     (tmp_path / "report.html").write_text("<html>")
     text = summary_table(tmp_path)
@@ -201,15 +243,20 @@ def _forbid_work(monkeypatch):
     monkeypatch.setattr(pipeline, "fit_stage", boom)
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--probes", "linear,nope"], "unknown probe 'nope'"),
-    (["--probe-params", '{"laya": {"bogus": 1}}', "--probes", "laya"], "bogus"),
-    (["--probe-params", '{"laya": {"lr": -1}}', "--probes", "laya"], "trainconfig.lr must be"),
-    (["--pooling", "cls;mean"], "unknown pooling"),
-    (["--layers", "0"], "last 0 layers"),
-    (["--limit", "ten"], "limit"),
-])
-def test_run_refuses_a_bad_configuration_before_any_work(argv, needle, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--probes", "linear,nope"], "unknown probe 'nope'"),
+        (["--probe-params", '{"laya": {"bogus": 1}}', "--probes", "laya"], "bogus"),
+        (["--probe-params", '{"laya": {"lr": -1}}', "--probes", "laya"], "trainconfig.lr must be"),
+        (["--pooling", "cls;mean"], "unknown pooling"),
+        (["--layers", "0"], "last 0 layers"),
+        (["--limit", "ten"], "limit"),
+    ],
+)
+def test_run_refuses_a_bad_configuration_before_any_work(
+    argv, needle, tmp_path, capsys, monkeypatch
+):
     _forbid_work(monkeypatch)
     out = tmp_path / "runs"
     code = main(["run", "--model", "bundled:minilm-l6", "--out", str(out), *argv])
@@ -228,8 +275,12 @@ def test_probekit_errors_are_one_line_and_bugs_show_a_traceback(tmp_path, capsys
     err = capsys.readouterr().err
     assert err == "probekit info: error: no such thing, choose from a, b\n"
 
-    for bug in (IndexError("list index out of range"), KeyError("layers.3.cls"),
-                ValueError("an internal shape mismatch")):
+    for bug in (
+        IndexError("list index out of range"),
+        KeyError("layers.3.cls"),
+        ValueError("an internal shape mismatch"),
+    ):
+
         def broken(path, bug=bug):
             raise bug
 
@@ -249,8 +300,13 @@ def test_user_error_through_a_real_process(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.run([sys.executable, "-m", "probekit", "info", str(tmp_path / "none")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "probekit", "info", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -266,14 +322,26 @@ def test_cli_warnings_are_one_line_each(tmp_path):
 
     _make_cache(tmp_path / "cache")
     root = Path(__file__).resolve().parents[1]
-    code = ("import sys, probekit.runs.science as a; a.CKA_MAX_WORK = 1; from probekit.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
-    argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear", "--bootstrap", "20",
-            "--out", str(tmp_path / "run")]
+    code = (
+        "import sys, probekit.runs.science as a; a.CKA_MAX_WORK = 1; from probekit.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [
+        "fit",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--probe",
+        "linear",
+        "--bootstrap",
+        "20",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(root)}
     env.pop("PROBEKIT_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if "warning" in ln.lower()]
     assert lines and all(ln.startswith("probekit fit: warning: ") for ln in lines), proc.stderr
@@ -288,16 +356,33 @@ def test_cli_run_names_the_run_and_prints_the_summary(tmp_path, capsys, monkeypa
 
     def fake_run_one(cfg, progress=True):
         seen.append(cfg)
-        e = {"accuracy": 0.75, "accuracy_ci": [0.5, 0.9], "balanced_accuracy": 0.7,
-             "balanced_accuracy_ci": [0.55, 0.85]}
+        e = {
+            "accuracy": 0.75,
+            "accuracy_ci": [0.5, 0.9],
+            "balanced_accuracy": 0.7,
+            "balanced_accuracy_ci": [0.55, 0.85],
+        }
         cfg.run_dir.mkdir(parents=True)
-        write_metrics({"model": cfg.model, "data": cfg.data, "n_train": 4, "n_test": 2,
-                       "heads": {"laya": e}}, cfg.run_dir)
+        write_metrics(
+            {"model": cfg.model, "data": cfg.data, "n_train": 4, "n_test": 2, "heads": {"laya": e}},
+            cfg.run_dir,
+        )
         return cfg.run_dir
 
     monkeypatch.setattr(pipeline, "run_one", fake_run_one)
-    code = main(["run", "--model", "bundled:efficientnet-lite0", "--data", "bundled:mnist",
-                 "--probes", "laya", "--out", str(tmp_path)])
+    code = main(
+        [
+            "run",
+            "--model",
+            "bundled:efficientnet-lite0",
+            "--data",
+            "bundled:mnist",
+            "--probes",
+            "laya",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and [c.name for c in seen] == ["efficientnet-lite0_mnist"]
     assert f"run {tmp_path / 'efficientnet-lite0_mnist'}" in out

@@ -24,8 +24,9 @@ def test_half_precision_caches_are_the_float32_features_rounded_once(tiny_bert_d
     full = extract(lm, data, tmp_path / "f32", batch_size=8, shard_size=8, progress=False)
     prints = {}
     for name, dt in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
-        half = extract(lm, data, tmp_path / name, batch_size=8, shard_size=8, store_dtype=name,
-                       progress=False)
+        half = extract(
+            lm, data, tmp_path / name, batch_size=8, shard_size=8, store_dtype=name, progress=False
+        )
         assert half.manifest["dtype"] == name
         assert half.manifest["fingerprint"] != full.manifest["fingerprint"]
         prints[name] = half.manifest["fingerprint"]
@@ -37,8 +38,15 @@ def test_half_precision_caches_are_the_float32_features_rounded_once(tiny_bert_d
         assert abs(saved - 2 * tensors) <= 8 * 3, saved  # 8-byte header padding of 3 shards
     assert prints["float16"] != prints["bfloat16"]
     with pytest.warns(DeprecationWarning, match="store_dtype"):  # the old keyword, same cache
-        old = extract(lm, data, tmp_path / "float16", batch_size=8, shard_size=8, dtype="float16",
-                      progress=False)
+        old = extract(
+            lm,
+            data,
+            tmp_path / "float16",
+            batch_size=8,
+            shard_size=8,
+            dtype="float16",
+            progress=False,
+        )
     assert old.manifest["fingerprint"] == prints["float16"]
 
 
@@ -48,8 +56,14 @@ def test_half_precision_storage_moves_linear_probe_accuracy_by_at_most_0_3_point
     float32 features and on the same features stored in float16 and bfloat16."""
     from sklearn.model_selection import StratifiedKFold
 
-    cache = extract(load_model("bundled:minilm-l6"), load_data("bundled:vader-valence", limit=2000),
-                    tmp_path / "cache", pooling="mean", batch_size=256, progress=False)
+    cache = extract(
+        load_model("bundled:minilm-l6"),
+        load_data("bundled:vader-valence", limit=2000),
+        tmp_path / "cache",
+        pooling="mean",
+        batch_size=256,
+        progress=False,
+    )
     X32, y = cache.load(), np.asarray(cache.labels)
     folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
 

@@ -16,8 +16,10 @@ N = 30
 
 
 def _rows() -> list[dict]:
-    return [{"text": f"streamed sentence {i} " + "x " * (i % 3), "label": ["neg", "pos", "mid"][i % 3]}
-            for i in range(N)]
+    return [
+        {"text": f"streamed sentence {i} " + "x " * (i % 3), "label": ["neg", "pos", "mid"][i % 3]}
+        for i in range(N)
+    ]
 
 
 @pytest.fixture
@@ -48,10 +50,13 @@ def test_stream_of_data_files_equals_the_data_read_whole(jsonl_dir):
 def test_stream_of_a_saved_dataset_keeps_class_label_names(tmp_path):
     import datasets
 
-    feats = datasets.Features({"sentence": datasets.Value("string"),
-                               "label": datasets.ClassLabel(names=["bad", "good"])})
-    ds = datasets.Dataset.from_dict({"sentence": [f"s{i}" for i in range(12)],
-                                     "label": [i % 2 for i in range(12)]}, features=feats)
+    feats = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["bad", "good"])}
+    )
+    ds = datasets.Dataset.from_dict(
+        {"sentence": [f"s{i}" for i in range(12)], "label": [i % 2 for i in range(12)]},
+        features=feats,
+    )
     ds.save_to_disk(str(tmp_path / "saved"))
     whole, stream = (load_data(f"hf:{tmp_path / 'saved'}", streaming=s) for s in (False, True))
     assert stream.label_names == ["bad", "good"]
@@ -63,10 +68,30 @@ def test_stream_of_a_saved_dataset_keeps_class_label_names(tmp_path):
 
 def test_streamed_extraction_equals_the_plain_one_and_resumes(tiny_bert_dir, jsonl_dir, tmp_path):
     lm = load_model(tiny_bert_dir)
-    plain = extract(lm, load_data(f"hf:{jsonl_dir}"), tmp_path / "plain", batch_size=4,
-                    shard_size=8, progress=False)
-    code = main(["extract", "--model", tiny_bert_dir, "--data", f"hf:{jsonl_dir}", "--streaming",
-                 "--out", str(tmp_path / "stream"), "--batch-size", "4", "--shard-size", "8"])
+    plain = extract(
+        lm,
+        load_data(f"hf:{jsonl_dir}"),
+        tmp_path / "plain",
+        batch_size=4,
+        shard_size=8,
+        progress=False,
+    )
+    code = main(
+        [
+            "extract",
+            "--model",
+            tiny_bert_dir,
+            "--data",
+            f"hf:{jsonl_dir}",
+            "--streaming",
+            "--out",
+            str(tmp_path / "stream"),
+            "--batch-size",
+            "4",
+            "--shard-size",
+            "8",
+        ]
+    )
     assert code == 0
     ref = _shards(tmp_path / "plain")
     assert _shards(tmp_path / "stream") == ref
@@ -76,8 +101,14 @@ def test_streamed_extraction_equals_the_plain_one_and_resumes(tiny_bert_dir, jso
         p.unlink()
     (shards / "000003.json").unlink()
     kept = {p.name: p.stat().st_ino for p in shards.glob("00000[01].safetensors")}
-    again = extract(lm, load_data(f"hf:{jsonl_dir}", streaming=True), tmp_path / "stream",
-                    batch_size=4, shard_size=8, progress=False)
+    again = extract(
+        lm,
+        load_data(f"hf:{jsonl_dir}", streaming=True),
+        tmp_path / "stream",
+        batch_size=4,
+        shard_size=8,
+        progress=False,
+    )
     assert _shards(tmp_path / "stream") == ref
     assert {n: (shards / n).stat().st_ino for n in kept} == kept
     assert again.manifest["fingerprint"] == plain.manifest["fingerprint"]

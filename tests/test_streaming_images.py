@@ -25,8 +25,10 @@ N = 24
 
 def _rgb_images(n: int, size: int = 20, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (size, size + i % 3, 3), dtype=np.uint8))
-            for i in range(n)]
+    return [
+        Image.fromarray(rng.integers(0, 256, (size, size + i % 3, 3), dtype=np.uint8))
+        for i in range(n)
+    ]
 
 
 def _features(names: list[str]):
@@ -43,15 +45,19 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("imgsrc")
     rgb = _rgb_images(N)
-    saved = datasets.Dataset.from_dict({"image": rgb, "label": [i % 3 for i in range(N)]},
-                                       features=_features(["a", "b", "c"]))
+    saved = datasets.Dataset.from_dict(
+        {"image": rgb, "label": [i % 3 for i in range(N)]}, features=_features(["a", "b", "c"])
+    )
     datasets.DatasetDict({"train": saved, "test": saved.select(range(4))}).save_to_disk(
-        str(root / "saved"))
+        str(root / "saved")
+    )
     mnist = load_data("bundled:mnist", limit=N, seed=1)
     digits = datasets.Dataset.from_dict(
         {"img": [Image.fromarray(a) for a in mnist.images], "target": mnist.labels.tolist()},
-        features=datasets.Features({"img": datasets.Image(),
-                                    "target": datasets.ClassLabel(names=mnist.label_names)}))
+        features=datasets.Features(
+            {"img": datasets.Image(), "target": datasets.ClassLabel(names=mnist.label_names)}
+        ),
+    )
     (root / "parquet").mkdir()
     digits.to_parquet(str(root / "parquet" / "train.parquet"))
     for i, img in enumerate(_rgb_images(N, seed=1)):
@@ -103,9 +109,11 @@ def test_image_stream_of_another_split_and_class_names(sources):
 
 def test_image_stream_errors_are_one_line(sources, tmp_path):
     spec = f"hf:{sources['parquet']}"
-    for kwargs, match in [({"label_column": "img"}, "label column 'img' holds images"),
-                          ({"text_column": "pixels"}, "no text column 'pixels'"),
-                          ({"split": "validation"}, "cannot stream hf:.* split 'validation'")]:
+    for kwargs, match in [
+        ({"label_column": "img"}, "label column 'img' holds images"),
+        ({"text_column": "pixels"}, "no text column 'pixels'"),
+        ({"split": "validation"}, "cannot stream hf:.* split 'validation'"),
+    ]:
         with pytest.raises(DataError, match=match) as err:
             load_data(spec, streaming=True, **kwargs)
         assert "\n" not in str(err.value)
@@ -116,12 +124,15 @@ def test_image_stream_errors_are_one_line(sources, tmp_path):
 
     folder = tmp_path / "shrinking"
     folder.mkdir()
-    rows = datasets.Dataset.from_dict({"image": _rgb_images(8), "label": [0, 1] * 4},
-                                      features=_features(["x", "y"]))
+    rows = datasets.Dataset.from_dict(
+        {"image": _rgb_images(8), "label": [0, 1] * 4}, features=_features(["x", "y"])
+    )
     rows.to_parquet(str(folder / "train.parquet"))
     ds = load_data(f"hf:{folder}", streaming=True)
     rows.select(range(5)).to_parquet(str(folder / "train.parquet"))
-    with pytest.raises(DataError, match="the stream ended after 5 rows, but its label column had 8"):
+    with pytest.raises(
+        DataError, match="the stream ended after 5 rows, but its label column had 8"
+    ):
         ds.get_items(range(8))
 
 
@@ -141,8 +152,9 @@ def test_streamed_image_extraction_equals_the_plain_one_and_resumes(sources, tmp
     spec = f"hf:{sources['saved']}"
     kw = {"batch_size": 4, "shard_size": 8, "progress": False}
     plain = extract(lm, load_data(spec, limit=20, seed=1), tmp_path / "plain", **kw)
-    stream = extract(lm, load_data(spec, limit=20, seed=1, streaming=True), tmp_path / "stream",
-                     **kw)
+    stream = extract(
+        lm, load_data(spec, limit=20, seed=1, streaming=True), tmp_path / "stream", **kw
+    )
     ref = _shards(tmp_path / "plain")
     assert len([n for n in ref if n.endswith(".safetensors")]) == 3  # 8 + 8 + 4 rows
     assert _shards(tmp_path / "stream") == ref
@@ -162,8 +174,9 @@ def test_streamed_image_extraction_equals_the_plain_one_and_resumes(sources, tmp
         return decode(self, value, token_per_repo_id=token_per_repo_id)
 
     monkeypatch.setattr(datasets.Image, "decode_example", counting)
-    again = extract(lm, load_data(spec, limit=20, seed=1, streaming=True), tmp_path / "stream",
-                    **kw)
+    again = extract(
+        lm, load_data(spec, limit=20, seed=1, streaming=True), tmp_path / "stream", **kw
+    )
     assert len(decoded) == 12
     assert _shards(tmp_path / "stream") == ref
     assert (shards / "000000.safetensors").stat().st_ino == kept
@@ -200,10 +213,16 @@ def test_killed_streamed_extraction_resumes_bitwise(sources, tmp_path):
     spec = f"hf:{sources['folder']}"
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path),
-               PROBEKIT_TEST_KILL_AT="shard-renamed:2")  # killed once shards 0 and 1 are written
-    run = subprocess.run([sys.executable, str(script), spec, str(tmp_path / "killed")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(sys.path), PROBEKIT_TEST_KILL_AT="shard-renamed:2"
+    )  # killed once shards 0 and 1 are written
+    run = subprocess.run(
+        [sys.executable, str(script), spec, str(tmp_path / "killed")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == -9, run.stderr[-2000:]
     written = sorted(p.name for p in (tmp_path / "killed" / "shards").glob("*.safetensors"))
     assert written == ["000000.safetensors", "000001.safetensors"]
@@ -249,20 +268,30 @@ def test_streaming_holds_a_chunk_not_the_dataset(tmp_path):
     def rows():
         rng = np.random.default_rng(0)
         for i in range(n):
-            yield {"image": Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
-                   "label": i % 2}
+            yield {
+                "image": Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
+                "label": i % 2,
+            }
 
-    big = datasets.Dataset.from_generator(rows, features=_features(["p", "q"]),
-                                          cache_dir=str(tmp_path / "hf-cache"))
+    big = datasets.Dataset.from_generator(
+        rows, features=_features(["p", "q"]), cache_dir=str(tmp_path / "hf-cache")
+    )
     big.to_parquet(str(folder / "train.parquet"))
     del big
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, f"hf:{folder}"], capture_output=True,
-                         text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, f"hf:{folder}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     count, pixels, grown = map(int, out.stdout.split())
     assert count == n and pixels == n * size * size * 3
-    print(f"streamed {n} images ({pixels / 2**20:.0f} MiB decoded): RSS grew {grown / 2**20:.1f} MiB")
+    print(
+        f"streamed {n} images ({pixels / 2**20:.0f} MiB decoded): RSS grew {grown / 2**20:.1f} MiB"
+    )
     assert grown < pixels / 4, (grown, pixels)
 
 
@@ -272,8 +301,9 @@ def test_a_row_without_an_image_is_a_one_line_data_error(tmp_path, streaming):
 
     images: list = _rgb_images(4)
     images[2] = None
-    rows = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]},
-                                      features=_features(["x", "y"]))
+    rows = datasets.Dataset.from_dict(
+        {"image": images, "label": [0, 1, 0, 1]}, features=_features(["x", "y"])
+    )
     rows.save_to_disk(str(tmp_path / "holes"))
     ds = load_data(f"hf:{tmp_path / 'holes'}", streaming=streaming)
     assert len(ds.get_items([0, 1])) == 2

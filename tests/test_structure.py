@@ -63,8 +63,10 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(name, is_package, node.level, node.module)
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                           for a in node.names]
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                    for a in node.names
+                ]
             for t in targets:
                 while t and t not in modules:  # probekit.x.y where y is a name: the module x
                     t = t.rpartition(".")[0]
@@ -92,7 +94,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for t in sorted(edges.get(m, ())):
             if state.get(t) == 1:
-                return stack[stack.index(t):] + [t]
+                return stack[stack.index(t) :] + [t]
             if t not in state:
                 found = visit(t)
                 if found:
@@ -157,19 +159,28 @@ print(json.dumps({"code": code, "heavy": heavy}))
 
 def _start(argv: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(argv)], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("argv, code", [
-    (["--help"], 0),
-    (["run", "--help"], 0),
-    (["extract", "--help"], 0),
-    (["run", "--limit"], 2),           # argparse error: missing value
-    (["nosuchcommand"], 2),
-    (["run", "--ablation", "sideways"], 2),  # a bad choice
-])
+@pytest.mark.parametrize(
+    "argv, code",
+    [
+        (["--help"], 0),
+        (["run", "--help"], 0),
+        (["extract", "--help"], 0),
+        (["run", "--limit"], 2),  # argparse error: missing value
+        (["nosuchcommand"], 2),
+        (["run", "--ablation", "sideways"], 2),  # a bad choice
+    ],
+)
 def test_help_and_argument_errors_load_nothing_heavy(argv, code):
     result = _start(argv)
     assert result["code"] == code
@@ -177,13 +188,16 @@ def test_help_and_argument_errors_load_nothing_heavy(argv, code):
 
 
 def test_import_probekit_is_light_and_names_resolve():
-    code = ("import sys, probekit; light = 'torch' not in sys.modules; "
-            "names = sorted(set(probekit.__all__) - set(dir(probekit))); "
-            "from probekit import ProbeClassifier, RunConfig, FeatureCache; "
-            "print(light, names, 'torch' in sys.modules, ProbeClassifier.__module__)")
+    code = (
+        "import sys, probekit; light = 'torch' not in sys.modules; "
+        "names = sorted(set(probekit.__all__) - set(dir(probekit))); "
+        "from probekit import ProbeClassifier, RunConfig, FeatureCache; "
+        "print(light, names, 'torch' in sys.modules, ProbeClassifier.__module__)"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    ).stdout.split()
     assert out == ["True", "[]", "True", "probekit.estimator.classifier"]
 
 
@@ -193,7 +207,9 @@ def test_every_public_name_is_importable_from_the_package():
     import probekit
 
     for name, module in probekit._EXPORTS.items():
-        assert getattr(probekit, name) is getattr(importlib.import_module(f"probekit.{module}"), name)
+        assert getattr(probekit, name) is getattr(
+            importlib.import_module(f"probekit.{module}"), name
+        )
     assert set(probekit._EXPORTS) == set(probekit.__all__) - {"__version__"}
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         probekit.nope  # noqa: B018
@@ -204,13 +220,30 @@ def test_fit_on_a_cache_loads_neither_scikit_learn_nor_scipy(tmp_path):
     from .test_estimator import _make_cache
 
     _make_cache(tmp_path / "cache")  # 3 layers, cls and mean, 120 samples
-    argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear",
-            "--out", str(tmp_path / "run"), "--bootstrap", "50"]
-    probe = _PROBE.replace('("torch", "transformers", "sklearn", "captum", "timm", "numpy")',
-                           '("sklearn", "scipy", "transformers", "plotly", "pandas")')
+    argv = [
+        "fit",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--probe",
+        "linear",
+        "--out",
+        str(tmp_path / "run"),
+        "--bootstrap",
+        "50",
+    ]
+    probe = _PROBE.replace(
+        '("torch", "transformers", "sklearn", "captum", "timm", "numpy")',
+        '("sklearn", "scipy", "transformers", "plotly", "pandas")',
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", probe, json.dumps(argv)], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["code"] == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "metrics.json").is_file()

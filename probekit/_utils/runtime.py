@@ -28,8 +28,14 @@ import sys
 import warnings
 from typing import Any
 
-__all__ = ["tune_allocator", "release_memory", "allocator_state", "bf16_is_native",
-           "resolve_precision", "MALLOC_ENV"]
+__all__ = [
+    "tune_allocator",
+    "release_memory",
+    "allocator_state",
+    "bf16_is_native",
+    "resolve_precision",
+    "MALLOC_ENV",
+]
 
 MALLOC_ENV = "PROBEKIT_MALLOC"
 # mallopt parameters (malloc.h)
@@ -73,8 +79,10 @@ def tune_allocator() -> bool:
     if libc is None:
         _STATE["reason"] = "not glibc"
         return False
-    ok = (libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(MMAP_THRESHOLD)) == 1
-          and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(TRIM_THRESHOLD)) == 1)
+    ok = (
+        libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(MMAP_THRESHOLD)) == 1
+        and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(TRIM_THRESHOLD)) == 1
+    )
     _STATE.update(tuned=ok, reason="mallopt" if ok else "mallopt refused")
     return ok
 
@@ -134,9 +142,11 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if precision == "auto":
         return "bf16" if bf16_is_native(device_type) else "fp32"
     if precision == "bf16" and device_type == "cpu" and not bf16_is_native("cpu"):
-        warnings.warn("precision='bf16' on a CPU without native bfloat16 (AVX512-BF16 or AMX) is "
-                      "emulated and several times slower than fp32; use precision='auto' or 'fp32'",
-                      stacklevel=3)
+        warnings.warn(
+            "precision='bf16' on a CPU without native bfloat16 (AVX512-BF16 or AMX) is "
+            "emulated and several times slower than fp32; use precision='auto' or 'fp32'",
+            stacklevel=3,
+        )
     return precision
 
 

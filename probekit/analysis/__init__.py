@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from .._utils.lazy import attach
 
-__getattr__, __dir__, __all__ = attach(__name__, {
-    "AblationResult": "attribution",
-    "ablation_sensitivity": "attribution",
-    "attribution_agreement": "attribution",
-    "captum_attribution": "attribution",
-    "layer_attribution": "attribution",
-    "layer_map": "attribution",
-    "MDLResult": "mdl",
-    "PairedBootstrap": "stats",
-    "bootstrap_interval": "stats",
-    "paired_bootstrap": "stats",
-})
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "AblationResult": "attribution",
+        "ablation_sensitivity": "attribution",
+        "attribution_agreement": "attribution",
+        "captum_attribution": "attribution",
+        "layer_attribution": "attribution",
+        "layer_map": "attribution",
+        "MDLResult": "mdl",
+        "PairedBootstrap": "stats",
+        "bootstrap_interval": "stats",
+        "paired_bootstrap": "stats",
+    },
+)

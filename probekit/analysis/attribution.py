@@ -365,7 +365,9 @@ def ablation_sensitivity(
     mask = _layer_mask(n_layers, per)[None, :, :, None]  # (1, L, T, 1)
 
     if mode == "shuffle":
-        perms = torch.as_tensor(np.stack(list(_shuffle_orders(n, n_layers, random_state))))  # (L, N)
+        perms = torch.as_tensor(
+            np.stack(list(_shuffle_orders(n, n_layers, random_state)))
+        )  # (L, N)
         fill = None
     else:
         perms = None
@@ -455,10 +457,13 @@ def captum_attribution(
     model, device = clf.model_, _device(clf)
     forward = _proba_fn(model)
     if _is_regressor(clf):  # explain the predicted value of one target, in target units
-        if target is not None and not (isinstance(target, (int, np.integer))
-                                       and 0 <= target < len(clf.target_scale_)):
-            raise ValueError(f"for a regressor, target is None or an output index in "
-                             f"0..{len(clf.target_scale_) - 1}, got {target!r}")
+        if target is not None and not (
+            isinstance(target, (int, np.integer)) and 0 <= target < len(clf.target_scale_)
+        ):
+            raise ValueError(
+                f"for a regressor, target is None or an output index in "
+                f"0..{len(clf.target_scale_) - 1}, got {target!r}"
+            )
         forward = _target_fn(clf, device)
         tgt = np.full(n, int(target or 0), dtype=np.int64)
     elif isinstance(target, str) and target == "true":

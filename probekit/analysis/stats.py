@@ -21,8 +21,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bootstrap_indices", "resampled_accuracy", "resampled_balanced_accuracy",
-           "bootstrap_interval", "paired_bootstrap", "PairedBootstrap"]
+__all__ = [
+    "bootstrap_indices",
+    "resampled_accuracy",
+    "resampled_balanced_accuracy",
+    "bootstrap_interval",
+    "paired_bootstrap",
+    "PairedBootstrap",
+]
 
 _CHUNK_ELEMENTS = 1 << 22  # resampled positions handled per bincount (bounds the temporaries)
 
@@ -49,8 +55,9 @@ def _rows_per_chunk(n_samples: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(1, n_samples))
 
 
-def _per_class_counts(y: np.ndarray, hits: list[np.ndarray], idx: np.ndarray,
-                      k: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def _per_class_counts(
+    y: np.ndarray, hits: list[np.ndarray], idx: np.ndarray, k: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """``(R, K)`` samples per class and, for each of ``hits`` (bool ``(N,)``), ``(R, K)`` correct.
 
     One integer ``bincount`` per chunk of resamples over ``row * C + code``, where each sample's
@@ -65,11 +72,12 @@ def _per_class_counts(y: np.ndarray, hits: list[np.ndarray], idx: np.ndarray,
     counts = np.empty((r, k, 1 << m), dtype=np.int64)
     step = _rows_per_chunk(idx.shape[1])
     for a in range(0, r, step):
-        rows = idx[a:a + step]  # (r', N)
+        rows = idx[a : a + step]  # (r', N)
         keys = code[rows]
         keys += np.arange(rows.shape[0])[:, None] * c
-        counts[a:a + step] = np.bincount(keys.ravel(), minlength=rows.shape[0] * c).reshape(
-            -1, k, 1 << m)
+        counts[a : a + step] = np.bincount(keys.ravel(), minlength=rows.shape[0] * c).reshape(
+            -1, k, 1 << m
+        )
     bits = np.arange(1 << m)
     correct = [counts[:, :, (bits >> j) & 1 == 1].sum(axis=2) for j in range(m)]
     return counts.sum(axis=2), correct
@@ -95,13 +103,22 @@ def resampled_accuracy(y_true: Any, y_pred: Any, idx: np.ndarray) -> np.ndarray:
     y, (p,), _ = _encode(y_true, y_pred)
     hit = (p == y).astype(np.float64)
     step = _rows_per_chunk(idx.shape[1])
-    return np.concatenate([hit[idx[a:a + step]].sum(axis=1) for a in range(0, len(idx), step)]
-                          or [np.empty(0)]) / idx.shape[1]
+    return (
+        np.concatenate(
+            [hit[idx[a : a + step]].sum(axis=1) for a in range(0, len(idx), step)] or [np.empty(0)]
+        )
+        / idx.shape[1]
+    )
 
 
-def bootstrap_interval(y_true: Any, y_pred: Any, metric: str = "balanced_accuracy",
-                       n_resamples: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    y_true: Any,
+    y_pred: Any,
+    metric: str = "balanced_accuracy",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``metric`` (``"balanced_accuracy"`` or ``"accuracy"``).
 
     Args:
@@ -119,8 +136,9 @@ def bootstrap_interval(y_true: Any, y_pred: Any, metric: str = "balanced_accurac
     fns = {"balanced_accuracy": resampled_balanced_accuracy, "accuracy": resampled_accuracy}
     if metric not in fns:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(fns)}")
-    values = fns[metric](y_true, y_pred, bootstrap_indices(len(np.asarray(y_true)),
-                                                           n_resamples, seed))
+    values = fns[metric](
+        y_true, y_pred, bootstrap_indices(len(np.asarray(y_true)), n_resamples, seed)
+    )
     lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 
@@ -151,8 +169,7 @@ class PairedBootstrap:
 _PAIRED_METRICS = ("balanced", "accuracy")
 
 
-def _score_difference(metric: str, total: np.ndarray, ca: np.ndarray,
-                      cb: np.ndarray) -> np.ndarray:
+def _score_difference(metric: str, total: np.ndarray, ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
     """``(R, K)`` per-class counts -> ``(R,)`` score of A minus score of B.
 
     For ``"accuracy"`` the difference of correct counts is divided once, so it equals the mean
@@ -170,9 +187,15 @@ def _score(metric: str, total: np.ndarray, correct: np.ndarray) -> float:
     return float(correct.sum() / total.sum())
 
 
-def paired_bootstrap(y_true: Any, pred_a: Any, pred_b: Any, n_resamples: int = 1000,
-                     seed: int | None = 0, level: float = 0.95,
-                     metric: str = "balanced") -> PairedBootstrap:
+def paired_bootstrap(
+    y_true: Any,
+    pred_a: Any,
+    pred_b: Any,
+    n_resamples: int = 1000,
+    seed: int | None = 0,
+    level: float = 0.95,
+    metric: str = "balanced",
+) -> PairedBootstrap:
     """Paired percentile bootstrap of the difference in score of two classifiers.
 
     Args:
@@ -203,5 +226,13 @@ def paired_bootstrap(y_true: Any, pred_a: Any, pred_b: Any, n_resamples: int = 1
     total, (ca, cb) = _per_class_counts(y, hits, idx, k)
     diffs = _score_difference(metric, total, ca, cb)
     lo, hi = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)])
-    return PairedBootstrap(difference, float(lo), float(hi), float(np.mean(diffs <= 0)),
-                           diffs, score_a, score_b, metric)
+    return PairedBootstrap(
+        difference,
+        float(lo),
+        float(hi),
+        float(np.mean(diffs <= 0)),
+        diffs,
+        score_a,
+        score_b,
+        metric,
+    )

@@ -28,12 +28,15 @@ from ..errors import CacheError, CacheMismatchError
 
 # Names load on first use: the CLI's parser reads the pooling spelling of
 # :mod:`~probekit.cache.poolings` without torch.
-__getattr__, __dir__, __all__ = attach(__name__, {
-    "CacheWriter": "writer",
-    "DEFAULT_SHARD_SIZE": "layout",
-    "FORMAT_VERSION": "layout",
-    "FeatureCache": "reader",
-    "CacheSubset": "rows",
-    "cache_subset": "rows",
-})
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "CacheWriter": "writer",
+        "DEFAULT_SHARD_SIZE": "layout",
+        "FORMAT_VERSION": "layout",
+        "FeatureCache": "reader",
+        "CacheSubset": "rows",
+        "cache_subset": "rows",
+    },
+)
 __all__ += ["CacheError", "CacheMismatchError"]

@@ -51,11 +51,17 @@ _ST_DTYPES = {
 }
 
 
-_NP = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
-       torch.int64: np.int64}
+_NP = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.float64: np.float64,
+    torch.int64: np.int64,
+}
 #: (stored, destination) dtypes that numpy converts exactly as torch does (same or widening)
 _EXACT_NUMPY = {(a, a) for a in _NP} | {
-    (torch.float16, torch.float32), (torch.float16, torch.float64), (torch.float32, torch.float64)
+    (torch.float16, torch.float32),
+    (torch.float16, torch.float64),
+    (torch.float32, torch.float64),
 }
 
 
@@ -221,7 +227,10 @@ class ShardFile:
                     continue
                 b, end = (int(x) for x in ent["data_offsets"])
                 self.entries[key] = (
-                    _ST_DTYPES[ent["dtype"]], tuple(ent["shape"]), base + b, base + end
+                    _ST_DTYPES[ent["dtype"]],
+                    tuple(ent["shape"]),
+                    base + b,
+                    base + end,
                 )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CacheError(f"corrupt shard {path}: unreadable header ({e})") from e

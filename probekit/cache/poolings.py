@@ -37,5 +37,7 @@ def recorded_poolings(pooling: str | Sequence[str], recorded: Sequence[str]) -> 
     names = split_poolings(pooling, recorded)
     for n in names:
         if n not in recorded:
-            raise ConfigError(f"pooling {n!r} was not recorded; recorded poolings: {list(recorded)}")
+            raise ConfigError(
+                f"pooling {n!r} was not recorded; recorded poolings: {list(recorded)}"
+            )
     return names

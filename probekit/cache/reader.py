@@ -22,9 +22,9 @@ import torch
 
 from ..errors import CacheError
 from ..models.layers import resolve_indices
-from .poolings import recorded_poolings
 from .integrity import TEXTS_DIGEST, ShardFile, parse_manifest, parse_shard_meta, sha256_hex
 from .layout import _DTYPES, FORMAT_VERSION, _validate_identity, shard_paths
+from .poolings import recorded_poolings
 
 __all__ = ["FeatureCache"]
 

@@ -118,8 +118,9 @@ def load_data(
     if target not in DATA_TARGETS:
         raise DataError(f"target must be one of {', '.join(DATA_TARGETS)}, got {target!r}")
     if target == "regression" or rest == "vader-valence-scores":
-        ds = load_regression(scheme, rest, spec, target, split, text_column, label_column, limit,
-                             seed)
+        ds = load_regression(
+            scheme, rest, spec, target, split, text_column, label_column, limit, seed
+        )
     elif scheme == "hf" and streaming:
         ds = _load_hf_stream(rest, split, text_column, label_column, limit, seed, spec)
     elif scheme == "hf":

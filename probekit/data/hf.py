@@ -177,6 +177,9 @@ def _is_item(datasets: Any, features: Any) -> Callable[[str], bool]:
 
     def is_item(c: str) -> bool:
         f = features[c]
-        return isinstance(f, datasets.Image) or getattr(f, "dtype", None) in ("string", "large_string")
+        return isinstance(f, datasets.Image) or getattr(f, "dtype", None) in (
+            "string",
+            "large_string",
+        )
 
     return is_item

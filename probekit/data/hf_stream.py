@@ -73,14 +73,22 @@ def _load_hf_stream(
         ds = ds._resolve_features()
         features = ds.features
     columns = list(features)
-    item_col = _pick_column(columns, text_column, _TEXT_COLUMNS, "text", where,
-                            _is_item(datasets, features))
+    item_col = _pick_column(
+        columns, text_column, _TEXT_COLUMNS, "text", where, _is_item(datasets, features)
+    )
     label_col = _pick_column(columns, label_column, _LABEL_COLUMNS, "label", where)
     if isinstance(features[label_col], datasets.Image):
-        raise DataError(f"{where}: label column {label_col!r} holds images; the columns are "
-                        f"{columns} (pass label_column=...)")
-    options = {"split": split, "text_column": item_col, "label_column": label_col, "limit": limit,
-               "seed": seed}
+        raise DataError(
+            f"{where}: label column {label_col!r} holds images; the columns are "
+            f"{columns} (pass label_column=...)"
+        )
+    options = {
+        "split": split,
+        "text_column": item_col,
+        "label_column": label_col,
+        "limit": limit,
+        "seed": seed,
+    }
     if not isinstance(features[item_col], datasets.Image):
         texts: list[str] = []
         raw: list[Any] = []
@@ -92,8 +100,15 @@ def _load_hf_stream(
         if keep is not None:
             texts = [texts[i] for i in keep.tolist()]
             labels = labels[keep]
-        return Dataset(name=display, kind="text", labels=labels, label_names=names, texts=texts,
-                       spec=spec, options=options)
+        return Dataset(
+            name=display,
+            kind="text",
+            labels=labels,
+            label_names=names,
+            texts=texts,
+            spec=spec,
+            options=options,
+        )
 
     raw = _column_values(ds, label_col)
     labels, names = _class_labels(raw, features[label_col], label_col, where)
@@ -108,12 +123,21 @@ def _load_hf_stream(
         h.update(fp.encode())
 
     reader = _ImageStreamReader(ds, item_col, keep, n_rows, where)
-    return Dataset(name=display, kind="image", labels=labels, label_names=names, spec=spec,
-                   options=options, get_images=reader, content_hash=content_hash)
+    return Dataset(
+        name=display,
+        kind="image",
+        labels=labels,
+        label_names=names,
+        spec=spec,
+        options=options,
+        get_images=reader,
+        content_hash=content_hash,
+    )
 
 
-def _open_stream(datasets: Any, name: str, split: str | None
-                 ) -> tuple[Any, str, str | None, Callable[[], str]]:
+def _open_stream(
+    datasets: Any, name: str, split: str | None
+) -> tuple[Any, str, str | None, Callable[[], str]]:
     """``(IterableDataset, display name, split, source fingerprint)`` of an ``hf:`` spec's rest.
 
     The fingerprint is the ``_fingerprint`` the data read whole would have before ``limit``.
@@ -122,8 +146,12 @@ def _open_stream(datasets: Any, name: str, split: str | None
     try:
         if local.is_dir() and _saved_to_disk(local):
             saved, split = _saved_split(datasets, local, split)
-            return (saved.to_iterable_dataset(), local.name, split,
-                    lambda: str(getattr(saved, "_fingerprint", "")))
+            return (
+                saved.to_iterable_dataset(),
+                local.name,
+                split,
+                lambda: str(getattr(saved, "_fingerprint", "")),
+            )
         ds_name, _, config = (str(local), "", "") if local.is_dir() else name.partition(":")
         split = split or "train"
         builder = datasets.load_dataset_builder(ds_name, config or None)
@@ -164,8 +192,9 @@ class _ImageStreamReader:
     counts the images decoded so far.
     """
 
-    def __init__(self, stream: Any, column: str, keep: np.ndarray | None, n_rows: int,
-                 where: str) -> None:
+    def __init__(
+        self, stream: Any, column: str, keep: np.ndarray | None, n_rows: int, where: str
+    ) -> None:
         """Read ``column`` of ``stream``.
 
         Args:
@@ -180,7 +209,8 @@ class _ImageStreamReader:
 
         self._feature = stream.features[column]
         self._stream = stream.select_columns([column]).cast_column(
-            column, datasets.Image(mode=self._feature.mode, decode=False))
+            column, datasets.Image(mode=self._feature.mode, decode=False)
+        )
         self._tokens = getattr(stream, "_token_per_repo_id", None)
         self._column = column
         self._keep = None if keep is None else keep.tolist()
@@ -200,8 +230,9 @@ class _ImageStreamReader:
 
     def _decode(self, row: int) -> Any:
         value = self._cell(row)
-        if value is None or (isinstance(value, dict) and not value.get("bytes")
-                             and not value.get("path")):
+        if value is None or (
+            isinstance(value, dict) and not value.get("bytes") and not value.get("path")
+        ):
             raise DataError(f"{self._where}: row {row} has no image in column {self._column!r}")
         self.decoded += 1
         return self._feature.decode_example(value, token_per_repo_id=self._tokens)
@@ -214,8 +245,10 @@ class _ImageStreamReader:
         while row >= self._stop:
             table = next(self._chunks, None)
             if table is None:
-                raise DataError(f"{self._where}: the stream ended after {self._stop} rows, but "
-                                f"its label column had {self._n_rows} (did the data change?)")
+                raise DataError(
+                    f"{self._where}: the stream ended after {self._stop} rows, but "
+                    f"its label column had {self._n_rows} (did the data change?)"
+                )
             self._chunk, self._start, self._stop = table, self._stop, self._stop + table.num_rows
         return self._chunk.column(0)[row - self._start].as_py()
 

@@ -48,9 +48,7 @@ def load_regression(
         return _load_csv_targets(rest, split, text_column, label_column, limit, seed, spec)
     if scheme == "bundled" and rest == "vader-valence-scores":
         return _load_vader_scores(split, limit, seed, spec)
-    raise DataError(
-        f"regression targets come from {', '.join(REGRESSION_SOURCES)}; got {spec!r}"
-    )
+    raise DataError(f"regression targets come from {', '.join(REGRESSION_SOURCES)}; got {spec!r}")
 
 
 def _read_vader_lexicon() -> dict[str, float]:
@@ -70,8 +68,14 @@ def _read_vader_lexicon() -> dict[str, float]:
 
 
 def _regression_dataset(
-    name: str, texts: list[str], targets: np.ndarray, target_name: str, spec: str,
-    options: dict[str, Any], limit: int | None, seed: int,
+    name: str,
+    texts: list[str],
+    targets: np.ndarray,
+    target_name: str,
+    spec: str,
+    options: dict[str, Any],
+    limit: int | None,
+    seed: int,
 ) -> Dataset:
     """Text data with float ``targets``; ``limit`` keeps a seeded random subset in file order."""
     keep = _subset(np.zeros(len(texts), dtype=np.int64), limit, seed)
@@ -87,8 +91,13 @@ def _regression_dataset(
         label_names=[target_name],
         texts=texts,
         spec=spec,
-        options={**options, "limit": limit, "seed": seed, "target": "regression",
-                 "targets_sha256": digest},
+        options={
+            **options,
+            "limit": limit,
+            "seed": seed,
+            "target": "regression",
+            "targets_sha256": digest,
+        },
     )
     ds.targets = targets  # type: ignore[attr-defined]
     ds.target_name = target_name  # type: ignore[attr-defined]
@@ -107,8 +116,9 @@ def _load_vader_scores(split: str | None, limit: int | None, seed: int, spec: st
     valence = _read_vader_lexicon()
     texts = list(valence)
     targets = np.array([valence[t] for t in texts], dtype=np.float64)
-    return _regression_dataset("vader-valence-scores", texts, targets, "valence", spec, {},
-                               limit, seed)
+    return _regression_dataset(
+        "vader-valence-scores", texts, targets, "valence", spec, {}, limit, seed
+    )
 
 
 def _as_float(value: Any) -> float | None:
@@ -144,30 +154,41 @@ def _load_csv_targets(
         columns = list(reader.fieldnames or [])
         rows = list(reader)
     if text_column not in columns:
-        raise DataError(f"{path}: no text column {text_column!r}; the columns are {columns} "
-                        "(pass text_column=...)")
+        raise DataError(
+            f"{path}: no text column {text_column!r}; the columns are {columns} "
+            "(pass text_column=...)"
+        )
 
     def numeric(col: str) -> bool:
         return bool(rows) and all(_as_float(r[col]) is not None for r in rows)
 
     if label_column is None:
         ordered = [c for c in _LABEL_COLUMNS if c in columns] + [
-            c for c in columns if c not in _LABEL_COLUMNS and c != text_column]
+            c for c in columns if c not in _LABEL_COLUMNS and c != text_column
+        ]
         found = [c for c in ordered if numeric(c)]
         if not found:
-            raise DataError(f"{path}: no numeric target column among {columns} "
-                            "(pass label_column=...)")
+            raise DataError(
+                f"{path}: no numeric target column among {columns} (pass label_column=...)"
+            )
         label_column = found[0]
     elif label_column not in columns:
         raise DataError(f"{path}: no label column {label_column!r}; the columns are {columns}")
     values = [_as_float(r[label_column]) for r in rows]
     bad = [i for i, v in enumerate(values) if v is None]
     if bad:
-        raise DataError(f"{path}: column {label_column!r} is not numeric (row {bad[0]}: "
-                        f"{rows[bad[0]][label_column]!r}); regression needs a number in every row")
+        raise DataError(
+            f"{path}: column {label_column!r} is not numeric (row {bad[0]}: "
+            f"{rows[bad[0]][label_column]!r}); regression needs a number in every row"
+        )
     texts = ["" if r[text_column] is None else r[text_column] for r in rows]
-    return _regression_dataset(path.stem, texts, np.asarray(values, dtype=np.float64),
-                               label_column, spec,
-                               {"text_column": text_column, "label_column": label_column},
-                               limit, seed)
-
+    return _regression_dataset(
+        path.stem,
+        texts,
+        np.asarray(values, dtype=np.float64),
+        label_column,
+        spec,
+        {"text_column": text_column, "label_column": label_column},
+        limit,
+        seed,
+    )

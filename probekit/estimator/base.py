@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, DataError
 from .._utils.memory import default_budget, parse_size
+from ..cache.rows import CacheRows
+from ..errors import ConfigError, DataError
 from ..probes import create_probe, get_probe_class, head_params
 from ..probes.base import ProbeOutput
 from ..train import GridResult, TrainConfig, train_grid
@@ -36,7 +37,6 @@ from .model import FeatureNorm, ProbeModel, _buffer, _set_selected_layer, fit_fe
 from .params import EstimatorParams, check_fitted, random_seed
 from .persist import _jsonable, load_probe, save_probe
 from .recipes import DROPOUT_PARAM, HEAD_VARIANTS, OVERRIDABLE, recipe_for
-from ..cache.rows import CacheRows
 
 __all__ = ["ProbeEstimator"]
 
@@ -57,8 +57,14 @@ class ProbeEstimator(EstimatorParams):
         raise NotImplementedError
 
     def _fit_linear(
-        self, x: Tensor, norm: FeatureNorm, y: Tensor, s: TrainConfig, variant: dict[str, Any],
-        seed: int, device: torch.device,
+        self,
+        x: Tensor,
+        norm: FeatureNorm,
+        y: Tensor,
+        s: TrainConfig,
+        variant: dict[str, Any],
+        seed: int,
+        device: torch.device,
     ) -> tuple[nn.Module, dict[str, Any]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -177,9 +183,7 @@ class ProbeEstimator(EstimatorParams):
 
     # ----------------------------------------------------------------- fit
 
-    def fit(
-        self, X: Any, y: Any = None, *, layer_names: Sequence[str] | None = None
-    ) -> Self:
+    def fit(self, X: Any, y: Any = None, *, layer_names: Sequence[str] | None = None) -> Self:
         """Train the probe.
 
         Args:

@@ -45,8 +45,16 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .inputs import _is_cache
 
-__all__ = ["control_keys", "control_labels", "control_task_labels", "fit_control", "label_cdf",
-           "labels_from_cdf", "sample_keys", "selectivity"]
+__all__ = [
+    "control_keys",
+    "control_labels",
+    "control_task_labels",
+    "fit_control",
+    "label_cdf",
+    "labels_from_cdf",
+    "sample_keys",
+    "selectivity",
+]
 
 
 def _key_bytes(key: Any) -> bytes:
@@ -151,8 +159,9 @@ def label_cdf(y: Any) -> tuple[np.ndarray, np.ndarray]:
     return classes, np.cumsum(counts) / counts.sum()
 
 
-def labels_from_cdf(keys: Sequence[Any], classes: np.ndarray, cdf: np.ndarray,
-                    seed: int) -> np.ndarray:
+def labels_from_cdf(
+    keys: Sequence[Any], classes: np.ndarray, cdf: np.ndarray, seed: int
+) -> np.ndarray:
     """Control labels ``F^-1(u(seed, key))`` for a given label distribution (see
     :func:`control_labels`, which takes the distribution from ``y``).
 
@@ -198,6 +207,7 @@ def selectivity(task_scores: Any, control_scores: Any) -> np.ndarray:
     if t.shape != c.shape:
         raise DataError(f"task scores {t.shape} and control scores {c.shape} differ in shape")
     return t - c
+
 
 def control_keys(clf: Any, X: Any, keys: Sequence[Any] | None) -> list[Any] | None:
     """The sample keys of a ``control=True`` fit, checked before any training.

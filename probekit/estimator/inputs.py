@@ -38,7 +38,9 @@ def check_finite(x: Tensor, what: str = "X", offset: int = 0) -> None:
     if bool(bad.any()):
         rows = torch.nonzero(bad).flatten()
         first = offset + int(rows[0])
-        raise DataError(f"{what} has {rows.numel()} row(s) with NaN or infinity (first: row {first})")
+        raise DataError(
+            f"{what} has {rows.numel()} row(s) with NaN or infinity (first: row {first})"
+        )
 
 
 def _is_cache(X: Any) -> bool:

@@ -157,8 +157,9 @@ def _stream_stats(batches: Any, n_tokens: int, dim: int) -> tuple[Tensor, Tensor
     return mean, (sq / max(n, 1)).sqrt()
 
 
-def finish_linear(clf: Any, s: Any, variant: dict[str, Any], sol: Any,
-                  history: list[dict[str, Any]]) -> tuple[nn.Module, dict[str, Any]]:
+def finish_linear(
+    clf: Any, s: Any, variant: dict[str, Any], sol: Any, history: list[dict[str, Any]]
+) -> tuple[nn.Module, dict[str, Any]]:
     """The ``linear`` head from per-layer solutions ``sol`` (``weight (L, F, C)``, ``bias (L, C)``,
     ``n_iter``), with ``clf``'s fitted attributes set as every fit of it (in memory or streamed)
     leaves them; ``clf.selected_layer_`` is already chosen."""

@@ -136,5 +136,7 @@ def random_seed(random_state: Any) -> int:
     elif isinstance(random_state, np.random.RandomState):
         rng = random_state
     else:
-        raise ConfigError(f"random_state={random_state!r} cannot be used to seed a numpy.random.RandomState")
+        raise ConfigError(
+            f"random_state={random_state!r} cannot be used to seed a numpy.random.RandomState"
+        )
     return int(rng.randint(0, 2**31 - 1))

@@ -42,21 +42,44 @@ HEAD_DEFAULTS: dict[str, TrainConfig] = {
     # scikit-learn's LogisticRegression(C=1.0) per layer; the minibatch fields are used with
     # solver="adamw" (e.g. when streaming from a cache).
     "linear": dataclasses.replace(
-        _MINIBATCH, solver="lbfgs", C=1.0, max_iter=100, val_size=0.2, refit=True, lr=1e-2,
-        weight_decay=0.0, patience=10, epochs=100,
+        _MINIBATCH,
+        solver="lbfgs",
+        C=1.0,
+        max_iter=100,
+        val_size=0.2,
+        refit=True,
+        lr=1e-2,
+        weight_decay=0.0,
+        patience=10,
+        epochs=100,
     ),
     # ALF recipe (Ciernik et al.): AdamW, cosine to 1e-6, 40 epochs and >= 1000 steps, batch
     # 2048 with >= 5 batches, jitter, lr x wd grid on a stratified 80/20 split, refit on all.
     "alf": dataclasses.replace(
-        _MINIBATCH, lr=[1e-1, 1e-2, 1e-3], weight_decay=[float(w) for w in np.logspace(-6, 0, 7)],
-        epochs=40, min_steps=1000, batch_size=2048, min_batches=5, val_size=0.2, patience=None,
-        refit=True, jitter_p=JITTER[0],
+        _MINIBATCH,
+        lr=[1e-1, 1e-2, 1e-3],
+        weight_decay=[float(w) for w in np.logspace(-6, 0, 7)],
+        epochs=40,
+        min_steps=1000,
+        batch_size=2048,
+        min_batches=5,
+        val_size=0.2,
+        patience=None,
+        refit=True,
+        jitter_p=JITTER[0],
     ),
     # LAYA recipe (Vessio): Adam 3e-4, batch 128, <= 50 epochs, early stopping on a 10%
     # validation split (patience 5, best weights restored), no refit.
     "laya": dataclasses.replace(
-        _MINIBATCH, solver="adam", lr=3e-4, weight_decay=0.0, batch_size=128, epochs=50,
-        patience=5, val_size=0.1, schedule="constant",
+        _MINIBATCH,
+        solver="adam",
+        lr=3e-4,
+        weight_decay=0.0,
+        batch_size=128,
+        epochs=50,
+        patience=5,
+        val_size=0.1,
+        schedule="constant",
     ),
 }
 """Head name -> its recipe; heads without an entry use ``"default"``."""

@@ -134,8 +134,10 @@ class ProbeRegressor(ProbeEstimator):
 
     def _settings(self) -> TrainConfig:
         alpha = self.alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not (
-            np.isfinite(alpha) and alpha >= 0
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float, np.number))
+            or not (np.isfinite(alpha) and alpha >= 0)
         ):
             raise ConfigError(f"alpha must be a finite number >= 0, got {alpha!r}")
         return super()._settings()
@@ -209,7 +211,9 @@ class ProbeRegressor(ProbeEstimator):
             self.layer_scores_ = r2
             self.selected_layer_ = int(np.argmax(r2))
             self.best_score_ = float(r2[self.selected_layer_])
-            history += [{"phase": "search", "layer": j, "val_r2": float(v)} for j, v in enumerate(r2)]
+            history += [
+                {"phase": "search", "layer": j, "val_r2": float(v)} for j, v in enumerate(r2)
+            ]
         if sol is None or s.refit:
             sol = fit_ridge_probes(xl, y, alpha)
             history += [{"phase": "refit", "layer": j} for j in range(self.n_layers_)]

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._utils.transfer import host_empty, to_device
+from ..cache.rows import CacheRows, stream_stats
 from ..errors import DataError
 from ..probes import get_probe_class
 from ..train import TrainConfig, balanced_accuracy, fit_linear_probes, stratified_split
 from ..train.linear import LinearSolution
-from .._utils.transfer import host_empty, to_device
 from .inputs import encode_labels
 from .model import FeatureNorm, _linear_rows, finish_linear
-from ..cache.rows import CacheRows, stream_stats
 
 if TYPE_CHECKING:  # pragma: no cover
     from .classifier import ProbeClassifier

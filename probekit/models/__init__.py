@@ -18,16 +18,19 @@ from __future__ import annotations
 
 from .._utils.lazy import attach
 
-__getattr__, __dir__, __all__ = attach(__name__, {
-    "BUNDLED_MODELS": "loading",
-    "LoadedModel": "loading",
-    "load_model": "loading",
-    "LayerSpec": "layers",
-    "parse_layers": "layers",
-    "resolve_indices": "layers",
-    "select_layers": "layers",
-    "LayerRecorder": "hooks",
-    "LayerListing": "listing",
-    "format_layers": "listing",
-    "list_layers": "listing",
-})
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "BUNDLED_MODELS": "loading",
+        "LoadedModel": "loading",
+        "load_model": "loading",
+        "LayerSpec": "layers",
+        "parse_layers": "layers",
+        "resolve_indices": "layers",
+        "select_layers": "layers",
+        "LayerRecorder": "hooks",
+        "LayerListing": "listing",
+        "format_layers": "listing",
+        "list_layers": "listing",
+    },
+)

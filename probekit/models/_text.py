@@ -25,14 +25,15 @@ def position_limit(model: nn.Module, config: Any) -> int | None:
     return n - (pad + 1) if isinstance(pad, int) and pad >= 0 else n
 
 
-def text_preprocess(tokenizer: Any, limit: int, spec: str, loaded: dict[str, Any]
-                     ) -> tuple[Callable[[Sequence[Any]], dict[str, Tensor]], Callable[[Sequence[str]], int]]:
+def text_preprocess(
+    tokenizer: Any, limit: int, spec: str, loaded: dict[str, Any]
+) -> tuple[Callable[[Sequence[Any]], dict[str, Tensor]], Callable[[Sequence[str]], int]]:
     """``preprocess`` (truncating to ``limit``, counting and warning once) and a counter."""
 
     def count_long(texts: Sequence[str]) -> int:
         n = 0
         for s in range(0, len(texts), 1024):
-            enc = tokenizer([str(t) for t in texts[s:s + 1024]], truncation=False, verbose=False)
+            enc = tokenizer([str(t) for t in texts[s : s + 1024]], truncation=False, verbose=False)
             n += sum(len(ids) > limit for ids in enc["input_ids"])
         return n
 
@@ -46,10 +47,14 @@ def text_preprocess(tokenizer: Any, limit: int, spec: str, loaded: dict[str, Any
         lm = loaded.get("model")
         if n_long and lm is not None:
             if lm.n_truncated == 0:
-                warnings.warn(f"{spec}: texts longer than the model's limit of {limit} tokens are "
-                              "truncated to it (warned once; LoadedModel.n_truncated counts them)",
-                              stacklevel=2)
+                warnings.warn(
+                    f"{spec}: texts longer than the model's limit of {limit} tokens are "
+                    "truncated to it (warned once; LoadedModel.n_truncated counts them)",
+                    stacklevel=2,
+                )
             lm.n_truncated += n_long
-        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return {
+            k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
 
     return preprocess, count_long

@@ -86,8 +86,9 @@ def read_state_dict(path: str | os.PathLike[str], spec: str) -> dict[str, Tensor
     if not p.is_file():
         raise ModelError(f"cannot load {spec}: checkpoint {path} does not exist")
     if not p.name.endswith(CHECKPOINT_SUFFIXES):
-        raise ModelError(f"cannot load {spec}: checkpoint {path} is not one of "
-                         f"{', '.join(CHECKPOINT_SUFFIXES)}")
+        raise ModelError(
+            f"cannot load {spec}: checkpoint {path} is not one of {', '.join(CHECKPOINT_SUFFIXES)}"
+        )
     try:
         if p.name.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -97,8 +98,9 @@ def read_state_dict(path: str | os.PathLike[str], spec: str) -> dict[str, Tensor
             state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"cannot load {spec}: checkpoint {path} is not a readable state dict "
-                         f"({reason[:200]})") from None
+        raise ModelError(
+            f"cannot load {spec}: checkpoint {path} is not a readable state dict ({reason[:200]})"
+        ) from None
     for key in _NESTED_KEYS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -111,11 +113,16 @@ def read_state_dict(path: str | os.PathLike[str], spec: str) -> dict[str, Tensor
 
 
 def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_checked(model: nn.Module, state: dict[str, Tensor], spec: str, source: str,
-                 base_prefix: str | None = None) -> dict[str, Any]:
+def load_checked(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    spec: str,
+    source: str,
+    base_prefix: str | None = None,
+) -> dict[str, Any]:
     """Load ``state`` into ``model`` after checking every key and shape.
 
     Two common wrappings are undone first: a ``module.`` prefix (DistributedDataParallel) and,
@@ -159,13 +166,16 @@ def load_checked(model: nn.Module, state: dict[str, Tensor], spec: str, source: 
             parts.append(f"{len(missing)} missing keys, first {missing[0]!r}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys, first {unexpected[0]!r}")
-        raise ModelError(f"cannot load {spec}: checkpoint {source} does not fit the model "
-                         f"({'; '.join(parts)})")
+        raise ModelError(
+            f"cannot load {spec}: checkpoint {source} does not fit the model ({'; '.join(parts)})"
+        )
     for key, ref in expected.items():
         if tuple(state[key].shape) != tuple(ref.shape):
-            raise ModelError(f"cannot load {spec}: checkpoint {source} does not fit the model "
-                             f"({key}: checkpoint {tuple(state[key].shape)} vs model "
-                             f"{tuple(ref.shape)})")
+            raise ModelError(
+                f"cannot load {spec}: checkpoint {source} does not fit the model "
+                f"({key}: checkpoint {tuple(state[key].shape)} vs model "
+                f"{tuple(ref.shape)})"
+            )
     model.load_state_dict(state, strict=True)
     return {"ignored_keys": ignored}
 
@@ -187,8 +197,9 @@ def _chain(err: BaseException) -> list[BaseException]:
     return out
 
 
-def explain_load_error(err: BaseException, spec: str, *, revision: str | None = None,
-                       checkpoint_hint: bool = True) -> ModelError:
+def explain_load_error(
+    err: BaseException, spec: str, *, revision: str | None = None, checkpoint_hint: bool = True
+) -> ModelError:
     """Turn whatever the hub, transformers or timm raised into a one-line :class:`ModelError`.
 
     The reason is classified along the exception chain: gated repository, unknown revision,
@@ -203,31 +214,43 @@ def explain_load_error(err: BaseException, spec: str, *, revision: str | None = 
     for e in _chain(err):
         text = str(e)
         if isinstance(e, hub.GatedRepoError):
-            reason = ("the repository is gated: accept its conditions on the hub and log in "
-                      "(hf auth login), or give a local copy")
+            reason = (
+                "the repository is gated: accept its conditions on the hub and log in "
+                "(hf auth login), or give a local copy"
+            )
         elif isinstance(e, hub.RevisionNotFoundError):
             reason = f"revision {revision!r} does not exist in the repository"
         elif isinstance(e, hub.RepositoryNotFoundError):
-            reason = ("no such repository on the hub (a typo? a private repository needs a "
-                      "login) and no local folder of that name")
+            reason = (
+                "no such repository on the hub (a typo? a private repository needs a "
+                "login) and no local folder of that name"
+            )
         elif isinstance(e, (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled)) or (
-                "couldn't connect" in text or "cannot find the requested files" in text):
-            reason = (f"no weights offline{hint} (the hub cannot be reached or HF_HUB_OFFLINE "
-                      "is set, and nothing is in the local cache)")
+            "couldn't connect" in text or "cannot find the requested files" in text
+        ):
+            reason = (
+                f"no weights offline{hint} (the hub cannot be reached or HF_HUB_OFFLINE "
+                "is set, and nothing is in the local cache)"
+            )
         elif isinstance(e, hub.EntryNotFoundError):
             reason = f"a file is missing from the repository ({text.splitlines()[0][:160]})"
         elif isinstance(e, hub.HFValidationError):
             reason = "not a local folder, and not a valid hub id (namespace/name)"
         elif "trust_remote_code" in text:
-            reason = ("the checkpoint needs its own code: pass trust_remote_code=True "
-                      "(--trust-remote-code) if you trust it")
+            reason = (
+                "the checkpoint needs its own code: pass trust_remote_code=True "
+                "(--trust-remote-code) if you trust it"
+            )
         elif text.startswith("Unknown model"):
             reason = "unknown timm model (see timm.list_models())"
         elif text.startswith("Invalid pretrained tag"):
             reason = f"unknown pretrained tag ({text.strip()})"
         elif "No pretrained weights exist" in text:
             reason = f"timm has no pretrained weights for it{hint}"
-        elif isinstance(e, ConnectionError) or type(e).__name__ in {"ConnectError", "ConnectTimeout"}:
+        elif isinstance(e, ConnectionError) or type(e).__name__ in {
+            "ConnectError",
+            "ConnectTimeout",
+        }:
             reason = f"the hub cannot be reached{hint}"
         if reason:
             break

@@ -87,7 +87,9 @@ class LayerRecorder:
                 raise StopForward
 
         if spec.io == "input":
-            return lambda module, args, kwargs: record(args[0] if args else kwargs.get("hidden_states", kwargs))
+            return lambda module, args, kwargs: record(
+                args[0] if args else kwargs.get("hidden_states", kwargs)
+            )
         return lambda module, args, output: record(output)
 
     def __enter__(self) -> LayerRecorder:

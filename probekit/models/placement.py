@@ -33,8 +33,15 @@ __all__ = [
 ]
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-          "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 QUANTIZATIONS = ("8bit", "4bit")
 _SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _DEVICE = re.compile(r"^(cpu|disk|mps|meta|cuda(:\d+)?|xpu(:\d+)?|npu(:\d+)?|\d+)$")
@@ -43,8 +50,9 @@ _DEVICE = re.compile(r"^(cpu|disk|mps|meta|cuda(:\d+)?|xpu(:\d+)?|npu(:\d+)?|\d+
 def _device_key(key: Any, what: str) -> int | str:
     text = str(key).strip()
     if not _DEVICE.match(text):
-        raise ModelError(f"{what}: unknown device {key!r}; use cpu, disk, a GPU index (0, 1, ...) "
-                         "or cuda:N")
+        raise ModelError(
+            f"{what}: unknown device {key!r}; use cpu, disk, a GPU index (0, 1, ...) or cuda:N"
+        )
     return int(text) if text.isdigit() else text
 
 
@@ -76,8 +84,10 @@ def parse_device_map(value: Any) -> str | dict[str, int | str] | None:
         elif _DEVICE.match(text) and not text.isdigit():
             return text
         else:
-            raise ModelError(f"device_map {value!r} is not one of {', '.join(DEVICE_MAP_STRATEGIES)}, "
-                             "a device (cpu, cuda:0) or a JSON {module: device} map")
+            raise ModelError(
+                f"device_map {value!r} is not one of {', '.join(DEVICE_MAP_STRATEGIES)}, "
+                "a device (cpu, cuda:0) or a JSON {module: device} map"
+            )
     if isinstance(value, dict):
         if not value:
             raise ModelError("device_map is an empty dict")
@@ -111,8 +121,9 @@ def parse_max_memory(value: Any) -> dict[int | str, str | int] | None:
         else:
             pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
             if not pairs or any(len(p) != 2 for p in pairs):
-                raise ModelError(f"max_memory {text!r}: write DEVICE=SIZE pairs, e.g. "
-                                 "'cpu=40MB,0=10GiB'")
+                raise ModelError(
+                    f"max_memory {text!r}: write DEVICE=SIZE pairs, e.g. 'cpu=40MB,0=10GiB'"
+                )
             value = {k.strip(): v.strip() for k, v in pairs}
     if not isinstance(value, dict) or not value:
         raise ModelError(f"max_memory must be a {{device: size}} dict, got {value!r}")
@@ -121,10 +132,12 @@ def parse_max_memory(value: Any) -> dict[int | str, str | int] | None:
         dev = _device_key(key, "max_memory")
         if isinstance(dev, str) and dev.startswith("cuda:"):
             dev = int(dev.split(":")[1])
-        if isinstance(size, bool) or not (isinstance(size, int) and size > 0
-                                          or isinstance(size, str) and _SIZE.match(size)):
-            raise ModelError(f"max_memory[{key!r}] = {size!r} is not a size (bytes, or like "
-                             "'40MB', '10GiB')")
+        if isinstance(size, bool) or not (
+            isinstance(size, int) and size > 0 or isinstance(size, str) and _SIZE.match(size)
+        ):
+            raise ModelError(
+                f"max_memory[{key!r}] = {size!r} is not a size (bytes, or like '40MB', '10GiB')"
+            )
         out[dev] = size.strip().upper().replace("IB", "iB") if isinstance(size, str) else size
     return out
 
@@ -159,8 +172,10 @@ def parse_quantization(value: Any, check_installed: bool = True) -> str | None:
     if text not in QUANTIZATIONS:
         raise ModelError(f"quantization {value!r} is not one of {', '.join(QUANTIZATIONS)}")
     if check_installed and importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError(f"quantization={text} needs the bitsandbytes package, which is not "
-                         "installed (pip install bitsandbytes; it needs a supported GPU)")
+        raise ModelError(
+            f"quantization={text} needs the bitsandbytes package, which is not "
+            "installed (pip install bitsandbytes; it needs a supported GPU)"
+        )
     return text
 
 
@@ -182,8 +197,13 @@ def main_device(hf_device_map: dict[str, Any]) -> torch.device:
     return torch.device("cpu")
 
 
-def placement_kwargs(device_map: Any, max_memory: Any, offload_folder: Any,
-                      quantization: str | None, dtype: torch.dtype | None) -> dict[str, Any]:
+def placement_kwargs(
+    device_map: Any,
+    max_memory: Any,
+    offload_folder: Any,
+    quantization: str | None,
+    dtype: torch.dtype | None,
+) -> dict[str, Any]:
     import torch
     import transformers
     from packaging.version import Version
@@ -202,6 +222,10 @@ def placement_kwargs(device_map: Any, max_memory: Any, offload_folder: Any,
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype or torch.float16))
+            BitsAndBytesConfig(load_in_8bit=True)
+            if quantization == "8bit"
+            else BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_compute_dtype=dtype or torch.float16
+            )
+        )
     return kwargs

@@ -107,7 +107,9 @@ class ALFHead(ProbeHead):
         scores = self.norm_k(x) @ (q_in.t() / math.sqrt(dh))  # (B, T, H)
         attn = scores.softmax(dim=1)  # (B, T, H), over tokens
         pooled = torch.einsum("bth,btd->bhd", self.attn_dropout(attn), self.norm_v(x))  # (B, H, D)
-        o = torch.einsum("bhd,hkd->bhk", pooled, self.w_v.weight.view(heads, dh, dim))  # (B, H, d_h)
+        o = torch.einsum(
+            "bhd,hkd->bhk", pooled, self.w_v.weight.view(heads, dh, dim)
+        )  # (B, H, d_h)
         o = self.dropout(self.w_o(o.reshape(b, heads * dh)))  # (B, D)
         logits = self.classifier(self.bn(o))  # (B, C)
         token_weights = attn.mean(-1)  # (B, T)

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from .._utils.lazy import attach
 
-__getattr__, __dir__, __all__ = attach(__name__, {
-    "POOLINGS": "pooling",
-    "expand_poolings": "pooling",
-    "pool": "pooling",
-    "PRECISIONS": "extraction",
-    "STORE_DTYPES": "extraction",
-    "extract": "extraction",
-    "record": "extraction",
-    "Ranks": "distributed",
-})
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "POOLINGS": "pooling",
+        "expand_poolings": "pooling",
+        "pool": "pooling",
+        "PRECISIONS": "extraction",
+        "STORE_DTYPES": "extraction",
+        "extract": "extraction",
+        "record": "extraction",
+        "Ranks": "distributed",
+    },
+)

@@ -25,16 +25,16 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .._utils.runtime import resolve_precision
+from .._utils.transfer import to_host_all
 from ..cache import CacheWriter, FeatureCache
 from ..cache.files import _kill_point
 from ..data import Dataset, load_data
-from .distributed import Ranks, join_ranks
 from ..errors import ConfigError, DataError
 from ..models.hooks import LayerRecorder
 from ..models.layers import LayerSpec, Selection, select_layers
 from ..models.loading import LoadedModel, load_model
+from .distributed import Ranks, join_ranks
 from .pooling import expand_poolings, pool
-from .._utils.transfer import to_host_all
 
 __all__ = ["extract", "record", "PRECISIONS", "STORE_DTYPES"]
 
@@ -64,8 +64,14 @@ def precision_context(precision: str, device: torch.device) -> Iterator[None]:
         torch.set_float32_matmul_precision(old)
 
 
-def _batched_inputs(model: LoadedModel, data: Dataset, start: int, stop: int, batch_size: int,
-                    pool_exec: ThreadPoolExecutor | None) -> Iterator[tuple[int, dict[str, Tensor]]]:
+def _batched_inputs(
+    model: LoadedModel,
+    data: Dataset,
+    start: int,
+    stop: int,
+    batch_size: int,
+    pool_exec: ThreadPoolExecutor | None,
+) -> Iterator[tuple[int, dict[str, Tensor]]]:
     """Yield ``(batch_start, inputs)``; with ``pool_exec`` the next batch is preprocessed while the
     caller computes (accelerators), without it inline (CPU)."""
     starts = list(range(start, stop, batch_size))
@@ -74,7 +80,7 @@ def _batched_inputs(model: LoadedModel, data: Dataset, start: int, stop: int, ba
         return model.preprocess(data.get_items(range(s, min(s + batch_size, stop))))
 
     if pool_exec is None:  # CPU: the forward pass already uses every core; a second thread's
-        for s in starts:   # torch ops would only start a competing OpenMP pool
+        for s in starts:  # torch ops would only start a competing OpenMP pool
             yield s, prep(s)
         return
 
@@ -85,8 +91,13 @@ def _batched_inputs(model: LoadedModel, data: Dataset, start: int, stop: int, ba
         yield s, inputs
 
 
-def _forward_pooled(model: LoadedModel, recorder: LayerRecorder, inputs: dict[str, Tensor],
-                    poolings: list[str], device: torch.device) -> dict[str, Tensor]:
+def _forward_pooled(
+    model: LoadedModel,
+    recorder: LayerRecorder,
+    inputs: dict[str, Tensor],
+    poolings: list[str],
+    device: torch.device,
+) -> dict[str, Tensor]:
     """One forward pass; returns ``{"<layer>.<pooling>": (B, D) float32}``."""
     inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
     mask = inputs.get("attention_mask")
@@ -131,13 +142,20 @@ class _ShardWriter:
             raise self.error
 
 
-def _layer_dims(model: LoadedModel, data: Dataset, specs: list[LayerSpec], poolings: list[str],
-                device: torch.device) -> list[int]:
+def _layer_dims(
+    model: LoadedModel,
+    data: Dataset,
+    specs: list[LayerSpec],
+    poolings: list[str],
+    device: torch.device,
+) -> list[int]:
     """Widths of the chosen layers: known from the model, or from one sample's forward pass."""
     if all(s.dim is not None for s in specs):
         return [int(s.dim) for s in specs]  # type: ignore[arg-type]
     with torch.no_grad(), LayerRecorder(model.model, specs) as rec:
-        out = _forward_pooled(model, rec, model.preprocess(data.get_items([0])), poolings[:1], device)
+        out = _forward_pooled(
+            model, rec, model.preprocess(data.get_items([0])), poolings[:1], device
+        )
     return [int(out[f"{s.name}.{poolings[0]}"].shape[-1]) for s in specs]
 
 
@@ -192,11 +210,16 @@ def extract(
         IndexError / ValueError: bad ``layers`` or ``pooling``.
     """
     if dtype is not None:
-        warnings.warn("extract(dtype=...) is deprecated; use store_dtype=...", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "extract(dtype=...) is deprecated; use store_dtype=...",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         store_dtype = dtype
     if store_dtype not in STORE_DTYPES:
-        raise ConfigError(f"unknown store_dtype {store_dtype!r}; choose from {', '.join(STORE_DTYPES)}")
+        raise ConfigError(
+            f"unknown store_dtype {store_dtype!r}; choose from {', '.join(STORE_DTYPES)}"
+        )
     data = load_data(data) if isinstance(data, str) else data
     if len(data) == 0:
         raise DataError(f"dataset {data.name!r} is empty: nothing to extract")
@@ -213,33 +236,64 @@ def extract(
     precision = resolve_precision(precision, device.type)  # "auto" -> "bf16" / "fp32"
     ranks = join_ranks(device)
     try:
-        return _extract_ranks(model, data, Path(out), specs, poolings, batch_size, shard_size,
-                              ranks.device(device), store_dtype, precision, progress, ranks)
+        return _extract_ranks(
+            model,
+            data,
+            Path(out),
+            specs,
+            poolings,
+            batch_size,
+            shard_size,
+            ranks.device(device),
+            store_dtype,
+            precision,
+            progress,
+            ranks,
+        )
     finally:
         ranks.close()
 
 
-def _extract_ranks(model: LoadedModel, data: Dataset, out: Path, specs: list[LayerSpec],
-                   poolings: list[str], batch_size: int, shard_size: int, device: torch.device,
-                   store_dtype: str, precision: str, progress: bool, ranks: Ranks) -> FeatureCache:
+def _extract_ranks(
+    model: LoadedModel,
+    data: Dataset,
+    out: Path,
+    specs: list[LayerSpec],
+    poolings: list[str],
+    batch_size: int,
+    shard_size: int,
+    device: torch.device,
+    store_dtype: str,
+    precision: str,
+    progress: bool,
+    ranks: Ranks,
+) -> FeatureCache:
     """The shards of this rank (all of them in one process); rank 0 creates and finalises."""
     model.to(device)
     dims = _layer_dims(model, data, specs, poolings, device)
     manifest = {
         "model": model.info,
-        "layers": [{"name": s.name, "dim": d, "module": s.module, "io": s.io} for s, d in zip(specs, dims)],
+        "layers": [
+            {"name": s.name, "dim": d, "module": s.module, "io": s.io} for s, d in zip(specs, dims)
+        ],
         "poolings": poolings,
         "dtype": store_dtype,
         "precision": precision,
         "preprocessing": model.info.get("preprocessing"),
-        "dataset": {"name": data.name, "fingerprint": data.fingerprint, "n": len(data),
-                    "label_names": list(data.label_names), "kind": data.kind},
+        "dataset": {
+            "name": data.name,
+            "fingerprint": data.fingerprint,
+            "n": len(data),
+            "label_names": list(data.label_names),
+            "kind": data.kind,
+        },
         "info": {"truncated_samples": model.count_truncated(data.texts)},  # not fingerprinted
     }
 
     def create() -> CacheWriter:
-        return CacheWriter.create(out, manifest, n_samples=len(data), shard_size=shard_size,
-                                  texts=data.texts)
+        return CacheWriter.create(
+            out, manifest, n_samples=len(data), shard_size=shard_size, texts=data.texts
+        )
 
     if not ranks.distributed:
         writer = create()
@@ -250,10 +304,26 @@ def _extract_ranks(model: LoadedModel, data: Dataset, out: Path, specs: list[Lay
         ranks.agree(create)
         writer = ranks.agree(create, on=None)  # type: ignore[assignment]
         assert writer is not None
-        todo = [i for i in range(ranks.rank, writer.n_shards, ranks.world_size)
-                if not writer.shard_ok(i)]  # shard i belongs to rank i mod N
-    ranks.agree(lambda: _write_shards(model, data, writer, todo, specs, poolings, batch_size,
-                                      device, precision, progress and ranks.rank == 0), on=None)
+        todo = [
+            i
+            for i in range(ranks.rank, writer.n_shards, ranks.world_size)
+            if not writer.shard_ok(i)
+        ]  # shard i belongs to rank i mod N
+    ranks.agree(
+        lambda: _write_shards(
+            model,
+            data,
+            writer,
+            todo,
+            specs,
+            poolings,
+            batch_size,
+            device,
+            precision,
+            progress and ranks.rank == 0,
+        ),
+        on=None,
+    )
     if not ranks.distributed:
         return writer.finalize()
     # after every rank's shards are on disk; a fresh writer sees the manifest as it is now (a
@@ -262,18 +332,30 @@ def _extract_ranks(model: LoadedModel, data: Dataset, out: Path, specs: list[Lay
     return FeatureCache.open(out)
 
 
-def _write_shards(model: LoadedModel, data: Dataset, writer: CacheWriter, todo: list[int],
-                  specs: list[LayerSpec], poolings: list[str], batch_size: int,
-                  device: torch.device, precision: str, progress: bool) -> None:
+def _write_shards(
+    model: LoadedModel,
+    data: Dataset,
+    writer: CacheWriter,
+    todo: list[int],
+    specs: list[LayerSpec],
+    poolings: list[str],
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    progress: bool,
+) -> None:
     """Compute and write the shards ``todo`` (a writer thread writes while the next is computed)."""
     labels = torch.as_tensor(data.labels, dtype=torch.int64)
     total = sum(writer.shard_range(i)[1] - writer.shard_range(i)[0] for i in todo)
     bar = tqdm(total=total, desc=f"extract {model.spec}", unit="sample", disable=not progress)
     shard_writer = _ShardWriter(writer)
     try:
-        with (torch.no_grad(), precision_context(precision, device),
-              LayerRecorder(model.model, specs) as recorder,
-              ThreadPoolExecutor(1, thread_name_prefix="probekit-prep") as prep):
+        with (
+            torch.no_grad(),
+            precision_context(precision, device),
+            LayerRecorder(model.model, specs) as recorder,
+            ThreadPoolExecutor(1, thread_name_prefix="probekit-prep") as prep,
+        ):
             for i in todo:
                 start, stop = writer.shard_range(i)
                 # One preallocated (n, D) buffer per key: pooled rows are copied out at once, so
@@ -286,8 +368,10 @@ def _write_shards(model: LoadedModel, data: Dataset, writer: CacheWriter, todo: 
                     _kill_point("forward")  # test hook, inert unless PROBEKIT_TEST_KILL_AT is set
                     for key, t in out.items():
                         if key not in tensors:
-                            tensors[key] = torch.empty(stop - start, t.shape[-1], dtype=torch.float32)
-                        tensors[key][s - start:s - start + t.shape[0]].copy_(t)
+                            tensors[key] = torch.empty(
+                                stop - start, t.shape[-1], dtype=torch.float32
+                            )
+                        tensors[key][s - start : s - start + t.shape[0]].copy_(t)
                     bar.update(next(iter(inputs.values())).shape[0])
                 shard_writer.put(i, tensors, labels[start:stop], torch.arange(start, stop))
     finally:
@@ -321,7 +405,7 @@ def record(
     parts: dict[str, list[Tensor]] = {}
     with torch.no_grad(), LayerRecorder(model.model, specs) as recorder:
         for s in range(0, len(items), batch_size):
-            inputs = model.preprocess(list(items[s:s + batch_size]))
+            inputs = model.preprocess(list(items[s : s + batch_size]))
             for key, t in _forward_pooled(model, recorder, inputs, poolings, device).items():
                 parts.setdefault(key, []).append(t.cpu().clone())  # no view of a layer output
     out = {}

@@ -32,7 +32,9 @@ __all__ = ["POOLINGS", "FeatureKey", "expand_poolings", "pool"]
 POOLINGS = ("cls", "mean", "last", "tokens")
 
 
-def expand_poolings(pooling: str | Sequence[str], recorded: Sequence[str] | None = None) -> list[str]:
+def expand_poolings(
+    pooling: str | Sequence[str], recorded: Sequence[str] | None = None
+) -> list[str]:
     """``"cls+mean"`` or ``"cls,mean"`` -> ``["cls", "mean"]``; checks every name.
 
     Args:
@@ -110,7 +112,9 @@ def pool(hidden: Tensor, how: str, mask: Tensor | None = None, n_prefix: int = 0
             return hidden.mean(dim=(2, 3))
         if how == "tokens":
             return hidden.flatten(2).transpose(1, 2)  # (B, H*W, C)
-        raise ConfigError(f"pooling {how!r} does not apply to a CNN feature map; use mean or tokens")
+        raise ConfigError(
+            f"pooling {how!r} does not apply to a CNN feature map; use mean or tokens"
+        )
     if hidden.ndim == 2:  # already one vector per sample (a pooler or a head)
         return hidden
     if hidden.ndim != 3:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from .._utils.lazy import attach
 
-__getattr__, __dir__, __all__ = attach(__name__, {
-    "Figure": "html",
-    "build_figures": "html",
-    "write_figures": "html",
-    "write_report": "html",
-})
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "Figure": "html",
+        "build_figures": "html",
+        "write_figures": "html",
+        "write_report": "html",
+    },
+)

@@ -34,8 +34,15 @@ HEATMAP_MAX_SAMPLES = 2000
 """Most rows (test samples) a per-sample heatmap of the report draws."""
 CHUNK_BYTES = 4 * 2**20
 """Largest chunk (as float64) the report reads from an attribution file at a time."""
-_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64",
-           "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool"}
+_DTYPES = {
+    "F16": "float16",
+    "F32": "float32",
+    "F64": "float64",
+    "I32": "int32",
+    "I64": "int64",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 class AttributionFile:
@@ -71,8 +78,9 @@ class AttributionFile:
         with safe_open(str(self.path), framework="numpy") as f:
             return f.get_tensor(key)
 
-    def chunks(self, keys: Sequence[str], chunk_bytes: int = CHUNK_BYTES
-               ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    def chunks(
+        self, keys: Sequence[str], chunk_bytes: int = CHUNK_BYTES
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """``(start, {key: rows start:stop as float64})`` over the rows of ``keys``.
 
         A chunk holds as many rows as fit ``chunk_bytes`` in float64 (at least one).
@@ -118,8 +126,10 @@ def stratified_subsample(labels: Sequence[int] | np.ndarray, k: int, seed: int =
     extra = np.argsort(-rest, kind="stable")[: k - int(quota.sum())]
     quota[extra] += 1
     rng = np.random.default_rng(seed)
-    picked = [rng.choice(np.flatnonzero(codes == c), size=int(q), replace=False)
-              for c, q in enumerate(quota)]
+    picked = [
+        rng.choice(np.flatnonzero(codes == c), size=int(q), replace=False)
+        for c, q in enumerate(quota)
+    ]
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
@@ -151,8 +161,9 @@ class HeadSummary:
     layer_map: np.ndarray | None
 
 
-def summarize_head(f: AttributionFile, labels: np.ndarray, shown: np.ndarray,
-                   chunk_bytes: int = CHUNK_BYTES) -> HeadSummary:
+def summarize_head(
+    f: AttributionFile, labels: np.ndarray, shown: np.ndarray, chunk_bytes: int = CHUNK_BYTES
+) -> HeadSummary:
     """Stream one head's file once (twice over ``ablation`` for its spread).
 
     Args:
@@ -181,7 +192,7 @@ def summarize_head(f: AttributionFile, labels: np.ndarray, shown: np.ndarray,
         b = len(c["ablation"])
         abl_sum += c["ablation"].sum(0)
         if sums is not None:
-            np.add.at(sums, codes[start:start + b], c["layer_weights"])
+            np.add.at(sums, codes[start : start + b], c["layer_weights"])
             lo, hi = np.searchsorted(shown, [start, start + b])
             parts.append(c["layer_weights"][shown[lo:hi] - start])
         if map_sum is not None:
@@ -201,9 +212,13 @@ def summarize_head(f: AttributionFile, labels: np.ndarray, shown: np.ndarray,
         with np.errstate(invalid="ignore", divide="ignore"):
             layer_map = map_sum / map_count
     return HeadSummary(
-        n=n, shown=shown,
+        n=n,
+        shown=shown,
         weights_shown=np.concatenate(parts) if weights else None,
         class_means=sums / counts[:, None] if sums is not None else None,
-        classes=classes, counts=counts, ablation_mean=mean,
+        classes=classes,
+        counts=counts,
+        ablation_mean=mean,
         ablation_std=np.sqrt(sq / (n - 1)) if n > 1 else np.zeros(n_layers),
-        layer_map=layer_map)
+        layer_map=layer_map,
+    )

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..runs.folder import read_config, read_metrics
 from .regression import regression_figures, regression_tables
 from .science import science_figures, science_tables
-from ..runs.folder import read_config, read_metrics
 
 __all__ = ["Figure", "build_figures", "write_figures", "write_report"]
 
@@ -44,8 +44,16 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
     cfg = read_config(run_dir)
     metrics = read_metrics(run_dir)
     att_dir = run_dir / "attribution"
-    summary = json.loads((att_dir / "attribution.json").read_text()) if (att_dir / "attribution.json").is_file() else None
-    arrays = {p.stem: AttributionFile(p) for p in sorted(att_dir.glob("*.safetensors"))} if summary else {}
+    summary = (
+        json.loads((att_dir / "attribution.json").read_text())
+        if (att_dir / "attribution.json").is_file()
+        else None
+    )
+    arrays = (
+        {p.stem: AttributionFile(p) for p in sorted(att_dir.glob("*.safetensors"))}
+        if summary
+        else {}
+    )
     cache = FeatureCache.open(cfg.cache_dir)
     return {"cfg": cfg, "metrics": metrics, "summary": summary, "arrays": arrays, "cache": cache}
 
@@ -86,7 +94,6 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     """
     from types import SimpleNamespace
 
-    from .arrays import HEATMAP_MAX_SAMPLES, stratified_subsample, summarize_head
     from ..viz import (
         AblationDisplay,
         ClassProfileDisplay,
@@ -94,6 +101,7 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
         LayerAttributionDisplay,
         LayerMapDisplay,
     )
+    from .arrays import HEATMAP_MAX_SAMPLES, stratified_subsample, summarize_head
 
     run = _load_run(Path(run_dir))
     metrics, summary, arrays, cache = run["metrics"], run["summary"], run["arrays"], run["cache"]
@@ -101,8 +109,10 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     chunk, seed = _chunk_bytes(run["cfg"]), run["cfg"].seed
     head_layers = {h: _head_layers(Path(run_dir), h, metrics["layer_names"]) for h in arrays}
     if metrics.get("task") == "regression":
-        return [Figure(*spec) for spec in regression_figures(metrics, summary, arrays, head_layers,
-                                                             cap, seed, chunk)]
+        return [
+            Figure(*spec)
+            for spec in regression_figures(metrics, summary, arrays, head_layers, cap, seed, chunk)
+        ]
     layers = metrics["layer_names"]
     label_names = metrics["label_names"]
     figs: list[Figure] = []
@@ -110,12 +120,23 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     if linear and "per_layer" in linear:
         rows = linear["per_layer"]
         disp = LayerAccuracyDisplay.from_arrays(
-            layers, [r["balanced_accuracy"] for r in rows],
-            [r["balanced_accuracy_ci"][0] for r in rows], [r["balanced_accuracy_ci"][1] for r in rows],
-            chance=1.0 / len(label_names), name="linear probe (balanced accuracy)")
-        figs.append(Figure("accuracy", "Per-layer linear probes",
-                           "Balanced test accuracy of one linear probe per layer, with a 95% bootstrap "
-                           "interval.", disp.figure_, key=True))
+            layers,
+            [r["balanced_accuracy"] for r in rows],
+            [r["balanced_accuracy_ci"][0] for r in rows],
+            [r["balanced_accuracy_ci"][1] for r in rows],
+            chance=1.0 / len(label_names),
+            name="linear probe (balanced accuracy)",
+        )
+        figs.append(
+            Figure(
+                "accuracy",
+                "Per-layer linear probes",
+                "Balanced test accuracy of one linear probe per layer, with a 95% bootstrap "
+                "interval.",
+                disp.figure_,
+                key=True,
+            )
+        )
     figs += [Figure(**f) for f in science_figures(Path(run_dir), metrics)]
     if not summary:
         return figs
@@ -132,39 +153,90 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
         layers = head_layers[head]
         s = summarize_head(a, labels, shown, chunk)
         if "layer_weights" in a and head != "scalar-mix":
-            title = {"title": f"Layer attribution per sample: {head} layer weight ({note})"} if note else {}
+            title = (
+                {"title": f"Layer attribution per sample: {head} layer weight ({note})"}
+                if note
+                else {}
+            )
             disp = LayerAttributionDisplay.from_arrays(
-                s.weights_shown, layers, labels[shown], label_names, predictions=a["predictions"][shown],
-                sample_ids=np.asarray(cache.index)[test[shown]], texts=texts,
-                value_name=f"{head} layer weight", **title)
+                s.weights_shown,
+                layers,
+                labels[shown],
+                label_names,
+                predictions=a["predictions"][shown],
+                sample_ids=np.asarray(cache.index)[test[shown]],
+                texts=texts,
+                value_name=f"{head} layer weight",
+                **title,
+            )
             agree = summary["heads"][head].get("agreement_median")
-            caption = ("Each row is a test sample, grouped by class; each column a layer. "
-                       f"Median Spearman agreement with ablation: {agree:.2f}." if agree is not None
-                       else "")
+            caption = (
+                "Each row is a test sample, grouped by class; each column a layer. "
+                f"Median Spearman agreement with ablation: {agree:.2f}."
+                if agree is not None
+                else ""
+            )
             if note:
                 caption += f" {note}: a class-stratified random sample (seed {seed}); the class means below are over all {n}."
-            figs.append(Figure(f"weights-{head}", f"{head}: layer weights per test sample",
-                               caption.strip(), disp.figure_, key=head == best))
-            prof = ClassProfileDisplay.from_class_means(s.class_means, layers, s.classes, label_names,
-                                                        s.counts, value_name=f"{head} layer weight")
-            figs.append(Figure(f"profile-{head}", f"{head}: class-mean layer profile",
-                               "Mean layer weight within each true class.", prof.figure_, key=head == best))
-        result = SimpleNamespace(accuracy_drop=a["accuracy_drop"], layer_names=list(layers),
-                                 base_accuracy=summary["heads"][head]["base_accuracy"], mode=summary["mode"])
+            figs.append(
+                Figure(
+                    f"weights-{head}",
+                    f"{head}: layer weights per test sample",
+                    caption.strip(),
+                    disp.figure_,
+                    key=head == best,
+                )
+            )
+            prof = ClassProfileDisplay.from_class_means(
+                s.class_means,
+                layers,
+                s.classes,
+                label_names,
+                s.counts,
+                value_name=f"{head} layer weight",
+            )
+            figs.append(
+                Figure(
+                    f"profile-{head}",
+                    f"{head}: class-mean layer profile",
+                    "Mean layer weight within each true class.",
+                    prof.figure_,
+                    key=head == best,
+                )
+            )
+        result = SimpleNamespace(
+            accuracy_drop=a["accuracy_drop"],
+            layer_names=list(layers),
+            base_accuracy=summary["heads"][head]["base_accuracy"],
+            mode=summary["mode"],
+        )
         abl = AblationDisplay.from_stats(s.ablation_mean, s.ablation_std, s.n, result)
-        figs.append(Figure(f"ablation-{head}", f"{head}: layer ablation sensitivity",
-                           f"Drop in true-class probability and in accuracy when one layer is replaced "
-                           f"by its {summary['mode']} ({'train mean' if summary['mode'] == 'mean' else summary['mode']}).",
-                           abl.figure_, key=head == best))
+        figs.append(
+            Figure(
+                f"ablation-{head}",
+                f"{head}: layer ablation sensitivity",
+                f"Drop in true-class probability and in accuracy when one layer is replaced "
+                f"by its {summary['mode']} ({'train mean' if summary['mode'] == 'mean' else summary['mode']}).",
+                abl.figure_,
+                key=head == best,
+            )
+        )
         if s.layer_map is not None:
             lm = LayerMapDisplay.from_arrays(s.layer_map, layers)
-            figs.append(Figure(f"layermap-{head}", f"{head}: layer-to-layer attention",
-                               "Row j: how layer j mixes itself and the layers below it (mean over test samples).",
-                               lm.figure_))
+            figs.append(
+                Figure(
+                    f"layermap-{head}",
+                    f"{head}: layer-to-layer attention",
+                    "Row j: how layer j mixes itself and the layers below it (mean over test samples).",
+                    lm.figure_,
+                )
+            )
     return figs
 
 
-def write_figures(run_dir: str | Path, formats: list[str] | tuple[str, ...] = ("png",)) -> list[Path]:
+def write_figures(
+    run_dir: str | Path, formats: list[str] | tuple[str, ...] = ("png",)
+) -> list[Path]:
     """Write every figure as HTML to ``RUN/figures/``, and the key ones as images too.
 
     Images need a Chrome/Chromium for kaleido; without one a warning says what to install and
@@ -177,8 +249,11 @@ def write_figures(run_dir: str | Path, formats: list[str] | tuple[str, ...] = ("
     written = []
     images = [f for f in formats if f != "html"]
     if images and find_chrome() is None:
-        warnings.warn("no Chrome/Chromium found: figures are written as HTML only "
-                      "(install one, e.g. `apt-get install chromium`, for PNG/SVG/PDF)", stacklevel=2)
+        warnings.warn(
+            "no Chrome/Chromium found: figures are written as HTML only "
+            "(install one, e.g. `apt-get install chromium`, for PNG/SVG/PDF)",
+            stacklevel=2,
+        )
         images = []
     for fig in build_figures(run_dir):
         written.append(export(fig.figure, out / f"{fig.name}.html"))
@@ -217,8 +292,10 @@ def _paired(e: dict[str, Any], ref: str) -> str:
     if not c:
         return "<td></td>"
     lo, hi = c["ci"]
-    return (f"<td>{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] "
-            f"({c['p_le0']:.3f})</td>")
+    return (
+        f"<td>{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+        f"({c['p_le0']:.3f})</td>"
+    )
 
 
 def _heads_table(metrics: dict[str, Any], summary: dict[str, Any] | None) -> str:
@@ -236,14 +313,18 @@ def _heads_table(metrics: dict[str, Any], summary: dict[str, Any] | None) -> str
             f"{_paired(e, 'vs_last_layer')}"
             # the linear head's selected layer is itself the "best layer" reference
             f"{'<td>(reference)</td>' if head == 'linear' else _paired(e, 'vs_best_layer')}"
-            f"<td>{'' if agree is None else f'{agree:.2f}'}</td><td>{e.get('fit_seconds', '')}</td></tr>")
+            f"<td>{'' if agree is None else f'{agree:.2f}'}</td><td>{e.get('fit_seconds', '')}</td></tr>"
+        )
     last = html.escape(str(base.get("last_layer", "last layer")))
     chosen = html.escape(str(base.get("best_layer", "best layer")))
-    return ("<table><tr><th>head</th><th>accuracy %</th><th>95% CI</th><th>balanced %</th>"
-            f"<th>95% CI</th><th>vs last layer ({last}), pp</th>"
-            f"<th>vs best layer ({chosen}, chosen on validation), pp</th>"
-            "<th>weights vs ablation (Spearman, median)</th><th>fit s</th></tr>"
-            + "".join(rows) + "</table>")
+    return (
+        "<table><tr><th>head</th><th>accuracy %</th><th>95% CI</th><th>balanced %</th>"
+        f"<th>95% CI</th><th>vs last layer ({last}), pp</th>"
+        f"<th>vs best layer ({chosen}, chosen on validation), pp</th>"
+        "<th>weights vs ablation (Spearman, median)</th><th>fit s</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _layer_table(metrics: dict[str, Any]) -> str:
@@ -253,9 +334,13 @@ def _layer_table(metrics: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(r['layer'])}</td><td>{_pct(r['accuracy'])}</td>"
         f"<td>{_pct(r['balanced_accuracy'])}</td><td>{_ci(r['balanced_accuracy_ci'])}</td></tr>"
-        for r in linear["per_layer"])
-    return ("<table><tr><th>layer</th><th>accuracy %</th><th>balanced %</th><th>95% CI</th></tr>"
-            + rows + "</table>")
+        for r in linear["per_layer"]
+    )
+    return (
+        "<table><tr><th>layer</th><th>accuracy %</th><th>balanced %</th><th>95% CI</th></tr>"
+        + rows
+        + "</table>"
+    )
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -267,9 +352,13 @@ def write_report(run_dir: str | Path) -> Path:
     figs = build_figures(run_dir)
     parts = []
     for i, fig in enumerate(figs):
-        div = fig.figure.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False})
-        parts.append(f"<figure><h3>{html.escape(fig.title)}</h3>{div}"
-                     f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
+        div = fig.figure.to_html(
+            full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False}
+        )
+        parts.append(
+            f"<figure><h3>{html.escape(fig.title)}</h3>{div}"
+            f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>"
+        )
     counts = np.bincount(np.asarray(cache.labels), minlength=len(cache.label_names))
     classes = ", ".join(f"{html.escape(n)} ({c})" for n, c in zip(cache.label_names, counts))
     regression = metrics.get("task") == "regression"
@@ -278,23 +367,28 @@ def write_report(run_dir: str | Path) -> Path:
         heads_table, layer_table = regression_tables(metrics, summary)
     else:
         heads_table, layer_table = _heads_table(metrics, summary), _layer_table(metrics)
-    paired_note = "" if regression else (
-        "\n\"vs\" columns: the head's balanced accuracy minus the linear probe's, paired (both "
-        "scored on the same resampled test samples): difference, 95% interval, and in brackets "
-        "the fraction of resamples where the difference is &le; 0.")
+    paired_note = (
+        ""
+        if regression
+        else (
+            "\n\"vs\" columns: the head's balanced accuracy minus the linear probe's, paired (both "
+            "scored on the same resampled test samples): difference, 95% interval, and in brackets "
+            "the fraction of resamples where the difference is &le; 0."
+        )
+    )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>probekit report: {html.escape(cfg.name)}</title><style>{_CSS}</style></head><body>
 <h1>probekit report: {html.escape(cfg.name)}</h1>
-<p class="muted">{when} · probekit {html.escape(str(m.get('probekit_version')))}</p>
+<p class="muted">{when} · probekit {html.escape(str(m.get("probekit_version")))}</p>
 <h2>Model and data</h2>
 <table class="info">
-<tr><td>model</td><td>{html.escape(str(m['model'].get('id')))} ({html.escape(str(m['model'].get('class')))})</td></tr>
-<tr><td>dataset</td><td>{html.escape(m['dataset']['name'])}: {len(cache)} samples; {classes}</td></tr>
-<tr><td>layers</td><td>{len(cache.layer_names)}: {html.escape(', '.join(f'{n} ({d})' for n, d in zip(cache.layer_names, cache.dims)))}</td></tr>
-<tr><td>poolings</td><td>{html.escape(', '.join(cache.poolings))} · dtype {m['dtype']} · precision {m.get('precision')}</td></tr>
-<tr><td>split</td><td>{metrics['n_train']} train / {metrics['n_test']} test ({'random' if regression else 'stratified'}, seed {cfg.seed})</td></tr>
-<tr><td>cache</td><td><code>{html.escape(str(cfg.cache_dir))}</code> · fingerprint {m['fingerprint'][:16]}</td></tr>
+<tr><td>model</td><td>{html.escape(str(m["model"].get("id")))} ({html.escape(str(m["model"].get("class")))})</td></tr>
+<tr><td>dataset</td><td>{html.escape(m["dataset"]["name"])}: {len(cache)} samples; {classes}</td></tr>
+<tr><td>layers</td><td>{len(cache.layer_names)}: {html.escape(", ".join(f"{n} ({d})" for n, d in zip(cache.layer_names, cache.dims)))}</td></tr>
+<tr><td>poolings</td><td>{html.escape(", ".join(cache.poolings))} · dtype {m["dtype"]} · precision {m.get("precision")}</td></tr>
+<tr><td>split</td><td>{metrics["n_train"]} train / {metrics["n_test"]} test ({"random" if regression else "stratified"}, seed {cfg.seed})</td></tr>
+<tr><td>cache</td><td><code>{html.escape(str(cfg.cache_dir))}</code> · fingerprint {m["fingerprint"][:16]}</td></tr>
 </table>
 <h2>Probe heads on the test split</h2>
 {heads_table}
@@ -303,7 +397,7 @@ def write_report(run_dir: str | Path) -> Path:
 {layer_table}
 {science_tables(metrics)}
 <h2>Figures</h2>
-{''.join(parts)}
+{"".join(parts)}
 </body></html>"""
     path = run_dir / "report.html"
     path.write_text(body, encoding="utf-8")

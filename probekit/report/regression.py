@@ -29,14 +29,26 @@ def _scatter(y: np.ndarray, pred: np.ndarray, head: str, r2: float, rho: float, 
 
     lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=y, y=pred, mode="markers", name=head,
-                             marker={"size": 5, "opacity": 0.6}))
-    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
-                             line={"dash": "dash", "color": "grey"}))
+    fig.add_trace(
+        go.Scatter(x=y, y=pred, mode="markers", name=head, marker={"size": 5, "opacity": 0.6})
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[lo, hi],
+            y=[lo, hi],
+            mode="lines",
+            name="y = x",
+            line={"dash": "dash", "color": "grey"},
+        )
+    )
     fig.update_xaxes(title=f"true {target}")
     fig.update_yaxes(title=f"predicted {target}")
-    fig.update_layout(title=f"{head}: predicted vs true (R² {r2:.3f}, Spearman {rho:.3f})",
-                      template="plotly_white", width=620, height=560)
+    fig.update_layout(
+        title=f"{head}: predicted vs true (R² {r2:.3f}, Spearman {rho:.3f})",
+        template="plotly_white",
+        width=620,
+        height=560,
+    )
     return fig
 
 
@@ -46,10 +58,15 @@ def _target_bins(y: np.ndarray, bins: int = 10) -> np.ndarray:
     return np.searchsorted(edges, y)
 
 
-def regression_figures(metrics: dict[str, Any], summary: dict[str, Any] | None,
-                       arrays: dict[str, Any], head_layers: dict[str, list[str]] | None = None,
-                       max_samples: int | None = None, seed: int = 0,
-                       chunk_bytes: int | None = None) -> list[FigureSpec]:
+def regression_figures(
+    metrics: dict[str, Any],
+    summary: dict[str, Any] | None,
+    arrays: dict[str, Any],
+    head_layers: dict[str, list[str]] | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    chunk_bytes: int | None = None,
+) -> list[FigureSpec]:
     """Every figure of a regression run, most telling first.
 
     ``arrays`` maps each head to its :class:`~probekit.report_arrays.AttributionFile`, read a
@@ -57,8 +74,8 @@ def regression_figures(metrics: dict[str, Any], summary: dict[str, Any] | None,
     (default: every layer). A per-sample heatmap draws at most ``max_samples`` rows, above it a
     seeded sample stratified by target decile.
     """
-    from .arrays import CHUNK_BYTES, HEATMAP_MAX_SAMPLES, stratified_subsample, summarize_head
     from ..viz import AblationDisplay, LayerAccuracyDisplay
+    from .arrays import CHUNK_BYTES, HEATMAP_MAX_SAMPLES, stratified_subsample, summarize_head
 
     layers = metrics["layer_names"]
     target = metrics.get("target_name", "target")
@@ -68,22 +85,47 @@ def regression_figures(metrics: dict[str, Any], summary: dict[str, Any] | None,
     if linear and "per_layer" in linear:
         rows = linear["per_layer"]
         disp = LayerAccuracyDisplay.from_arrays(
-            layers, [r["r2"] for r in rows], [r["r2_ci"][0] for r in rows],
-            [r["r2_ci"][1] for r in rows], chance=0.0, name="linear probe (R²)")
+            layers,
+            [r["r2"] for r in rows],
+            [r["r2_ci"][0] for r in rows],
+            [r["r2_ci"][1] for r in rows],
+            chance=0.0,
+            name="linear probe (R²)",
+        )
         disp.figure_.update_yaxes(title="R²", tickformat=".2f")
         disp.figure_.update_layout(title="Per-layer ridge probes: test R²")
-        figs.append(("r2", "Per-layer linear probes",
-                     "Test R² of one ridge probe per layer, with a 95% bootstrap interval "
-                     "(0 = predicting the mean).", disp.figure_, True))
+        figs.append(
+            (
+                "r2",
+                "Per-layer linear probes",
+                "Test R² of one ridge probe per layer, with a 95% bootstrap interval "
+                "(0 = predicting the mean).",
+                disp.figure_,
+                True,
+            )
+        )
     if not summary:
         return figs
     best = _best_head(metrics, arrays)
     if best is not None and "targets" in arrays[best]:
         e = metrics["heads"][best]
-        fig = _scatter(np.asarray(arrays[best]["targets"]), np.asarray(arrays[best]["predictions"]),
-                       best, e["r2"], e["spearman"], target)
-        figs.append(("scatter", f"{best}: predicted vs true",
-                     "Each point is a test sample; the dashed line is a perfect prediction.", fig, True))
+        fig = _scatter(
+            np.asarray(arrays[best]["targets"]),
+            np.asarray(arrays[best]["predictions"]),
+            best,
+            e["r2"],
+            e["spearman"],
+            target,
+        )
+        figs.append(
+            (
+                "scatter",
+                f"{best}: predicted vs true",
+                "Each point is a test sample; the dashed line is a perfect prediction.",
+                fig,
+                True,
+            )
+        )
     for head in sorted(arrays, key=lambda h: (h != best, h)):
         a = arrays[head]
         head_names = (head_layers or {}).get(head, layers)
@@ -97,27 +139,56 @@ def regression_figures(metrics: dict[str, Any], summary: dict[str, Any] | None,
             w = s.weights_shown.astype(a.dtypes["layer_weights"])  # (k, L) as stored
             order = np.argsort(y[shown]) if y is not None else np.arange(len(w))
             note = f" ({len(shown)} of {n} test samples shown)" if len(shown) < n else ""
-            fig = go.Figure(go.Heatmap(z=w[order], x=head_names, colorscale="Viridis",
-                                       colorbar={"title": "weight"}))
-            fig.update_layout(title=f"{head}: layer weights per test sample (sorted by true {target}){note}",
-                              template="plotly_white", xaxis={"title": "layer", "type": "category"},
-                              yaxis={"title": f"test samples, by {target}"})
-            caption = f"Each row is a test sample, sorted by its true {target}; each column a layer."
+            fig = go.Figure(
+                go.Heatmap(
+                    z=w[order], x=head_names, colorscale="Viridis", colorbar={"title": "weight"}
+                )
+            )
+            fig.update_layout(
+                title=f"{head}: layer weights per test sample (sorted by true {target}){note}",
+                template="plotly_white",
+                xaxis={"title": "layer", "type": "category"},
+                yaxis={"title": f"test samples, by {target}"},
+            )
+            caption = (
+                f"Each row is a test sample, sorted by its true {target}; each column a layer."
+            )
             if note:
-                caption += (f" {len(shown)} of {n} test samples shown: a random sample stratified "
-                            f"by {target} decile (seed {seed}).")
-            figs.append((f"weights-{head}", f"{head}: layer weights per test sample",
-                         caption, fig, head == best))
-        result = SimpleNamespace(accuracy_drop=a["accuracy_drop"], layer_names=list(head_names),
-                                 base_accuracy=summary["heads"][head]["base_accuracy"],
-                                 mode=summary["mode"])
+                caption += (
+                    f" {len(shown)} of {n} test samples shown: a random sample stratified "
+                    f"by {target} decile (seed {seed})."
+                )
+            figs.append(
+                (
+                    f"weights-{head}",
+                    f"{head}: layer weights per test sample",
+                    caption,
+                    fig,
+                    head == best,
+                )
+            )
+        result = SimpleNamespace(
+            accuracy_drop=a["accuracy_drop"],
+            layer_names=list(head_names),
+            base_accuracy=summary["heads"][head]["base_accuracy"],
+            mode=summary["mode"],
+        )
         fig = AblationDisplay.from_stats(s.ablation_mean, s.ablation_std, s.n, result).figure_
         fig.update_yaxes(title="Δ squared error", row=1, col=1)
         fig.update_yaxes(title="Δ R²", tickformat=".2f", row=2, col=1)
-        fig.update_layout(title=f"Layer ablation ({summary['mode']}): base R² {result.base_accuracy:.3f}")
-        figs.append((f"ablation-{head}", f"{head}: layer ablation sensitivity",
-                     f"Rise in squared error (target units²) and drop in R² when one layer is "
-                     f"replaced by its {summary['mode']}.", fig, head == best))
+        fig.update_layout(
+            title=f"Layer ablation ({summary['mode']}): base R² {result.base_accuracy:.3f}"
+        )
+        figs.append(
+            (
+                f"ablation-{head}",
+                f"{head}: layer ablation sensitivity",
+                f"Rise in squared error (target units²) and drop in R² when one layer is "
+                f"replaced by its {summary['mode']}.",
+                fig,
+                head == best,
+            )
+        )
     return figs
 
 
@@ -140,15 +211,21 @@ def regression_tables(metrics: dict[str, Any], summary: dict[str, Any] | None) -
             f"<tr class='{'best' if head == best else ''}'><td>{html.escape(name)}</td>"
             f"<td>{_num(e['r2'])}</td><td>{_ci(e['r2_ci'])}</td><td>{_num(e['spearman'])}</td>"
             f"<td>{_ci(e['spearman_ci'])}</td><td>{e['mse']:.4g}</td>"
-            f"<td>{e.get('fit_seconds', '')}</td></tr>")
-    head_table = ("<table><tr><th>head</th><th>R²</th><th>95% CI</th><th>Spearman ρ</th>"
-                  "<th>95% CI</th><th>MSE</th><th>fit s</th></tr>" + "".join(rows) + "</table>")
+            f"<td>{e.get('fit_seconds', '')}</td></tr>"
+        )
+    head_table = (
+        "<table><tr><th>head</th><th>R²</th><th>95% CI</th><th>Spearman ρ</th>"
+        "<th>95% CI</th><th>MSE</th><th>fit s</th></tr>" + "".join(rows) + "</table>"
+    )
     linear = heads.get("linear")
     if not linear or "per_layer" not in linear:
         return head_table, "<p class='muted'>No per-layer linear probes in this run.</p>"
     layer_rows = "".join(
         f"<tr><td>{html.escape(r['layer'])}</td><td>{_num(r['r2'])}</td><td>{_ci(r['r2_ci'])}</td>"
         f"<td>{_num(r['spearman'])}</td><td>{_ci(r['spearman_ci'])}</td></tr>"
-        for r in linear["per_layer"])
-    return head_table, ("<table><tr><th>layer</th><th>R²</th><th>95% CI</th><th>Spearman ρ</th>"
-                        "<th>95% CI</th></tr>" + layer_rows + "</table>")
+        for r in linear["per_layer"]
+    )
+    return head_table, (
+        "<table><tr><th>layer</th><th>R²</th><th>95% CI</th><th>Spearman ρ</th>"
+        "<th>95% CI</th></tr>" + layer_rows + "</table>"
+    )

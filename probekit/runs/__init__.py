@@ -14,16 +14,19 @@ from __future__ import annotations
 
 from .._utils.lazy import attach
 
-__getattr__, __dir__, __all__ = attach(__name__, {
-    "DEFAULT_PROBES": "config",
-    "DEFAULT_RUNS": "config",
-    "RunConfig": "config",
-    "load_config": "config",
-    "read_config": "folder",
-    "read_metrics": "folder",
-    "attribute_stage": "attribute",
-    "extract_stage": "extract",
-    "validate_run": "extract",
-    "fit_stage": "fit",
-    "summary_table": "summary",
-})
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "DEFAULT_PROBES": "config",
+        "DEFAULT_RUNS": "config",
+        "RunConfig": "config",
+        "load_config": "config",
+        "read_config": "folder",
+        "read_metrics": "folder",
+        "attribute_stage": "attribute",
+        "extract_stage": "extract",
+        "validate_run": "extract",
+        "fit_stage": "fit",
+        "summary_table": "summary",
+    },
+)

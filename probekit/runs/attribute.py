@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._utils.memory import default_budget, parse_size
 from ..analysis.attribution import (
     _ablated,
     _forward,
@@ -39,24 +40,22 @@ from ..analysis.attribution import (
     layer_attribution,
     layer_map,
 )
-from ..cache import FeatureCache
+from ..cache import FeatureCache, cache_subset
+from ..cache.rows import CacheRows, stream_stats
 from ..errors import ConfigError
-from ..cache import cache_subset
 from ..estimator import ProbeClassifier, ProbeRegressor
 from ..estimator.inputs import check_finite
-from ..cache.rows import CacheRows, stream_stats
-from .._utils.memory import default_budget, parse_size
 from .config import ABLATIONS
 from .folder import cache_targets, read_config, read_split
 
 __all__ = ["attribute_stage"]
 
-_SAFETENSORS = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64",
-                np.dtype(np.int64): "I64"}
+_SAFETENSORS = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.int64): "I64"}
 
 
-def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int = 0,
-                    max_memory: Any = None) -> dict[str, Any]:
+def attribute_stage(
+    run_dir: str | Path, ablation: str | None = None, seed: int = 0, max_memory: Any = None
+) -> dict[str, Any]:
     """Per-sample layer attribution of every saved head on the test split.
 
     Writes ``attribution/<head>.safetensors`` (``layer_weights`` (N, L) and ``agreement`` (N,)
@@ -101,8 +100,9 @@ def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int 
     try:
         for head_dir in sorted((run_dir / "probes").iterdir()):
             clf = estimator.load(head_dir)
-            heads.append(_HeadAttribution(clf, head_dir.name, subset, y, mode, seed, budget,
-                                          out_dir))
+            heads.append(
+                _HeadAttribution(clf, head_dir.name, subset, y, mode, seed, budget, out_dir)
+            )
         for start in range(0, len(test), chunk):
             idx = np.arange(start, min(start + chunk, len(test)))
             x = rows.gather(idx)  # (b, L * P, D): these rows of the whole-cache features
@@ -110,8 +110,11 @@ def attribute_stage(run_dir: str | Path, ablation: str | None = None, seed: int 
             for head in heads:
                 head.add(idx, x)
             del x
-        summary = {"mode": mode, "test": test.tolist(),
-                   "heads": {h.name: h.finish() for h in heads}}
+        summary = {
+            "mode": mode,
+            "test": test.tolist(),
+            "heads": {h.name: h.finish() for h in heads},
+        }
     finally:
         rows.close()
         for head in heads:
@@ -134,8 +137,17 @@ class _HeadAttribution:
         out_dir: where ``<name>.safetensors`` goes.
     """
 
-    def __init__(self, clf: Any, name: str, subset: Any, y: np.ndarray, mode: str, seed: int,
-                 budget: int, out_dir: Path) -> None:
+    def __init__(
+        self,
+        clf: Any,
+        name: str,
+        subset: Any,
+        y: np.ndarray,
+        mode: str,
+        seed: int,
+        budget: int,
+        out_dir: Path,
+    ) -> None:
         self.clf, self.name, self.mode = clf, name, mode
         self.n = n = len(subset)
         self.y = y
@@ -171,8 +183,9 @@ class _HeadAttribution:
                 mean = stream_stats(self.rows, 256)[0].float()
                 self.fill = torch.zeros(n_tokens, dim)
                 self.fill[:, : mean.shape[1]] = mean
-        self.file = _RowFile(out_dir / f"{name}.safetensors", n,
-                             {"accuracy_drop": ((n_layers,), np.float32)})
+        self.file = _RowFile(
+            out_dir / f"{name}.safetensors", n, {"accuracy_drop": ((n_layers,), np.float32)}
+        )
         self.sums: dict[str, np.ndarray] = {}
         self.has: dict[str, bool] = {}
         self.agreement: np.ndarray | None = None  # (N,) float64 when the head has weights
@@ -231,8 +244,9 @@ class _HeadAttribution:
             for s in range(0, len(idx), self.inner):
                 pos = idx[s : s + self.inner]
                 xi = xb[s : s + self.inner]
-                p0, pa = _ablated(self.forward, xi, self._replacement(pos, xi), self.mask,
-                                  self.device)
+                p0, pa = _ablated(
+                    self.forward, xi, self._replacement(pos, xi), self.mask, self.device
+                )
                 tb = self.target[torch.from_numpy(pos)]
                 if self.regression:
                     p0, pa = p0.double(), pa.double()
@@ -278,9 +292,12 @@ class _HeadAttribution:
             drop = (base_acc - self.hits_abl.float() / n).numpy()
             units = "probability"
         ablation_mean = self.sums["ablation"] / n
-        entry: dict[str, Any] = {"ablation_mean": ablation_mean.tolist(),
-                                 "accuracy_drop": np.asarray(drop).tolist(),
-                                 "base_accuracy": base_acc, "units": units}
+        entry: dict[str, Any] = {
+            "ablation_mean": ablation_mean.tolist(),
+            "accuracy_drop": np.asarray(drop).tolist(),
+            "base_accuracy": base_acc,
+            "units": units,
+        }
         if self.has.get("layer_weights"):
             entry["weights_mean"] = (self.sums["layer_weights"] / n).tolist()
             entry["agreement_median"] = float(np.nanmedian(self.agreement))
@@ -308,8 +325,9 @@ class _Permutations:
 
     def take(self, layer: int, start: int, stop: int) -> np.ndarray:
         """``perms[layer, start:stop]``."""
-        return np.fromfile(self.path, dtype=np.int64, count=stop - start,
-                           offset=(layer * self.n + start) * 8)
+        return np.fromfile(
+            self.path, dtype=np.int64, count=stop - start, offset=(layer * self.n + start) * 8
+        )
 
 
 class _RowFile:
@@ -336,8 +354,11 @@ class _RowFile:
         for key in order:
             shape, dtype = specs[key]
             size = int(np.prod(shape)) * dtype.itemsize
-            header[key] = {"dtype": _SAFETENSORS[dtype], "shape": list(shape),
-                           "data_offsets": [offset, offset + size]}
+            header[key] = {
+                "dtype": _SAFETENSORS[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + size],
+            }
             row = size // shape[0] if shape and shape[0] else 0
             self.offsets[key] = (offset, row, dtype)
             offset += size

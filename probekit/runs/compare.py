@@ -30,11 +30,19 @@ from ..errors import ConfigError
 __all__ = ["compare_caches", "read_similarity", "write_similarity"]
 
 
-def write_similarity(matrix: Any, names_a: Sequence[str], names_b: Sequence[str],
-                     out: str | os.PathLike[str], method: str = "cka", *,
-                     label_a: str = "layer", label_b: str | None = None,
-                     meta: dict[str, Any] | None = None, images: bool = True,
-                     heatmap: bool = True) -> list[Path]:
+def write_similarity(
+    matrix: Any,
+    names_a: Sequence[str],
+    names_b: Sequence[str],
+    out: str | os.PathLike[str],
+    method: str = "cka",
+    *,
+    label_a: str = "layer",
+    label_b: str | None = None,
+    meta: dict[str, Any] | None = None,
+    images: bool = True,
+    heatmap: bool = True,
+) -> list[Path]:
     """Write a similarity matrix as CSV, safetensors and a heatmap (HTML, PNG if possible).
 
     Args:
@@ -62,24 +70,32 @@ def write_similarity(matrix: Any, names_a: Sequence[str], names_b: Sequence[str]
         w.writerow(["layer", *names_b])
         for name, row in zip(names_a, m, strict=True):
             w.writerow([name, *(repr(float(v)) for v in row)])
-    info = {"method": method, "names_a": json.dumps(list(map(str, names_a))),
-            "names_b": json.dumps(list(map(str, names_b))), **{
-                k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}}
-    save_file({"similarity": torch.from_numpy(np.ascontiguousarray(m))},
-              str(stem.with_suffix(".safetensors")), metadata=info)
+    info = {
+        "method": method,
+        "names_a": json.dumps(list(map(str, names_a))),
+        "names_b": json.dumps(list(map(str, names_b))),
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()},
+    }
+    save_file(
+        {"similarity": torch.from_numpy(np.ascontiguousarray(m))},
+        str(stem.with_suffix(".safetensors")),
+        metadata=info,
+    )
     written = [stem.with_suffix(".csv"), stem.with_suffix(".safetensors")]
     if not heatmap:
         return written
     from ..viz import ExportError, export, find_chrome
     from ..viz.science import SimilarityDisplay
 
-    disp = SimilarityDisplay.from_arrays(m, names_a, names_b, method, label_a=label_a,
-                                         label_b=label_b)
+    disp = SimilarityDisplay.from_arrays(
+        m, names_a, names_b, method, label_a=label_a, label_b=label_b
+    )
     written.append(export(disp, stem.with_suffix(".html")))
     if images:
         if find_chrome() is None:
-            warnings.warn("no Chrome/Chromium found: the heatmap is written as HTML only",
-                          stacklevel=2)
+            warnings.warn(
+                "no Chrome/Chromium found: the heatmap is written as HTML only", stacklevel=2
+            )
         else:
             try:
                 written.append(export(disp, stem.with_suffix(".png"), scale=2))
@@ -98,10 +114,17 @@ def read_similarity(path: str | os.PathLike[str]) -> tuple[np.ndarray, list[str]
     return matrix, json.loads(meta["names_a"]), json.loads(meta["names_b"])
 
 
-def compare_caches(cache_a: str | os.PathLike[str], cache_b: str | os.PathLike[str] | None,
-                   out: str | os.PathLike[str], method: str = "cka", *, layers: Any = None,
-                   pooling: str | None = None, images: bool = True,
-                   **kwargs: Any) -> tuple[np.ndarray, list[Path]]:
+def compare_caches(
+    cache_a: str | os.PathLike[str],
+    cache_b: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str],
+    method: str = "cka",
+    *,
+    layers: Any = None,
+    pooling: str | None = None,
+    images: bool = True,
+    **kwargs: Any,
+) -> tuple[np.ndarray, list[Path]]:
     """Open one or two caches, compute :func:`probekit.similarity` and write it to ``out``.
 
     Args:
@@ -121,15 +144,16 @@ def compare_caches(cache_a: str | os.PathLike[str], cache_b: str | os.PathLike[s
         ConfigError: a bad method (before any cache is read). CacheError: a folder that is not
             a finished cache. DataError: two caches of different samples.
     """
-    from ..cache import FeatureCache
     from ..analysis.similarity import METHODS, similarity
+    from ..cache import FeatureCache
 
     if method not in METHODS:
         raise ConfigError(f"unknown similarity method {method!r}; choose from {', '.join(METHODS)}")
     a = FeatureCache.open(cache_a)
     b = FeatureCache.open(cache_b) if cache_b is not None else None
-    matrix, names_a, names_b = similarity(a, b, method, layers=layers, pooling=pooling,
-                                          return_names=True, **kwargs)
+    matrix, names_a, names_b = similarity(
+        a, b, method, layers=layers, pooling=pooling, return_names=True, **kwargs
+    )
 
     def model_of(c: Any) -> str:
         return str(c.manifest.get("model", {}).get("id", "cache"))
@@ -138,9 +162,21 @@ def compare_caches(cache_a: str | os.PathLike[str], cache_b: str | os.PathLike[s
     label_b = f"{model_of(b)} layer" if b is not None else label_a
     if b is not None and label_a == label_b:
         label_a, label_b = "cache A layer", "cache B layer"
-    meta = {"cache_a": str(cache_a), "cache_b": str(cache_b if cache_b is not None else cache_a),
-            "fingerprint_a": a.manifest.get("fingerprint", ""),
-            "fingerprint_b": (b or a).manifest.get("fingerprint", "")}
-    paths = write_similarity(matrix, names_a, names_b, out, method, label_a=label_a,
-                             label_b=label_b, meta=meta, images=images)
+    meta = {
+        "cache_a": str(cache_a),
+        "cache_b": str(cache_b if cache_b is not None else cache_a),
+        "fingerprint_a": a.manifest.get("fingerprint", ""),
+        "fingerprint_b": (b or a).manifest.get("fingerprint", ""),
+    }
+    paths = write_similarity(
+        matrix,
+        names_a,
+        names_b,
+        out,
+        method,
+        label_a=label_a,
+        label_b=label_b,
+        meta=meta,
+        images=images,
+    )
     return matrix, paths

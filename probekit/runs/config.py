@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models.placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
+from .._utils.memory import parse_size
 from ..errors import ConfigError
 from ..models.layers import check_layers, parse_layers
-from .._utils.memory import parse_size
+from ..models.placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
 from ..recording.pooling import expand_poolings
 
 __all__ = [
@@ -47,18 +47,21 @@ __all__ = [
     "load_config",
     "loader_keywords",
     "option",
-    "read_config",
-    "read_metrics",
     "run_name",
     "run_options",
     "stage_options",
-    "write_metrics",
-    "read_targets",
-    "targets_path",
-    "write_targets",
 ]
 
-DEFAULT_PROBES = ("linear", "concat", "scalar-mix", "alf", "laya", "kcla", "aila-linear", "aila-attention")
+DEFAULT_PROBES = (
+    "linear",
+    "concat",
+    "scalar-mix",
+    "alf",
+    "laya",
+    "kcla",
+    "aila-linear",
+    "aila-attention",
+)
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 FIGURE_FORMATS = ("png", "svg", "pdf", "html")
 ABLATIONS = ("mean", "zero", "shuffle")
@@ -115,10 +118,17 @@ def parse_weights_dtype(value: Any) -> str:
     return DTYPES[key]
 
 
-def option(default: Any = None, help: str = "", *, parse: Callable[[Any], Any] | None = None,
-           choices: Sequence[Any] | None = None, stage: str | None = None,
-           factory: Callable[[], Any] | None = None, keyword: str | None = None,
-           to_loader: Callable[[Any], Any] | None = None) -> Any:
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    parse: Callable[[Any], Any] | None = None,
+    choices: Sequence[Any] | None = None,
+    stage: str | None = None,
+    factory: Callable[[], Any] | None = None,
+    keyword: str | None = None,
+    to_loader: Callable[[Any], Any] | None = None,
+) -> Any:
     """A :class:`RunConfig` field: its default, help line, parser, allowed values and stage.
 
     ``keyword`` names the loader's keyword when it differs from the field's name (``init_seed``
@@ -127,8 +137,14 @@ def option(default: Any = None, help: str = "", *, parse: Callable[[Any], Any] |
     """
     if stage is not None and stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")  # a bug in a field
-    metadata = {"help": help, "parse": parse, "choices": tuple(choices) if choices else None,
-                "stage": stage, "keyword": keyword, "to_loader": to_loader}
+    metadata = {
+        "help": help,
+        "parse": parse,
+        "choices": tuple(choices) if choices else None,
+        "stage": stage,
+        "keyword": keyword,
+        "to_loader": to_loader,
+    }
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -161,7 +177,10 @@ def _quantization_name(value: Any) -> str | None:
     return parse_quantization(value, check_installed=False)
 
 
-SHARED_KEYWORDS: dict[str, dict[str, str]] = {"model": {"device": "device"}, "data": {"seed": "seed"}}
+SHARED_KEYWORDS: dict[str, dict[str, str]] = {
+    "model": {"device": "device"},
+    "data": {"seed": "seed"},
+}
 """Loader keywords filled from a field of another stage: ``{stage: {keyword: field}}``."""
 
 
@@ -215,76 +234,146 @@ class RunConfig:
     """
 
     name: str | None = option(None, "run folder name under --out (default: MODEL_DATA)")
-    model: str = option("bundled:minilm-l6", "hf:NAME, timm:NAME, bundled:minilm-l6, "
-                        "bundled:efficientnet-lite0, or a directory")
-    data: str = option("bundled:vader-valence", "hf:NAME, csv:PATH, imagefolder:DIR, "
-                       "bundled:vader-valence, bundled:mnist, bundled:vader-valence-scores (--task regression)")
+    model: str = option(
+        "bundled:minilm-l6",
+        "hf:NAME, timm:NAME, bundled:minilm-l6, bundled:efficientnet-lite0, or a directory",
+    )
+    data: str = option(
+        "bundled:vader-valence",
+        "hf:NAME, csv:PATH, imagefolder:DIR, "
+        "bundled:vader-valence, bundled:mnist, bundled:vader-valence-scores (--task regression)",
+    )
     split: str | None = option(None, "dataset split (hf: and bundled:mnist)", stage="data")
     text_column: str | None = option(None, "text column of the data", stage="data")
     label_column: str | None = option(None, "label column of the data", stage="data")
-    limit: int | None = option(None, "use at most this many samples (stratified)", parse=int,
-                               stage="data")
-    task: str = option("classification", "classification (class labels) or regression (a numeric "
-                       "CSV column, bundled:vader-valence-scores)", choices=TASKS, stage="data",
-                       keyword="target")
-    layers: Any = option(None, "all (default), N (last N), 0,3,-1, or module globs like "
-                         "'blocks.*.norm2'", parse=parse_layers, stage="extract")
-    pooling: str | None = option(None, "cls, mean, last, cls+mean or cls,mean (default: the model's)",
-                                 stage="extract")
+    limit: int | None = option(
+        None, "use at most this many samples (stratified)", parse=int, stage="data"
+    )
+    task: str = option(
+        "classification",
+        "classification (class labels) or regression (a numeric "
+        "CSV column, bundled:vader-valence-scores)",
+        choices=TASKS,
+        stage="data",
+        keyword="target",
+    )
+    layers: Any = option(
+        None,
+        "all (default), N (last N), 0,3,-1, or module globs like 'blocks.*.norm2'",
+        parse=parse_layers,
+        stage="extract",
+    )
+    pooling: str | None = option(
+        None, "cls, mean, last, cls+mean or cls,mean (default: the model's)", stage="extract"
+    )
     batch_size: int = option(64, "extraction batch size", parse=int, stage="extract")
-    precision: str = option("auto", "numerics of the forward (auto: bf16 where native, else fp32)",
-                            choices=("auto", "fp32", "medium", "bf16"), stage="extract")
-    store_dtype: str = option("float32", "stored feature dtype", choices=STORE_DTYPES, stage="extract")
+    precision: str = option(
+        "auto",
+        "numerics of the forward (auto: bf16 where native, else fp32)",
+        choices=("auto", "fp32", "medium", "bf16"),
+        stage="extract",
+    )
+    store_dtype: str = option(
+        "float32", "stored feature dtype", choices=STORE_DTYPES, stage="extract"
+    )
     dtype: str | None = option(None, "deprecated name of --store-dtype")
-    streaming: bool | None = option(None, "read hf: data as a stream", parse=parse_bool, stage="data")
-    device: str | None = option(None, "device of the forward and the probes (default: CUDA if any)",
-                                stage="extract")
-    probes: list[str] = option(help="comma-separated heads (see probekit.list_probes())",
-                               parse=parse_list, factory=lambda: list(DEFAULT_PROBES))
+    streaming: bool | None = option(
+        None, "read hf: data as a stream", parse=parse_bool, stage="data"
+    )
+    device: str | None = option(
+        None, "device of the forward and the probes (default: CUDA if any)", stage="extract"
+    )
+    probes: list[str] = option(
+        help="comma-separated heads (see probekit.list_probes())",
+        parse=parse_list,
+        factory=lambda: list(DEFAULT_PROBES),
+    )
     probe_params: dict[str, dict[str, Any]] = option(
         help='per-head ProbeClassifier keywords as JSON, e.g. \'{"alf": {"lr": 0.01}}\'',
-        parse=parse_json, factory=lambda: {k: dict(v) for k, v in CPU_PROBE_PARAMS.items()})
-    fit_max_memory: str | None = option(None, "memory budget of probe training and attribution, "
-                                        "e.g. 512MB or 4GiB (default: half the RAM); bigger "
-                                        "caches stream")
+        parse=parse_json,
+        factory=lambda: {k: dict(v) for k, v in CPU_PROBE_PARAMS.items()},
+    )
+    fit_max_memory: str | None = option(
+        None,
+        "memory budget of probe training and attribution, "
+        "e.g. 512MB or 4GiB (default: half the RAM); bigger "
+        "caches stream",
+    )
     test_size: float = option(0.2, "held-out fraction (stratified)", parse=float)
     seed: int = option(0, "seed of the split, the probes and the bootstrap", parse=int)
     ablation: str = option("mean", "replacement for ablation sensitivity", choices=ABLATIONS)
     bootstrap: int = option(1000, "bootstrap resamples for the 95% intervals", parse=int)
-    control: bool = option(False, "control task and selectivity per layer of the linear probe",
-                           parse=parse_bool)
+    control: bool = option(
+        False, "control task and selectivity per layer of the linear probe", parse=parse_bool
+    )
     mdl: bool = option(False, "online-code MDL per layer (train split)", parse=parse_bool)
-    compare_random: bool = option(False, "also probe the random-init model; both curves in the "
-                                  "report", parse=parse_bool)
-    figures: list[str] = option(help="image formats besides HTML: png, svg, pdf (comma-separated)",
-                                parse=parse_list, factory=lambda: ["png"])
+    compare_random: bool = option(
+        False, "also probe the random-init model; both curves in the report", parse=parse_bool
+    )
+    figures: list[str] = option(
+        help="image formats besides HTML: png, svg, pdf (comma-separated)",
+        parse=parse_list,
+        factory=lambda: ["png"],
+    )
     out: str = option("runs", "folder that holds the run folders")
     cache: str | None = option(None, "feature cache folder (default RUN/cache)")
-    checkpoint: str | None = option(None, "local weights: a .safetensors or .pth/.pt/.bin state "
-                                    "dict over the architecture of a timm: or hf: model",
-                                    stage="model")
-    revision: str | None = option(None, "hub revision (branch, tag or commit) of an hf: model",
-                                  stage="model")
-    trust_remote_code: bool = option(False, "allow hf: models that ship their own code",
-                                     parse=parse_bool, stage="model")
-    max_length: int | None = option(None, "longest token sequence of a text model (default: the "
-                                    "tokenizer's, at most 512)", parse=int, stage="model")
-    device_map: Any = option(None, "auto | balanced | balanced_low_0 | sequential | a device | "
-                             "JSON {module: device} (hf: models)", parse=parse_device_map,
-                             stage="model")
-    max_memory: Any = option(None, "most memory per device for the model, e.g. cpu=40MB,0=20GiB "
-                             "(implies device_map auto)", parse=parse_max_memory, stage="model")
-    offload_folder: str | None = option(None, "folder for the weights that device_map puts on "
-                                        "disk", stage="model")
-    torch_dtype: str | None = option(None, "dtype of the weights: float32, float16, bfloat16 "
-                                     "(default: float32)", parse=parse_weights_dtype, stage="model")
-    quantization: str | None = option(None, "8bit | 4bit through bitsandbytes (hf: models)",
-                                      parse=_quantization_name, stage="model")
-    random_init: bool = option(False, "the same architecture at a seeded random init (the "
-                               "random-weights baseline)", parse=parse_bool, stage="model",
-                               keyword="weights", to_loader=_weights_choice)
-    init_seed: int | None = option(None, "seed of --random-init (default 0)", parse=int,
-                                   stage="model", keyword="seed")
+    checkpoint: str | None = option(
+        None,
+        "local weights: a .safetensors or .pth/.pt/.bin state "
+        "dict over the architecture of a timm: or hf: model",
+        stage="model",
+    )
+    revision: str | None = option(
+        None, "hub revision (branch, tag or commit) of an hf: model", stage="model"
+    )
+    trust_remote_code: bool = option(
+        False, "allow hf: models that ship their own code", parse=parse_bool, stage="model"
+    )
+    max_length: int | None = option(
+        None,
+        "longest token sequence of a text model (default: the tokenizer's, at most 512)",
+        parse=int,
+        stage="model",
+    )
+    device_map: Any = option(
+        None,
+        "auto | balanced | balanced_low_0 | sequential | a device | "
+        "JSON {module: device} (hf: models)",
+        parse=parse_device_map,
+        stage="model",
+    )
+    max_memory: Any = option(
+        None,
+        "most memory per device for the model, e.g. cpu=40MB,0=20GiB (implies device_map auto)",
+        parse=parse_max_memory,
+        stage="model",
+    )
+    offload_folder: str | None = option(
+        None, "folder for the weights that device_map puts on disk", stage="model"
+    )
+    torch_dtype: str | None = option(
+        None,
+        "dtype of the weights: float32, float16, bfloat16 (default: float32)",
+        parse=parse_weights_dtype,
+        stage="model",
+    )
+    quantization: str | None = option(
+        None,
+        "8bit | 4bit through bitsandbytes (hf: models)",
+        parse=_quantization_name,
+        stage="model",
+    )
+    random_init: bool = option(
+        False,
+        "the same architecture at a seeded random init (the random-weights baseline)",
+        parse=parse_bool,
+        stage="model",
+        keyword="weights",
+        to_loader=_weights_choice,
+    )
+    init_seed: int | None = option(
+        None, "seed of --random-init (default 0)", parse=int, stage="model", keyword="seed"
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -311,8 +400,9 @@ class RunConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, "
-                                  f"got {getattr(self, f.name)!r}")
+                raise ConfigError(
+                    f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
+                )
         if not 0.0 < self.test_size < 1.0:
             raise ConfigError(f"test_size must be in (0, 1), got {self.test_size}")
         for key in ("batch_size", "bootstrap"):
@@ -321,27 +411,37 @@ class RunConfig:
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
         if self.random_init and self.checkpoint is not None:
-            raise ConfigError(f"random_init and checkpoint {self.checkpoint} exclude each other: "
-                              "a random init loads no weights")
+            raise ConfigError(
+                f"random_init and checkpoint {self.checkpoint} exclude each other: "
+                "a random init loads no weights"
+            )
         if self.max_length is not None and self.max_length < 1:
             raise ConfigError(f"max_length must be >= 1, got {self.max_length}")
         bad = [f for f in self.figures if f not in FIGURE_FORMATS]
         if bad:
-            raise ConfigError(f"unknown figure format {bad[0]!r}; choose from {', '.join(FIGURE_FORMATS)}")
+            raise ConfigError(
+                f"unknown figure format {bad[0]!r}; choose from {', '.join(FIGURE_FORMATS)}"
+            )
         if not self.probes:
             raise ConfigError("probes is empty; name at least one head")
         if self.task == "regression" and (self.control or self.mdl or self.compare_random):
-            raise ConfigError("control, mdl and compare_random apply to classification runs; "
-                              "drop them for task regression")
+            raise ConfigError(
+                "control, mdl and compare_random apply to classification runs; "
+                "drop them for task regression"
+            )
         if self.control and "linear" not in self.probes:
             raise ConfigError("control needs the linear probe: add linear to probes")
         if self.random_init and self.compare_random:
-            raise ConfigError("compare_random compares the trained model with its random init; "
-                              "it cannot be combined with random_init")
+            raise ConfigError(
+                "compare_random compares the trained model with its random init; "
+                "it cannot be combined with random_init"
+            )
         if not isinstance(self.probe_params, dict) or not all(
-                isinstance(v, dict) for v in self.probe_params.values()):
-            raise ConfigError("probe_params must map head names to keyword dicts, "
-                              'e.g. {"alf": {"lr": 0.01}}')
+            isinstance(v, dict) for v in self.probe_params.values()
+        ):
+            raise ConfigError(
+                'probe_params must map head names to keyword dicts, e.g. {"alf": {"lr": 0.01}}'
+            )
         check_layers(self.layers)
         _ = self.fit_max_memory is None or parse_size(self.fit_max_memory, "fit_max_memory")
         if self.pooling is not None:
@@ -415,13 +515,20 @@ def stage_options(stage: str, values: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in run_options(stage)}
     stray = sorted(set(values) - names)
     if stray:
-        raise ConfigError(f"{stray[0]} is not a {stage} option; those are {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"{stray[0]} is not a {stage} option; those are {', '.join(sorted(names))}"
+        )
     return RunConfig(**values).stage_options(stage)
 
 
 DEFAULT_RUN_OPTIONS: tuple[dict[str, Any], ...] = (
     {"model": "bundled:minilm-l6", "data": "bundled:vader-valence"},
-    {"model": "bundled:efficientnet-lite0", "data": "bundled:mnist", "limit": 2000, "batch_size": 50},
+    {
+        "model": "bundled:efficientnet-lite0",
+        "data": "bundled:mnist",
+        "limit": 2000,
+        "batch_size": 50,
+    },
 )
 """What ``probekit run`` without a config or options runs: both bundled demos, offline."""
 
@@ -447,7 +554,9 @@ def load_config_dicts(path: str | Path) -> list[dict[str, Any]]:
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise ConfigError(
+                f"config {path} is not valid YAML: {str(err).splitlines()[0]}"
+            ) from None
     else:
         raise ConfigError(f"config {path} must be .yaml, .yml or .toml")
     if not isinstance(values, dict):
@@ -468,24 +577,4 @@ def load_config(path: str | Path) -> list[RunConfig]:
 # ------------------------------------------------------------------------------- run folder
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # ------------------------------------------------------------------------------- regression
-
-
-
-
-
-
-
-

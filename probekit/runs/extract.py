@@ -39,7 +39,9 @@ def validate_run(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"unknown probe {unknown[0]!r}; known: {', '.join(known)}")
     stray = [h for h in cfg.probe_params if h not in known]
     if stray:
-        raise ConfigError(f"probe_params names unknown head {stray[0]!r}; known: {', '.join(known)}")
+        raise ConfigError(
+            f"probe_params names unknown head {stray[0]!r}; known: {', '.join(known)}"
+        )
     for head in cfg.probes:
         params = cfg.probe_params.get(head, {})
         try:
@@ -63,8 +65,8 @@ def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool = Fal
             (``cfg.random_init`` included), into ``cfg.cache_dir``.
     """
     from ..data import load_data
-    from ..recording.extraction import extract
     from ..models.loading import load_model
+    from ..recording.extraction import extract
 
     data = load_data(cfg.data, seed=cfg.seed, **cfg.stage_options("data"))
     if cfg.task == "regression":

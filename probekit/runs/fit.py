@@ -11,41 +11,24 @@ any model is loaded or any feature extracted (:func:`validate_run`).
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..models.placement import parse_quantization
-from ..errors import ConfigError, DataError, ModelError
 from .._utils.memory import default_budget, parse_size
+from ..errors import DataError
 from .config import (
-    CPU_PROBE_PARAMS,
-    DEFAULT_PROBES,
-    DEFAULT_RUN_OPTIONS,
-    DEFAULT_RUNS,
     RunConfig,
-    load_config,
-    load_config_dicts,
-    run_name,
 )
-from .folder import read_config, write_config, write_metrics, write_split, write_targets
 from .folder import cache_targets as _cache_targets
+from .folder import write_metrics, write_split
 
-__all__ = ["CPU_PROBE_PARAMS", "DEFAULT_PROBES", "DEFAULT_RUNS", "RunConfig", "attribute_stage",
-           "extract_stage", "fit_regression_stage", "fit_stage", "load_config", "resolve_configs", "run", "run_one",
-           "paired_comparison", "validate_run"]
-
-
-
+__all__ = ["bootstrap_ci", "fit_regression_stage", "fit_stage", "paired_comparison"]
 
 
 # ------------------------------------------------------------------------------------ stages
-
-
 
 
 def _split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +40,9 @@ def _split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray,
     return stratified_split(labels, test_size, seed)
 
 
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, metric: Any, n: int, seed: int) -> tuple[float, float]:
+def bootstrap_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, metric: Any, n: int, seed: int
+) -> tuple[float, float]:
     """95% percentile bootstrap interval of ``metric`` over test samples."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y_true), size=(n, len(y_true)))
@@ -78,8 +63,9 @@ def _scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str
     }
 
 
-def paired_comparison(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int,
-                      seed: int) -> dict[str, Any]:
+def paired_comparison(
+    y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int, seed: int
+) -> dict[str, Any]:
     """Balanced accuracy of A minus B, paired over the same bootstrap resamples of the test samples.
 
     Resamples are ``np.random.default_rng(seed).integers(0, N, size=(n, N))``; both classifiers
@@ -101,8 +87,9 @@ def _load_features(cache: Any) -> Any:
     return cache.load(pooling=cache.poolings)
 
 
-def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
-              random_cache: Any = None) -> dict[str, Any]:
+def fit_stage(
+    cache: Any, cfg: RunConfig, progress: bool = True, random_cache: Any = None
+) -> dict[str, Any]:
     """Train every head of ``cfg.probes`` on the train split; score them on the test split.
 
     With ``cfg.control`` the linear probe also fits a control task (per-layer control accuracy
@@ -117,8 +104,8 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
     on a validation split of the train samples (``vs_best_layer``), by :func:`paired_comparison`.
     """
 
-    from .science import control_keys_of, mdl_table, write_cka
     from ..estimator.inputs import check_finite
+    from .science import control_keys_of, mdl_table, write_cka
 
     if cfg.task == "regression":
         return fit_regression_stage(cache, cfg, progress)
@@ -138,39 +125,62 @@ def fit_stage(cache: Any, cfg: RunConfig, progress: bool = True,
     train, test = _split(labels, cfg.test_size, cfg.seed)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
     metrics: dict[str, Any] = {
-        "model": cache.manifest["model"].get("id"), "data": cache.manifest["dataset"]["name"],
-        "n_train": int(train.size), "n_test": int(test.size), "label_names": list(cache.label_names),
-        "layer_names": list(cache.layer_names), "poolings": list(cache.poolings), "heads": {},
+        "model": cache.manifest["model"].get("id"),
+        "data": cache.manifest["dataset"]["name"],
+        "n_train": int(train.size),
+        "n_test": int(test.size),
+        "label_names": list(cache.label_names),
+        "layer_names": list(cache.layer_names),
+        "poolings": list(cache.poolings),
+        "heads": {},
     }
-    metrics["heads"], baselines = _fit_heads(cache, X, labels, train, test, cfg, progress,
-                                             run_dir / "probes", keys, budget)
+    metrics["heads"], baselines = _fit_heads(
+        cache, X, labels, train, test, cfg, progress, run_dir / "probes", keys, budget
+    )
     if baselines:
         metrics["baselines"] = baselines
     if cfg.mdl:
-        metrics["mdl"] = mdl_table(X[train], labels[train], list(cache.layer_names),
-                                   len(cache.poolings), cfg.seed, cfg.device)
+        metrics["mdl"] = mdl_table(
+            X[train],
+            labels[train],
+            list(cache.layer_names),
+            len(cache.poolings),
+            cfg.seed,
+            cfg.device,
+        )
     metrics["similarity"] = write_cka(run_dir, cache, max_memory=budget)
     if random_cache is not None:
         if not np.array_equal(np.asarray(random_cache.labels), labels):
             raise DataError("the random-init cache holds other samples than the run's cache")
         Xr = _load_features(random_cache)
         metrics["random_init"] = {
-            "model": random_cache.manifest["model"].get("id"), "seed": cfg.init_seed or 0,
+            "model": random_cache.manifest["model"].get("id"),
+            "seed": cfg.init_seed or 0,
             "cache": str(cfg.random_cache_dir),
             "fingerprint": random_cache.manifest.get("fingerprint"),
-            "heads": _fit_heads(random_cache, Xr, labels, train, test, cfg, progress, None,
-                                None)[0],
-            "similarity_to_trained": write_cka(run_dir, cache, random_cache, "trained-vs-random",
-                                               max_memory=budget),
+            "heads": _fit_heads(random_cache, Xr, labels, train, test, cfg, progress, None, None)[
+                0
+            ],
+            "similarity_to_trained": write_cka(
+                run_dir, cache, random_cache, "trained-vs-random", max_memory=budget
+            ),
         }
     write_metrics(metrics, run_dir)
     return metrics
 
 
-def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
-               cfg: RunConfig, progress: bool, save_dir: Path | None,
-               keys: np.ndarray | None,
-               budget: int | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+def _fit_heads(
+    cache: Any,
+    X: Any,
+    labels: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    cfg: RunConfig,
+    progress: bool,
+    save_dir: Path | None,
+    keys: np.ndarray | None,
+    budget: int | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Fit every head on ``X[train]``, score it on ``X[test]``; save it under ``save_dir``.
 
     Returns:
@@ -178,9 +188,9 @@ def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: 
         order), and the layers of the two paired-comparison baselines (empty without
         ``linear``).
     """
-    from .science import control_rows
     from ..cache import cache_subset
     from ..estimator import ProbeClassifier
+    from .science import control_rows
 
     X_train = X[train] if X is not None else cache_subset(cache, train)
     X_test = X[test] if X is not None else cache_subset(cache, test)
@@ -193,20 +203,33 @@ def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: 
     # the per-layer linear probes come first: every head is compared with two of them
     for head in sorted(cfg.probes, key=lambda h: h != "linear"):
         t0 = time.perf_counter()
-        params = {"tokens_per_layer": tokens, "random_state": cfg.seed, "device": cfg.device,
-                  "verbose": progress, "max_memory": budget, **cfg.probe_params.get(head, {})}
+        params = {
+            "tokens_per_layer": tokens,
+            "random_state": cfg.seed,
+            "device": cfg.device,
+            "verbose": progress,
+            "max_memory": budget,
+            **cfg.probe_params.get(head, {}),
+        }
         if X is None:
             params["pooling"] = list(cache.poolings)
         control = keys is not None and head == "linear"
         clf = ProbeClassifier(head=head, control=control, **params)
-        clf.fit(X_train, labels[train], layer_names=list(cache.layer_names),
-                sample_keys=list(keys[train]) if control else None)
+        clf.fit(
+            X_train,
+            labels[train],
+            layer_names=list(cache.layer_names),
+            sample_keys=list(keys[train]) if control else None,
+        )
         seconds = time.perf_counter() - t0
         if save_dir is not None:
             clf.save(save_dir / head)
         pred = clf.predict(X_test)
         preds[head] = pred
-        entry = {"fit_seconds": round(seconds, 2), **_scores(labels[test], pred, cfg.bootstrap, cfg.seed)}
+        entry = {
+            "fit_seconds": round(seconds, 2),
+            **_scores(labels[test], pred, cfg.bootstrap, cfg.seed),
+        }
         if head == "linear":
             layer_pred = clf.predict_layers(X_test)  # (N, L)
             entry["per_layer"] = [
@@ -225,8 +248,10 @@ def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: 
                     "validation_control_accuracy": clf.control_scores_.tolist(),
                     "validation_selectivity": clf.selectivity_.tolist(),
                 }
-            baseline = {"last_layer": layer_pred[:, -1],
-                        "best_layer": layer_pred[:, int(clf.selected_layer_)]}
+            baseline = {
+                "last_layer": layer_pred[:, -1],
+                "best_layer": layer_pred[:, int(clf.selected_layer_)],
+            }
             names = {"last_layer": cache.layer_names[-1], "best_layer": entry["selected_layer"]}
         heads[head] = entry
     for head, pred in preds.items():  # paired: the same resampled test samples score both
@@ -237,19 +262,7 @@ def _fit_heads(cache: Any, X: Any, labels: np.ndarray, train: np.ndarray, test: 
     return {h: heads[h] for h in cfg.probes}, names
 
 
-
-
-
-
-
-
-
-
-
-
 # ------------------------------------------------------------------------------------ regression
-
-
 
 
 def _regression_scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
@@ -282,34 +295,51 @@ def fit_regression_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> d
         raise DataError("the cache's regression targets are constant; probes need them to vary")
     X = _load_features(cache)
     check_finite(X, "the cache")
-    train, test = train_test_split(np.arange(len(y)), test_size=cfg.test_size, random_state=cfg.seed)
+    train, test = train_test_split(
+        np.arange(len(y)), test_size=cfg.test_size, random_state=cfg.seed
+    )
     train, test = np.sort(train), np.sort(test)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
     metrics: dict[str, Any] = {
-        "task": "regression", "target_name": target_name,
-        "model": cache.manifest["model"].get("id"), "data": cache.manifest["dataset"]["name"],
-        "n_train": int(train.size), "n_test": int(test.size), "label_names": [target_name],
-        "layer_names": list(cache.layer_names), "poolings": list(cache.poolings), "heads": {},
+        "task": "regression",
+        "target_name": target_name,
+        "model": cache.manifest["model"].get("id"),
+        "data": cache.manifest["dataset"]["name"],
+        "n_train": int(train.size),
+        "n_test": int(test.size),
+        "label_names": [target_name],
+        "layer_names": list(cache.layer_names),
+        "poolings": list(cache.poolings),
+        "heads": {},
     }
     for head in cfg.probes:
         t0 = time.perf_counter()
-        params = {"tokens_per_layer": len(cache.poolings), "random_state": cfg.seed,
-                  "device": cfg.device, "verbose": progress, **cfg.probe_params.get(head, {})}
+        params = {
+            "tokens_per_layer": len(cache.poolings),
+            "random_state": cfg.seed,
+            "device": cfg.device,
+            "verbose": progress,
+            **cfg.probe_params.get(head, {}),
+        }
         reg = ProbeRegressor(head=head, **params)
         reg.fit(X[train], y[train], layer_names=list(cache.layer_names))
         seconds = time.perf_counter() - t0
         reg.save(run_dir / "probes" / head)
         pred = reg.predict(X[test])
-        entry = {"fit_seconds": round(seconds, 2),
-                 **_regression_scores(y[test], pred, cfg.bootstrap, cfg.seed)}
+        entry = {
+            "fit_seconds": round(seconds, 2),
+            **_regression_scores(y[test], pred, cfg.bootstrap, cfg.seed),
+        }
         if head == "linear":
             layer_pred = reg.predict_layers(X[test])  # (N, L)
             entry["per_layer"] = [
-                {"layer": name, **_regression_scores(y[test], layer_pred[:, j], cfg.bootstrap, cfg.seed)}
+                {
+                    "layer": name,
+                    **_regression_scores(y[test], layer_pred[:, j], cfg.bootstrap, cfg.seed),
+                }
                 for j, name in enumerate(cache.layer_names)
             ]
             entry["selected_layer"] = cache.layer_names[int(reg.selected_layer_)]
         metrics["heads"][head] = entry
     write_metrics(metrics, run_dir)
     return metrics
-

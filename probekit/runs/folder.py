@@ -23,8 +23,18 @@ from typing import Any
 from ..errors import ConfigError
 from .config import RunConfig
 
-__all__ = ["cache_targets", "read_config", "read_metrics", "read_split", "read_targets",
-           "targets_path", "write_config", "write_metrics", "write_split", "write_targets"]
+__all__ = [
+    "cache_targets",
+    "read_config",
+    "read_metrics",
+    "read_split",
+    "read_targets",
+    "targets_path",
+    "write_config",
+    "write_metrics",
+    "write_split",
+    "write_targets",
+]
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
@@ -43,11 +53,19 @@ def write_config(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
     return folder
 
 
-def write_split(run_dir: Path, train: Sequence[int], test: Sequence[int], seed: int,
-                test_size: float) -> None:
-    (run_dir / "split.json").write_text(json.dumps(
-        {"train": [int(i) for i in train], "test": [int(i) for i in test], "seed": seed,
-         "test_size": test_size}))
+def write_split(
+    run_dir: Path, train: Sequence[int], test: Sequence[int], seed: int, test_size: float
+) -> None:
+    (run_dir / "split.json").write_text(
+        json.dumps(
+            {
+                "train": [int(i) for i in train],
+                "test": [int(i) for i in test],
+                "seed": seed,
+                "test_size": test_size,
+            }
+        )
+    )
 
 
 def read_split(run_dir: Path) -> dict[str, Any]:
@@ -80,12 +98,20 @@ def targets_path(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / "targets.json"
 
 
-def write_targets(cache_dir: str | Path, targets: Sequence[float], name: str,
-                  fingerprint: str) -> Path:
+def write_targets(
+    cache_dir: str | Path, targets: Sequence[float], name: str, fingerprint: str
+) -> Path:
     """Write a dataset's continuous targets (by dataset position) beside its feature cache."""
     path = targets_path(cache_dir)
-    path.write_text(json.dumps({"name": name, "dataset_fingerprint": fingerprint,
-                                "targets": [float(t) for t in targets]}))
+    path.write_text(
+        json.dumps(
+            {
+                "name": name,
+                "dataset_fingerprint": fingerprint,
+                "targets": [float(t) for t in targets],
+            }
+        )
+    )
     return path
 
 
@@ -93,12 +119,16 @@ def read_targets(cache_dir: str | Path, fingerprint: str) -> tuple[list[float], 
     """The targets by dataset position and their name, checked against the cache's dataset."""
     path = targets_path(cache_dir)
     if not path.is_file():
-        raise ConfigError(f"{cache_dir} holds no regression targets ({path.name}); extract it "
-                          "with --task regression")
+        raise ConfigError(
+            f"{cache_dir} holds no regression targets ({path.name}); extract it "
+            "with --task regression"
+        )
     saved = json.loads(path.read_text())
     if saved.get("dataset_fingerprint") != fingerprint:
-        raise ConfigError(f"{path} belongs to another dataset than the cache {cache_dir}; "
-                          "extract again with --task regression")
+        raise ConfigError(
+            f"{path} belongs to another dataset than the cache {cache_dir}; "
+            "extract again with --task regression"
+        )
     return saved["targets"], str(saved.get("name", "target"))
 
 

@@ -51,13 +51,14 @@ def paired_diff_ci(a: np.ndarray, b: np.ndarray, n: int, seed: int) -> tuple[flo
     means = np.empty(n)
     for s in range(0, n, 256):
         idx = rng.integers(0, len(d), size=(min(256, n - s), len(d)))
-        means[s:s + len(idx)] = d[idx].mean(1)
+        means[s : s + len(idx)] = d[idx].mean(1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return float(lo), float(hi)
 
 
-def control_rows(clf: Any, X_test: Any, y_test: np.ndarray, keys_test: np.ndarray,
-                 n_boot: int, seed: int) -> list[dict[str, Any]]:
+def control_rows(
+    clf: Any, X_test: Any, y_test: np.ndarray, keys_test: np.ndarray, n_boot: int, seed: int
+) -> list[dict[str, Any]]:
     """Per layer of a fitted ``ProbeClassifier(head="linear", control=True)``: control accuracy
     on the test samples' control labels (with its 95% interval) and selectivity (paired interval).
 
@@ -78,17 +79,25 @@ def control_rows(clf: Any, X_test: Any, y_test: np.ndarray, keys_test: np.ndarra
     rows = []
     for layer in range(task_ok.shape[1]):
         t, c = task_ok[:, layer].astype(float), ctl_ok[:, layer].astype(float)
-        rows.append({
-            "control_accuracy": float(c.mean()),
-            "control_accuracy_ci": paired_diff_ci(c, zeros, n_boot, seed),
-            "selectivity": float(t.mean() - c.mean()),
-            "selectivity_ci": paired_diff_ci(t, c, n_boot, seed),
-        })
+        rows.append(
+            {
+                "control_accuracy": float(c.mean()),
+                "control_accuracy_ci": paired_diff_ci(c, zeros, n_boot, seed),
+                "selectivity": float(t.mean() - c.mean()),
+                "selectivity_ci": paired_diff_ci(t, c, n_boot, seed),
+            }
+        )
     return rows
 
 
-def mdl_table(X_train: Any, y_train: np.ndarray, layer_names: list[str], tokens: int, seed: int,
-              device: Any = None) -> dict[str, Any]:
+def mdl_table(
+    X_train: Any,
+    y_train: np.ndarray,
+    layer_names: list[str],
+    tokens: int,
+    seed: int,
+    device: Any = None,
+) -> dict[str, Any]:
     """:func:`probekit.mdl` per layer (linear probes) of ``(N, L * P, D)`` layer-major features;
     a layer's ``P`` pooled vectors are concatenated. Returns ``MDLResult.to_dict()``."""
     from ..analysis.mdl import mdl
@@ -105,8 +114,13 @@ CKA_MAX_WORK = 1e13
 on a 2-core CPU); above it :func:`write_cka` warns and records why it skipped the map."""
 
 
-def write_cka(run_dir: Path, cache: Any, other: Any = None, name: str = "within",
-              max_memory: int | None = None) -> dict[str, Any]:
+def write_cka(
+    run_dir: Path,
+    cache: Any,
+    other: Any = None,
+    name: str = "within",
+    max_memory: int | None = None,
+) -> dict[str, Any]:
     """Linear CKA between the cache's layers (or between ``cache`` and ``other``'s layers) over
     all samples, written to ``RUN/similarity/<name>/`` (CSV + safetensors).
 
@@ -121,26 +135,36 @@ def write_cka(run_dir: Path, cache: Any, other: Any = None, name: str = "within"
     """
     import warnings
 
-    from .compare import write_similarity
     from ..analysis.similarity import similarity
+    from .compare import write_similarity
 
     def features(c: Any) -> int:  # what similarity() compares: cls if recorded, else all
         return sum(c.dims) * (1 if "cls" in c.poolings else len(c.poolings))
 
-    work = len(cache) * features(cache) * (features(other) if other is not None else features(cache))
+    work = (
+        len(cache) * features(cache) * (features(other) if other is not None else features(cache))
+    )
     if work > CKA_MAX_WORK:
-        reason = (f"linear CKA over every layer pair of all {len(cache)} samples is "
-                  f"{work:.1e} multiply-adds (over {CKA_MAX_WORK:.0e}: minutes to hours); run "
-                  "`probekit compare` (or probekit.similarity) on chosen layers for it")
+        reason = (
+            f"linear CKA over every layer pair of all {len(cache)} samples is "
+            f"{work:.1e} multiply-adds (over {CKA_MAX_WORK:.0e}: minutes to hours); run "
+            "`probekit compare` (or probekit.similarity) on chosen layers for it"
+        )
         warnings.warn(f"{name} layer similarity skipped: {reason}", stacklevel=2)
         return {"method": "cka", "skipped": reason}
     opts: dict[str, int] = {}
     if max_memory is not None:
         width = features(cache) + (features(other) if other is not None else 0)
-        opts = {"max_memory": max(1, min(1 << 30, max_memory // 2)),
-                "batch_size": int(max(64, min(4096, max_memory // 2 // (36 * width))))}
+        opts = {
+            "max_memory": max(1, min(1 << 30, max_memory // 2)),
+            "batch_size": int(max(64, min(4096, max_memory // 2 // (36 * width)))),
+        }
     matrix, names_a, names_b = similarity(cache, other, "cka", return_names=True, **opts)
     out = run_dir / "similarity" / name
     write_similarity(matrix, names_a, names_b, out, "cka", heatmap=False)
-    return {"method": "cka", "file": str((out / "similarity-cka.safetensors").relative_to(run_dir)),
-            "layers_a": names_a, "layers_b": names_b}
+    return {
+        "method": "cka",
+        "file": str((out / "similarity-cka.safetensors").relative_to(run_dir)),
+        "layers_a": names_a,
+        "layers_b": names_b,
+    }

@@ -20,11 +20,29 @@ def write_classification_csv(metrics: dict[str, Any], run_dir: Path) -> None:
     """Write ``run_dir/metrics.csv`` for a classification run's ``metrics``."""
     with open(run_dir / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        paired = [f"{ref}{suffix}" for ref in ("vs_last_layer", "vs_best_layer")
-                  for suffix in ("", "_lo", "_hi", "_p_le0")]
-        w.writerow(["head", "layer", "accuracy", "accuracy_lo", "accuracy_hi", "balanced_accuracy",
-                    "balanced_accuracy_lo", "balanced_accuracy_hi", *paired, "control_accuracy",
-                    "selectivity", "selectivity_lo", "selectivity_hi", "model"])
+        paired = [
+            f"{ref}{suffix}"
+            for ref in ("vs_last_layer", "vs_best_layer")
+            for suffix in ("", "_lo", "_hi", "_p_le0")
+        ]
+        w.writerow(
+            [
+                "head",
+                "layer",
+                "accuracy",
+                "accuracy_lo",
+                "accuracy_hi",
+                "balanced_accuracy",
+                "balanced_accuracy_lo",
+                "balanced_accuracy_hi",
+                *paired,
+                "control_accuracy",
+                "selectivity",
+                "selectivity_lo",
+                "selectivity_hi",
+                "model",
+            ]
+        )
         runs = [("trained", metrics["heads"])]
         if metrics.get("random_init"):
             runs.append(("random", metrics["random_init"]["heads"]))
@@ -35,15 +53,35 @@ def write_classification_csv(metrics: dict[str, Any], run_dir: Path) -> None:
                     cmp = []
                     for ref in ("vs_last_layer", "vs_best_layer"):
                         c = r.get("paired", {}).get(ref)
-                        cmp += ([f"{c['difference']:.4f}", f"{c['ci'][0]:.4f}", f"{c['ci'][1]:.4f}",
-                                 f"{c['p_le0']:.4f}"] if c else ["", "", "", ""])
+                        cmp += (
+                            [
+                                f"{c['difference']:.4f}",
+                                f"{c['ci'][0]:.4f}",
+                                f"{c['ci'][1]:.4f}",
+                                f"{c['p_le0']:.4f}",
+                            ]
+                            if c
+                            else ["", "", "", ""]
+                        )
                     sel = r.get("selectivity_ci", ["", ""])
-                    w.writerow([h, layer, f"{r['accuracy']:.4f}", f"{r['accuracy_ci'][0]:.4f}",
-                                f"{r['accuracy_ci'][1]:.4f}", f"{r['balanced_accuracy']:.4f}",
-                                f"{r['balanced_accuracy_ci'][0]:.4f}",
-                                f"{r['balanced_accuracy_ci'][1]:.4f}", *cmp,
-                                _num(r.get("control_accuracy")), _num(r.get("selectivity")),
-                                _num(sel[0]), _num(sel[1]), model])
+                    w.writerow(
+                        [
+                            h,
+                            layer,
+                            f"{r['accuracy']:.4f}",
+                            f"{r['accuracy_ci'][0]:.4f}",
+                            f"{r['accuracy_ci'][1]:.4f}",
+                            f"{r['balanced_accuracy']:.4f}",
+                            f"{r['balanced_accuracy_ci'][0]:.4f}",
+                            f"{r['balanced_accuracy_ci'][1]:.4f}",
+                            *cmp,
+                            _num(r.get("control_accuracy")),
+                            _num(r.get("selectivity")),
+                            _num(sel[0]),
+                            _num(sel[1]),
+                            model,
+                        ]
+                    )
 
 
 def _num(v: Any) -> str:
@@ -55,8 +93,19 @@ def write_regression_csv(metrics: dict[str, Any], run_dir: Path) -> None:
     keys = ("r2", "spearman")
     with open(run_dir / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["head", "layer", "r2", "r2_lo", "r2_hi", "spearman", "spearman_lo",
-                    "spearman_hi", "mse"])
+        w.writerow(
+            [
+                "head",
+                "layer",
+                "r2",
+                "r2_lo",
+                "r2_hi",
+                "spearman",
+                "spearman_lo",
+                "spearman_hi",
+                "mse",
+            ]
+        )
         for head, e in metrics["heads"].items():
             rows = [(head, "all", e)] + [(head, r["layer"], r) for r in e.get("per_layer", [])]
             for h, layer, r in rows:

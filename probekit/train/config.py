@@ -41,13 +41,24 @@ def _is_number(v: Any) -> bool:
 
 def _is_int(v: Any) -> bool:
     return not isinstance(v, bool) and (
-        isinstance(v, int) or (type(v).__module__ == "numpy" and getattr(v, "dtype", None) is not None
-                               and v.dtype.kind in "iu")
+        isinstance(v, int)
+        or (
+            type(v).__module__ == "numpy"
+            and getattr(v, "dtype", None) is not None
+            and v.dtype.kind in "iu"
+        )
     )
 
 
-def _number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-            high_open: bool = False, integer: bool = False, none: bool = False) -> tuple[Callable[[Any], bool], str]:
+def _number(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    none: bool = False,
+) -> tuple[Callable[[Any], bool], str]:
     """A constraint: a number (an int with ``integer``) in an interval, or ``None`` with ``none``."""
 
     def check(v: Any) -> bool:
@@ -79,7 +90,8 @@ def _grid_of(check: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], 
     """A non-empty list of values each meeting ``check`` (a grid axis)."""
     fn, desc = check
     return (lambda v: isinstance(v, list) and len(v) > 0 and all(fn(x) for x in v)), (
-        f"{desc}, or a non-empty list of them")
+        f"{desc}, or a non-empty list of them"
+    )
 
 
 CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -103,8 +115,16 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "verbose": _choice(True, False),
     "eval_batch_size": _number(1, integer=True),
     "vectorize": _choice("auto", "vmap", "loop"),
-    "betas": ((lambda v: isinstance(v, (tuple, list)) and len(v) == 2
-               and all(_is_number(b) and 0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
+    "betas": (
+        (
+            lambda v: (
+                isinstance(v, (tuple, list))
+                and len(v) == 2
+                and all(_is_number(b) and 0 <= b < 1 for b in v)
+            )
+        ),
+        "two numbers in [0, 1)",
+    ),
     "eps": _number(0, low_open=True),
     "C": _number(0, low_open=True),
     "max_iter": _number(1, integer=True),
@@ -190,8 +210,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer is not None:
-            warnings.warn("TrainConfig(optimizer=...) is deprecated; use solver=...",
-                          DeprecationWarning, stacklevel=3)
+            warnings.warn(
+                "TrainConfig(optimizer=...) is deprecated; use solver=...",
+                DeprecationWarning,
+                stacklevel=3,
+            )
             self.solver, self.optimizer = self.optimizer, None
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)

@@ -43,7 +43,12 @@ class LinearSolution:
 
 
 def _logistic_objective(
-    X: Tensor, Y: Tensor, sw: Tensor, W: Tensor, b: Tensor, alpha: float,
+    X: Tensor,
+    Y: Tensor,
+    sw: Tensor,
+    W: Tensor,
+    b: Tensor,
+    alpha: float,
     Xt: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Mean weighted log-loss plus ``alpha/2 ||W||^2`` and its gradient, without autograd.

@@ -54,7 +54,12 @@ _SELECT = {"classification": "bacc", "regression": "r2"}
 
 @torch.no_grad()
 def _evaluate(
-    grid: _Grid, X: Tensor, y: Tensor, idx: Tensor, n_classes: int, chunk: int,
+    grid: _Grid,
+    X: Tensor,
+    y: Tensor,
+    idx: Tensor,
+    n_classes: int,
+    chunk: int,
     task: str = "classification",
 ) -> dict[str, Tensor]:
     """Validation scores of every config.
@@ -67,7 +72,8 @@ def _evaluate(
     if task == "regression":
         outs = [grid.forward(X[part], train=False) for part in idx.split(chunk)]
         return evaluate_regression(
-            [o["logits"] for o in outs], [o["layer_logits"] for o in outs if "layer_logits" in o],
+            [o["logits"] for o in outs],
+            [o["layer_logits"] for o in outs if "layer_logits" in o],
             y[idx],
         )
     preds, layer_preds = [], []

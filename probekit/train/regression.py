@@ -92,7 +92,9 @@ def r2_batched(pred: Tensor, y: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_regression(preds: list[Tensor], layer_preds: list[Tensor], y: Tensor) -> dict[str, Tensor]:
+def evaluate_regression(
+    preds: list[Tensor], layer_preds: list[Tensor], y: Tensor
+) -> dict[str, Tensor]:
     """Validation scores of every config from chunks of predictions.
 
     Args:

@@ -394,8 +394,9 @@ class ClassProfileDisplay(_FigureBundle):
         sums = np.zeros((len(classes), vals.shape[1]))
         np.add.at(sums, codes, vals)
         means = sums / counts[:, None]
-        return cls.from_class_means(means, layer_names, classes, label_names, counts,
-                                    value_name=value_name, **plot_kwargs)
+        return cls.from_class_means(
+            means, layer_names, classes, label_names, counts, value_name=value_name, **plot_kwargs
+        )
 
     @classmethod
     def from_class_means(

@@ -107,8 +107,9 @@ def paired_bootstrap(
             f"y_true, pred_a and pred_b must be non-empty (N,) arrays of one length, got "
             f"{y.shape}, {a.shape}, {b.shape}"
         )
-    res = _paired(y, a, b, n_resamples=n_resamples, seed=random_state, level=confidence,
-                  metric="accuracy")
+    res = _paired(
+        y, a, b, n_resamples=n_resamples, seed=random_state, level=confidence, metric="accuracy"
+    )
     return PairedBootstrap(
         accuracy_a=res.score_a,
         accuracy_b=res.score_b,

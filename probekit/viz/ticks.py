@@ -94,9 +94,7 @@ def set_axis_ticks(
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 1.0)
     vals, text, rng = nice_ticks(lo, hi, percent=percent)
     update = fig.update_yaxes if axis == "y" else fig.update_xaxes
-    update(
-        tickmode="array", tickvals=vals, ticktext=text, range=list(rng), row=row, col=col
-    )
+    update(tickmode="array", tickvals=vals, ticktext=text, range=list(rng), row=row, col=col)
 
 
 def value_decimals(values: Any, *, significant: int = 1, minimum: int = 2) -> int:
