@@ -256,7 +256,8 @@ def mdl(
         ConfigError: bad fractions, ``C``, ``eps`` or head settings.
         DataError: bad features or labels (fewer than 2 classes, length mismatch).
     """
-    grid = [float(c) for c in (C if isinstance(C, (list, tuple, np.ndarray)) else [C])]
+    values: Sequence[Any] = list(C) if isinstance(C, (list, tuple, np.ndarray)) else [C]
+    grid = [float(c) for c in values]
     if not grid or any(not (math.isfinite(c) and c > 0) for c in grid):
         raise ConfigError(f"C must be a positive number or a list of them, got {C!r}")
     if not 0 < float(eps) < 1:

@@ -272,7 +272,7 @@ class ShardFile:
                 dtype, shape, begin, end = self.entries[key]
                 out = torch.empty(shape, dtype=dtype)
                 if end > begin:
-                    view = memoryview(out.view(-1).view(torch.uint8).numpy())
+                    view = memoryview(out.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
                     f.seek(begin)
                     _read_exact(f, view, self.path)
                     if self.verify and key not in self._checked:

@@ -212,7 +212,7 @@ class CacheSubset:
 
     def select(self, layers: Any = None, pooling: Any = None) -> tuple[list[int], list[str]]:
         """As :meth:`FeatureCache.select`."""
-        return self.cache.select(layers, pooling)  # type: ignore[no-any-return]
+        return self.cache.select(layers, pooling)
 
     def load(
         self, layers: Any = None, pooling: Any = None, dtype: torch.dtype = torch.float32

@@ -45,10 +45,21 @@ class ProbeEstimator(EstimatorParams):
     """Base class of the probe estimators (not used directly); see :mod:`.base` for the hooks."""
 
     _task = "classification"
+    # the constructor parameters both estimators take (each sets them in ``__init__``)
     head: str
+    head_params: Mapping[str, Any] | None
+    dropout: float | Sequence[float] | None
+    layers: Any
+    pooling: str | Sequence[str] | None
+    tokens_per_layer: int | None
+    stream: bool | None
+    device: str | None
+    random_state: Any
+    verbose: bool
     selected_layer_: int | None
     layer_scores_: np.ndarray | None
     best_score_: float | None
+    grid_configs_: list[dict[str, Any]] | None
 
     def _encode_y(self, y: Any, n: int) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -293,7 +304,7 @@ class ProbeEstimator(EstimatorParams):
         """Minibatch training of the grid on normalised features; returns the chosen head."""
         cfg = self._train_config(s, seed, device)
         if cfg.val_size == 0:
-            if len(variants) * len(cfg.lr) * len(cfg.weight_decay) > 1:
+            if len(variants) * len(cfg.lrs) * len(cfg.weight_decays) > 1:
                 raise ConfigError("a grid of configurations needs val_size > 0 to choose one")
             cfg.patience = None
 

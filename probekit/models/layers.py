@@ -238,5 +238,7 @@ def select_layers(
                     f"{next((n for n, _ in model.named_modules() if n.count('.') == 2), 'blocks.0.norm1')!r}"
                 )
             chosen.extend(LayerSpec(name=m, module=m) for m in matches)
-    seen: set[str] = set()
-    return [s for s in chosen if not (s.name in seen or seen.add(s.name))]
+    unique: dict[str, LayerSpec] = {}
+    for spec in chosen:  # the first of each name, in order
+        unique.setdefault(spec.name, spec)
+    return list(unique.values())

@@ -241,7 +241,8 @@ class AILAAttentionHead(_AILA):
         """``W_j^K q_j`` per head for every layer at once: ``(B, L, d) -> (B, L, H, d)``."""
         b, n = h_tilde.shape[:2]
         heads, dk = self.n_heads, self.head_dim
-        w_q, w_k = self.w_q, self.w_k
+        w_q: Tensor = self.w_q
+        w_k: Tensor = self.w_k
         if self.tie_weights:
             w_q, w_k = w_q.expand(n, -1, -1), w_k.expand(n, -1, -1)
         q = torch.einsum("bld,lde->ble", h_tilde, w_q).view(b, n, heads, dk)  # q_j

@@ -86,6 +86,7 @@ def _batched_inputs(
 
     pending = pool_exec.submit(prep, starts[0]) if starts else None
     for k, s in enumerate(starts):
+        assert pending is not None  # submitted for every start
         inputs = pending.result()
         pending = pool_exec.submit(prep, starts[k + 1]) if k + 1 < len(starts) else None
         yield s, inputs
@@ -302,7 +303,7 @@ def _extract_ranks(
             return FeatureCache.open(out)
     else:  # rank 0 makes the folder (or refuses it) first; the others then open the same cache
         ranks.agree(create)
-        writer = ranks.agree(create, on=None)  # type: ignore[assignment]
+        writer = ranks.agree(create, on=None)
         assert writer is not None
         todo = [
             i

@@ -300,6 +300,7 @@ class _HeadAttribution:
         }
         if self.has.get("layer_weights"):
             entry["weights_mean"] = (self.sums["layer_weights"] / n).tolist()
+            assert self.agreement is not None  # filled with the weights
             entry["agreement_median"] = float(np.nanmedian(self.agreement))
         self.file.finish({"accuracy_drop": np.asarray(drop, dtype=np.float32)})
         return entry

@@ -236,14 +236,24 @@ class TrainConfig:
             raise KeyError(key)
         return getattr(self, key)
 
+    @property
+    def lrs(self) -> list[float]:
+        """The learning rates of the grid (``lr`` is stored as a list once validated)."""
+        return [float(v) for v in self.lr] if isinstance(self.lr, Sequence) else [float(self.lr)]
+
+    @property
+    def weight_decays(self) -> list[float]:
+        """The weight decays of the grid."""
+        wd = self.weight_decay
+        return [float(v) for v in wd] if isinstance(wd, Sequence) else [float(wd)]
+
     def grid(self, variants: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """All configurations: variant-major, then lr, then weight decay."""
-        assert isinstance(self.lr, list) and isinstance(self.weight_decay, list)
         return [
-            {"lr": float(lr), "weight_decay": float(wd), **dict(v)}
+            {"lr": lr, "weight_decay": wd, **dict(v)}
             for v in variants
-            for lr in self.lr
-            for wd in self.weight_decay
+            for lr in self.lrs
+            for wd in self.weight_decays
         ]
 
 

@@ -287,7 +287,7 @@ def train_grid(
     else:
         y = y.to(device=device, dtype=torch.long)
     configs = config.grid(variants)
-    per_variant = len(config.lr) * len(config.weight_decay)
+    per_variant = len(config.lrs) * len(config.weight_decays)
     torch.manual_seed(config.seed)
     layered = _has_layer_logits(build, variants[0], X)
     if config.val_size <= 0 and len(configs) > 1:
@@ -381,7 +381,7 @@ def train_stream(
     """
     device = torch.device(config.device)
     variant = dict(variant or {})
-    cfg1 = {"lr": float(config.lr[0]), "weight_decay": float(config.weight_decay[0]), **variant}
+    cfg1 = {"lr": config.lrs[0], "weight_decay": config.weight_decays[0], **variant}
     torch.manual_seed(config.seed)
     grid = _build_grid(build, [(variant, 1)], config.seed, device, config.vectorize)
     lr0 = torch.tensor([cfg1["lr"]], device=device)
