@@ -17,6 +17,7 @@ __all__ = [
     "CacheMismatchError",
     "ConfigError",
     "DataError",
+    "DataTypeError",
     "ModelError",
     "ProbekitError",
 ]
@@ -32,6 +33,10 @@ class ConfigError(ProbekitError, ValueError):
 
 class DataError(ProbekitError, ValueError):
     """Bad data or a bad data spec: unknown scheme, missing column, empty dataset, NaN rows."""
+
+
+class DataTypeError(DataError, TypeError):
+    """Values of the wrong kind where numbers are needed (an object array holding a dict)."""
 
 
 class ModelError(ProbekitError, ValueError):

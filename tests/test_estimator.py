@@ -417,7 +417,7 @@ def test_predict_layout_mismatch_and_missing_y():
     clf = ProbeClassifier().fit(x, y)
     with pytest.raises(ValueError, match="layout"):
         clf.predict(x[:, :3])
-    with pytest.raises(ValueError, match="y is required"):
+    with pytest.raises(ValueError, match="requires y to be passed"):
         ProbeClassifier().fit(x)
     with pytest.raises(ValueError, match="per-layer logits"):
         fast("laya").fit(x, y).predict_layers(x)

@@ -183,7 +183,9 @@ class ProbeEstimator(EstimatorParams):
         want = (self.n_layers_ * self.tokens_per_layer_, max(self.dims_))
         if tuple(x.shape[1:]) != want:
             raise DataError(
-                f"X has layout (T, D) = {tuple(x.shape[1:])}, the probe was fitted on {want}"
+                f"X has {x.shape[1] * x.shape[2]} features, but {type(self).__name__} is "
+                f"expecting {self.n_features_in_} features as input (layout (T, D) = "
+                f"{tuple(x.shape[1:])}, fitted on {want})"
             )
         if info["dims"] != tuple(self.dims_) and len(set(info["dims"])) > 1:
             raise DataError(
@@ -220,7 +222,10 @@ class ProbeEstimator(EstimatorParams):
         if _is_cache(X) and y is None:
             y = np.asarray(X.labels)
         if y is None:
-            raise DataError("y is required unless X is a FeatureCache")
+            raise DataError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None "
+                "(only a FeatureCache carries its own labels)"
+            )
         if _is_cache(X) and self._should_stream(X, budget):
             return self._fit_stream(X, y, s, variants, seed, device, budget)
         x, info = self._read(X, fitting=True)
@@ -228,6 +233,7 @@ class ProbeEstimator(EstimatorParams):
             raise DataError("X has no samples")
         check_finite(x)
         y_t = self._encode_y(y, x.shape[0])
+        s = self._resolve_targets(s)
         self._set_layout(info, layer_names)
         self.device_ = device
         norm = self._fit_norm(x)
@@ -239,6 +245,10 @@ class ProbeEstimator(EstimatorParams):
             )
         self._finish(norm, head, kwargs, x.mean(0) if x.shape[0] else None)
         return self
+
+    def _resolve_targets(self, s: TrainConfig) -> TrainConfig:
+        """The recipe once the targets are encoded (a classifier's per-class weights)."""
+        return s
 
     def _should_stream(self, cache: Any, budget: int) -> bool:
         """Stream when forced, or when an in-memory fit (the raw features, their normalised
@@ -311,6 +321,13 @@ class ProbeEstimator(EstimatorParams):
         def build(**variant: Any) -> nn.Module:
             return create_probe(self.head, **self._head_kwargs(variant))
 
+        if xn.shape[0] < 2 and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in build(**variants[0]).modules()
+        ):
+            raise DataError(
+                f"head {self.head!r} normalises over the batch (BatchNorm) and needs at least 2 "
+                f"training samples, got n_samples={xn.shape[0]}"
+            )
         result = train_grid(build, xn, y, n_classes, cfg, variants, task=self._task)
         kwargs = {k: result.best_params[k] for k in variants[0]}
         head = build(**kwargs)
@@ -330,6 +347,8 @@ class ProbeEstimator(EstimatorParams):
             float(result.scores[result.best_index]) if result.scores is not None else None
         )
         self.best_epoch_ = result.best_epoch
+        # epochs behind the kept weights: the refit's, else the search up to the chosen epoch
+        self.n_iter_ = result.refit_epochs or (result.best_epoch or 0) + 1
         self.grid_scores_ = result.scores
         self.grid_configs_ = list(result.configs)
         # classifiers choose layers by balanced accuracy, like everything else

@@ -19,6 +19,7 @@ for ``"laya"``, and for ``"linear"`` full-batch L-BFGS with scikit-learn's
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,7 +61,7 @@ class ProbeClassifier(ProbeEstimator):
         solver: ``"lbfgs"`` (``"linear"`` only), ``"adamw"`` or ``"adam"``.
         max_iter: L-BFGS iterations per layer.
         jitter: train-time noise: ``True`` (p = 0.5, std 0.05), ``False``, or a probability.
-        class_weight: ``"balanced"`` or ``None``.
+        class_weight: ``"balanced"``, ``None`` or ``{label: weight}`` (labels left out weigh 1).
         tokens_per_layer: P, tokens per layer in array inputs (default 1; caches: the number
             of poolings loaded).
         layers: timm-style selection of layers (``None`` all, int k the last k, a list of
@@ -115,7 +116,7 @@ class ProbeClassifier(ProbeEstimator):
         solver: str | None = None,
         max_iter: int | None = None,
         jitter: bool | float | None = None,
-        class_weight: str | None = "balanced",
+        class_weight: str | Mapping[Any, float] | None = "balanced",
         tokens_per_layer: int | None = None,
         layers: Any = None,
         pooling: str | Sequence[str] | None = None,
@@ -238,6 +239,21 @@ class ProbeClassifier(ProbeEstimator):
     def _n_outputs(self) -> int:
         return len(self.classes_)
 
+    def _resolve_targets(self, s: TrainConfig) -> TrainConfig:
+        """A ``class_weight`` mapping ``{label: weight}`` as per-class weights in ``classes_``
+        order (labels it leaves out weigh 1, as in scikit-learn)."""
+        if not isinstance(self.class_weight, Mapping):
+            return s
+        known = set(self.classes_.tolist())
+        stray = [k for k in self.class_weight if k not in known]
+        if stray:
+            raise ConfigError(
+                f"class_weight names label(s) {stray} that y does not hold; y's classes: "
+                f"{self.classes_.tolist()}"
+            )
+        weights = [float(self.class_weight.get(c, 1.0)) for c in self.classes_.tolist()]
+        return dataclasses.replace(s, class_weight=weights)
+
     def _task_state(self) -> dict[str, Any]:
         return {
             "classes": self.classes_.tolist(),
@@ -264,10 +280,12 @@ class ProbeClassifier(ProbeEstimator):
     # ----------------------------------------------------------------- predict
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Class scores (logits) ``(N, C)``."""
-        return np.concatenate([o.logits.float().cpu().numpy() for o in self._outputs(X)]).astype(
-            np.float64
-        )
+        """Class scores: logits ``(N, C)``; with two classes, as scikit-learn's classifiers,
+        ``(N,)`` scores of ``classes_[1]`` (its logit minus the other's: positive -> class 1,
+        and ``predict_proba[:, 1] == sigmoid(score)``)."""
+        z = np.concatenate([o.logits.float().cpu().numpy() for o in self._outputs(X)])
+        z = z.astype(np.float64)
+        return z[:, 1] - z[:, 0] if z.shape[1] == 2 else z
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(N, C)``, columns in ``classes_`` order."""

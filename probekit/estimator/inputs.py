@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, DataTypeError
 from ..models.layers import resolve_indices
 
 __all__ = ["cache_layout", "check_finite", "encode_labels", "read_arrays", "read_cache"]
@@ -56,10 +56,31 @@ def _is_layer_list(X: Any) -> bool:
 
 
 def _to_float_tensor(a: Any) -> Tensor:
+    """Numbers as float32: real numbers and booleans, object arrays of numbers converted.
+
+    Raises:
+        DataError: sparse matrices, complex or text values.
+        DataTypeError: an object array holding something that is not a number.
+    """
     if isinstance(a, Tensor):
+        if a.is_sparse or a.layout != torch.strided:
+            raise DataError("sparse input is not supported: pass a dense tensor (X.to_dense())")
+        if a.is_complex():
+            raise DataError(f"Complex data not supported: X has dtype {a.dtype}; pass X.real")
         return a.detach().to("cpu", torch.float32)
+    if hasattr(a, "toarray") and hasattr(a, "nnz"):  # scipy.sparse, without importing it
+        raise DataError("sparse input is not supported: pass a dense array (X.toarray())")
     arr = np.asarray(a)
-    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+    if arr.dtype == object:
+        try:
+            arr = arr.astype(np.float64)
+        except TypeError as err:  # numpy: "float() argument must be a string or a real number"
+            raise DataTypeError(f"features must be numbers: {err}") from None
+        except ValueError as err:
+            raise DataError(f"features must be numbers: {err}") from None
+    if arr.dtype.kind == "c":
+        raise DataError(f"Complex data not supported: X has dtype {arr.dtype}; pass X.real")
+    if arr.dtype.kind not in "biuf":
         raise DataError(f"features must be numeric, got dtype {arr.dtype}")
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
@@ -92,12 +113,22 @@ def read_arrays(X: Any, layers: Any, tokens_per_layer: int) -> tuple[Tensor, dic
         p = 1
     else:
         x = _to_float_tensor(X)
+        given = tuple(x.shape)
         if x.ndim == 2:
             x = x[:, None, :]
         if x.ndim != 3:
-            raise DataError(
-                f"X must be (N, T, D), (N, D) or a list of (N, D_l); got shape {tuple(x.shape)}"
+            hint = (
+                " (Reshape your data: X.reshape(-1, 1) if it is one feature, X.reshape(1, -1)"
+                " if it is one sample)"
+                if x.ndim < 2
+                else ""
             )
+            raise DataError(
+                "X must be (N, T, D), (N, D) or a list of (N, D_l); got shape "
+                f"{tuple(x.shape)}{hint}"
+            )
+        if x.shape[1] == 0 or x.shape[2] == 0:
+            raise DataError(f"X has 0 feature(s) (shape={given}) while a minimum of 1 is required.")
         p = tokens_per_layer
         if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1:
             raise ConfigError(f"tokens_per_layer must be an int >= 1, got {p!r}")
@@ -142,21 +173,59 @@ def read_cache(cache: Any, layers: Any, pooling: Any) -> tuple[Tensor, dict[str,
 
 
 def encode_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(classes (C,), y_index (N,) int64)``; DataError on bad labels."""
+    """``(classes (C,), y_index (N,) int64)`` from ``(N,)`` class labels.
+
+    A column ``(N, 1)`` is taken as ``(N,)`` with scikit-learn's ``DataConversionWarning``.
+
+    Raises:
+        DataError: not class labels (continuous numbers, several columns, NaN), a length
+            other than ``n``, or fewer than 2 classes.
+    """
     if isinstance(y, Tensor):
         y = y.detach().cpu().numpy()
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        import warnings
+
+        from sklearn.exceptions import DataConversionWarning
+
+        warnings.warn(
+            "A column-vector y was passed when a 1d array was expected: y of shape "
+            f"{y.shape} is read as ({y.shape[0]},); pass y.ravel()",
+            DataConversionWarning,
+            stacklevel=4,
+        )
+        y = y.reshape(-1)
     if y.ndim != 1:
-        y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
-    if y.ndim != 1:
-        raise DataError(f"y must be 1-D, got shape {y.shape}")
+        raise DataError(f"y must be 1-D class labels, got shape {y.shape}")
     if y.shape[0] != n:
         raise DataError(f"X has {n} samples but y has {y.shape[0]}")
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise DataError("y contains NaN or infinity")
-    classes, yi = np.unique(y, return_inverse=True)
+    if y.dtype.kind == "f" or (y.dtype == object and _numeric_objects(y)):
+        # scikit-learn's type_of_target: floats that are not all integers are "continuous"
+        yf = y.astype(np.float64)
+        frac = np.flatnonzero(yf != np.round(yf))
+        if frac.size:
+            raise DataError(
+                f"Unknown label type: continuous (y holds non-integer numbers such as "
+                f"{yf[frac[0]]!r}); a classifier needs class labels: use ProbeRegressor "
+                "for numeric targets"
+            )
+    try:
+        classes, yi = np.unique(y, return_inverse=True)
+    except TypeError as err:  # labels of mixed types (1 and "a") cannot be sorted
+        raise DataError(
+            f"Unknown label type: y mixes types that cannot be ordered ({err})"
+        ) from None
     if classes.size < 2:
         raise DataError(
-            f"need samples of at least 2 classes to fit a probe; y has only {classes.tolist()}"
+            f"need samples of at least 2 classes to fit a probe; y has only 1 class "
+            f"({classes.tolist()})"
         )
     return classes, yi.astype(np.int64)
+
+
+def _numeric_objects(y: np.ndarray) -> bool:
+    """Whether an object array holds only real numbers (as floats they may be continuous)."""
+    return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in y)

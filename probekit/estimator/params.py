@@ -97,7 +97,8 @@ class EstimatorParams:
         kind = self._estimator_type
         return Tags(
             estimator_type=kind,
-            target_tags=TargetTags(required=kind is not None),
+            # a regressor fits (N, K) targets
+            target_tags=TargetTags(required=kind is not None, multi_output=kind == "regressor"),
             transformer_tags=None,
             classifier_tags=ClassifierTags() if kind == "classifier" else None,
             regressor_tags=RegressorTags() if kind == "regressor" else None,

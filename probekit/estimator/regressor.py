@@ -149,7 +149,12 @@ class ProbeRegressor(ProbeEstimator):
         if isinstance(y, Tensor):
             y = y.detach().cpu().numpy()
         arr = np.asarray(y)
-        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        if arr.dtype == object:  # numbers held as objects are numbers
+            try:
+                arr = arr.astype(np.float64)
+            except (TypeError, ValueError):
+                raise DataError("regression targets must be numbers, got dtype object") from None
+        if arr.dtype.kind not in "biuf":
             raise DataError(f"regression targets must be numbers, got dtype {arr.dtype}")
         if arr.ndim not in (1, 2):
             raise DataError(f"y must be (N,) or (N, K), got shape {arr.shape}")

@@ -107,6 +107,7 @@ def fit_from_stream(
         if rows.n == 0:
             raise DataError("X has no samples")
         clf.classes_, y_idx = encode_labels(y, rows.n)
+        s = clf._resolve_targets(s)
         clf._set_layout(info, None)
         clf.device_ = device
         chunk = _chunk_rows(rows, budget)

@@ -10,6 +10,7 @@ which validates again.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,15 @@ def _grid_of(check: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], 
     )
 
 
+def _nonneg(value: Any) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+        and float(value) >= 0
+    )
+
+
 CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": _grid_of(_number(0, low_open=True)),
     "weight_decay": _grid_of(_number(0)),
@@ -105,7 +115,14 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "schedule": _choice("cosine", "constant"),
     "min_lr": _number(0),
     "grad_clip": _number(0, low_open=True, none=True),
-    "class_weight": _choice("balanced", None),
+    "class_weight": (
+        lambda v: (
+            v in ("balanced", None)
+            or (isinstance(v, Mapping) and all(_nonneg(w) for w in v.values()))
+            or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_nonneg(w) for w in v))
+        ),
+        "'balanced', None, {label: weight} or a list of per-class weights (numbers >= 0)",
+    ),
     "jitter_p": _number(0, 1),
     "jitter_std": _number(0),
     "val_size": _number(0, 1, high_open=True),
@@ -158,7 +175,9 @@ class TrainConfig:
         schedule: ``"cosine"`` (per step, to ``min_lr``, no warm-up) or ``"constant"``.
         min_lr: end of the cosine schedule.
         grad_clip: max gradient norm per config (``None``: no clipping).
-        class_weight: ``"balanced"`` or ``None``.
+        class_weight: ``"balanced"``, ``None``, or per-class weights: a list in class-index
+            order, or ``{label: weight}`` (which the estimator turns into that list once it
+            knows the classes).
         jitter_p: probability per sample of adding Gaussian noise at train time (ALF: 0.5).
         jitter_std: standard deviation of that noise (ALF: 0.05).
         val_size: fraction held out (stratified) to select configs, layers and epochs.
@@ -190,7 +209,7 @@ class TrainConfig:
     schedule: str = "cosine"
     min_lr: float = 1e-6
     grad_clip: float | None = 5.0
-    class_weight: str | None = "balanced"
+    class_weight: str | Mapping[Any, float] | Sequence[float] | None = "balanced"
     jitter_p: float = 0.0
     jitter_std: float = 0.05
     val_size: float = 0.2

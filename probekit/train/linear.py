@@ -5,7 +5,7 @@ Shapes: ``L`` layers, ``N`` samples, ``F`` features, ``C`` classes, ``K`` weight
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,7 +195,7 @@ def fit_linear_probes(
     y: Tensor,
     n_classes: int,
     C: float = 1.0,
-    class_weight: str | None = None,
+    class_weight: str | Sequence[float] | None = None,
     max_iter: int = 100,
     tol: float = 1e-4,
     init: LinearSolution | None = None,
@@ -216,7 +216,7 @@ def fit_linear_probes(
         y: ``(N,)`` class indices in ``[0, n_classes)``.
         n_classes: C.
         C: inverse regularisation strength, as in scikit-learn.
-        class_weight: ``"balanced"`` or ``None``.
+        class_weight: ``"balanced"``, ``None`` or ``C`` weights in class-index order.
         max_iter: L-BFGS iterations per layer (scikit-learn's default is 100).
         tol: stop when the largest gradient entry falls below it (scikit-learn's ``tol``).
         init: warm start (e.g. the solution on a subset).

@@ -61,8 +61,12 @@ def _evaluate(
     n_classes: int,
     chunk: int,
     task: str = "classification",
+    class_weight: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Validation scores of every config.
+
+    ``class_weight`` ``(C,)``: the user's per-class weights; ``bacc`` is then the accuracy
+    weighted by them instead of the balanced accuracy.
 
     Returns:
         ``acc`` / ``bacc`` ``(G,)``, plus ``layer_acc`` / ``layer_bacc`` ``(G, L)`` for heads
@@ -87,13 +91,13 @@ def _evaluate(
     if layer_preds:
         lp = torch.cat(layer_preds, -1)  # (G, L, n)
         res["layer_acc"] = (lp == yv).double().mean(-1)
-        res["layer_bacc"] = _balanced_accuracy_batched(lp, yv, n_classes)
+        res["layer_bacc"] = _balanced_accuracy_batched(lp, yv, n_classes, class_weight)
         res["acc"] = res["layer_acc"].max(-1).values
         res["bacc"] = res["layer_bacc"].max(-1).values
     else:
         p = torch.cat(preds, -1)  # (G, n)
         res["acc"] = (p == yv).double().mean(-1)
-        res["bacc"] = _balanced_accuracy_batched(p, yv, n_classes)
+        res["bacc"] = _balanced_accuracy_batched(p, yv, n_classes, class_weight)
     return res
 
 
@@ -124,8 +128,11 @@ def _run_phase(
     regression = task == "regression"
     weights = None if regression else class_weights(y[phase.train_idx], n_classes, cfg.class_weight)
     key = _SELECT[task]
+    # per-class weights the user gave: configs and epochs are chosen by the accuracy weighted
+    # the same way (balanced accuracy is that accuracy with the weights 1 / n_c)
+    explicit = weights if isinstance(cfg.class_weight, (list, tuple)) else None
     n = phase.train_idx.numel()
-    n_batches = math.ceil(n / batch_size_for(n, cfg.batch_size, cfg.min_batches))
+    n_batches = _n_batches(n, cfg)
     total = phase.epochs * n_batches
     validate = phase.val_idx is not None and phase.val_idx.numel() > 0
     best_state = grid.snapshot() if validate else None
@@ -155,7 +162,9 @@ def _run_phase(
         scores = None
         if validate:
             assert phase.val_idx is not None
-            scores = _evaluate(grid, X, y, phase.val_idx, n_classes, cfg.eval_batch_size, task)
+            scores = _evaluate(
+                grid, X, y, phase.val_idx, n_classes, cfg.eval_batch_size, task, explicit
+            )
         history += _history_rows(phase.name, epoch, configs, losses, scores)
         if scores is None:
             continue
@@ -225,9 +234,16 @@ def _has_layer_logits(build: HeadFactory, variant: Mapping[str, Any], x: Tensor)
         return head(x[:2]).layer_logits is not None
 
 
+def _n_batches(n: int, cfg: TrainConfig) -> int:
+    """Batches per epoch over ``n`` samples; never a batch of one sample out of several (a
+    head with BatchNorm cannot train on it), so at most ``n // 2`` batches."""
+    n_batches = math.ceil(n / batch_size_for(n, cfg.batch_size, cfg.min_batches))
+    return max(1, min(n_batches, n // 2)) if n >= 2 else n_batches
+
+
 def _epochs_for(cfg: TrainConfig, n: int) -> int:
     """``cfg.epochs`` raised so that ``n`` samples give at least ``cfg.min_steps`` steps."""
-    n_batches = math.ceil(n / batch_size_for(n, cfg.batch_size, cfg.min_batches))
+    n_batches = _n_batches(n, cfg)
     return max(cfg.epochs, math.ceil(cfg.min_steps / max(n_batches, 1)), 1)
 
 

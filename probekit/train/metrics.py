@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -61,13 +62,17 @@ def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
     return float(_balanced_accuracy_batched(p, t, classes.numel()))
 
 
-def _balanced_accuracy_batched(pred: Tensor, y: Tensor, n_classes: int) -> Tensor:
+def _balanced_accuracy_batched(
+    pred: Tensor, y: Tensor, n_classes: int, class_weight: Tensor | None = None
+) -> Tensor:
     """Balanced accuracy of many prediction vectors at once.
 
     Args:
         pred: ``(..., N)`` predicted class indices.
         y: ``(N,)`` true class indices in ``[0, n_classes)``.
         n_classes: C.
+        class_weight: ``(C,)`` per-class weights: the accuracy with each sample weighted by
+            its class's weight instead (``sum_c w_c hits_c / sum_c w_c n_c``).
 
     Returns:
         ``(...)`` float64 balanced accuracies (mean recall over classes present in ``y``).
@@ -75,6 +80,9 @@ def _balanced_accuracy_batched(pred: Tensor, y: Tensor, n_classes: int) -> Tenso
     onehot = F.one_hot(y, n_classes).double()  # (N, C)
     counts = onehot.sum(0)  # (C,)
     hits = (pred == y).double()  # (..., N)
+    if class_weight is not None:
+        w = class_weight.to(onehot)
+        return (hits @ onehot @ w) / (counts @ w).clamp_min(1e-300)
     recall = (hits @ onehot) / counts.clamp_min(1)  # (..., C)
     present = counts > 0
     return recall[..., present].mean(-1)
@@ -114,22 +122,28 @@ def stratified_split(y: Any, val_size: float, seed: int) -> tuple[np.ndarray, np
     return np.flatnonzero(mask).astype(np.int64), val_idx.astype(np.int64)
 
 
-def class_weights(y: Tensor, n_classes: int, mode: str | None) -> Tensor:
+def class_weights(y: Tensor, n_classes: int, mode: str | Sequence[float] | None) -> Tensor:
     """Per-class loss weights.
 
     Args:
         y: ``(N,)`` class indices.
         n_classes: C.
         mode: ``"balanced"`` (``N / (K * count_c)``, K = classes present, as scikit-learn;
-            absent classes get 0) or ``None`` (all ones).
+            absent classes get 0), ``None`` (all ones) or ``C`` weights in class-index order.
 
     Returns:
         ``(C,)`` float32 weights on ``y``'s device.
     """
     if mode is None:
         return torch.ones(n_classes, device=y.device)
+    if isinstance(mode, (list, tuple)):
+        if len(mode) != n_classes:
+            raise ConfigError(f"class_weight has {len(mode)} weights for {n_classes} classes")
+        return torch.tensor([float(w) for w in mode], device=y.device)
     if mode != "balanced":
-        raise ConfigError(f"class_weight must be 'balanced' or None, got {mode!r}")
+        raise ConfigError(
+            f"class_weight must be 'balanced', None or per-class weights, got {mode!r}"
+        )
     counts = torch.bincount(y, minlength=n_classes).float()
     present = counts > 0
     w = torch.zeros(n_classes, device=y.device)

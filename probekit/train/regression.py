@@ -41,7 +41,9 @@ def random_split(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.nda
     if not 0.0 < val_size < 1.0:
         raise ConfigError(f"val_size must be in (0, 1), got {val_size}")
     if n < 2:
-        raise DataError(f"need at least 2 samples to hold some out for validation, got {n}")
+        raise DataError(
+            f"need at least 2 samples to hold some out for validation, got n_samples={n}"
+        )
     k = min(max(int(round(val_size * n)), 1), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[k:]).astype(np.int64), np.sort(perm[:k]).astype(np.int64)
