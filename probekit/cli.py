@@ -174,7 +174,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         test_size=args.test_size,
         bootstrap=args.bootstrap,
         cache=str(args.cache),
-        fit_max_memory=args.max_memory,
+        memory_budget=args.memory_budget,
         task=args.task,
         probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes},
         control=args.control,
@@ -217,7 +217,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from .report.html import write_figures
     from .runs.attribute import attribute_stage
 
-    summary = attribute_stage(args.run_dir, ablation=args.ablation, max_memory=args.max_memory)
+    summary = attribute_stage(
+        args.run_dir, ablation=args.ablation, memory_budget=args.memory_budget
+    )
     write_figures(args.run_dir)
     print(f"attributed {', '.join(summary['heads'])} in {Path(args.run_dir) / 'attribution'}")
     return 0
@@ -339,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=float, default=0.2)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument(
-        "--max-memory",
+        "--memory-budget",
         default=None,
         metavar="SIZE",
         help="memory budget, e.g. 512MB or 4GiB (default: half the available RAM); "
@@ -368,10 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--ablation", default=None, choices=["mean", "zero", "shuffle"])
     p.add_argument(
-        "--max-memory",
+        "--memory-budget",
         default=None,
         metavar="SIZE",
-        help="memory budget, e.g. 512MB or 4GiB (default: the run's fit_max_memory, "
+        help="memory budget, e.g. 512MB or 4GiB (default: the run's memory_budget, "
         "else half the available RAM); the test rows are read from disk in chunks "
         "that fit it",
     )

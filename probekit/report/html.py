@@ -59,12 +59,12 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
 
 
 def _chunk_bytes(cfg: Any) -> int:
-    """Chunks of the attribution files: small, and within the run's budget (``fit_max_memory``)."""
+    """Chunks of the attribution files: small, and within the run's budget (``memory_budget``)."""
     from .._utils.memory import default_budget, parse_size
     from .arrays import CHUNK_BYTES
 
-    size = cfg.fit_max_memory
-    budget = parse_size(size, "fit_max_memory") if size is not None else default_budget()
+    size = cfg.memory_budget
+    budget = parse_size(size, "memory_budget") if size is not None else default_budget()
     return max(1, min(CHUNK_BYTES, budget // 8))
 
 

@@ -204,7 +204,7 @@ class RunConfig:
         probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
             ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
             Default: a light ALF (one config, 20 epochs); ``{}`` gives every head its paper recipe.
-        fit_max_memory: the memory budget of probe training and attribution (``4GiB``); bigger
+        memory_budget: the memory budget of probe training and attribution (``4GiB``); bigger
             caches stream from disk.
         test_size: fraction of samples held out for every reported score (stratified for
             classification, random for regression).
@@ -293,7 +293,7 @@ class RunConfig:
         parse=parse_json,
         factory=lambda: {k: dict(v) for k, v in CPU_PROBE_PARAMS.items()},
     )
-    fit_max_memory: str | None = option(
+    memory_budget: str | None = option(
         None,
         "memory budget of probe training and attribution, "
         "e.g. 512MB or 4GiB (default: half the RAM); bigger "
@@ -443,7 +443,7 @@ class RunConfig:
                 'probe_params must map head names to keyword dicts, e.g. {"alf": {"lr": 0.01}}'
             )
         check_layers(self.layers)
-        _ = self.fit_max_memory is None or parse_size(self.fit_max_memory, "fit_max_memory")
+        _ = self.memory_budget is None or parse_size(self.memory_budget, "memory_budget")
         if self.pooling is not None:
             expand_poolings(self.pooling)
         if any(c in str(self.name) for c in "/\\") or self.name in (".", ".."):
