@@ -2,7 +2,7 @@
 
 Writes synthetic caches of the given sizes (same layers and width, more samples; shard by
 shard with ``CacheWriter``, never the whole cache in memory), runs
-``probekit fit --probe linear,laya --memory-budget 512MB`` on each in a fresh process, and prints
+``probekit fit --probes linear,laya --memory-budget 512MB`` on each in a fresh process, and prints
 the peak resident set (``VmHWM`` of that process: its own, not its parent's) and the wall time per size, the ratio of
 the largest to the smallest peak (target <= 1.5: flat) and time per GB (target: at most linear
 growth). Caches are deleted afterwards.
@@ -78,7 +78,7 @@ def child(args: argparse.Namespace) -> None:
             "fit",
             "--cache",
             args.cache,
-            "--probe",
+            "--probes",
             args.probes,
             "--out",
             args.out,

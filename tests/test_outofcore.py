@@ -285,7 +285,7 @@ def test_cli_fit_with_a_tiny_budget_matches_in_memory(tmp_path, capsys):
             "fit",
             "--cache",
             str(tmp_path / "cache"),
-            "--probe",
+            "--probes",
             "linear,laya",
             "--out",
             str(out),

@@ -34,12 +34,10 @@ from ..models.hooks import LayerRecorder
 from ..models.layers import LayerSpec, Selection, select_layers
 from ..models.loading import LoadedModel, load_model
 from .distributed import Ranks, join_ranks
+from .options import PRECISIONS, STORE_DTYPES
 from .pooling import expand_poolings, pool
 
 __all__ = ["extract", "record", "PRECISIONS", "STORE_DTYPES"]
-
-PRECISIONS = ("auto", "fp32", "medium", "bf16")
-STORE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @contextlib.contextmanager
