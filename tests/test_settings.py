@@ -63,9 +63,6 @@ def test_good_settings_are_normalised_and_replace_keeps_the_rest():
     assert cfg.lr == [0.1] and cfg.weight_decay == [0.0, pytest.approx(1e-3)]
     new = dataclasses.replace(cfg, solver="adam")
     assert (new.solver, new.lr, new.epochs) == ("adam", [0.1], 3)
-    with pytest.warns(DeprecationWarning, match="solver"):
-        old = TrainConfig(optimizer="adam")
-    assert old.solver == "adam" and old["optimizer"] == "adam"
 
 
 def test_head_recipes_are_train_configs_and_user_values_override_them():

@@ -23,8 +23,6 @@ from .science import science_figures, science_tables
 
 __all__ = ["Figure", "build_figures", "write_figures", "write_report"]
 
-WEIGHT_HEADS_ORDER = ("alf", "laya", "kcla", "aila-attention", "aila-linear", "scalar-mix")
-
 
 @dataclass
 class Figure:
