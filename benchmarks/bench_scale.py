@@ -2,7 +2,7 @@
 
 Writes synthetic caches of the given sizes (same layers and width, more samples; shard by
 shard with ``CacheWriter``, never the whole cache in memory), runs
-``probekit fit --probe linear,laya --max-memory 512MB`` on each in a fresh process, and prints
+``probekit fit --probes linear,laya --memory-budget 512MB`` on each in a fresh process, and prints
 the peak resident set (``VmHWM`` of that process: its own, not its parent's) and the wall time per size, the ratio of
 the largest to the smallest peak (target <= 1.5: flat) and time per GB (target: at most linear
 growth). Caches are deleted afterwards.
@@ -78,12 +78,12 @@ def child(args: argparse.Namespace) -> None:
             "fit",
             "--cache",
             args.cache,
-            "--probe",
+            "--probes",
             args.probes,
             "--out",
             args.out,
-            "--max-memory",
-            args.max_memory,
+            "--memory-budget",
+            args.memory_budget,
             "--bootstrap",
             "100",
         ]
@@ -99,7 +99,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=33)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--probes", default="linear,laya")
-    p.add_argument("--max-memory", default="512MB")
+    p.add_argument("--memory-budget", default="512MB")
     p.add_argument("--laya-epochs", type=int, default=0, help="0: LAYA's own recipe")
     p.add_argument("--dir", default=None, help="where caches go (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the caches")
@@ -139,8 +139,8 @@ def main() -> None:
                     str(root / f"fit-{gb:g}GB"),
                     "--probes",
                     args.probes,
-                    "--max-memory",
-                    args.max_memory,
+                    "--memory-budget",
+                    args.memory_budget,
                     "--laya-epochs",
                     str(args.laya_epochs),
                 ],
@@ -169,7 +169,7 @@ def main() -> None:
     per_gb = [r[3] / r[0] for r in rows]
     print(
         f"\nlayers={args.layers} dim={args.dim} probes={args.probes} "
-        f"--max-memory {args.max_memory} laya_epochs={args.laya_epochs or 'recipe'}"
+        f"--memory-budget {args.memory_budget} laya_epochs={args.laya_epochs or 'recipe'}"
     )
     print("size GB      " + " ".join(f"{r[0]:7g}" for r in rows))
     print("peak RSS GB  " + " ".join(f"{x:7.2f}" for x in peaks))

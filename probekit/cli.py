@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -24,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ProbekitError
-from .models.layers import parse_layers
-from .runs.config import RunConfig, parse_bool, run_options, stage_options
+from .runs.config import RunConfig, fields_named, parse_bool, run_options
 from .runs.summary import summary_table
 
 __all__ = ["build_parser", "main"]
@@ -37,88 +37,50 @@ EXIT_BUG = 1
 # ------------------------------------------------------------------------------- commands
 
 
-def _add_common_extract(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        required=True,
-        help="hf:NAME, timm:NAME, bundled:minilm-l6, bundled:efficientnet-lite0, or a directory",
-    )
-    p.add_argument(
-        "--data",
-        required=True,
-        help="hf:NAME, csv:PATH, imagefolder:DIR, bundled:vader-valence, bundled:mnist",
-    )
-    add_run_options(p, run_options("data"))
-    p.add_argument(
-        "--layers",
-        default=None,
-        help="all (default), N (last N), 0,3,-1, or module globs like 'blocks.*.norm2'",
-    )
-    p.add_argument(
-        "--pooling",
-        default=None,
-        help="cls, mean, last, cls+mean or cls,mean (default: the model's)",
-    )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--shard-size", type=int, default=4096)
-    p.add_argument("--device", default=None)
-    p.add_argument(
-        "--store-dtype",
-        default=None,
-        choices=["float32", "float16", "bfloat16"],
-        help="dtype the features are stored in; float16/bfloat16 halve disk and RAM "
-        "(default: float32)",
-    )
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "float16", "bfloat16"],
-        help="deprecated name of --store-dtype",
-    )
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "medium", "bf16"])
-    add_run_options(p, run_options("model"))
-    p.add_argument("--out", required=True, help="cache folder")
+EXTRACT_OPTIONS = (
+    fields_named("model", "data")
+    + run_options("data")
+    + fields_named("layers", "pooling", "batch_size", "shard_size", "device")
+    + fields_named("store_dtype", "precision")
+    + run_options("model")
+)
+"""The run options of ``probekit extract``: the data, the recording and the model's loading."""
+FIT_OPTIONS = fields_named(
+    "probes", "seed", "test_size", "bootstrap", "memory_budget", "task", "control", "mdl"
+)
+ATTRIBUTE_OPTIONS = fields_named("ablation", "memory_budget")
+COMPARE_OPTIONS = fields_named("layers", "pooling")
+LAYERS_OPTIONS = run_options("model")
 
 
-def _given(args: argparse.Namespace, stage: str) -> dict[str, Any]:
-    """The flags of one stage's run options that were given on the command line."""
+def _given(args: argparse.Namespace, fields: Sequence[dataclasses.Field[Any]]) -> dict[str, Any]:
+    """The run options among ``fields`` that were given on the command line (text)."""
     return {
-        f.name: getattr(args, f.name)
-        for f in run_options(stage)
-        if getattr(args, f.name, None) is not None
+        f.name: getattr(args, f.name) for f in fields if getattr(args, f.name, None) is not None
     }
 
 
-def cmd_extract(args: argparse.Namespace) -> int:
-    from .recording.pooling import expand_poolings
+def _config(args: argparse.Namespace, fields: Sequence[dataclasses.Field[Any]]) -> RunConfig:
+    """The given options parsed and checked by their fields (the others at their defaults).
 
-    layers = parse_layers(args.layers)  # checked before anything is loaded
-    if args.pooling is not None:
-        expand_poolings(args.pooling)
-    data_options = stage_options("data", _given(args, "data"))
-    model_options = stage_options("model", _given(args, "model"))
+    Raises:
+        ConfigError: a bad value, naming the option.
+    """
+    return RunConfig(**_given(args, fields))
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    cfg = _config(args, EXTRACT_OPTIONS)  # every option checked before anything is loaded
+    data_options = cfg.stage_options("data")
+    model_options = cfg.stage_options("model")
 
     from .data import load_data
     from .models.loading import load_model
     from .recording.extraction import extract
 
-    store_dtype = args.store_dtype or args.dtype or "float32"
-    if args.dtype is not None:
-        print("probekit extract: --dtype is deprecated; use --store-dtype", file=sys.stderr)
-    data = load_data(args.data, **data_options)
-    model = load_model(args.model, **model_options)
-    cache = extract(
-        model,
-        data,
-        args.out,
-        layers=layers,
-        pooling=args.pooling,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        device=args.device,
-        store_dtype=store_dtype,
-        precision=args.precision,
-    )
+    data = load_data(cfg.data, **data_options)
+    model = load_model(cfg.model, **model_options)
+    cache = extract(model, data, args.out, **cfg.stage_options("extract"))
     if data_options.get("target") == "regression":  # the targets beside the cache
         from .runs.folder import write_targets
 
@@ -128,7 +90,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    model_options = stage_options("model", _given(args, "model"))  # checked before loading
+    model_options = _config(args, LAYERS_OPTIONS).stage_options("model")  # checked before loading
 
     from .models.listing import format_layers, list_layers
 
@@ -165,21 +127,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .runs.folder import write_config
 
     out = Path(args.out)
-    probes = [p.strip() for p in args.probe.split(",") if p.strip()]
     cfg = RunConfig(
-        name=out.name,
-        out=str(out.parent),
-        probes=probes,
-        seed=args.seed,
-        test_size=args.test_size,
-        bootstrap=args.bootstrap,
-        cache=str(args.cache),
-        fit_max_memory=args.max_memory,
-        task=args.task,
-        probe_params={h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in probes},
-        control=args.control,
-        mdl=args.mdl,
+        name=out.name, out=str(out.parent), cache=str(args.cache), **_given(args, FIT_OPTIONS)
     )
+    cfg.probe_params = {h: dict(v) for h, v in CPU_PROBE_PARAMS.items() if h in cfg.probes}
     validate_run(cfg)  # unknown heads fail before the cache is read
     cache = FeatureCache.open(args.cache)
     cfg.model = cache.manifest["model"].get("id", "")
@@ -217,7 +168,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from .report.html import write_figures
     from .runs.attribute import attribute_stage
 
-    summary = attribute_stage(args.run_dir, ablation=args.ablation, max_memory=args.max_memory)
+    summary = attribute_stage(
+        args.run_dir, ablation=args.ablation, memory_budget=args.memory_budget
+    )
     write_figures(args.run_dir)
     print(f"attributed {', '.join(summary['heads'])} in {Path(args.run_dir) / 'attribution'}")
     return 0
@@ -233,9 +186,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .runs.compare import compare_caches
 
-    layers = parse_layers(args.layers)
+    cfg = _config(args, COMPARE_OPTIONS)
     matrix, paths = compare_caches(
-        args.cache_a, args.cache_b, args.out, args.method, layers=layers, pooling=args.pooling
+        args.cache_a, args.cache_b, args.out, args.method, layers=cfg.layers, pooling=cfg.pooling
     )
     print(
         f"{args.method} similarity {matrix.shape[0]} x {matrix.shape[1]} layers -> "
@@ -247,9 +200,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import resolve_configs, run_one
 
-    options = {
-        f.name: getattr(args, f.name) for f in run_options() if getattr(args, f.name) is not None
-    }
+    options = _given(args, run_options())
     if args.config is None and set(options) <= {"out"}:
         configs = resolve_configs(None)  # the bundled demos
         configs = [RunConfig.from_dict({**c.to_dict(), **options}) for c in configs]
@@ -265,15 +216,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def add_run_options(
-    p: argparse.ArgumentParser, fields: Sequence[dataclasses.Field[Any]] | None = None
+    p: argparse.ArgumentParser,
+    fields: Sequence[dataclasses.Field[Any]] | None = None,
+    *,
+    required: Sequence[str] = (),
+    defaults: dict[str, str] | None = None,
 ) -> None:
     """One ``--flag`` per :class:`~probekit.runs.RunConfig` field (text, parsed by the field);
-    ``fields`` picks some (default: all)."""
+    ``fields`` picks some (default: all), ``required`` names the flags this command needs and
+    ``defaults`` says what a flag defaults to where this command differs from the field
+    (``{"ablation": "the run's"}``)."""
     for f in run_options() if fields is None else fields:
         if f.default is not dataclasses.MISSING:
             default = f.default
         else:
-            default = f.default_factory()  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc,operator]
         shown = (
             ",".join(default)
             if isinstance(default, list)
@@ -282,7 +239,12 @@ def add_run_options(
             else default
         )
         help_text = f.metadata.get("help", "")
-        if "default" not in help_text and default is not None:
+        if defaults and f.name in defaults:
+            help_text = re.sub(r" ?\(default[^)]*\)", "", help_text)
+            help_text += f" (default: {defaults[f.name]})"
+        elif f.name in required:
+            pass
+        elif "default" not in help_text and default is not None:
             help_text += f" (default: {shown})"
         help_text = help_text.replace("%", "%%")
         choices = f.metadata.get("choices")
@@ -302,6 +264,7 @@ def add_run_options(
             flag,
             dest=f.name,
             default=None,
+            required=f.name in required,
             choices=choices,
             metavar=None if choices else f.name.upper(),
             help=help_text,
@@ -319,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("extract", help="record pooled layers of a dataset into a cache")
-    _add_common_extract(p)
+    add_run_options(p, EXTRACT_OPTIONS, required=("model", "data"))
+    p.add_argument("--out", required=True, help="cache folder")
     p.set_defaults(fn=cmd_extract)
 
     p = sub.add_parser("info", help="describe a cache")
@@ -328,52 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_info)
 
     p = sub.add_parser("fit", help="train probe heads on a cache; write metrics.json/csv")
-    p.add_argument("--cache", required=True)
-    p.add_argument(
-        "--probe",
-        default="linear,alf,laya,kcla,aila-attention",
-        help="comma-separated heads (see probekit.list_probes())",
-    )
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-size", type=float, default=0.2)
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument(
-        "--max-memory",
-        default=None,
-        metavar="SIZE",
-        help="memory budget, e.g. 512MB or 4GiB (default: half the available RAM); "
-        "a larger cache is trained out of core, reading rows from disk",
-    )
-    p.add_argument(
-        "--task",
-        default="classification",
-        choices=["classification", "regression"],
-        help="regression: continuous targets (the cache must be extracted with --task regression)",
-    )
-    p.add_argument(
-        "--control",
-        action="store_true",
-        help="control task per layer of the linear probe: control accuracy and "
-        "selectivity (Hewitt & Liang, 2019)",
-    )
-    p.add_argument(
-        "--mdl",
-        action="store_true",
-        help="online-code MDL per layer on the train split (Voita & Titov, 2020)",
-    )
+    p.add_argument("--cache", required=True, help="the feature cache to train on")
+    p.add_argument("--out", required=True, help="the run folder to write")
+    add_run_options(p, FIT_OPTIONS)
     p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("attribute", help="layer attribution of a run's heads on its test split")
     p.add_argument("run_dir")
-    p.add_argument("--ablation", default=None, choices=["mean", "zero", "shuffle"])
-    p.add_argument(
-        "--max-memory",
-        default=None,
-        metavar="SIZE",
-        help="memory budget, e.g. 512MB or 4GiB (default: the run's fit_max_memory, "
-        "else half the available RAM); the test rows are read from disk in chunks "
-        "that fit it",
+    add_run_options(
+        p,
+        ATTRIBUTE_OPTIONS,
+        defaults={
+            "ablation": "the run's",
+            "memory_budget": "the run's memory_budget, else half the available RAM",
+        },
     )
     p.set_defaults(fn=cmd_attribute)
 
@@ -391,8 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder for the CSV, safetensors and heatmap")
     p.add_argument("--method", default="cka", choices=["cka", "cka-debiased", "rsa"])
-    p.add_argument("--layers", default=None, help="all (default), N (last N), 0,3,-1 or names")
-    p.add_argument("--pooling", default=None, help="cls, mean, cls+mean (default: cls if recorded)")
+    add_run_options(p, COMPARE_OPTIONS, defaults={"pooling": "cls if recorded"})
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("layers", help="list a model's recordable layers (what --layers takes)")
     p.add_argument(
@@ -404,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also print the module tree, one row per glob, with output shapes",
     )
-    add_run_options(p, run_options("model"))
+    add_run_options(p, LAYERS_OPTIONS)
     p.set_defaults(fn=cmd_layers)
 
     p = sub.add_parser(

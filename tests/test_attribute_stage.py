@@ -147,17 +147,17 @@ def test_chunked_stage_equals_the_whole_split_in_memory(classification_run, mode
     refs = _reference(run_dir, cache, mode, seed=3)
     assert {h for h, r in refs.items() if "layer_weights" in r} >= {"laya", "alf", "kcla"}
     assert {h for h, r in refs.items() if "layer_map" in r} >= {"aila-attention"}
-    summary = attribute_stage(run_dir, ablation=mode, seed=3, max_memory=TINY)
+    summary = attribute_stage(run_dir, ablation=mode, seed=3, memory_budget=TINY)
     _check(run_dir, summary, refs)
     assert not list((run_dir / "attribution").glob(".*"))  # no scratch file left
     # one chunk (a large budget) gives the same
-    _check(run_dir, attribute_stage(run_dir, ablation=mode, seed=3, max_memory="1GB"), refs)
+    _check(run_dir, attribute_stage(run_dir, ablation=mode, seed=3, memory_budget="1GB"), refs)
 
 
 def test_chunked_regression_stage_equals_in_memory(tmp_path):
     run_dir, cache = _run(tmp_path, task="regression")
     refs = _reference(run_dir, cache, "shuffle", seed=1, regression=True)
-    summary = attribute_stage(run_dir, ablation="shuffle", seed=1, max_memory=TINY)
+    summary = attribute_stage(run_dir, ablation="shuffle", seed=1, memory_budget=TINY)
     _check(run_dir, summary, refs, rtol=1e-5)
     got = load_file(str(run_dir / "attribution" / "linear.safetensors"))
     test = json.loads((run_dir / "split.json").read_text())["test"]
@@ -171,12 +171,12 @@ def test_cli_attribute_takes_a_budget(tmp_path, capsys):
     from probekit.cli import main
 
     run_dir, cache = _run(tmp_path, heads=["linear", "laya"])  # the figures need every layer
-    assert main(["attribute", str(run_dir), "--max-memory", TINY, "--ablation", "zero"]) == 0
+    assert main(["attribute", str(run_dir), "--memory-budget", TINY, "--ablation", "zero"]) == 0
     refs = _reference(run_dir, cache, "zero", seed=0)
     _check(run_dir, json.loads((run_dir / "attribution" / "attribution.json").read_text()), refs)
     capsys.readouterr()
-    assert main(["attribute", str(run_dir), "--max-memory", "lots"]) == 2
-    assert "max_memory" in capsys.readouterr().err
+    assert main(["attribute", str(run_dir), "--memory-budget", "lots"]) == 2
+    assert "memory_budget" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="ablation"):
         attribute_stage(run_dir, ablation="noise")
 
@@ -187,7 +187,7 @@ def test_figures_and_report_with_a_head_on_some_layers(tmp_path):
     from probekit.report.html import build_figures, write_report
 
     run_dir, _ = _run(tmp_path, heads=["linear", "laya", "alf"])  # laya on layers [0, 2]
-    attribute_stage(run_dir, max_memory=TINY)
+    attribute_stage(run_dir, memory_budget=TINY)
     figs = {f.name: f.figure for f in build_figures(run_dir)}
     assert list(figs["weights-laya"].data[0].x) == ["layers.0", "layers.2"]
     assert list(figs["ablation-laya"].data[0].x) == ["layers.0", "layers.2"]
@@ -210,7 +210,7 @@ _RSS_SCRIPT = textwrap.dedent(
     layer_attribution(clf, warm)
     assert reset_peak_rss()  # the peak of this process only, from here
     base = rss()
-    attribute_stage(run_dir, ablation="shuffle", max_memory=budget)
+    attribute_stage(run_dir, ablation="shuffle", memory_budget=budget)
     print(json.dumps({"growth_mb": (peak_rss() - base) / 2**20}))
     """
 )

@@ -357,9 +357,9 @@ def test_grid_of_configs_and_dropout():
 
 def test_alf_recipe_defaults():
     d = HEAD_DEFAULTS["alf"]
-    assert d["lr"] == [1e-1, 1e-2, 1e-3] and len(d["weight_decay"]) == 7
-    assert (d["epochs"], d["min_steps"], d["batch_size"], d["min_batches"]) == (40, 1000, 2048, 5)
-    assert d["refit"] and d["jitter"]
+    assert d.lr == [1e-1, 1e-2, 1e-3] and len(d.weight_decay) == 7
+    assert (d.epochs, d.min_steps, d.batch_size, d.min_batches) == (40, 1000, 2048, 5)
+    assert d.refit and d.jitter_p > 0
     x, y = layered_blobs(n=100)
     clf = ProbeClassifier(
         "alf", lr=1e-2, weight_decay=1e-3, dropout=0.0, epochs=2, random_state=0

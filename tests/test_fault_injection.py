@@ -194,7 +194,15 @@ def test_cli_fit_and_info_refuse_a_corrupt_cache(tiny_bert_dir, tmp_path, capsys
     shard.write_bytes(bytes(raw))
     capsys.readouterr()
     code = main(
-        ["fit", "--cache", str(tmp_path / "c"), "--probe", "linear", "--out", str(tmp_path / "fit")]
+        [
+            "fit",
+            "--cache",
+            str(tmp_path / "c"),
+            "--probes",
+            "linear",
+            "--out",
+            str(tmp_path / "fit"),
+        ]
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "000001.safetensors" in err[0], err

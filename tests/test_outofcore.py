@@ -131,7 +131,7 @@ def test_streamed_fit_equals_in_memory_fit(tmp_path, head):
     mem = ProbeClassifier(head, stream=False, **kw).fit(cache)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # linear: one layer's block fits, no minibatch fallback
-        out = ProbeClassifier(head, max_memory=TINY, **kw).fit(cache)  # streams: over budget
+        out = ProbeClassifier(head, memory_budget=TINY, **kw).fit(cache)  # streams: over budget
     assert out._should_stream(cache, out._budget())
     assert not ProbeClassifier(head, **kw)._should_stream(cache, 2**30)
     assert out.best_score_ == pytest.approx(mem.best_score_, abs=1e-12)
@@ -158,7 +158,7 @@ def test_streamed_fit_on_a_subset_equals_arrays(tmp_path):
     ref = ProbeClassifier(random_state=0).fit(
         cache.load(pooling="cls")[pos].numpy(), cache.labels[pos]
     )
-    out = ProbeClassifier(random_state=0, max_memory=TINY, pooling="cls")
+    out = ProbeClassifier(random_state=0, memory_budget=TINY, pooling="cls")
     out.fit(cache_subset(cache, pos))
     np.testing.assert_allclose(out.layer_scores_, ref.layer_scores_, atol=1e-12)
     x = cache.load(pooling="cls").numpy()
@@ -169,7 +169,7 @@ def test_linear_falls_back_to_minibatches_when_a_layer_does_not_fit(tmp_path):
     cache = _make_cache(tmp_path / "cache")
     kw = {"random_state": 0, "epochs": 2}
     with pytest.warns(UserWarning, match="does not fit"):
-        out = ProbeClassifier(max_memory="2KB", **kw).fit(cache)  # a layer block is ~4.8 KB
+        out = ProbeClassifier(memory_budget="2KB", **kw).fit(cache)  # a layer block is ~4.8 KB
     ref = ProbeClassifier(solver="adamw", stream=False, **kw).fit(cache)
     assert out.best_params_ == ref.best_params_ and out.best_score_ == ref.best_score_
     x = ref.as_tensor(cache)
@@ -179,7 +179,7 @@ def test_linear_falls_back_to_minibatches_when_a_layer_does_not_fit(tmp_path):
 def test_streamed_fit_refuses_nan(tmp_path):
     cache = _write_cache(tmp_path / "c", 120, [6, 4], nan=(70, 1))  # shard 1, layer 1
     with pytest.raises(DataError, match="NaN"):
-        ProbeClassifier(max_memory=TINY).fit(cache)
+        ProbeClassifier(memory_budget=TINY).fit(cache)
 
 
 def test_a_corrupt_block_is_refused(tmp_path):
@@ -190,7 +190,7 @@ def test_a_corrupt_block_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     reopened = type(cache).open(tmp_path / "c")
     with pytest.raises(CacheError, match="sha256"):
-        ProbeClassifier(max_memory=TINY).fit(reopened)
+        ProbeClassifier(memory_budget=TINY).fit(reopened)
 
 
 def test_memory_sizes():
@@ -200,10 +200,10 @@ def test_memory_sizes():
     for bad in ("lots", "-3MB", 0, True, "5 parsecs"):
         with pytest.raises(ConfigError):
             parse_size(bad)
-    with pytest.raises(ConfigError, match="max_memory"):
-        ProbeClassifier(max_memory="huge").validate()
-    with pytest.raises(ConfigError, match="fit_max_memory"):
-        RunConfig(fit_max_memory="huge")
+    with pytest.raises(ConfigError, match="memory_budget"):
+        ProbeClassifier(memory_budget="huge").validate()
+    with pytest.raises(ConfigError, match="memory_budget"):
+        RunConfig(memory_budget="huge")
 
 
 def test_host_copies_pin_only_for_cuda():
@@ -236,7 +236,7 @@ _RSS_SCRIPT = textwrap.dedent(
     from probekit.estimator import ProbeClassifier
     cache = FeatureCache.open(sys.argv[1])
     budget, stream = sys.argv[2], sys.argv[3] == "1"
-    kw = dict(random_state=0, max_memory=budget, stream=stream)
+    kw = dict(random_state=0, memory_budget=budget, stream=stream)
     warm = np.random.default_rng(0).normal(size=(64, 4, 8)).astype(np.float32)
     ProbeClassifier("laya", epochs=1, **kw).fit(warm, np.arange(64) % 2)  # load every module
     assert reset_peak_rss()  # the peak of this process only, from here
@@ -279,13 +279,13 @@ def test_cli_fit_with_a_tiny_budget_matches_in_memory(tmp_path, capsys):
 
     _make_cache(tmp_path / "cache")
     metrics = []
-    for extra in ([], ["--max-memory", "40KB"]):  # the cache and its train split stream
+    for extra in ([], ["--memory-budget", "40KB"]):  # the cache and its train split stream
         out = tmp_path / f"fit{len(extra)}"
         argv = [
             "fit",
             "--cache",
             str(tmp_path / "cache"),
-            "--probe",
+            "--probes",
             "linear,laya",
             "--out",
             str(out),
@@ -305,10 +305,10 @@ def test_cli_fit_with_a_tiny_budget_matches_in_memory(tmp_path, capsys):
         str(tmp_path / "cache"),
         "--out",
         str(tmp_path / "x"),
-        "--max-memory",
+        "--memory-budget",
         "lots",
     ]
-    assert main(bad) == 2 and "fit_max_memory" in capsys.readouterr().err
+    assert main(bad) == 2 and "memory_budget" in capsys.readouterr().err
 
 
 def test_peak_rss_is_the_child_own_not_the_parent_at_the_fork():

@@ -149,7 +149,7 @@ def test_cli_fit_attribute_report(tiny_cache, tmp_path, capsys):
                 "fit",
                 "--cache",
                 str(tiny_cache),
-                "--probe",
+                "--probes",
                 "linear,laya",
                 "--out",
                 str(out),
@@ -180,7 +180,7 @@ def test_cli_fit_bad_input(tiny_cache, tmp_path, capsys):
     )
     _one_line_error(
         capsys,
-        ["fit", "--cache", str(tiny_cache), "--probe", "linear,nope", "--out", out],
+        ["fit", "--cache", str(tiny_cache), "--probes", "linear,nope", "--out", out],
         "unknown probe",
     )
     # incomplete cache

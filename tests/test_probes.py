@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
@@ -509,27 +508,6 @@ def test_aila_linear_matches_naive() -> None:
 
 
 # ---------------------------------------------------------------- names
-
-
-@pytest.mark.parametrize(
-    ("module", "old", "new"),
-    [
-        ("linear", "LinearProbes", "LinearHead"),
-        ("linear", "ConcatProbe", "ConcatHead"),
-        ("linear", "ScalarMixProbe", "ScalarMixHead"),
-        ("laya", "LayaHead", "LAYAHead"),
-        ("aila", "AILALinear", "AILALinearHead"),
-        ("aila", "AILAAttention", "AILAAttentionHead"),
-    ],
-)
-def test_old_head_names_still_work_and_warn(module: str, old: str, new: str) -> None:
-    mod = importlib.import_module(f"probekit.probes.{module}")
-    with pytest.warns(DeprecationWarning, match=rf"{old} is deprecated.*use .*\.{new}$") as rec:
-        cls = getattr(mod, old)
-    assert cls is getattr(mod, new)
-    assert rec[0].filename == __file__, "the warning must point at the caller (stacklevel=2)"
-    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        mod.Nope  # noqa: B018
 
 
 def test_every_registered_head_class_ends_in_head() -> None:

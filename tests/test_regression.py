@@ -319,7 +319,8 @@ def test_cli_extract_fit_attribute_report_regression(tiny_bert_dir, tmp_path, ca
     assert saved["name"] == "score" and len(saved["targets"]) == 40
     # a classification fit of a regression-only cache still works on its labels: one class
     assert (
-        main(["fit", "--cache", str(cache), "--probe", "linear", "--out", str(tmp_path / "c")]) == 2
+        main(["fit", "--cache", str(cache), "--probes", "linear", "--out", str(tmp_path / "c")])
+        == 2
     )
     capsys.readouterr()
     out = tmp_path / "fit"
@@ -329,7 +330,7 @@ def test_cli_extract_fit_attribute_report_regression(tiny_bert_dir, tmp_path, ca
                 "fit",
                 "--cache",
                 str(cache),
-                "--probe",
+                "--probes",
                 "linear,scalar-mix",
                 "--task",
                 "regression",

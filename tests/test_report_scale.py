@@ -78,7 +78,7 @@ def test_small_run_figures_are_those_of_the_whole_arrays(tmp_path):
     assert "weights-laya" in figs and "test samples shown" not in figs["weights-laya"].caption
 
 
-def _synthetic_run(tmp_path, n_cache, layers, test, heads, rng, max_memory="1MB", writer=False):
+def _synthetic_run(tmp_path, n_cache, layers, test, heads, rng, memory_budget="1MB", writer=False):
     """A run folder whose attribution files are written directly (random values, NaNs in the
     layer maps), over a synthetic cache of ``n_cache`` samples (labels ``i % 2``)."""
     _write_cache(tmp_path / "cache", n_cache, [4] * layers, shard_size=max(50, n_cache // 4))
@@ -87,7 +87,7 @@ def _synthetic_run(tmp_path, n_cache, layers, test, heads, rng, max_memory="1MB"
         out=str(tmp_path),
         probes=list(heads),
         cache=str(tmp_path / "cache"),
-        fit_max_memory=max_memory,
+        memory_budget=memory_budget,
     )
     write_config(cfg)
     run_dir = tmp_path / "run"
@@ -296,7 +296,7 @@ def test_report_of_a_big_run_stays_within_memory(tmp_path):
         np.arange(n),
         ["aila-attention", "laya"],
         rng,
-        max_memory=None,
+        memory_budget=None,
         writer=True,
     )
     res = subprocess.run(

@@ -60,7 +60,7 @@ def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
                 "fit",
                 "--cache",
                 str(word_cache),
-                "--probe",
+                "--probes",
                 "linear",
                 "--out",
                 str(out),
@@ -303,7 +303,7 @@ def test_fit_skips_a_cka_map_too_big_to_compute_and_says_why(tmp_path, monkeypat
     from probekit.report.html import build_figures
 
     _make_cache(tmp_path / "cache")  # 120 samples, cls widths 6 + 10 + 8 = 24
-    argv = ["fit", "--cache", str(tmp_path / "cache"), "--probe", "linear", "--bootstrap", "20"]
+    argv = ["fit", "--cache", str(tmp_path / "cache"), "--probes", "linear", "--bootstrap", "20"]
     assert main([*argv, "--out", str(tmp_path / "ok")]) == 0
     ok = json.loads((tmp_path / "ok" / "metrics.json").read_text())["similarity"]
     assert (tmp_path / "ok" / ok["file"]).is_file()

@@ -63,9 +63,6 @@ def test_good_settings_are_normalised_and_replace_keeps_the_rest():
     assert cfg.lr == [0.1] and cfg.weight_decay == [0.0, pytest.approx(1e-3)]
     new = dataclasses.replace(cfg, solver="adam")
     assert (new.solver, new.lr, new.epochs) == ("adam", [0.1], 3)
-    with pytest.warns(DeprecationWarning, match="solver"):
-        old = TrainConfig(optimizer="adam")
-    assert old.solver == "adam" and old["optimizer"] == "adam"
 
 
 def test_head_recipes_are_train_configs_and_user_values_override_them():
@@ -160,6 +157,47 @@ def test_run_options_are_one_set_for_flags_config_keys_and_python(tmp_path):
     assert same.to_dict() == cfg.to_dict()
     with pytest.raises(ConfigError, match="unknown run options"):
         pipeline.resolve_configs(modle="x")
+
+
+HAND_WRITTEN = {
+    "extract": {"--out"},
+    "fit": {"--cache", "--out"},
+    "compare": {"--out", "--method"},
+    "layers": {"--modules"},
+    "info": {"--json"},
+}
+"""The flags that are not run options (a cache folder, a method, a switch of one command)."""
+
+
+def test_every_subcommand_takes_its_run_options_from_runconfig(capsys):
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    taken = {}
+    for command, p in sub.choices.items():
+        flags = [a for a in p._actions if a.option_strings and a.dest != "help"]
+        own = {a.option_strings[0] for a in flags} & HAND_WRITTEN.get(command, set())
+        assert own == HAND_WRITTEN.get(command, set()), command
+        for a in flags:
+            if a.option_strings[0] in own:
+                continue
+            f = fields[a.dest]  # a KeyError: a hand-written run option
+            assert a.option_strings == [f"--{f.name.replace('_', '-')}"]
+            assert a.choices == f.metadata["choices"] and a.default is None
+            assert a.help.startswith(f.metadata["help"].split(" (")[0].replace("%", "%%"))
+        taken[command] = {a.dest for a in flags if a.option_strings[0] not in own}
+    assert taken["fit"] == {
+        "probes", "seed", "test_size", "bootstrap", "memory_budget", "task", "control", "mdl"
+    }  # fmt: skip
+    assert taken["attribute"] == {"ablation", "memory_budget"}
+    assert taken["compare"] == {"layers", "pooling"}
+    stages = {n for n, f in fields.items() if f.metadata["stage"] in ("data", "model", "extract")}
+    assert taken["extract"] == stages | {"model", "data"}
+    # the field parses the text: a bad value is the field's one-line error, before any loading
+    argv = ["extract", "--model", "x", "--data", "y", "--out", "o", "--shard-size", "many"]
+    assert main(argv) == 2 and "shard_size" in capsys.readouterr().err
+    args = parser.parse_args(["fit", "--cache", "c", "--out", "o", "--control"])
+    assert (args.control, args.probes, args.mdl) == ("true", None, None)
 
 
 def test_options_are_parsed_alike_from_text():
@@ -330,7 +368,7 @@ def test_cli_warnings_are_one_line_each(tmp_path):
         "fit",
         "--cache",
         str(tmp_path / "cache"),
-        "--probe",
+        "--probes",
         "linear",
         "--bootstrap",
         "20",

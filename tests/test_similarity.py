@@ -75,7 +75,7 @@ def test_cka_across_inputs_with_different_widths_and_memory_split(method, hsic):
     ys = [x[:, 2, :5] @ rng.normal(size=(5, 3)), rng.normal(size=(60, 11)), x[:, 4] ** 2]
     ref = _naive_cka(list(x.transpose(1, 0, 2)), ys, hsic)
     whole = similarity(x, ys, method=method, batch_size=16)
-    split = similarity(x, ys, method=method, batch_size=16, max_memory=8 * 8 * 8)
+    split = similarity(x, ys, method=method, batch_size=16, memory_budget=8 * 8 * 8)
     np.testing.assert_allclose(whole, ref, atol=1e-6, rtol=0)
     np.testing.assert_allclose(split, ref, atol=1e-6, rtol=0)
     assert whole.shape == (5, 3)
@@ -89,7 +89,9 @@ def test_cka_of_one_input_split_into_layer_groups(method, hsic):
     upper block triangle, off-diagonal pairs the whole block; every cell must match."""
     x = _layers(seed=3)
     ref = _naive_cka(list(x.transpose(1, 0, 2)), list(x.transpose(1, 0, 2)), hsic)
-    split = similarity(x, method=method, batch_size=16, max_memory=16 * 16 * 8)  # [0,1],[2,3],[4]
+    split = similarity(
+        x, method=method, batch_size=16, memory_budget=16 * 16 * 8
+    )  # [0,1],[2,3],[4]
     np.testing.assert_allclose(split, ref, atol=1e-6, rtol=0)
     np.testing.assert_array_equal(split, split.T)
     assert np.ptp(ref) > 0.3

@@ -37,17 +37,6 @@ def test_half_precision_caches_are_the_float32_features_rounded_once(tiny_bert_d
         saved = _shard_bytes(full) - _shard_bytes(half)  # 2 bytes a value, give or take the
         assert abs(saved - 2 * tensors) <= 8 * 3, saved  # 8-byte header padding of 3 shards
     assert prints["float16"] != prints["bfloat16"]
-    with pytest.warns(DeprecationWarning, match="store_dtype"):  # the old keyword, same cache
-        old = extract(
-            lm,
-            data,
-            tmp_path / "float16",
-            batch_size=8,
-            shard_size=8,
-            dtype="float16",
-            progress=False,
-        )
-    assert old.manifest["fingerprint"] == prints["float16"]
 
 
 @pytest.mark.slow

@@ -224,7 +224,7 @@ def test_fit_on_a_cache_loads_neither_scikit_learn_nor_scipy(tmp_path):
         "fit",
         "--cache",
         str(tmp_path / "cache"),
-        "--probe",
+        "--probes",
         "linear",
         "--out",
         str(tmp_path / "run"),

@@ -20,7 +20,7 @@ _UNITS = {
 }  # fmt: skip
 
 
-def parse_size(value: Any, name: str = "max_memory") -> int:
+def parse_size(value: Any, name: str = "memory_budget") -> int:
     """Bytes from ``512MB``, ``4GiB``, ``1.5G``, ``2e9`` or an int (``MB`` = 10^6 and
     ``MiB`` = ``M`` = 2^20, as accelerate reads them).
 

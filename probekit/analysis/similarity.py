@@ -26,7 +26,7 @@ Linear CKA (Kornblith et al., 2019) between layers ``X (N, D_x)`` and ``Y (N, D_
 Both are computed in streaming form: one pass over minibatches accumulates, in float64,
 the cross-products ``X^T Y`` for the layer pairs of a "pass", plus a few ``D``-sized sums; an
 ``N x N`` matrix is never formed. Memory: ``8 * D_x * D_y`` bytes per layer pair, plus one
-batch. All ``L_a x L_b`` pairs share one pass while their cross-products fit in ``max_memory``
+batch. All ``L_a x L_b`` pairs share one pass while their cross-products fit in ``memory_budget``
 bytes (default 1 GiB); otherwise the layers are split into groups and the data is read once per
 pair of groups (a pair of layers wider than the budget still gets its own pass).
 
@@ -362,7 +362,7 @@ def linear_cka_pairs(
     src_b: Any | None = None,
     debiased: bool = False,
     batch_size: int = 4096,
-    max_memory: int = 1 << 30,
+    memory_budget: int = 1 << 30,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Linear CKA between every layer of ``src_a`` and every layer of ``src_b`` (streaming).
@@ -372,7 +372,7 @@ def linear_cka_pairs(
         src_b: the second source; ``None`` compares ``src_a`` with itself.
         debiased: use the unbiased HSIC estimator (needs ``N >= 4``).
         batch_size: rows per minibatch.
-        max_memory: bytes allowed for the cross-product accumulators of one pass.
+        memory_budget: bytes allowed for the cross-product accumulators of one pass.
         device: where the float64 accumulation runs (default CPU).
 
     Returns:
@@ -383,7 +383,7 @@ def linear_cka_pairs(
     b = b if isinstance(b, _Source) else _Source(b, None, None, "features_b")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     same = b is a
-    ga, gb = _plan(a.dims, b.dims, max_memory)
+    ga, gb = _plan(a.dims, b.dims, memory_budget)
     # Passes: one per group pair (within one source, the lower triangle is skipped), then the
     # self-HSIC of every layer (diagonal blocks, packed into as few passes as fit).
     cross = [(x, y) for ix, x in enumerate(ga) for iy, y in enumerate(gb) if not same or iy >= ix]
@@ -400,8 +400,8 @@ def linear_cka_pairs(
     if same:
         self_a = self_b = np.diag(hsic).copy()
     else:
-        self_a = _self_hsic(a, batch_size, max_memory, dev, debiased)
-        self_b = _self_hsic(b, batch_size, max_memory, dev, debiased)
+        self_a = _self_hsic(a, batch_size, memory_budget, dev, debiased)
+        self_b = _self_hsic(b, batch_size, memory_budget, dev, debiased)
     with np.errstate(invalid="ignore", divide="ignore"):
         denom = np.sqrt(np.outer(self_a, self_b))
         out = np.where(denom > 0, hsic / np.where(denom > 0, denom, 1.0), np.nan)
@@ -475,7 +475,7 @@ def similarity(
     pooling: str | Sequence[str] | None = None,
     pooling_b: str | Sequence[str] | None = None,
     batch_size: int = 4096,
-    max_memory: int = 1 << 30,
+    memory_budget: int = 1 << 30,
     distance: str = "cosine",
     max_samples: int = 1000,
     seed: int = 0,
@@ -497,7 +497,7 @@ def similarity(
             concatenated); default ``"cls"`` when recorded, else every recorded pooling.
         pooling_b: the same for ``cache_b``; default: ``pooling``.
         batch_size: rows per minibatch for the streaming CKA.
-        max_memory: bytes for the CKA cross-product accumulators of one pass over the data
+        memory_budget: bytes for the CKA cross-product accumulators of one pass over the data
             (more layers than fit are split into several passes).
         distance: RSA only: ``"cosine"`` or ``"correlation"`` distance between samples.
         max_samples: RSA only: at most this many samples (random, seeded) build the RDMs.
@@ -520,7 +520,7 @@ def similarity(
     if distance not in DISTANCES:
         raise ConfigError(f"unknown RSA distance {distance!r}; choose from {', '.join(DISTANCES)}")
     for name, v in (("batch_size", batch_size), ("max_samples", max_samples),
-                    ("max_memory", max_memory)):  # fmt: skip
+                    ("memory_budget", memory_budget)):  # fmt: skip
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ConfigError(f"{name} must be a positive int, got {v!r}")
     if method == "rsa" and max_samples < 3:
@@ -548,6 +548,6 @@ def similarity(
     else:
         out = linear_cka_pairs(
             a, b, debiased=method == "cka-debiased", batch_size=int(batch_size),
-            max_memory=int(max_memory), device=device,
+            memory_budget=int(memory_budget), device=device,
         )  # fmt: skip
     return (out, list(a.names), list(b.names)) if return_names else out

@@ -103,12 +103,6 @@ class CacheRows:
                 self._maps[s] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._maps[s], layout
 
-    def release(self) -> None:
-        """Drop the mapped pages from the resident set (they stay in the page cache)."""
-        for mm in self._maps.values():
-            if hasattr(mmap, "MADV_DONTNEED"):
-                mm.madvise(mmap.MADV_DONTNEED)
-
     def close(self) -> None:
         """Unmap every shard."""
         maps, self._maps = self._maps, {}

@@ -114,9 +114,9 @@ class ProbeEstimator(EstimatorParams):
         return self
 
     def _budget(self) -> int:
-        """The memory budget in bytes (``max_memory``, default half the available RAM)."""
-        value = getattr(self, "max_memory", None)
-        return default_budget() if value is None else parse_size(value, "max_memory")
+        """The memory budget in bytes (``memory_budget``, default half the available RAM)."""
+        value = getattr(self, "memory_budget", None)
+        return default_budget() if value is None else parse_size(value, "memory_budget")
 
     def _variants(self, search: bool = True) -> list[dict[str, Any]]:
         """Head keyword sets: the product of every list-valued head parameter (and dropout).

@@ -70,8 +70,8 @@ class ProbeClassifier(ProbeEstimator):
             pooling the cache holds (CLS and mean where both exist: T = 2L tokens).
         stream: train out of core (rows read from the memory-mapped cache, same validation,
             selection and refit) instead of loading the cache; ``None``: only when loading
-            would exceed ``max_memory``.
-        max_memory: memory budget of a fit on a cache, bytes or a size (``"512MB"``,
+            would exceed ``memory_budget``.
+        memory_budget: memory budget of a fit on a cache, bytes or a size (``"512MB"``,
             ``"4GiB"``); ``None``: half the available RAM. A cache whose in-memory fit needs
             more (about 3x its selected features) is streamed; so is prediction on it.
         device: ``"cpu"``, ``"cuda"``...; ``None``: CUDA when available.
@@ -121,7 +121,7 @@ class ProbeClassifier(ProbeEstimator):
         layers: Any = None,
         pooling: str | Sequence[str] | None = None,
         stream: bool | None = None,
-        max_memory: int | str | None = None,
+        memory_budget: int | str | None = None,
         device: str | None = None,
         random_state: Any = None,
         verbose: bool = False,
@@ -146,7 +146,7 @@ class ProbeClassifier(ProbeEstimator):
         self.layers = layers
         self.pooling = pooling
         self.stream = stream
-        self.max_memory = max_memory
+        self.memory_budget = memory_budget
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

@@ -171,11 +171,6 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def weights_sha256(model: nn.Module) -> str:
-    """sha256 over every parameter and buffer (name, dtype, shape, bytes), in state-dict order."""
-    return state_sha256(model)
-
-
 def _cast_floats(inputs: dict[str, Tensor], dtype: torch.dtype | None) -> dict[str, Tensor]:
     if dtype is None:
         return inputs

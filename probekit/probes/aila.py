@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import register_probe
-from .base import GroupLinear, ProbeHead, ProbeOutput, deprecated_aliases
+from .base import GroupLinear, ProbeHead, ProbeOutput
 
 __all__ = ["AILAAttentionHead", "AILALinearHead"]
 
@@ -271,5 +271,3 @@ class AILAAttentionHead(_AILA):
 
 
 # Old names (before every head class ended in ``Head``), kept for one release.
-_RENAMED = {"AILALinear": "AILALinearHead", "AILAAttention": "AILAAttentionHead"}
-__getattr__ = deprecated_aliases(__name__, _RENAMED, globals())

@@ -12,15 +12,13 @@ Heads only import torch (and the standard library).
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GroupLinear", "ProbeHead", "ProbeOutput", "deprecated_aliases"]
+__all__ = ["GroupLinear", "ProbeHead", "ProbeOutput"]
 
 
 @dataclass
@@ -168,35 +166,3 @@ class GroupLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = torch.einsum("bgk,gko->bgo", x, self.masked_weight())
         return y if self.bias is None else y + self.bias
-
-
-def deprecated_aliases(
-    module: str, renamed: Mapping[str, str], namespace: Mapping[str, Any]
-) -> Callable[[str], Any]:
-    """A module-level ``__getattr__`` that serves old names with a ``DeprecationWarning``.
-
-    Used for the head classes renamed to end in ``Head`` (e.g. ``LinearProbes`` ->
-    ``LinearHead``): the old names keep working for one release.
-
-    Args:
-        module: the module's ``__name__``, for the messages.
-        renamed: ``{old name: new name}``.
-        namespace: the module's ``globals()``, where the new names live.
-
-    Returns:
-        The function to assign to the module's ``__getattr__``.
-    """
-
-    def __getattr__(name: str) -> Any:
-        new = renamed.get(name)
-        if new is None:
-            raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        warnings.warn(
-            f"{module}.{name} is deprecated and will be removed after the next release; "
-            f"use {module}.{new}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return namespace[new]
-
-    return __getattr__

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from . import register_probe
-from .base import GroupLinear, ProbeHead, ProbeOutput, deprecated_aliases
+from .base import GroupLinear, ProbeHead, ProbeOutput
 
 __all__ = ["LAYAHead"]
 
@@ -91,5 +91,3 @@ class LAYAHead(ProbeHead):
 
 
 # Old names (before every head class ended in ``Head``), kept for one release.
-_RENAMED = {"LayaHead": "LAYAHead"}
-__getattr__ = deprecated_aliases(__name__, _RENAMED, globals())

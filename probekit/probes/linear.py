@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import register_probe
-from .base import GroupLinear, ProbeHead, ProbeOutput, deprecated_aliases
+from .base import GroupLinear, ProbeHead, ProbeOutput
 
 __all__ = ["ConcatHead", "LinearHead", "ScalarMixHead"]
 
@@ -143,12 +143,3 @@ class ScalarMixHead(ProbeHead):
         weights = self.mix_logits.softmax(0)  # (L,)
         h = self.gamma * torch.einsum("l,blk->bk", weights, x)  # (B, P*D)
         return ProbeOutput(logits=self.classifier(h), layer_weights=weights.expand(x.shape[0], -1))
-
-
-# Old names (before every head class ended in ``Head``), kept for one release.
-_RENAMED = {
-    "LinearProbes": "LinearHead",
-    "ConcatProbe": "ConcatHead",
-    "ScalarMixProbe": "ScalarMixHead",
-}
-__getattr__ = deprecated_aliases(__name__, _RENAMED, globals())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,12 +33,10 @@ from ..models.hooks import LayerRecorder
 from ..models.layers import LayerSpec, Selection, select_layers
 from ..models.loading import LoadedModel, load_model
 from .distributed import Ranks, join_ranks
+from .options import PRECISIONS, STORE_DTYPES
 from .pooling import expand_poolings, pool
 
 __all__ = ["extract", "record", "PRECISIONS", "STORE_DTYPES"]
-
-PRECISIONS = ("auto", "fp32", "medium", "bf16")
-STORE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @contextlib.contextmanager
@@ -173,7 +170,6 @@ def extract(
     store_dtype: str = "float32",
     precision: str = "auto",
     progress: bool = True,
-    dtype: str | None = None,
 ) -> FeatureCache:
     """Record pooled layer features of every sample of ``data`` into a cache at ``out``.
 
@@ -194,7 +190,6 @@ def extract(
             computes bfloat16 natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else
             ``fp32``), ``fp32``, ``medium`` or ``bf16``. The manifest records the resolved one.
         progress: show a tqdm progress bar (rank 0 only with several processes).
-        dtype: deprecated name of ``store_dtype``.
 
     Several processes: launched by ``torchrun --nproc-per-node N`` (or called inside any
     ``torch.distributed`` job), rank ``r`` computes the shards ``i`` with ``i % N == r`` on its own
@@ -210,13 +205,6 @@ def extract(
         DataError: ``data`` is empty.
         IndexError / ValueError: bad ``layers`` or ``pooling``.
     """
-    if dtype is not None:
-        warnings.warn(
-            "extract(dtype=...) is deprecated; use store_dtype=...",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        store_dtype = dtype
     if store_dtype not in STORE_DTYPES:
         raise ConfigError(
             f"unknown store_dtype {store_dtype!r}; choose from {', '.join(STORE_DTYPES)}"

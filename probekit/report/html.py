@@ -23,8 +23,6 @@ from .science import science_figures, science_tables
 
 __all__ = ["Figure", "build_figures", "write_figures", "write_report"]
 
-WEIGHT_HEADS_ORDER = ("alf", "laya", "kcla", "aila-attention", "aila-linear", "scalar-mix")
-
 
 @dataclass
 class Figure:
@@ -59,12 +57,12 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
 
 
 def _chunk_bytes(cfg: Any) -> int:
-    """Chunks of the attribution files: small, and within the run's budget (``fit_max_memory``)."""
+    """Chunks of the attribution files: small, and within the run's budget (``memory_budget``)."""
     from .._utils.memory import default_budget, parse_size
     from .arrays import CHUNK_BYTES
 
-    size = cfg.fit_max_memory
-    budget = parse_size(size, "fit_max_memory") if size is not None else default_budget()
+    size = cfg.memory_budget
+    budget = parse_size(size, "memory_budget") if size is not None else default_budget()
     return max(1, min(CHUNK_BYTES, budget // 8))
 
 

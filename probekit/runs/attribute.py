@@ -4,8 +4,8 @@ Every saved head of ``RUN/probes`` is attributed on the run's test split: its ow
 its ablation sensitivity, its predictions and (AILA) its layer-to-layer map. The test rows are
 read from the memory-mapped cache (:class:`~probekit.estimator.rows.CacheRows`, pages handed back
 after every block) a chunk at a time, every head runs on each chunk, and each chunk's per-sample
-outputs go straight to disk; the chunks follow the run's budget (``fit_max_memory``, or
-``--max-memory``; default half the available RAM), whatever the size of the cache.
+outputs go straight to disk; the chunks follow the run's budget (``memory_budget``, or
+``--memory-budget``; default half the available RAM), whatever the size of the cache.
 
 The outputs are per sample and per layer -- ``(N, L)``, and ``(N, L, L)`` for a layer map --
 small next to the ``(N, L, P, D)`` features they come from, and they are written as they come.
@@ -54,7 +54,7 @@ _SAFETENSORS = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dty
 
 
 def attribute_stage(
-    run_dir: str | Path, ablation: str | None = None, seed: int = 0, max_memory: Any = None
+    run_dir: str | Path, ablation: str | None = None, seed: int = 0, memory_budget: Any = None
 ) -> dict[str, Any]:
     """Per-sample layer attribution of every saved head on the test split.
 
@@ -71,7 +71,7 @@ def attribute_stage(
         run_dir: the run folder (``config.json``, ``split.json``, ``probes/``).
         ablation: ``"mean"``, ``"zero"`` or ``"shuffle"`` (default: the run's).
         seed: seed of the ``"shuffle"`` permutations.
-        max_memory: the budget, e.g. ``"512MB"`` (default: the run's ``fit_max_memory``, else
+        memory_budget: the budget, e.g. ``"512MB"`` (default: the run's ``memory_budget``, else
             half the available RAM).
 
     Raises:
@@ -83,8 +83,8 @@ def attribute_stage(
     mode = ablation or cfg.ablation
     if mode not in ABLATIONS:
         raise ConfigError(f"ablation must be one of {', '.join(ABLATIONS)}, got {mode!r}")
-    size = max_memory if max_memory is not None else cfg.fit_max_memory
-    budget = parse_size(size, "max_memory") if size is not None else default_budget()
+    size = memory_budget if memory_budget is not None else cfg.memory_budget
+    budget = parse_size(size, "memory_budget") if size is not None else default_budget()
     cache = FeatureCache.open(cfg.cache_dir)
     test = np.asarray(read_split(run_dir)["test"], dtype=np.int64)
     subset = cache_subset(cache, test)

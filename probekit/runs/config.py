@@ -38,12 +38,14 @@ from .._utils.memory import parse_size
 from ..errors import ConfigError
 from ..models.layers import check_layers, parse_layers
 from ..models.placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
+from ..recording.options import PRECISIONS, STORE_DTYPES
 from ..recording.pooling import expand_poolings
 
 __all__ = [
     "DEFAULT_PROBES",
     "DEFAULT_RUNS",
     "RunConfig",
+    "fields_named",
     "load_config",
     "loader_keywords",
     "option",
@@ -62,7 +64,6 @@ DEFAULT_PROBES = (
     "aila-linear",
     "aila-attention",
 )
-STORE_DTYPES = ("float32", "float16", "bfloat16")
 FIGURE_FORMATS = ("png", "svg", "pdf", "html")
 ABLATIONS = ("mean", "zero", "shuffle")
 STAGES = ("data", "model", "extract")
@@ -199,12 +200,12 @@ class RunConfig:
             R² and Spearman, a random split, the targets kept in ``CACHE/targets.json``).
         layers: which layers to record (None = all).
         pooling: what to record (default: the model's).
-        batch_size, precision, device, store_dtype (old name ``dtype``), streaming: as the flags.
+        batch_size, shard_size, precision, device, store_dtype, streaming: as the flags.
         probes: the heads to train.
         probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
             ``{"alf": {"lr": [0.01, 0.001]}, "laya": {"head_params": {"tau": 1.0}}}``; JSON on the CLI.
             Default: a light ALF (one config, 20 epochs); ``{}`` gives every head its paper recipe.
-        fit_max_memory: the memory budget of probe training and attribution (``4GiB``); bigger
+        memory_budget: the memory budget of probe training and attribution (``4GiB``); bigger
             caches stream from disk.
         test_size: fraction of samples held out for every reported score (stratified for
             classification, random for regression).
@@ -267,16 +268,19 @@ class RunConfig:
         None, "cls, mean, last, cls+mean or cls,mean (default: the model's)", stage="extract"
     )
     batch_size: int = option(64, "extraction batch size", parse=int, stage="extract")
+    shard_size: int = option(4096, "samples per cache shard file", parse=int, stage="extract")
     precision: str = option(
         "auto",
         "numerics of the forward (auto: bf16 where native, else fp32)",
-        choices=("auto", "fp32", "medium", "bf16"),
+        choices=PRECISIONS,
         stage="extract",
     )
     store_dtype: str = option(
-        "float32", "stored feature dtype", choices=STORE_DTYPES, stage="extract"
+        "float32",
+        "dtype the features are stored in; float16/bfloat16 halve disk and RAM",
+        choices=STORE_DTYPES,
+        stage="extract",
     )
-    dtype: str | None = option(None, "deprecated name of --store-dtype")
     streaming: bool | None = option(
         None, "read hf: data as a stream", parse=parse_bool, stage="data"
     )
@@ -293,7 +297,7 @@ class RunConfig:
         parse=parse_json,
         factory=lambda: {k: dict(v) for k, v in CPU_PROBE_PARAMS.items()},
     )
-    fit_max_memory: str | None = option(
+    memory_budget: str | None = option(
         None,
         "memory budget of probe training and attribution, "
         "e.g. 512MB or 4GiB (default: half the RAM); bigger "
@@ -385,8 +389,6 @@ class RunConfig:
                 except (TypeError, ValueError) as err:
                     raise ConfigError(f"bad value {value!r} for {f.name}: {err}") from None
                 setattr(self, f.name, value)
-        if self.dtype is not None:  # the deprecated name of store_dtype (its help says so)
-            self.store_dtype, self.dtype = self.dtype, None
         if not self.name:
             self.name = run_name(self.model, self.data)
         self.validate()
@@ -405,7 +407,7 @@ class RunConfig:
                 )
         if not 0.0 < self.test_size < 1.0:
             raise ConfigError(f"test_size must be in (0, 1), got {self.test_size}")
-        for key in ("batch_size", "bootstrap"):
+        for key in ("batch_size", "shard_size", "bootstrap"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.limit is not None and self.limit < 1:
@@ -443,7 +445,7 @@ class RunConfig:
                 'probe_params must map head names to keyword dicts, e.g. {"alf": {"lr": 0.01}}'
             )
         check_layers(self.layers)
-        _ = self.fit_max_memory is None or parse_size(self.fit_max_memory, "fit_max_memory")
+        _ = self.memory_budget is None or parse_size(self.memory_budget, "memory_budget")
         if self.pooling is not None:
             expand_poolings(self.pooling)
         if any(c in str(self.name) for c in "/\\") or self.name in (".", ".."):
@@ -495,6 +497,16 @@ def run_options(stage: str | None = None) -> list[dataclasses.Field[Any]]:
     """The fields of :class:`RunConfig`: the one list of run options (those of one ``stage``)."""
     fields = dataclasses.fields(RunConfig)
     return [f for f in fields if stage is None or f.metadata.get("stage") == stage]
+
+
+def fields_named(*names: str) -> list[dataclasses.Field[Any]]:
+    """The :class:`RunConfig` fields called ``names``, in that order: the run options one
+    subcommand takes (``fields_named("seed", "test_size")``)."""
+    by_name = {f.name: f for f in dataclasses.fields(RunConfig)}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"RunConfig has no field {missing[0]!r}")  # a bug in a caller
+    return [by_name[n] for n in names]
 
 
 def loader_keywords(stage: str) -> dict[str, str]:

@@ -115,7 +115,7 @@ def fit_stage(
     if np.unique(labels).size < 2:
         raise DataError("the cache holds a single class; probes need at least two")
     keys = control_keys_of(cache, cfg) if cfg.control else None  # before any training
-    budget = parse_size(cfg.fit_max_memory) if cfg.fit_max_memory else default_budget()
+    budget = parse_size(cfg.memory_budget) if cfg.memory_budget else default_budget()
     n_bytes = len(cache) * len(cache.layer_names) * len(cache.poolings) * max(cache.dims) * 4
     # Out of core (3 copies of the features would not fit): heads read their rows from the
     # cache's train / test subsets; NaN and infinity are caught by the fit's statistics pass.
@@ -148,7 +148,7 @@ def fit_stage(
             cfg.seed,
             cfg.device,
         )
-    metrics["similarity"] = write_cka(run_dir, cache, max_memory=budget)
+    metrics["similarity"] = write_cka(run_dir, cache, memory_budget=budget)
     if random_cache is not None:
         if not np.array_equal(np.asarray(random_cache.labels), labels):
             raise DataError("the random-init cache holds other samples than the run's cache")
@@ -162,7 +162,7 @@ def fit_stage(
                 0
             ],
             "similarity_to_trained": write_cka(
-                run_dir, cache, random_cache, "trained-vs-random", max_memory=budget
+                run_dir, cache, random_cache, "trained-vs-random", memory_budget=budget
             ),
         }
     write_metrics(metrics, run_dir)
@@ -208,7 +208,7 @@ def _fit_heads(
             "random_state": cfg.seed,
             "device": cfg.device,
             "verbose": progress,
-            "max_memory": budget,
+            "memory_budget": budget,
             **cfg.probe_params.get(head, {}),
         }
         if X is None:

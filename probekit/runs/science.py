@@ -119,13 +119,13 @@ def write_cka(
     cache: Any,
     other: Any = None,
     name: str = "within",
-    max_memory: int | None = None,
+    memory_budget: int | None = None,
 ) -> dict[str, Any]:
     """Linear CKA between the cache's layers (or between ``cache`` and ``other``'s layers) over
     all samples, written to ``RUN/similarity/<name>/`` (CSV + safetensors).
 
     Args:
-        max_memory: the fit's memory budget in bytes: half of it (at most 1 GiB) for the
+        memory_budget: the fit's memory budget in bytes: half of it (at most 1 GiB) for the
             cross-product accumulators of a pass, the other half for a batch's float64 copies
             (about 36 bytes per feature and row); ``None``: :func:`similarity`'s defaults.
 
@@ -153,11 +153,11 @@ def write_cka(
         warnings.warn(f"{name} layer similarity skipped: {reason}", stacklevel=2)
         return {"method": "cka", "skipped": reason}
     opts: dict[str, int] = {}
-    if max_memory is not None:
+    if memory_budget is not None:
         width = features(cache) + (features(other) if other is not None else 0)
         opts = {
-            "max_memory": max(1, min(1 << 30, max_memory // 2)),
-            "batch_size": int(max(64, min(4096, max_memory // 2 // (36 * width)))),
+            "memory_budget": max(1, min(1 << 30, memory_budget // 2)),
+            "batch_size": int(max(64, min(4096, memory_budget // 2 // (36 * width)))),
         }
     matrix, names_a, names_b = similarity(cache, other, "cka", return_names=True, **opts)
     out = run_dir / "similarity" / name

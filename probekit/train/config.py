@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -148,11 +147,6 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 """Field -> ``(check, allowed range)``: what :meth:`TrainConfig.__post_init__` enforces."""
 
-_LEGACY_KEYS: dict[str, Callable[[TrainConfig], Any]] = {
-    "jitter": lambda c: c.jitter_p > 0,
-    "optimizer": lambda c: c.solver,
-}
-
 
 @dataclass
 class TrainConfig:
@@ -194,7 +188,6 @@ class TrainConfig:
         betas, eps: Adam's.
         C: inverse L2 strength of the L-BFGS linear probes, as scikit-learn's.
         max_iter: L-BFGS iterations per layer.
-        optimizer: deprecated spelling of ``solver`` (accepted with a ``DeprecationWarning``).
         stratify: ``(N,)`` labels whose classes the validation split keeps in proportion,
             instead of the training labels (a control task reuses its task's split this way).
     """
@@ -224,17 +217,9 @@ class TrainConfig:
     eps: float = 1e-8
     C: float = 1.0
     max_iter: int = 100
-    optimizer: str | None = field(default=None, repr=False, compare=False)
     stratify: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.optimizer is not None:
-            warnings.warn(
-                "TrainConfig(optimizer=...) is deprecated; use solver=...",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            self.solver, self.optimizer = self.optimizer, None
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
@@ -246,14 +231,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not check(value):
                 raise ConfigError(f"TrainConfig.{name} must be {allowed}, got {value!r}")
-
-    def __getitem__(self, key: str) -> Any:
-        """Read access by name (``recipe["lr"]``), for code written against the old recipe dicts."""
-        if key in _LEGACY_KEYS:
-            return _LEGACY_KEYS[key](self)
-        if key.startswith("_") or not hasattr(self, key):
-            raise KeyError(key)
-        return getattr(self, key)
 
     @property
     def lrs(self) -> list[float]:

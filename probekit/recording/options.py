@@ -1,0 +1,13 @@
+"""The allowed values of the recording options, without torch: :func:`probekit.extract` checks
+against them and :class:`~probekit.runs.RunConfig` offers them as choices."""
+
+from __future__ import annotations
+
+__all__ = ["PRECISIONS", "STORE_DTYPES"]
+
+PRECISIONS = ("auto", "fp32", "medium", "bf16")
+"""Numerics of the forward: ``auto`` (bf16 where native, else fp32), ``fp32``, ``medium``
+(TF32 matmuls), ``bf16``."""
+
+STORE_DTYPES = ("float32", "float16", "bfloat16")
+"""The dtypes features are stored in."""
