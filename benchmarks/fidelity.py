@@ -22,7 +22,7 @@ Every head trains on the same stratified 80% train split (seed 0) and is scored 
     time (paper: the middle ones).
 
 Every difference is a PAIRED bootstrap over the test samples
-(:func:`probekit.runs.fit.paired_comparison`, the one ``metrics.json`` uses): the same resampled
+(:func:`probekit.analysis.stats.paired_bootstrap`, the one ``metrics.json`` uses): the same resampled
 indices score both classifiers; we report the difference of balanced accuracy, its 95% percentile
 interval and the fraction of resamples where it is <= 0.
 
@@ -49,7 +49,7 @@ import torch
 
 import probekit
 from probekit import ProbeClassifier
-from probekit.runs.fit import paired_comparison
+from probekit.analysis.stats import paired_bootstrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kcla import FullLayerAttention, make_head, peak_bytes, time_step  # noqa: E402
@@ -279,7 +279,8 @@ def run_task(
     rows = []
 
     def compare(claim: str, a: str, b: str, paper: str) -> None:
-        res = paired_comparison(yte, preds[a], preds[b], n_boot, seed)
+        pb = paired_bootstrap(yte, preds[a], preds[b], n_resamples=n_boot, seed=seed)
+        res = {"difference": pb.difference, "ci": [pb.lo, pb.hi], "p_le0": pb.p_not_better}
         rows.append(
             {
                 "task": task.key,

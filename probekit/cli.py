@@ -125,6 +125,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .runs.extract import validate_run
     from .runs.fit import fit_stage
     from .runs.folder import write_config
+    from .runs.task import get_task
 
     out = Path(args.out)
     cfg = RunConfig(
@@ -137,16 +138,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg.data = cache.manifest["dataset"]["name"]
     write_config(cfg, out)
     metrics = fit_stage(cache, cfg)
-    if cfg.task == "regression":
-        for head, e in metrics["heads"].items():
-            lo, hi = e["r2_ci"]
-            print(f"{head:16s} R2 {e['r2']:.3f} [{lo:.3f}, {hi:.3f}]  Spearman {e['spearman']:.3f}")
-        return 0
+    task = get_task(cfg.task)
+    print(task.summary_header)
     for head, e in metrics["heads"].items():
-        lo, hi = e["balanced_accuracy_ci"]
-        print(
-            f"{head:16s} acc {e['accuracy']:.3f}  balanced {e['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
-        )
+        print(task.summary_row(head, e))
     rows = metrics["heads"].get("linear", {}).get("per_layer", [])
     if rows and "selectivity" in rows[0]:
         top = max(rows, key=lambda r: r["selectivity"])

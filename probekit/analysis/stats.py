@@ -1,4 +1,8 @@
-"""Percentile bootstrap of (balanced) accuracy over test samples, every resample at once.
+"""Every bootstrap of probekit: percentile intervals over test samples, every resample at once.
+
+The one owner of resampling: the intervals of every score of a run (accuracy, balanced accuracy,
+R², Spearman, means of per-sample values), the paired comparisons of two classifiers and the
+control task's selectivity all draw their resamples here, with :func:`bootstrap_indices`.
 
 One ``(R, N)`` matrix of resampled positions (drawn exactly as
 ``rng.integers(0, N, size=(R, N))`` with ``np.random.default_rng(seed)``), then per resample
@@ -23,10 +27,15 @@ import numpy as np
 
 __all__ = [
     "bootstrap_indices",
+    "percentile_interval",
     "resampled_accuracy",
     "resampled_balanced_accuracy",
+    "resampled_mean",
+    "resampled_r2",
+    "resampled_spearman",
     "bootstrap_interval",
     "paired_bootstrap",
+    "paired_mean_difference",
     "PairedBootstrap",
 ]
 
@@ -111,6 +120,84 @@ def resampled_accuracy(y_true: Any, y_pred: Any, idx: np.ndarray) -> np.ndarray:
     )
 
 
+def percentile_interval(values: Any, level: float = 0.95) -> tuple[float, float]:
+    """``(lo, hi)``: the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles (numpy's linear
+    interpolation) of ``(R,)`` resampled scores."""
+    lo, hi = np.percentile(np.asarray(values), [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def resampled_mean(values: Any, idx: np.ndarray) -> np.ndarray:
+    """Mean of ``(N,)`` per-sample ``values`` over every resample ``idx[r]``: ``(R, N) -> (R,)``."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    step = _rows_per_chunk(idx.shape[1])
+    return np.concatenate(
+        [v[idx[a : a + step]].mean(axis=1) for a in range(0, len(idx), step)] or [np.empty(0)]
+    )
+
+
+def _regression_pair(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(y_pred, dtype=np.float64).ravel()
+    if p.shape != y.shape:
+        raise ValueError(f"predictions of shape {p.shape} for {y.shape} targets")
+    return y, p
+
+
+def resampled_r2(y_true: Any, y_pred: Any, idx: np.ndarray) -> np.ndarray:
+    """R² of every resample ``idx[r]``: ``(R, N) -> (R,)``, as ``sklearn.metrics.r2_score``
+    (a resample of constant targets scores 1.0 if predicted exactly, else 0.0)."""
+    y, p = _regression_pair(y_true, y_pred)
+    out = np.empty(len(idx))
+    step = _rows_per_chunk(idx.shape[1])
+    for a in range(0, len(idx), step):
+        t, q = y[idx[a : a + step]], p[idx[a : a + step]]  # (r', N)
+        num = ((t - q) ** 2).sum(axis=1)
+        den = ((t - t.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+        ok = den != 0
+        r2 = np.where(num == 0, 1.0, 0.0)
+        np.divide(num, den, out=r2, where=ok)
+        r2[ok] = 1.0 - r2[ok]
+        out[a : a + step] = r2
+    return out
+
+
+def _average_ranks(a: np.ndarray) -> np.ndarray:
+    """``(R, N)`` 1-based ranks within each row, ties sharing their mean rank
+    (``scipy.stats.rankdata(method="average")`` per row)."""
+    r, n = a.shape
+    order = np.argsort(a, axis=1, kind="stable")
+    s = np.take_along_axis(a, order, axis=1)
+    new = np.ones((r, n), dtype=bool)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]  # first position of each run of ties
+    last = np.ones((r, n), dtype=bool)
+    last[:, :-1] = new[:, 1:]  # last position of each run
+    pos = np.arange(n)
+    start = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
+    end = np.minimum.accumulate(np.where(last, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty((r, n), dtype=np.float64)
+    np.put_along_axis(ranks, order, (start + end) / 2.0 + 1.0, axis=1)
+    return ranks
+
+
+def resampled_spearman(y_true: Any, y_pred: Any, idx: np.ndarray) -> np.ndarray:
+    """Spearman's rho of every resample ``idx[r]``: ``(R, N) -> (R,)``, average ranks for ties
+    (as :func:`probekit.estimator.regressor.spearman`); a resample with constant targets or
+    predictions gives ``nan``."""
+    y, p = _regression_pair(y_true, y_pred)
+    out = np.empty(len(idx))
+    step = max(1, _rows_per_chunk(idx.shape[1]) // 4)  # a few (r', N) temporaries per chunk
+    for a in range(0, len(idx), step):
+        rows = idx[a : a + step]
+        ry, rp = _average_ranks(y[rows]), _average_ranks(p[rows])
+        ry -= ry.mean(axis=1, keepdims=True)
+        rp -= rp.mean(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = (ry * rp).sum(axis=1) / np.sqrt((ry * ry).sum(axis=1) * (rp * rp).sum(axis=1))
+        out[a : a + step] = np.clip(rho, -1.0, 1.0)
+    return out
+
+
 def bootstrap_interval(
     y_true: Any,
     y_pred: Any,
@@ -119,11 +206,12 @@ def bootstrap_interval(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``metric`` (``"balanced_accuracy"`` or ``"accuracy"``).
+    """Percentile bootstrap interval of ``metric`` (``"balanced_accuracy"``, ``"accuracy"``,
+    ``"r2"`` or ``"spearman"``).
 
     Args:
-        y_true: ``(N,)`` true labels.
-        y_pred: ``(N,)`` predicted labels.
+        y_true: ``(N,)`` true labels (targets).
+        y_pred: ``(N,)`` predicted labels (values).
         metric: which score.
         n_resamples: bootstrap resamples ``R``.
         seed: seed of ``np.random.default_rng``.
@@ -133,14 +221,18 @@ def bootstrap_interval(
         ``(lo, hi)``: the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles (numpy's linear
         interpolation) of the resampled scores.
     """
-    fns = {"balanced_accuracy": resampled_balanced_accuracy, "accuracy": resampled_accuracy}
+    fns = {
+        "balanced_accuracy": resampled_balanced_accuracy,
+        "accuracy": resampled_accuracy,
+        "r2": resampled_r2,
+        "spearman": resampled_spearman,
+    }
     if metric not in fns:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(fns)}")
     values = fns[metric](
         y_true, y_pred, bootstrap_indices(len(np.asarray(y_true)), n_resamples, seed)
     )
-    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
+    return percentile_interval(values, level)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +287,7 @@ def paired_bootstrap(
     seed: int | None = 0,
     level: float = 0.95,
     metric: str = "balanced",
+    idx: np.ndarray | None = None,
 ) -> PairedBootstrap:
     """Paired percentile bootstrap of the difference in score of two classifiers.
 
@@ -207,6 +300,8 @@ def paired_bootstrap(
         level: coverage of the interval.
         metric: ``"balanced"`` (mean recall over the classes present in each resample) or
             ``"accuracy"`` (fraction correct).
+        idx: ``(R, N)`` resampled positions to use instead of drawing them
+            (``n_resamples`` and ``seed`` are then unused).
 
     Returns:
         A :class:`PairedBootstrap`.
@@ -222,10 +317,11 @@ def paired_bootstrap(
     total, (ca, cb) = _per_class_counts(y, hits, full, k)
     score_a, score_b = _score(metric, total, ca), _score(metric, total, cb)
     difference = float(_score_difference(metric, total, ca, cb)[0])
-    idx = bootstrap_indices(len(y), n_resamples, seed)
+    if idx is None:
+        idx = bootstrap_indices(len(y), n_resamples, seed)
     total, (ca, cb) = _per_class_counts(y, hits, idx, k)
     diffs = _score_difference(metric, total, ca, cb)
-    lo, hi = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)])
+    lo, hi = percentile_interval(diffs, level)
     return PairedBootstrap(
         difference,
         float(lo),
@@ -236,3 +332,13 @@ def paired_bootstrap(
         score_b,
         metric,
     )
+
+
+def paired_mean_difference(
+    a: Any, b: Any, idx: np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of ``mean(a) - mean(b)`` over paired ``(N,)`` per-sample values,
+    resampled by the ``(R, N)`` positions ``idx`` (e.g. a layer's selectivity: task hits minus
+    control hits)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return percentile_interval(resampled_mean(d, idx), level)

@@ -18,10 +18,13 @@ from typing import Any
 import numpy as np
 
 from ..runs.folder import read_config, read_metrics
+from ..runs.task import Task, get_task
 from .regression import regression_figures, regression_tables
 from .science import science_figures, science_tables
 
 __all__ = ["Figure", "build_figures", "write_figures", "write_report"]
+
+WEIGHT_HEADS_ORDER = ("alf", "laya", "kcla", "aila-attention", "aila-linear", "scalar-mix")
 
 
 @dataclass
@@ -57,21 +60,42 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
 
 
 def _chunk_bytes(cfg: Any) -> int:
-    """Chunks of the attribution files: small, and within the run's budget (``memory_budget``)."""
-    from .._utils.memory import default_budget, parse_size
+    """Chunks of the attribution files: small, and within the run's fit budget."""
+    from ..runs.fit import memory_budget_of
     from .arrays import CHUNK_BYTES
 
-    size = cfg.memory_budget
-    budget = parse_size(size, "memory_budget") if size is not None else default_budget()
-    return max(1, min(CHUNK_BYTES, budget // 8))
+    return max(1, min(CHUNK_BYTES, memory_budget_of(cfg) // 8))
 
 
-def _best_weight_head(metrics: dict[str, Any], arrays: dict[str, Any]) -> str | None:
-    """The fusion head with layer weights that scores best (balanced accuracy) on the test split."""
+def _best_weight_head(metrics: dict[str, Any], arrays: dict[str, Any], task: Task) -> str | None:
+    """The fusion head with layer weights that scores best (the task's headline) on the test
+    split."""
     heads = [h for h in arrays if "layer_weights" in arrays[h] and h != "scalar-mix"]
-    if not heads:
-        return None
-    return max(heads, key=lambda h: metrics["heads"][h]["balanced_accuracy"])
+    return task.best({h: metrics["heads"][h] for h in heads})
+
+
+def _layer_figure(metrics: dict[str, Any], task: Task) -> list[Figure]:
+    """The per-layer linear probes' headline metric with its intervals (the task's
+    :class:`~probekit.runs.task.LayerPlot`); empty without per-layer linear probes."""
+    from ..viz import LayerAccuracyDisplay
+
+    linear = metrics["heads"].get("linear")
+    if not linear or "per_layer" not in linear:
+        return []
+    rows, key, plot = linear["per_layer"], task.headline, task.layer_plot
+    disp = LayerAccuracyDisplay.from_arrays(
+        metrics["layer_names"],
+        [r[key] for r in rows],
+        [r[f"{key}_ci"][0] for r in rows],
+        [r[f"{key}_ci"][1] for r in rows],
+        chance=plot.chance(metrics),
+        name=plot.name,
+    )
+    if plot.yaxis is not None:
+        disp.figure_.update_yaxes(**plot.yaxis)
+    if plot.title is not None:
+        disp.figure_.update_layout(title=plot.title)
+    return [Figure(plot.stem, "Per-layer linear probes", plot.caption, disp.figure_, key=True)]
 
 
 def _head_layers(run_dir: Path, head: str, layers: list[str]) -> list[str]:
@@ -95,7 +119,6 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     from ..viz import (
         AblationDisplay,
         ClassProfileDisplay,
-        LayerAccuracyDisplay,
         LayerAttributionDisplay,
         LayerMapDisplay,
     )
@@ -106,35 +129,13 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     cap = HEATMAP_MAX_SAMPLES if max_samples is None else int(max_samples)
     chunk, seed = _chunk_bytes(run["cfg"]), run["cfg"].seed
     head_layers = {h: _head_layers(Path(run_dir), h, metrics["layer_names"]) for h in arrays}
-    if metrics.get("task") == "regression":
-        return [
-            Figure(*spec)
-            for spec in regression_figures(metrics, summary, arrays, head_layers, cap, seed, chunk)
-        ]
+    task = get_task(metrics)
+    figs = _layer_figure(metrics, task)
+    if task.name == "regression":
+        specs = regression_figures(metrics, summary, arrays, head_layers, cap, seed, chunk)
+        return figs + [Figure(*spec) for spec in specs]
     layers = metrics["layer_names"]
     label_names = metrics["label_names"]
-    figs: list[Figure] = []
-    linear = metrics["heads"].get("linear")
-    if linear and "per_layer" in linear:
-        rows = linear["per_layer"]
-        disp = LayerAccuracyDisplay.from_arrays(
-            layers,
-            [r["balanced_accuracy"] for r in rows],
-            [r["balanced_accuracy_ci"][0] for r in rows],
-            [r["balanced_accuracy_ci"][1] for r in rows],
-            chance=1.0 / len(label_names),
-            name="linear probe (balanced accuracy)",
-        )
-        figs.append(
-            Figure(
-                "accuracy",
-                "Per-layer linear probes",
-                "Balanced test accuracy of one linear probe per layer, with a 95% bootstrap "
-                "interval.",
-                disp.figure_,
-                key=True,
-            )
-        )
     figs += [Figure(**f) for f in science_figures(Path(run_dir), metrics)]
     if not summary:
         return figs
@@ -144,7 +145,7 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     n, k = len(test), len(shown)
     note = f"{k} of {n} test samples shown" if k < n else ""
     texts = [cache.texts[i] for i in test[shown]] if cache.texts else None
-    best = _best_weight_head(metrics, arrays)
+    best = _best_weight_head(metrics, arrays, task)
     order = sorted(arrays, key=lambda h: (h != best, h))
     for head in order:
         a = arrays[head]
@@ -298,7 +299,7 @@ def _paired(e: dict[str, Any], ref: str) -> str:
 
 def _heads_table(metrics: dict[str, Any], summary: dict[str, Any] | None) -> str:
     heads = metrics["heads"]
-    best = max(heads, key=lambda h: heads[h]["balanced_accuracy"])
+    best = get_task(metrics).best(heads)
     base = metrics.get("baselines", {})
     rows = []
     for head, e in heads.items():
@@ -359,7 +360,8 @@ def write_report(run_dir: str | Path) -> Path:
         )
     counts = np.bincount(np.asarray(cache.labels), minlength=len(cache.label_names))
     classes = ", ".join(f"{html.escape(n)} ({c})" for n, c in zip(cache.label_names, counts))
-    regression = metrics.get("task") == "regression"
+    task = get_task(metrics)
+    regression = task.name == "regression"
     if regression:
         classes = f"regression of {html.escape(str(metrics.get('target_name')))}"
         heads_table, layer_table = regression_tables(metrics, summary)
@@ -385,7 +387,7 @@ def write_report(run_dir: str | Path) -> Path:
 <tr><td>dataset</td><td>{html.escape(m["dataset"]["name"])}: {len(cache)} samples; {classes}</td></tr>
 <tr><td>layers</td><td>{len(cache.layer_names)}: {html.escape(", ".join(f"{n} ({d})" for n, d in zip(cache.layer_names, cache.dims)))}</td></tr>
 <tr><td>poolings</td><td>{html.escape(", ".join(cache.poolings))} · dtype {m["dtype"]} · precision {m.get("precision")}</td></tr>
-<tr><td>split</td><td>{metrics["n_train"]} train / {metrics["n_test"]} test ({"random" if regression else "stratified"}, seed {cfg.seed})</td></tr>
+<tr><td>split</td><td>{metrics["n_train"]} train / {metrics["n_test"]} test ({task.split_name}, seed {cfg.seed})</td></tr>
 <tr><td>cache</td><td><code>{html.escape(str(cfg.cache_dir))}</code> · fingerprint {m["fingerprint"][:16]}</td></tr>
 </table>
 <h2>Probe heads on the test split</h2>

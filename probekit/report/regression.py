@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..runs.task import get_task
+
 __all__ = ["regression_figures", "regression_tables"]
 
 FigureSpec = tuple[str, str, str, Any, bool]
@@ -20,8 +22,9 @@ FigureSpec = tuple[str, str, str, Any, bool]
 
 
 def _best_head(metrics: dict[str, Any], among: Any = None) -> str | None:
-    heads = [h for h in metrics["heads"] if among is None or h in among]
-    return max(heads, key=lambda h: metrics["heads"][h]["r2"]) if heads else None
+    """The head (of ``among``, default all) with the task's best headline score."""
+    heads = {h: e for h, e in metrics["heads"].items() if among is None or h in among}
+    return get_task(metrics).best(heads)
 
 
 def _scatter(y: np.ndarray, pred: np.ndarray, head: str, r2: float, rho: float, target: str) -> Any:
@@ -67,43 +70,21 @@ def regression_figures(
     seed: int = 0,
     chunk_bytes: int | None = None,
 ) -> list[FigureSpec]:
-    """Every figure of a regression run, most telling first.
+    """Every attribution figure of a regression run, most telling first (the per-layer figure
+    is the report's, from the task's :class:`~probekit.runs.task.LayerPlot`).
 
     ``arrays`` maps each head to its :class:`~probekit.report_arrays.AttributionFile`, read a
     chunk of ``chunk_bytes`` at a time; ``head_layers`` gives the layers each head was fitted on
     (default: every layer). A per-sample heatmap draws at most ``max_samples`` rows, above it a
     seeded sample stratified by target decile.
     """
-    from ..viz import AblationDisplay, LayerAccuracyDisplay
+    from ..viz import AblationDisplay
     from .arrays import CHUNK_BYTES, HEATMAP_MAX_SAMPLES, stratified_subsample, summarize_head
 
     layers = metrics["layer_names"]
     target = metrics.get("target_name", "target")
     cap = HEATMAP_MAX_SAMPLES if max_samples is None else max_samples
     figs: list[FigureSpec] = []
-    linear = metrics["heads"].get("linear")
-    if linear and "per_layer" in linear:
-        rows = linear["per_layer"]
-        disp = LayerAccuracyDisplay.from_arrays(
-            layers,
-            [r["r2"] for r in rows],
-            [r["r2_ci"][0] for r in rows],
-            [r["r2_ci"][1] for r in rows],
-            chance=0.0,
-            name="linear probe (R²)",
-        )
-        disp.figure_.update_yaxes(title="R²", tickformat=".2f")
-        disp.figure_.update_layout(title="Per-layer ridge probes: test R²")
-        figs.append(
-            (
-                "r2",
-                "Per-layer linear probes",
-                "Test R² of one ridge probe per layer, with a 95% bootstrap interval "
-                "(0 = predicting the mean).",
-                disp.figure_,
-                True,
-            )
-        )
     if not summary:
         return figs
     best = _best_head(metrics, arrays)

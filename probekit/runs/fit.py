@@ -19,67 +19,21 @@ import numpy as np
 
 from .._utils.memory import default_budget, parse_size
 from ..errors import DataError
-from .config import (
-    RunConfig,
-)
-from .folder import cache_targets as _cache_targets
+from .config import RunConfig
 from .folder import write_metrics, write_split
+from .task import Task, get_task
 
-__all__ = ["bootstrap_ci", "fit_regression_stage", "fit_stage", "paired_comparison"]
+__all__ = ["fit_stage", "memory_budget_of"]
 
 
 # ------------------------------------------------------------------------------------ stages
 
 
-def _split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified ``(train, test)`` positions, sorted: the same split as the estimators'
-    validation split (:func:`probekit.train.stratified_split`), so ``round(test_size * n_c)``
-    samples of every class ``c`` with two or more samples go to test."""
-    from ..train.metrics import stratified_split
-
-    return stratified_split(labels, test_size, seed)
-
-
-def bootstrap_ci(
-    y_true: np.ndarray, y_pred: np.ndarray, metric: Any, n: int, seed: int
-) -> tuple[float, float]:
-    """95% percentile bootstrap interval of ``metric`` over test samples."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y_true), size=(n, len(y_true)))
-    values = np.array([metric(y_true[i], y_pred[i]) for i in idx])
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def _scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
-    from ..analysis.stats import bootstrap_interval  # the intervals of bootstrap_ci, vectorised
-    from ..train.metrics import accuracy, balanced_accuracy
-
-    return {
-        "accuracy": accuracy(y, pred),
-        "accuracy_ci": bootstrap_interval(y, pred, "accuracy", n_boot, seed),
-        "balanced_accuracy": balanced_accuracy(y, pred),
-        "balanced_accuracy_ci": bootstrap_interval(y, pred, "balanced_accuracy", n_boot, seed),
-    }
-
-
-def paired_comparison(
-    y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int, seed: int
-) -> dict[str, Any]:
-    """Balanced accuracy of A minus B, paired over the same bootstrap resamples of the test samples.
-
-    Resamples are ``np.random.default_rng(seed).integers(0, N, size=(n, N))``; both classifiers
-    are scored on each, as scikit-learn's ``balanced_accuracy_score`` would (mean recall over the
-    classes present in the resample); see :func:`probekit._bootstrap.paired_bootstrap`.
-
-    Returns:
-        ``difference`` (on the test samples themselves), ``ci`` (95% percentile interval of the
-        resampled differences) and ``p_le0`` (fraction of resamples where A - B <= 0).
-    """
-    from ..analysis.stats import paired_bootstrap
-
-    res = paired_bootstrap(y, pred_a, pred_b, n_resamples=n, seed=seed)
-    return {"difference": res.difference, "ci": [res.lo, res.hi], "p_le0": res.p_not_better}
+def memory_budget_of(cfg: RunConfig) -> int:
+    """The fit's memory budget in bytes: ``cfg.memory_budget``, default half the available RAM
+    (the one place the fit stage reads that option)."""
+    size = cfg.memory_budget
+    return parse_size(size, "memory_budget") if size else default_budget()
 
 
 def _load_features(cache: Any) -> Any:
@@ -92,75 +46,79 @@ def fit_stage(
 ) -> dict[str, Any]:
     """Train every head of ``cfg.probes`` on the train split; score them on the test split.
 
-    With ``cfg.control`` the linear probe also fits a control task (per-layer control accuracy
-    and selectivity); with ``cfg.mdl`` the online code length per layer is added; the
-    within-model CKA is always written to ``RUN/similarity/``. With ``random_cache`` (the
-    random-init model's cache, ``compare_random``) the same heads are trained and scored on it,
-    on the same split, under ``metrics["random_init"]``.
+    The run's task (:data:`probekit.runs.task.TASKS`, by ``cfg.task``) gives the targets, the
+    split, the estimator and the scores (with 95% bootstrap intervals over one ``(R, N_test)``
+    resample matrix shared by every head and layer); the linear probe is also scored per layer.
 
-    Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``. When the
-    ``linear`` head is among the probes, every head also gets ``paired``: its balanced accuracy
-    minus that of the last layer's linear probe (``vs_last_layer``) and of the single layer chosen
-    on a validation split of the train samples (``vs_best_layer``), by :func:`paired_comparison`.
+    Classification only (``Task.science`` and ``Task.compare``): with ``cfg.control`` the linear
+    probe also fits a control task (per-layer control accuracy and selectivity); with ``cfg.mdl``
+    the online code length per layer is added; the within-model CKA is written to
+    ``RUN/similarity/``. With ``random_cache`` (the random-init model's cache,
+    ``compare_random``) the same heads are trained and scored on it, on the same split, under
+    ``metrics["random_init"]``. When the ``linear`` head is among the probes, every head gets
+    ``paired``: its balanced accuracy minus that of the last layer's linear probe
+    (``vs_last_layer``) and of the single layer chosen on a validation split of the train
+    samples (``vs_best_layer``), scored on the same resamples.
+
+    Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``.
     """
-
+    from ..analysis.stats import bootstrap_indices
     from ..estimator.inputs import check_finite
     from .science import control_keys_of, mdl_table, write_cka
 
-    if cfg.task == "regression":
-        return fit_regression_stage(cache, cfg, progress)
+    task = get_task(cfg.task)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    labels = np.asarray(cache.labels)
-    if np.unique(labels).size < 2:
-        raise DataError("the cache holds a single class; probes need at least two")
-    keys = control_keys_of(cache, cfg) if cfg.control else None  # before any training
-    budget = parse_size(cfg.memory_budget) if cfg.memory_budget else default_budget()
+    y, header, label_names = task.targets(cache, cfg)
+    science = task.science
+    keys = control_keys_of(cache, cfg) if science and cfg.control else None  # before training
+    budget = memory_budget_of(cfg)
     n_bytes = len(cache) * len(cache.layer_names) * len(cache.poolings) * max(cache.dims) * 4
     # Out of core (3 copies of the features would not fit): heads read their rows from the
     # cache's train / test subsets; NaN and infinity are caught by the fit's statistics pass.
-    X = None if 3 * n_bytes > budget and not (cfg.mdl or cfg.control) else _load_features(cache)
+    stream = task.streams and 3 * n_bytes > budget and not (cfg.mdl or cfg.control)
+    X = None if stream else _load_features(cache)
     if X is not None:
         check_finite(X, "the cache")
-    train, test = _split(labels, cfg.test_size, cfg.seed)
+    train, test = task.split(y, cfg.test_size, cfg.seed)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
+    idx = bootstrap_indices(int(test.size), cfg.bootstrap, cfg.seed)  # (R, N_test), every score
     metrics: dict[str, Any] = {
+        **header,
         "model": cache.manifest["model"].get("id"),
         "data": cache.manifest["dataset"]["name"],
         "n_train": int(train.size),
         "n_test": int(test.size),
-        "label_names": list(cache.label_names),
+        "label_names": label_names,
         "layer_names": list(cache.layer_names),
         "poolings": list(cache.poolings),
         "heads": {},
     }
-    metrics["heads"], baselines = _fit_heads(
-        cache, X, labels, train, test, cfg, progress, run_dir / "probes", keys, budget
-    )
+    fit = _HeadFit(task, cfg, y, train, test, idx, progress, budget if task.streams else None)
+    metrics["heads"], baselines = fit.run(cache, X, run_dir / "probes", keys)
     if baselines:
         metrics["baselines"] = baselines
-    if cfg.mdl:
+    if science and cfg.mdl:
+        assert X is not None  # mdl loads the features
         metrics["mdl"] = mdl_table(
             X[train],
-            labels[train],
+            y[train],
             list(cache.layer_names),
             len(cache.poolings),
             cfg.seed,
             cfg.device,
         )
-    metrics["similarity"] = write_cka(run_dir, cache, memory_budget=budget)
-    if random_cache is not None:
-        if not np.array_equal(np.asarray(random_cache.labels), labels):
+    if science:
+        metrics["similarity"] = write_cka(run_dir, cache, memory_budget=budget)
+    if science and random_cache is not None:
+        if not np.array_equal(np.asarray(random_cache.labels), y):
             raise DataError("the random-init cache holds other samples than the run's cache")
-        Xr = _load_features(random_cache)
         metrics["random_init"] = {
             "model": random_cache.manifest["model"].get("id"),
             "seed": cfg.init_seed or 0,
             "cache": str(cfg.random_cache_dir),
             "fingerprint": random_cache.manifest.get("fingerprint"),
-            "heads": _fit_heads(random_cache, Xr, labels, train, test, cfg, progress, None, None)[
-                0
-            ],
+            "heads": fit.run(random_cache, _load_features(random_cache), None, None)[0],
             "similarity_to_trained": write_cka(
                 run_dir, cache, random_cache, "trained-vs-random", memory_budget=budget
             ),
@@ -169,177 +127,123 @@ def fit_stage(
     return metrics
 
 
-def _fit_heads(
-    cache: Any,
-    X: Any,
-    labels: np.ndarray,
-    train: np.ndarray,
-    test: np.ndarray,
-    cfg: RunConfig,
-    progress: bool,
-    save_dir: Path | None,
-    keys: np.ndarray | None,
-    budget: int | None = None,
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Fit every head on ``X[train]``, score it on ``X[test]``; save it under ``save_dir``.
+class _HeadFit:
+    """Fits and scores every head of a run on one split (the trained or the random-init cache).
 
-    Returns:
-        ``(heads, baselines)``: every head's entry of ``metrics["heads"]`` (in ``cfg.probes``
-        order), and the layers of the two paired-comparison baselines (empty without
-        ``linear``).
+    Args:
+        task: the run's task. cfg: the run. y: ``(N,)`` targets.
+        train, test: sorted positions. idx: ``(R, N_test)`` bootstrap resamples of the test
+        positions. progress: show the training bars. budget: the heads' ``memory_budget`` in bytes
+        (``None``: an estimator without one).
     """
-    from ..cache import cache_subset
-    from ..estimator import ProbeClassifier
-    from .science import control_rows
 
-    X_train = X[train] if X is not None else cache_subset(cache, train)
-    X_test = X[test] if X is not None else cache_subset(cache, test)
+    def __init__(
+        self,
+        task: Task,
+        cfg: RunConfig,
+        y: np.ndarray,
+        train: np.ndarray,
+        test: np.ndarray,
+        idx: np.ndarray,
+        progress: bool,
+        budget: int | None,
+    ) -> None:
+        self.task, self.cfg, self.y, self.train, self.test = task, cfg, y, train, test
+        self.idx, self.progress, self.budget = idx, progress, budget
 
-    heads: dict[str, Any] = {}
-    tokens = len(cache.poolings)
-    preds: dict[str, np.ndarray] = {}
-    baseline: dict[str, np.ndarray] = {}
-    names: dict[str, str] = {}
-    # the per-layer linear probes come first: every head is compared with two of them
-    for head in sorted(cfg.probes, key=lambda h: h != "linear"):
-        t0 = time.perf_counter()
-        params = {
-            "tokens_per_layer": tokens,
-            "random_state": cfg.seed,
-            "device": cfg.device,
-            "verbose": progress,
-            "memory_budget": budget,
-            **cfg.probe_params.get(head, {}),
-        }
-        if X is None:
-            params["pooling"] = list(cache.poolings)
-        control = keys is not None and head == "linear"
-        clf = ProbeClassifier(head=head, control=control, **params)
-        clf.fit(
-            X_train,
-            labels[train],
-            layer_names=list(cache.layer_names),
-            sample_keys=list(keys[train]) if control else None,
-        )
-        seconds = time.perf_counter() - t0
-        if save_dir is not None:
-            clf.save(save_dir / head)
-        pred = clf.predict(X_test)
-        preds[head] = pred
-        entry = {
-            "fit_seconds": round(seconds, 2),
-            **_scores(labels[test], pred, cfg.bootstrap, cfg.seed),
-        }
-        if head == "linear":
-            layer_pred = clf.predict_layers(X_test)  # (N, L)
-            entry["per_layer"] = [
-                {"layer": name, **_scores(labels[test], layer_pred[:, l], cfg.bootstrap, cfg.seed)}
-                for l, name in enumerate(cache.layer_names)
-            ]
-            entry["selected_layer"] = cache.layer_names[int(clf.selected_layer_)]
-            if control:
-                assert keys is not None
-                rows = control_rows(clf, X_test, labels[test], keys[test], cfg.bootstrap, cfg.seed)
-                for row, extra in zip(entry["per_layer"], rows, strict=True):
-                    row.update(extra)
-                entry["control"] = {
-                    "seed": int(clf.control_seed_),
-                    "validation_accuracy": np.asarray(clf.layer_scores_).tolist(),
-                    "validation_control_accuracy": clf.control_scores_.tolist(),
-                    "validation_selectivity": clf.selectivity_.tolist(),
-                }
-            baseline = {
-                "last_layer": layer_pred[:, -1],
-                "best_layer": layer_pred[:, int(clf.selected_layer_)],
-            }
-            names = {"last_layer": cache.layer_names[-1], "best_layer": entry["selected_layer"]}
-        heads[head] = entry
-    for head, pred in preds.items():  # paired: the same resampled test samples score both
-        heads[head]["paired"] = {
-            f"vs_{name}": paired_comparison(labels[test], pred, ref, cfg.bootstrap, cfg.seed)
-            for name, ref in baseline.items()
-        }
-    return {h: heads[h] for h in cfg.probes}, names
-
-
-# ------------------------------------------------------------------------------------ regression
-
-
-def _regression_scores(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
-    from sklearn.metrics import mean_squared_error, r2_score
-
-    from ..estimator.regressor import spearman
-
-    return {
-        "r2": float(r2_score(y, pred)),
-        "r2_ci": bootstrap_ci(y, pred, r2_score, n_boot, seed),
-        "spearman": spearman(y, pred),
-        "spearman_ci": bootstrap_ci(y, pred, spearman, n_boot, seed),
-        "mse": float(mean_squared_error(y, pred)),
-    }
-
-
-def fit_regression_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
-    """:func:`fit_stage` for ``task="regression"``: every head as a
-    :class:`~probekit.ProbeRegressor` on a random train split; R², Spearman and MSE on the test
-    split with bootstrap intervals (per layer for the linear probes)."""
-    from sklearn.model_selection import train_test_split
-
-    from ..estimator import ProbeRegressor
-    from ..estimator.inputs import check_finite
-
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    y, target_name = _cache_targets(cache, cfg.cache_dir)
-    if np.ptp(y) == 0:
-        raise DataError("the cache's regression targets are constant; probes need them to vary")
-    X = _load_features(cache)
-    check_finite(X, "the cache")
-    train, test = train_test_split(
-        np.arange(len(y)), test_size=cfg.test_size, random_state=cfg.seed
-    )
-    train, test = np.sort(train), np.sort(test)
-    write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
-    metrics: dict[str, Any] = {
-        "task": "regression",
-        "target_name": target_name,
-        "model": cache.manifest["model"].get("id"),
-        "data": cache.manifest["dataset"]["name"],
-        "n_train": int(train.size),
-        "n_test": int(test.size),
-        "label_names": [target_name],
-        "layer_names": list(cache.layer_names),
-        "poolings": list(cache.poolings),
-        "heads": {},
-    }
-    for head in cfg.probes:
-        t0 = time.perf_counter()
-        params = {
+    def _estimator(self, cache: Any, head: str, streamed: bool, control: bool) -> Any:
+        cfg = self.cfg
+        params: dict[str, Any] = {
             "tokens_per_layer": len(cache.poolings),
             "random_state": cfg.seed,
             "device": cfg.device,
-            "verbose": progress,
-            **cfg.probe_params.get(head, {}),
+            "verbose": self.progress,
         }
-        reg = ProbeRegressor(head=head, **params)
-        reg.fit(X[train], y[train], layer_names=list(cache.layer_names))
-        seconds = time.perf_counter() - t0
-        reg.save(run_dir / "probes" / head)
-        pred = reg.predict(X[test])
-        entry = {
-            "fit_seconds": round(seconds, 2),
-            **_regression_scores(y[test], pred, cfg.bootstrap, cfg.seed),
-        }
-        if head == "linear":
-            layer_pred = reg.predict_layers(X[test])  # (N, L)
-            entry["per_layer"] = [
-                {
-                    "layer": name,
-                    **_regression_scores(y[test], layer_pred[:, j], cfg.bootstrap, cfg.seed),
+        if self.budget is not None:
+            params["memory_budget"] = self.budget
+        params.update(cfg.probe_params.get(head, {}))
+        if streamed:
+            params["pooling"] = list(cache.poolings)
+        if control:
+            params["control"] = True
+        return self.task.estimator_class()(head=head, **params)
+
+    def run(
+        self, cache: Any, X: Any, save_dir: Path | None, keys: np.ndarray | None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Fit every head on the train rows of ``X`` (``(N, L * P, D)``; ``None``: read from
+        the cache), score it on the test rows; save it under ``save_dir``.
+
+        Returns:
+            ``(heads, baselines)``: every head's entry of ``metrics["heads"]`` (in
+            ``cfg.probes`` order), and the layers of the two paired-comparison baselines (empty
+            without ``linear`` or without ``Task.compare``).
+        """
+        from ..cache import cache_subset
+        from .science import control_rows
+
+        task, cfg, y, train, test, idx = (
+            self.task,
+            self.cfg,
+            self.y,
+            self.train,
+            self.test,
+            self.idx,
+        )
+        X_train = X[train] if X is not None else cache_subset(cache, train)
+        X_test = X[test] if X is not None else cache_subset(cache, test)
+        y_test = y[test]
+        layer_names = list(cache.layer_names)
+        heads: dict[str, Any] = {}
+        preds: dict[str, np.ndarray] = {}
+        baseline: dict[str, np.ndarray] = {}
+        names: dict[str, str] = {}
+        # the per-layer linear probes come first: every head is compared with two of them
+        for head in sorted(cfg.probes, key=lambda h: h != "linear"):
+            t0 = time.perf_counter()
+            control = keys is not None and head == "linear"
+            est = self._estimator(cache, head, X is None, control)
+            fit_kw: dict[str, Any] = {"layer_names": layer_names}
+            if control:
+                assert keys is not None
+                fit_kw["sample_keys"] = list(keys[train])
+            est.fit(X_train, y[train], **fit_kw)
+            seconds = time.perf_counter() - t0
+            if save_dir is not None:
+                est.save(save_dir / head)
+            pred = est.predict(X_test)
+            preds[head] = pred
+            entry = {"fit_seconds": round(seconds, 2), **task.score(y_test, pred, idx)}
+            if head == "linear":
+                layer_pred = np.asarray(est.predict_layers(X_test))  # (N_test, L)
+                entry["per_layer"] = [
+                    {"layer": name, **task.score(y_test, layer_pred[:, j], idx)}
+                    for j, name in enumerate(layer_names)
+                ]
+                selected = int(est.selected_layer_)
+                entry["selected_layer"] = layer_names[selected]
+                if control:
+                    assert keys is not None
+                    rows = control_rows(est, X_test, y_test, keys[test], idx)
+                    for row, extra in zip(entry["per_layer"], rows, strict=True):
+                        row.update(extra)
+                    entry["control"] = {
+                        "seed": int(est.control_seed_),
+                        "validation_accuracy": np.asarray(est.layer_scores_).tolist(),
+                        "validation_control_accuracy": est.control_scores_.tolist(),
+                        "validation_selectivity": est.selectivity_.tolist(),
+                    }
+                if task.compare is not None:
+                    baseline = {
+                        "last_layer": layer_pred[:, -1],
+                        "best_layer": layer_pred[:, selected],
+                    }
+                    names = {"last_layer": layer_names[-1], "best_layer": entry["selected_layer"]}
+            heads[head] = entry
+        if task.compare is not None:
+            for head, pred in preds.items():  # paired: the same resamples score both
+                heads[head]["paired"] = {
+                    f"vs_{name}": task.compare(y_test, pred, ref, idx)
+                    for name, ref in baseline.items()
                 }
-                for j, name in enumerate(cache.layer_names)
-            ]
-            entry["selected_layer"] = cache.layer_names[int(reg.selected_layer_)]
-        metrics["heads"][head] = entry
-    write_metrics(metrics, run_dir)
-    return metrics
+        return {h: heads[h] for h in cfg.probes}, names

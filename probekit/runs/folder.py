@@ -76,13 +76,11 @@ def read_split(run_dir: Path) -> dict[str, Any]:
 
 
 def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
-    """``metrics.json`` and ``metrics.csv`` (see :mod:`probekit.metrics_csv`)."""
-    from .tables import write_classification_csv, write_regression_csv
+    """``metrics.json`` and ``metrics.csv`` (see :mod:`probekit.runs.tables`)."""
+    from .tables import write_metrics_csv
 
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if metrics.get("task") == "regression":
-        return write_regression_csv(metrics, run_dir)
-    return write_classification_csv(metrics, run_dir)
+    write_metrics_csv(metrics, run_dir)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:

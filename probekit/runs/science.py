@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["control_keys_of", "control_rows", "mdl_table", "paired_diff_ci", "write_cka"]
+__all__ = ["control_keys_of", "control_rows", "mdl_table", "write_cka"]
 
 
 def control_keys_of(cache: Any, cfg: Any) -> np.ndarray:
@@ -44,20 +44,8 @@ def control_keys_of(cache: Any, cfg: Any) -> np.ndarray:
     return np.asarray(sample_keys(data), dtype=object)
 
 
-def paired_diff_ci(a: np.ndarray, b: np.ndarray, n: int, seed: int) -> tuple[float, float]:
-    """95% percentile bootstrap interval of ``mean(a) - mean(b)`` over paired samples ``(N,)``."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n)
-    for s in range(0, n, 256):
-        idx = rng.integers(0, len(d), size=(min(256, n - s), len(d)))
-        means[s : s + len(idx)] = d[idx].mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def control_rows(
-    clf: Any, X_test: Any, y_test: np.ndarray, keys_test: np.ndarray, n_boot: int, seed: int
+    clf: Any, X_test: Any, y_test: np.ndarray, keys_test: np.ndarray, idx: np.ndarray
 ) -> list[dict[str, Any]]:
     """Per layer of a fitted ``ProbeClassifier(head="linear", control=True)``: control accuracy
     on the test samples' control labels (with its 95% interval) and selectivity (paired interval).
@@ -65,11 +53,13 @@ def control_rows(
     Args:
         clf: the fitted task probe (its ``control_estimator_`` is the control probe).
         X_test: the test features. y_test: ``(N,)`` task labels. keys_test: ``(N,)`` keys.
-        n_boot: bootstrap resamples. seed: their seed.
+        idx: ``(R, N)`` bootstrap resamples of the test positions
+            (:func:`probekit.analysis.stats.bootstrap_indices`).
 
     Returns:
         ``L`` dicts: control_accuracy, control_accuracy_ci, selectivity, selectivity_ci.
     """
+    from ..analysis.stats import paired_mean_difference
     from ..estimator.control import control_task_labels
 
     y_ctl = control_task_labels(clf, list(keys_test))
@@ -82,9 +72,9 @@ def control_rows(
         rows.append(
             {
                 "control_accuracy": float(c.mean()),
-                "control_accuracy_ci": paired_diff_ci(c, zeros, n_boot, seed),
+                "control_accuracy_ci": paired_mean_difference(c, zeros, idx),
                 "selectivity": float(t.mean() - c.mean()),
-                "selectivity_ci": paired_diff_ci(t, c, n_boot, seed),
+                "selectivity_ci": paired_mean_difference(t, c, idx),
             }
         )
     return rows
