@@ -225,7 +225,7 @@ def add_run_options(
         if f.default is not dataclasses.MISSING:
             default = f.default
         else:
-            default = f.default_factory()  # type: ignore[misc,operator]
+            default = f.default_factory()  # type: ignore[operator]
         shown = (
             ",".join(default)
             if isinstance(default, list)

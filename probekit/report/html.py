@@ -152,6 +152,7 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
         layers = head_layers[head]
         s = summarize_head(a, labels, shown, chunk)
         if "layer_weights" in a and head != "scalar-mix":
+            assert s.weights_shown is not None and s.class_means is not None  # weights stored
             title = (
                 {"title": f"Layer attribution per sample: {head} layer weight ({note})"}
                 if note

@@ -117,6 +117,7 @@ def regression_figures(
         if "layer_weights" in a and head != "scalar-mix":
             import plotly.graph_objects as go
 
+            assert s.weights_shown is not None  # the head stores layer weights
             w = s.weights_shown.astype(a.dtypes["layer_weights"])  # (k, L) as stored
             order = np.argsort(y[shown]) if y is not None else np.arange(len(w))
             note = f" ({len(shown)} of {n} test samples shown)" if len(shown) < n else ""

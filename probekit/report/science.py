@@ -54,6 +54,7 @@ def science_figures(run_dir: Path, metrics: dict[str, Any]) -> list[dict[str, An
     random = metrics.get("random_init")
     rrows = (random or {}).get("heads", {}).get("linear", {}).get("per_layer", [])
     if rows and rrows:
+        assert random is not None  # it holds rrows
         curves = {
             "trained": [r["balanced_accuracy"] for r in rows],
             "random init": [r["balanced_accuracy"] for r in rrows],
@@ -138,7 +139,7 @@ def science_figures(run_dir: Path, metrics: dict[str, Any]) -> list[dict[str, An
             continue
         matrix, names_a, names_b = read_similarity(path)
         labels = ("trained layer", "random-init layer") if key == "random_init" else ("layer", None)
-        disp = SimilarityDisplay.from_arrays(
+        sim = SimilarityDisplay.from_arrays(
             matrix, names_a, names_b, "cka", label_a=labels[0], label_b=labels[1], title=title
         )
         figs.append(
@@ -146,7 +147,7 @@ def science_figures(run_dir: Path, metrics: dict[str, Any]) -> list[dict[str, An
                 "name": name,
                 "title": title,
                 "caption": caption,
-                "figure": disp.figure_,
+                "figure": sim.figure_,
                 "key": key == "similarity",
             }
         )

@@ -142,7 +142,7 @@ def write_cka(
         )
         warnings.warn(f"{name} layer similarity skipped: {reason}", stacklevel=2)
         return {"method": "cka", "skipped": reason}
-    opts: dict[str, int] = {}
+    opts: dict[str, Any] = {}
     if memory_budget is not None:
         width = features(cache) + (features(other) if other is not None else 0)
         opts = {

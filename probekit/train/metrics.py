@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,7 +122,9 @@ def stratified_split(y: Any, val_size: float, seed: int) -> tuple[np.ndarray, np
     return np.flatnonzero(mask).astype(np.int64), val_idx.astype(np.int64)
 
 
-def class_weights(y: Tensor, n_classes: int, mode: str | Sequence[float] | None) -> Tensor:
+def class_weights(
+    y: Tensor, n_classes: int, mode: str | Mapping[Any, float] | Sequence[float] | None
+) -> Tensor:
     """Per-class loss weights.
 
     Args:
@@ -136,6 +138,8 @@ def class_weights(y: Tensor, n_classes: int, mode: str | Sequence[float] | None)
     """
     if mode is None:
         return torch.ones(n_classes, device=y.device)
+    if isinstance(mode, Mapping):  # labels: the estimator turns them into per-class weights
+        raise ConfigError("class_weight {label: weight} needs the classes: give C weights")
     if isinstance(mode, (list, tuple)):
         if len(mode) != n_classes:
             raise ConfigError(f"class_weight has {len(mode)} weights for {n_classes} classes")
