@@ -344,6 +344,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REFERENCE_COMMAND = (
+    "python -c \"from probekit.cli import config_reference; print(config_reference(), end='')\" "
+    "> docs/configuration.md"
+)
+
+
+def config_reference() -> str:
+    """``docs/configuration.md``: every :class:`~probekit.runs.RunConfig` field as a config key,
+    with its flag, default, allowed values, the loader it goes to and the subcommands that take
+    it (read off :func:`build_parser`, so the page cannot drift from the CLI)."""
+    commands: dict[str, list[str]] = {}
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            commands.setdefault(action.dest, []).append(name)
+    loaders = {"data": "load_data", "model": "load_model", "extract": "extract"}
+
+    def cell(text: Any) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "# Configuration reference",
+        "",
+        "Every option of a run: a key of a YAML/TOML config, a `--flag` of the subcommands listed,",
+        "and a keyword of `probekit.run`. Generated from `probekit.runs.RunConfig`; do not edit.",
+        f"Regenerate with `{REFERENCE_COMMAND}`.",
+        "",
+        "| key | flag | default | values | goes to | subcommands | meaning |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in run_options():
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()  # type: ignore[operator]
+        shown = json.dumps(default) if not isinstance(default, str) else default
+        choices = f.metadata.get("choices")
+        parse = f.metadata.get("parse")
+        values = (
+            ", ".join(map(str, choices))
+            if choices
+            else {parse_bool: "true / false", int: "integer", float: "number"}.get(parse, "")
+            if parse is not None
+            else "text"
+        )
+        if not values and parse is not None:
+            values = parse.__name__.removeprefix("parse_").replace("_", " ")
+        stage = f.metadata.get("stage")
+        goes = f"`{loaders[stage]}`" if stage else "the run"
+        cmds = ", ".join(sorted(commands.get(f.name, [])))
+        flag = f"`--{f.name.replace('_', '-')}`"
+        lines.append(
+            f"| `{f.name}` | {flag} | `{cell(shown)}` | {cell(values)} | {goes} | {cmds} "
+            f"| {cell(f.metadata.get('help', ''))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``probekit`` console script; returns the exit code."""
     parser = build_parser()
