@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._utils.plugins import import_plugins
 from .errors import ProbekitError
 from .models.layers import parse_layers
-from .runs.config import RunConfig, parse_bool, run_options, stage_options
+from .runs.config import RunConfig, parse_bool, parse_list, run_options, stage_options
 from .runs.summary import summary_table
 
 __all__ = ["build_parser", "main"]
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="record pooled layers of a dataset into a cache")
     _add_common_extract(p)
+    add_run_options(p, [f for f in run_options() if f.name == "plugins"])
     p.set_defaults(fn=cmd_extract)
 
     p = sub.add_parser("info", help="describe a cache")
@@ -329,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="train probe heads on a cache; write metrics.json/csv")
     p.add_argument("--cache", required=True)
+    add_run_options(p, [f for f in run_options() if f.name == "plugins"])
     p.add_argument(
         "--probe",
         default="linear,alf,laya,kcla,aila-attention",
@@ -426,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.environ.get("PROBEKIT_DEBUG"):  # one line per warning, as errors are printed
         warnings.formatwarning = _one_line_warning(args.command)
     try:
+        if getattr(args, "plugins", None) and args.command != "run":  # run: RunConfig imports them
+            import_plugins(parse_list(args.plugins))
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
         _stderr_line("probekit: interrupted")
