@@ -43,10 +43,11 @@ EXTRACT_OPTIONS = (
     + fields_named("layers", "pooling", "batch_size", "shard_size", "device")
     + fields_named("store_dtype", "precision")
     + run_options("model")
+    + fields_named("plugins")
 )
 """The run options of ``probekit extract``: the data, the recording and the model's loading."""
 FIT_OPTIONS = fields_named(
-    "probes", "seed", "test_size", "bootstrap", "memory_budget", "task", "control", "mdl"
+    "probes", "seed", "test_size", "bootstrap", "memory_budget", "task", "control", "mdl", "plugins"
 )
 ATTRIBUTE_OPTIONS = fields_named("ablation", "memory_budget")
 COMPARE_OPTIONS = fields_named("layers", "pooling")

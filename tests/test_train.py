@@ -13,7 +13,6 @@ from torch import nn
 from probekit.probes.base import ProbeHead, ProbeOutput
 from probekit.train import (
     TrainConfig,
-    _StackedAdam,
     accuracy,
     balanced_accuracy,
     class_weights,
@@ -22,6 +21,7 @@ from probekit.train import (
     train_grid,
     train_stream,
 )
+from probekit.train.stacked import _StackedAdam
 
 
 class TinyHead(ProbeHead):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..estimator.fitted import _BATCH as _BATCH
+from ..estimator.fitted import PREDICT_BATCH
 from ..estimator.fitted import class_index as _class_index
 from ..estimator.fitted import fitted_device as _device
 from ..estimator.fitted import head_outputs as _head_outputs
@@ -35,11 +35,18 @@ from ..estimator.fitted import inputs as _inputs
 
 __all__ = [
     "AblationResult",
+    "ablated_inputs",
     "ablation_sensitivity",
     "attribution_agreement",
     "captum_attribution",
+    "head_forward",
+    "is_regression_head",
     "layer_attribution",
     "layer_map",
+    "layer_mask",
+    "shuffle_orders",
+    "stored_mean",
+    "true_class",
 ]
 
 # Largest number of float elements of ablated input built at once (128 MiB in fp32).
@@ -99,7 +106,8 @@ def _proba_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return forward
 
 
-def _is_regressor(clf: Any) -> bool:
+def is_regression_head(clf: Any) -> bool:
+    """Whether ``clf`` is a regressor (scikit-learn's ``is_regressor``), e.g. a ProbeRegressor."""
     from sklearn.base import is_regressor
 
     return bool(is_regressor(clf))
@@ -142,14 +150,14 @@ def _regression_result(
     )
 
 
-def _forward(clf: Any) -> tuple[Callable[[Tensor], Tensor], torch.device]:
+def head_forward(clf: Any) -> tuple[Callable[[Tensor], Tensor], torch.device]:
     """What ablation compares and where: class probabilities ``(B, C)`` (classifiers) or
     predicted targets ``(B, K)`` float64 in target units (regressors), and the fitted device."""
     device = _device(clf)
-    return (_target_fn(clf, device) if _is_regressor(clf) else _proba_fn(clf.model_)), device
+    return (_target_fn(clf, device) if is_regression_head(clf) else _proba_fn(clf.model_)), device
 
 
-def _ablated(
+def ablated_inputs(
     forward: Callable[[Tensor], Tensor], xb: Tensor, repl: Tensor, mask: Tensor, device: Any
 ) -> tuple[Tensor, Tensor]:
     """Outputs on ``xb`` ``(b, T, D)`` and on its ``L`` ablated copies, ``(b, C)`` and
@@ -163,7 +171,7 @@ def _ablated(
     return p0, pa.reshape(b, n_layers, -1)
 
 
-def _true_class(p0: Tensor, pa: Tensor, tb: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def true_class(p0: Tensor, pa: Tensor, tb: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """True-class probability and hit, unablated ``(b,)`` and ablated ``(b, L)``, from the
     probabilities ``p0`` ``(b, C)`` and ``pa`` ``(b, L, C)`` and the class indices ``tb`` ``(b,)``."""
     b, n_layers = pa.shape[:2]
@@ -172,20 +180,20 @@ def _true_class(p0: Tensor, pa: Tensor, tb: Tensor) -> tuple[Tensor, Tensor, Ten
     return base_p, abl_p, p0.argmax(1) == tb, pa.argmax(2) == tb[:, None]
 
 
-def _shuffle_orders(n: int, n_layers: int, random_state: int | None) -> Iterator[np.ndarray]:
+def shuffle_orders(n: int, n_layers: int, random_state: int | None) -> Iterator[np.ndarray]:
     """The ``"shuffle"`` ablation's permutations ``(N,)`` int64, one per layer, in layer order."""
     rng = np.random.default_rng(random_state)
     for _ in range(n_layers):
         yield rng.permutation(n)
 
 
-def _layer_mask(n_layers: int, tokens_per_layer: int) -> Tensor:
+def layer_mask(n_layers: int, tokens_per_layer: int) -> Tensor:
     """``(L, T)`` bool: ``mask[l, t]`` is True when token ``t`` belongs to layer ``l``."""
     layer_of = torch.arange(n_layers * tokens_per_layer) // tokens_per_layer
     return layer_of[None, :] == torch.arange(n_layers)[:, None]
 
 
-def _stored_mean(clf: Any, n_tokens: int, dim: int) -> Tensor | None:
+def stored_mean(clf: Any, n_tokens: int, dim: int) -> Tensor | None:
     """The train-split feature mean the estimator stored, ``(T, D)``, or None.
 
     Looked up as ``clf.feature_mean_`` first, then as a buffer of ``clf.model_`` whose name ends in
@@ -220,7 +228,7 @@ def _resolve_baseline(clf: Any, x: Tensor, baseline: str | np.ndarray | Tensor) 
             return torch.zeros(n_tokens, dim)
         if baseline != "mean":
             raise ValueError(f"baseline must be 'zero', 'mean' or a (T, D) array, got {baseline!r}")
-        stored = _stored_mean(clf, n_tokens, dim)
+        stored = stored_mean(clf, n_tokens, dim)
         return stored if stored is not None else x.mean(dim=0)
     b = torch.as_tensor(
         np.asarray(
@@ -357,23 +365,21 @@ def ablation_sensitivity(
     x = _inputs(clf, X)
     n, n_tokens, dim = x.shape
     n_layers, per = int(clf.n_layers_), int(clf.tokens_per_layer_)
-    regression = _is_regressor(clf)
+    regression = is_regression_head(clf)
     if regression:
         target = torch.as_tensor(np.asarray(y, dtype=np.float64).reshape(n, -1))  # (N, K)
     else:
         target = torch.as_tensor(_class_index(clf, y, n))
-    mask = _layer_mask(n_layers, per)[None, :, :, None]  # (1, L, T, 1)
+    mask = layer_mask(n_layers, per)[None, :, :, None]  # (1, L, T, 1)
 
     if mode == "shuffle":
-        perms = torch.as_tensor(
-            np.stack(list(_shuffle_orders(n, n_layers, random_state)))
-        )  # (L, N)
+        perms = torch.as_tensor(np.stack(list(shuffle_orders(n, n_layers, random_state))))  # (L, N)
         fill = None
     else:
         perms = None
         fill = _resolve_baseline(clf, x, mode if baseline is None else baseline)  # (T, D)
 
-    forward, device = _forward(clf)
+    forward, device = head_forward(clf)
     chunk = max(1, _MAX_ELEMENTS // (n_layers * n_tokens * dim))
     if regression:
         base_out = torch.empty(n, target.shape[1], dtype=torch.float64)
@@ -389,11 +395,11 @@ def ablation_sensitivity(
                 repl = x[perms[:, idx]].transpose(0, 1)  # (b, L, T, D)
             else:
                 repl = fill[None, None]  # type: ignore[index]  # (1, 1, T, D)
-            p0, pa = _ablated(forward, x[idx], repl, mask, device)  # (b, C), (b, L, C)
+            p0, pa = ablated_inputs(forward, x[idx], repl, mask, device)  # (b, C), (b, L, C)
             if regression:
                 base_out[idx], abl_out[idx] = p0.double(), pa.double()
                 continue
-            base_p[idx], abl_p[idx], base_hit[idx], abl_hit[idx] = _true_class(p0, pa, target[idx])
+            base_p[idx], abl_p[idx], base_hit[idx], abl_hit[idx] = true_class(p0, pa, target[idx])
 
     if regression:
         return _regression_result(clf, target, base_out, abl_out, mode)
@@ -456,7 +462,7 @@ def captum_attribution(
     base = _resolve_baseline(clf, x, baseline)[None]  # (1, T, D)
     model, device = clf.model_, _device(clf)
     forward = _proba_fn(model)
-    if _is_regressor(clf):  # explain the predicted value of one target, in target units
+    if is_regression_head(clf):  # explain the predicted value of one target, in target units
         if target is not None and not (
             isinstance(target, (int, np.integer)) and 0 <= target < len(clf.target_scale_)
         ):
@@ -473,9 +479,9 @@ def captum_attribution(
     elif target is None:
         tgt = np.empty(n, dtype=np.int64)
         with torch.inference_mode():
-            for start in range(0, n, _BATCH):
-                p = forward(x[start : start + _BATCH].to(device))
-                tgt[start : start + _BATCH] = p.argmax(1).cpu().numpy()
+            for start in range(0, n, PREDICT_BATCH):
+                p = forward(x[start : start + PREDICT_BATCH].to(device))
+                tgt[start : start + PREDICT_BATCH] = p.argmax(1).cpu().numpy()
     else:
         tgt = _class_index(clf, target, n, what="target")
 

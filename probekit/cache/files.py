@@ -54,11 +54,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
         with open(tmp, "wb") as f:
             half = len(data) // 2
             f.write(data[:half])
-            _kill_point("mid-write")
+            kill_point("mid-write")
             f.write(data[half:])
             f.flush()
             os.fsync(f.fileno())
-        _kill_point("before-rename")
+        kill_point("before-rename")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -113,7 +113,7 @@ def _first_difference(old: Any, new: Any, prefix: str = "") -> tuple[str, Any, A
     return None if old == new else (prefix or "<manifest>", old, new)
 
 
-def _kill_point(where: str) -> None:
+def kill_point(where: str) -> None:
     """Test hook, inert unless ``PROBEKIT_TEST_KILL_AT`` names ``where``: SIGKILL this process.
 
     ``PROBEKIT_TEST_KILL_AT="shard-write:3"`` kills at the 3rd time ``where`` is reached; the

@@ -335,7 +335,7 @@ class CacheWriter:
         js.unlink(missing_ok=True)
         try:
             files._atomic_write(st, data)
-            files._kill_point("shard-renamed")
+            files.kill_point("shard-renamed")
             files._atomic_write(js, shard_meta_bytes(meta))
         except OSError as e:
             # the temporary file is gone; a shard without its .json counts as missing
@@ -363,7 +363,7 @@ class CacheWriter:
             )
         if not self.complete:
             manifest = dict(self.manifest, complete=True)
-            files._kill_point("finalize")
+            files.kill_point("finalize")
             files._atomic_write(self.path / "manifest.json", manifest_bytes(manifest))
             self.manifest = parse_manifest(manifest_bytes(manifest), self.path)
         for folder in (self.path, self.path / "shards"):

@@ -11,6 +11,7 @@ from ..errors import DataError
 from .arrays import _image_arrays_dataset
 from .common import _package_dir, _single_split, _subset
 from .dataset import Dataset
+from .sources import DataOptions
 
 BUNDLED_DATASETS = ("vader-valence", "mnist", "vader-valence-scores")  # the last: regression
 
@@ -118,3 +119,17 @@ def _load_mnist(split: str | None, limit: int | None, seed: int, spec: str) -> D
         spec=spec,
         options={"split": split, "limit": limit, "seed": seed},
     )
+
+
+def load_bundled(name: str, spec: str, options: DataOptions) -> Dataset:
+    """The ``bundled:`` loader: one of :data:`BUNDLED_DATASETS`, offline."""
+    o = options
+    if name == "vader-valence-scores" or o.target == "regression":
+        from .regression import load_regression
+
+        return load_regression("bundled", name, spec, o.target, o.split, o.limit, o.seed)
+    if name == "vader-valence":
+        return _load_vader(o.split, o.limit, o.seed, spec)
+    if name == "mnist":
+        return _load_mnist(o.split, o.limit, o.seed, spec)
+    raise DataError(f"unknown bundled dataset {name!r}; bundled: {', '.join(BUNDLED_DATASETS)}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import DataError
 from .common import _encode_labels, _single_split, _subset
 from .dataset import Dataset
+from .sources import DataOptions
 
 
 def _load_csv(
@@ -61,3 +62,13 @@ def _load_csv(
             "seed": seed,
         },
     )
+
+
+def load_csv(path: str, spec: str, options: DataOptions) -> Dataset:
+    """The ``csv:`` loader: class labels, or numeric targets with ``target="regression"``."""
+    o = options
+    if o.target == "regression":
+        from .regression import load_csv_targets
+
+        return load_csv_targets(path, o.split, o.text_column, o.label_column, o.limit, o.seed, spec)
+    return _load_csv(path, o.split, o.text_column, o.label_column, o.limit, o.seed, spec)

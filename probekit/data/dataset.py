@@ -30,6 +30,8 @@ class Dataset:
             (``bundled:mnist``, :func:`from_arrays` with an array), else ``None``.
         spec: the spec string it was loaded from (``"arrays"`` for :func:`from_arrays`).
         options: the options that shaped it (split, columns, limit, seed), JSON-serialisable.
+        targets: ``(N,)`` float64 continuous targets of regression data, else ``None``.
+        target_name: the name of those targets (``"valence"``, a column name), else ``None``.
     """
 
     def __init__(
@@ -46,6 +48,8 @@ class Dataset:
         get_image: Callable[[int], Any] | None = None,
         content_hash: Callable[[Any], None] | None = None,
         get_images: Callable[[list[int]], list[Any]] | None = None,
+        targets: np.ndarray | None = None,
+        target_name: str | None = None,
     ) -> None:
         """Build a dataset; use :func:`load_data` or :func:`from_arrays` instead of calling this.
 
@@ -64,6 +68,8 @@ class Dataset:
                 once, by :attr:`fingerprint`). Text data hashes its texts itself.
             get_images: ``[i, ...] -> [PIL.Image, ...]``, a batch at once (image data read as a
                 stream, fastest in increasing order); used instead of ``get_image`` when given.
+            targets: ``(N,)`` continuous targets (regression data; hash them into ``options``).
+            target_name: their name.
         """
         if kind not in ("text", "image"):
             raise DataError(f"kind must be 'text' or 'image', got {kind!r}")
@@ -75,6 +81,8 @@ class Dataset:
         self.options = dict(options or {})
         self.texts = None if texts is None else [str(t) for t in texts]
         self.images = images
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.float64)
+        self.target_name = target_name
         if images is not None:
             get_image = get_image or (lambda i: _pil_from_array(images[i]))
             content_hash = content_hash or (lambda h: _hash_array(h, images))
@@ -88,6 +96,8 @@ class Dataset:
             raise DataError(f"{name}: text data needs one text per label")
         if kind == "image" and get_image is None:
             raise DataError(f"{name}: image data needs an image getter")
+        if self.targets is not None and self.targets.shape != self.labels.shape:
+            raise DataError(f"{name}: {self.targets.shape} targets for {len(self.labels)} samples")
         if len(self.labels) and (
             self.labels.min() < 0 or self.labels.max() >= len(self.label_names)
         ):

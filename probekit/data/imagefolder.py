@@ -13,6 +13,7 @@ from .._utils.images import to_rgb
 from ..errors import DataError
 from .common import _subset
 from .dataset import Dataset
+from .sources import DataOptions
 
 IMAGE_EXTENSIONS = (
     ".png",
@@ -87,3 +88,8 @@ def _load_imagefolder(
         get_image=get_image,
         content_hash=content_hash,
     )
+
+
+def load_imagefolder(folder: str, spec: str, options: DataOptions) -> Dataset:
+    """The ``imagefolder:`` loader (``DIR/<class>/...``, ``DIR/<split>/<class>/...``)."""
+    return _load_imagefolder(folder, options.split, options.limit, options.seed, spec)

@@ -2,7 +2,7 @@
 column, and ``bundled:vader-valence-scores``.
 
 A regression dataset is a text :class:`~probekit.data.Dataset` whose ``labels`` are all 0 (one
-label name, the target's name) and whose float ``targets`` attribute ``(N,)`` holds the values;
+label name, the target's name) and whose float ``targets`` field ``(N,)`` holds the values;
 their sha256 is one of the options hashed into the fingerprint.
 """
 
@@ -19,33 +19,23 @@ from ..errors import DataError
 from .common import _package_dir, _single_split, _subset
 from .dataset import Dataset
 from .hf import _LABEL_COLUMNS
+from .sources import DATA_TARGETS
 
-__all__ = ["DATA_TARGETS", "REGRESSION_SOURCES", "load_regression"]
+__all__ = ["DATA_TARGETS", "REGRESSION_SOURCES", "load_csv_targets", "load_regression"]
 
-DATA_TARGETS = ("classification", "regression")
 REGRESSION_SOURCES = ("csv:PATH", "bundled:vader-valence-scores")
 
 
 def load_regression(
-    scheme: str,
-    rest: str,
-    spec: str,
-    target: str,
-    split: str | None,
-    text_column: str | None,
-    label_column: str | None,
-    limit: int | None,
-    seed: int,
+    scheme: str, rest: str, spec: str, target: str, split: str | None, limit: int | None, seed: int
 ) -> Dataset:
-    """A dataset with continuous ``targets`` (see :func:`~probekit.data.load_data`,
+    """A bundled dataset with continuous ``targets`` (see :func:`~probekit.data.load_data`,
     ``target="regression"``)."""
     if target != "regression":
         raise DataError(
             f"{spec} holds continuous scores; load it with target='regression' "
             "(probekit run --task regression)"
         )
-    if scheme == "csv":
-        return _load_csv_targets(rest, split, text_column, label_column, limit, seed, spec)
     if scheme == "bundled" and rest == "vader-valence-scores":
         return _load_vader_scores(split, limit, seed, spec)
     raise DataError(f"regression targets come from {', '.join(REGRESSION_SOURCES)}; got {spec!r}")
@@ -84,7 +74,7 @@ def _regression_dataset(
         targets = targets[keep]
     targets = np.ascontiguousarray(targets, dtype=np.float64)
     digest = hashlib.sha256(targets.astype("<f8").tobytes()).hexdigest()
-    ds = Dataset(
+    return Dataset(
         name=name,
         kind="text",
         labels=np.zeros(len(texts), dtype=np.int64),
@@ -98,10 +88,9 @@ def _regression_dataset(
             "target": "regression",
             "targets_sha256": digest,
         },
+        targets=targets,
+        target_name=target_name,
     )
-    ds.targets = targets  # type: ignore[attr-defined]
-    ds.target_name = target_name  # type: ignore[attr-defined]
-    return ds
 
 
 def _load_vader_scores(split: str | None, limit: int | None, seed: int, spec: str) -> Dataset:
@@ -129,7 +118,7 @@ def _as_float(value: Any) -> float | None:
     return out if np.isfinite(out) else None
 
 
-def _load_csv_targets(
+def load_csv_targets(
     path_str: str,
     split: str | None,
     text_column: str | None,

@@ -17,9 +17,16 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["check_fitted", "class_index", "fitted_device", "head_outputs", "inputs"]
+__all__ = [
+    "PREDICT_BATCH",
+    "check_fitted",
+    "class_index",
+    "fitted_device",
+    "head_outputs",
+    "inputs",
+]
 
-_BATCH = 1024
+PREDICT_BATCH = 1024
 """Samples per forward pass when only reading the head's outputs."""
 
 
@@ -89,7 +96,7 @@ def head_outputs(clf: Any, x: Tensor, attr: str) -> list[Tensor | None]:
     model, device = clf.model_, fitted_device(clf)
     out: list[Tensor | None] = []
     with torch.inference_mode():
-        for start in range(0, x.shape[0], _BATCH):
-            value = getattr(model(x[start : start + _BATCH].to(device)), attr)
+        for start in range(0, x.shape[0], PREDICT_BATCH):
+            value = getattr(model(x[start : start + PREDICT_BATCH].to(device)), attr)
             out.append(None if value is None else value.detach().float().cpu())
     return out

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register_probe
 from .base import GroupLinear, ProbeHead, ProbeOutput
+from .registry import register_probe
 
 __all__ = ["AILAAttentionHead", "AILALinearHead"]
 

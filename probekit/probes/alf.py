@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import register_probe
 from .base import ProbeHead, ProbeOutput
+from .registry import register_probe
 
 __all__ = ["ALFHead", "alf_head_dim"]
 

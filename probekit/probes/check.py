@@ -107,7 +107,7 @@ def check_probe(
     Raises:
         AssertionError: with a message naming the head and the failed property.
     """
-    from . import get_probe_class
+    from .registry import get_probe_class
 
     cls = get_probe_class(name_or_cls) if isinstance(name_or_cls, str) else name_or_cls
     name = getattr(cls, "__name__", str(cls))

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import register_probe
 from .base import GroupLinear, ProbeHead, ProbeOutput
+from .registry import register_probe
 
 __all__ = ["KCLAHead", "eca_kernel_size", "head_scales"]
 

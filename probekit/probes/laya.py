@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from . import register_probe
 from .base import GroupLinear, ProbeHead, ProbeOutput
+from .registry import register_probe
 
 __all__ = ["LAYAHead"]
 

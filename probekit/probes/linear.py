@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import register_probe
 from .base import GroupLinear, ProbeHead, ProbeOutput
+from .registry import register_probe
 
 __all__ = ["ConcatHead", "LinearHead", "ScalarMixHead"]
 

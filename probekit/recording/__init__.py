@@ -18,6 +18,8 @@ __getattr__, __dir__, __all__ = attach(
         "POOLINGS": "pooling",
         "expand_poolings": "pooling",
         "pool": "pooling",
+        "list_poolings": "pooling",
+        "register_pooling": "pooling",
         "PRECISIONS": "options",
         "STORE_DTYPES": "options",
         "extract": "extraction",

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .._utils.runtime import resolve_precision
 from .._utils.transfer import to_host_all
 from ..cache import CacheWriter, FeatureCache
-from ..cache.files import _kill_point
+from ..cache.files import kill_point
 from ..data import Dataset, load_data
 from ..errors import ConfigError, DataError
 from ..models.hooks import LayerRecorder
@@ -354,7 +354,7 @@ def _write_shards(
                 for s, inputs in _batched_inputs(model, data, start, stop, batch_size, prefetch):
                     out = _forward_pooled(model, recorder, inputs, poolings, device)
                     out = to_host_all(out)  # CUDA: pinned buffers, one wait per batch
-                    _kill_point("forward")  # test hook, inert unless PROBEKIT_TEST_KILL_AT is set
+                    kill_point("forward")  # test hook, inert unless PROBEKIT_TEST_KILL_AT is set
                     for key, t in out.items():
                         if key not in tensors:
                             tensors[key] = torch.empty(

@@ -11,13 +11,18 @@ Poolings (``POOLINGS``):
   tokens).
 * ``tokens``: every token, ``(B, T, D)``; for small runs (text is padded to a fixed length).
 
+Each is a function behind a registry: ``register_pooling("max", fn)`` adds a pooling, where
+``fn(hidden (B, T, D), mask (B, T) or None) -> (B, D)`` (``skip_prefix=True``: a ViT's prefix
+tokens are cut from both first, as ``mean`` does). ``list_poolings()`` names them all; a cache
+records the names it was built with, and its reads accept any recorded name.
+
 A cached feature is named ``"{layer}.{pooling}"`` (``"layers.3.cls"``): :class:`FeatureKey`
 builds and parses that name; :func:`expand_poolings` owns the pooling spelling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,9 +32,39 @@ from ..errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-__all__ = ["POOLINGS", "FeatureKey", "expand_poolings", "pool"]
+__all__ = ["POOLINGS", "FeatureKey", "expand_poolings", "list_poolings", "pool", "register_pooling"]
 
 POOLINGS = ("cls", "mean", "last", "tokens")
+"""The built-in poolings (:func:`list_poolings` adds the registered ones)."""
+
+PoolFn = Callable[["Tensor", "Tensor | None"], "Tensor"]
+_REGISTRY: dict[str, tuple[PoolFn, bool]] = {}
+
+
+def register_pooling(name: str, fn: PoolFn, *, skip_prefix: bool = False) -> PoolFn:
+    """Register ``fn`` as the pooling ``name``; returns ``fn``.
+
+    Args:
+        name: the pooling's name (letters, digits, ``_`` or ``-``; no ``.``, ``+`` or ``,``).
+        fn: ``(hidden (B, T, D), mask (B, T) 1 = real token, or None) -> (B, D)``.
+        skip_prefix: cut a ViT's prefix tokens (class, registers) from ``hidden`` and ``mask``
+            before calling ``fn``.
+
+    Raises:
+        ConfigError: a malformed name, or one registered to another function.
+    """
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"a pooling name is letters, digits, '_' or '-'; got {name!r}")
+    known = _REGISTRY.get(name)
+    if known is not None and known[0].__qualname__ != fn.__qualname__:
+        raise ConfigError(f"pooling {name!r} is already registered to {known[0].__qualname__}")
+    _REGISTRY[name] = (fn, skip_prefix)
+    return fn
+
+
+def list_poolings() -> list[str]:
+    """Every pooling name, the built-ins first."""
+    return list(_REGISTRY)
 
 
 def expand_poolings(
@@ -47,11 +82,12 @@ def expand_poolings(
     """
     if recorded is not None:
         return recorded_poolings(pooling, recorded)
-    names = split_poolings(pooling, POOLINGS)
+    known = list_poolings()
+    names = split_poolings(pooling, known)
     for n in names:
-        if n not in POOLINGS:
+        if n not in known:
             raise ConfigError(
-                f"unknown pooling {n!r}; choose from {', '.join(POOLINGS)}, or join them: cls+mean"
+                f"unknown pooling {n!r}; choose from {', '.join(known)}, or join them: cls+mean"
             )
     return names
 
@@ -64,16 +100,17 @@ class FeatureKey:
 
     Attributes:
         layer: the layer's name.
-        pooling: one of :data:`POOLINGS`.
+        pooling: one of :func:`list_poolings`.
     """
 
     layer: str
     pooling: str
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
+        if self.pooling not in _REGISTRY:
             raise ConfigError(
-                f"unknown pooling {self.pooling!r} in feature key; choose from {', '.join(POOLINGS)}"
+                f"unknown pooling {self.pooling!r} in feature key; "
+                f"choose from {', '.join(list_poolings())}"
             )
         if not self.layer:
             raise ConfigError("a feature key needs a layer name")
@@ -100,13 +137,15 @@ def pool(hidden: Tensor, how: str, mask: Tensor | None = None, n_prefix: int = 0
 
     Args:
         hidden: ``(B, T, D)`` tokens, or ``(B, C, H, W)`` a CNN feature map.
-        how: one of ``POOLINGS``.
+        how: one of :func:`list_poolings`.
         mask: ``(B, T)`` attention mask (1 = real token), or None when every token is real.
         n_prefix: prefix tokens (class, registers) that ``mean`` leaves out (ViTs).
 
     Returns:
         ``(B, D)``, or ``(B, T, D)`` for ``tokens``. Float32 sums for the mean, cast back.
     """
+    if how not in _REGISTRY:
+        raise ConfigError(f"unknown pooling {how!r}; choose from {', '.join(list_poolings())}")
     if hidden.ndim == 4:  # CNN map (B, C, H, W)
         if how == "mean":
             return hidden.mean(dim=(2, 3))
@@ -119,22 +158,43 @@ def pool(hidden: Tensor, how: str, mask: Tensor | None = None, n_prefix: int = 0
         return hidden
     if hidden.ndim != 3:
         raise ValueError(f"cannot pool a tensor of shape {tuple(hidden.shape)}")
-    if how == "cls":
-        return hidden[:, 0]
-    if how == "tokens":
-        return hidden
-    if how == "mean":
-        h = hidden[:, n_prefix:]
-        if mask is None:
-            return h.mean(dim=1)
-        m = mask[:, n_prefix:].to(h.dtype).unsqueeze(-1)  # (B, T, 1)
-        return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
-    if how == "last":
-        if mask is None:
-            return hidden[:, -1]
-        import torch
+    fn, skip_prefix = _REGISTRY[how]
+    if skip_prefix and n_prefix:
+        hidden = hidden[:, n_prefix:]
+        mask = None if mask is None else mask[:, n_prefix:]
+    return fn(hidden, mask)
 
-        positions = torch.arange(mask.shape[1], device=mask.device)
-        last = (mask.bool() * positions).amax(dim=1)  # (B,) index of the last kept token
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise ConfigError(f"unknown pooling {how!r}; choose from {', '.join(POOLINGS)}")
+
+def _cls(hidden: Tensor, mask: Tensor | None) -> Tensor:
+    """The first token: ``(B, T, D) -> (B, D)``."""
+    return hidden[:, 0]
+
+
+def _mean(hidden: Tensor, mask: Tensor | None) -> Tensor:
+    """The mean over the tokens ``mask`` keeps: ``(B, T, D), (B, T) -> (B, D)``."""
+    if mask is None:
+        return hidden.mean(dim=1)
+    m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def _last(hidden: Tensor, mask: Tensor | None) -> Tensor:
+    """The last token ``mask`` keeps (left or right padding): ``(B, T, D) -> (B, D)``."""
+    if mask is None:
+        return hidden[:, -1]
+    import torch
+
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (mask.bool() * positions).amax(dim=1)  # (B,) index of the last kept token
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _tokens(hidden: Tensor, mask: Tensor | None) -> Tensor:
+    """Every token: ``(B, T, D)`` unchanged."""
+    return hidden
+
+
+register_pooling("cls", _cls)
+register_pooling("mean", _mean, skip_prefix=True)
+register_pooling("last", _last)
+register_pooling("tokens", _tokens)

@@ -29,16 +29,16 @@ import torch
 
 from .._utils.memory import default_budget, parse_size
 from ..analysis.attribution import (
-    _ablated,
-    _forward,
-    _is_regressor,
-    _layer_mask,
-    _shuffle_orders,
-    _stored_mean,
-    _true_class,
+    ablated_inputs,
     attribution_agreement,
+    head_forward,
+    is_regression_head,
     layer_attribution,
     layer_map,
+    layer_mask,
+    shuffle_orders,
+    stored_mean,
+    true_class,
 )
 from ..cache import FeatureCache, cache_subset
 from ..cache.rows import CacheRows, stream_stats
@@ -151,14 +151,14 @@ class _HeadAttribution:
         self.clf, self.name, self.mode = clf, name, mode
         self.n = n = len(subset)
         self.y = y
-        self.regression = _is_regressor(clf)
+        self.regression = is_regression_head(clf)
         self.n_layers = n_layers = int(clf.n_layers_)
         self.per = per = int(clf.tokens_per_layer_)
         n_tokens, dim = n_layers * per, max(clf.dims_)
         info = clf._cache_layout(subset)  # the head's own layers of the cache
         self.rows = CacheRows(subset, info["sel"], info["pools"])
-        self.mask = _layer_mask(n_layers, per)[None, :, :, None]  # (1, L, T, 1)
-        self.forward, self.device = _forward(clf)
+        self.mask = layer_mask(n_layers, per)[None, :, :, None]  # (1, L, T, 1)
+        self.forward, self.device = head_forward(clf)
         self.inner = int(max(1, budget // (8 * n_layers * n_tokens * dim * 4)))
         if self.regression:
             self.target = torch.as_tensor(np.asarray(y, dtype=np.float64).reshape(n, -1))
@@ -178,7 +178,7 @@ class _HeadAttribution:
         elif mode == "zero":
             self.fill = torch.zeros(n_tokens, dim)
         else:  # the train mean the estimator stored (saved heads always have it)
-            self.fill = _stored_mean(clf, n_tokens, dim)
+            self.fill = stored_mean(clf, n_tokens, dim)
             if self.fill is None:  # else the test rows' mean, zero-padded as the input is
                 mean = stream_stats(self.rows, 256)[0].float()
                 self.fill = torch.zeros(n_tokens, dim)
@@ -244,7 +244,7 @@ class _HeadAttribution:
             for s in range(0, len(idx), self.inner):
                 pos = idx[s : s + self.inner]
                 xi = xb[s : s + self.inner]
-                p0, pa = _ablated(
+                p0, pa = ablated_inputs(
                     self.forward, xi, self._replacement(pos, xi), self.mask, self.device
                 )
                 tb = self.target[torch.from_numpy(pos)]
@@ -256,7 +256,7 @@ class _HeadAttribution:
                     self.sse_abl += abl_se.sum(0)
                     parts.append((abl_se.sum(-1) - base_se.sum(-1)[:, None]).numpy())
                     continue
-                base_p, abl_p, base_hit, abl_hit = _true_class(p0, pa, tb)
+                base_p, abl_p, base_hit, abl_hit = true_class(p0, pa, tb)
                 self.hits += int(base_hit.sum())
                 self.hits_abl += abl_hit.sum(0)
                 parts.append((base_p[:, None] - abl_p).numpy())
@@ -321,7 +321,7 @@ class _Permutations:
     def __init__(self, n: int, n_layers: int, seed: int, path: Path) -> None:
         self.n, self.path = n, path
         with open(path, "wb") as f:
-            for order in _shuffle_orders(n, n_layers, seed):
+            for order in shuffle_orders(n, n_layers, seed):
                 f.write(order.astype(np.int64).tobytes())
 
     def take(self, layer: int, start: int, stop: int) -> np.ndarray:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .._utils.memory import parse_size
+from .._utils.plugins import import_plugins
 from ..errors import ConfigError
 from ..models.layers import check_layers, parse_layers
 from ..models.placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
@@ -228,6 +229,9 @@ class RunConfig:
         random_init: load the architecture at a seeded random init (``weights="random"`` of
             :func:`probekit.load_model`), the random-weights baseline.
         init_seed: the seed of that random init (``seed`` of :func:`probekit.load_model`).
+        plugins: modules or ``.py`` files imported before the options are checked, so that
+            their ``register_data_source`` / ``register_pooling`` / ``register_probe`` calls
+            take effect (``--plugins mymod,./heads.py``).
 
     Every keyword of :func:`probekit.load_model` and :func:`probekit.load_data` comes from a field;
     two come from a field of another stage (:data:`SHARED_KEYWORDS`): the model's ``device`` is
@@ -378,6 +382,11 @@ class RunConfig:
     init_seed: int | None = option(
         None, "seed of --random-init (default 0)", parse=int, stage="model", keyword="seed"
     )
+    plugins: list[str] = option(
+        help="comma-separated modules or .py files imported first (default: none)",
+        parse=parse_list,
+        factory=list,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -391,6 +400,7 @@ class RunConfig:
                 setattr(self, f.name, value)
         if not self.name:
             self.name = run_name(self.model, self.data)
+        import_plugins(self.plugins)  # before validate: registered poolings, heads, sources
         self.validate()
 
     def validate(self) -> None:

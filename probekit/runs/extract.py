@@ -86,6 +86,6 @@ def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool = Fal
 
 
 def _check_targets(data: Any, spec: str) -> None:
-    targets = np.asarray(getattr(data, "targets", np.zeros(0)), dtype=np.float64)
+    targets = np.zeros(0) if data.targets is None else np.asarray(data.targets, np.float64)
     if targets.size < 2 or np.ptp(targets) == 0:
         raise DataError(f"{spec} has constant (or no) regression targets; probes need them to vary")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .config import RunConfig
 
 __all__ = [
@@ -96,10 +96,15 @@ def targets_path(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / "targets.json"
 
 
-def write_targets(
-    cache_dir: str | Path, targets: Sequence[float], name: str, fingerprint: str
-) -> Path:
-    """Write a dataset's continuous targets (by dataset position) beside its feature cache."""
+def write_targets(cache_dir: str | Path, targets: Any, name: str | None, fingerprint: str) -> Path:
+    """Write a dataset's continuous targets (by dataset position) beside its feature cache.
+
+    Raises:
+        DataError: the dataset holds no regression targets (not loaded with ``target=
+            "regression"``).
+    """
+    if targets is None:
+        raise DataError("the dataset holds no regression targets; load it with task regression")
     path = targets_path(cache_dir)
     path.write_text(
         json.dumps(

@@ -30,14 +30,8 @@ from __future__ import annotations
 
 from .config import GridResult, HeadFactory, TrainConfig
 from .linear import LinearSolution, fit_linear_probes
-from .linear import _lbfgs as _lbfgs
-from .linear import _logistic_objective as _logistic_objective
 from .loop import train_grid, train_stream
-from .metrics import _balanced_accuracy_batched as _balanced_accuracy_batched
 from .metrics import accuracy, balanced_accuracy, batch_size_for, class_weights, stratified_split
-from .stacked import _Grid as _Grid
-from .stacked import _HeadStack as _HeadStack
-from .stacked import _StackedAdam as _StackedAdam
 
 __all__ = [
     "GridResult",
