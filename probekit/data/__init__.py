@@ -36,7 +36,7 @@ from .arrays import from_arrays
 from .bundled import BUNDLED_DATASETS, VADER_THRESHOLD, load_bundled
 from .csv_file import load_csv
 from .dataset import Dataset
-from .hf import load_hf
+from .hf_stream import load_hf
 from .imagefolder import IMAGE_EXTENSIONS, load_imagefolder
 from .sources import (
     DATA_TARGETS,

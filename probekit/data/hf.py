@@ -12,7 +12,6 @@ import numpy as np
 from ..errors import DataError
 from .common import _encode_labels, _subset
 from .dataset import Dataset
-from .sources import DataOptions
 
 _TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "image", "img")
 _LABEL_COLUMNS = ("label", "labels", "class", "target")
@@ -184,13 +183,3 @@ def _is_item(datasets: Any, features: Any) -> Callable[[str], bool]:
         )
 
     return is_item
-
-
-def load_hf(name: str, spec: str, options: DataOptions) -> Dataset:
-    """The ``hf:`` loader: ``datasets.load_dataset``/``load_from_disk``, or a stream."""
-    o = options
-    if o.streaming:
-        from .hf_stream import _load_hf_stream
-
-        return _load_hf_stream(name, o.split, o.text_column, o.label_column, o.limit, o.seed, spec)
-    return _load_hf(name, o.split, o.text_column, o.label_column, o.limit, o.seed, spec)

@@ -33,10 +33,12 @@ from .hf import (
     _TEXT_COLUMNS,
     _class_labels,
     _is_item,
+    _load_hf,
     _pick_column,
     _saved_split,
     _saved_to_disk,
 )
+from .sources import DataOptions
 
 CHUNK_ROWS = 64
 """Encoded rows read from an image stream at a time."""
@@ -257,3 +259,12 @@ class _ImageStreamReader:
         stream = self._stream.skip(row) if row else self._stream
         self._chunks = iter(stream.with_format("arrow").iter(CHUNK_ROWS))
         self._chunk, self._start, self._stop = None, row, row
+
+
+def load_hf(name: str, spec: str, options: DataOptions) -> Dataset:
+    """The ``hf:`` loader: ``datasets.load_dataset``/``load_from_disk`` (:mod:`.hf`), or a stream
+    (``streaming=True``, here; this module imports :mod:`.hf`, not the other way round)."""
+    o = options
+    if o.streaming:
+        return _load_hf_stream(name, o.split, o.text_column, o.label_column, o.limit, o.seed, spec)
+    return _load_hf(name, o.split, o.text_column, o.label_column, o.limit, o.seed, spec)
