@@ -26,7 +26,6 @@ from typing import Any
 
 from .errors import ProbekitError
 from .runs.config import RunConfig, fields_named, parse_bool, run_options
-from .runs.summary import summary_table
 
 __all__ = ["build_parser", "main"]
 
@@ -195,6 +194,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import resolve_configs, run_one
+    from .runs.summary import summary_table
 
     options = _given(args, run_options())
     if args.config is None and set(options) <= {"out"}:

@@ -21,8 +21,8 @@ from probekit.estimator.recipes import recipe_for
 from probekit.models.layers import parse_layers
 from probekit.recording.pooling import FeatureKey, expand_poolings
 from probekit.runs.config import RunConfig, load_config, run_name
-from probekit.runs.folder import write_metrics
 from probekit.runs.summary import summary_table
+from probekit.runs.tables import write_metrics
 from probekit.train import TrainConfig
 
 # --------------------------------------------------------------------------- TrainConfig
@@ -187,12 +187,13 @@ def test_every_subcommand_takes_its_run_options_from_runconfig(capsys):
             assert a.help.startswith(f.metadata["help"].split(" (")[0].replace("%", "%%"))
         taken[command] = {a.dest for a in flags if a.option_strings[0] not in own}
     assert taken["fit"] == {
-        "probes", "seed", "test_size", "bootstrap", "memory_budget", "task", "control", "mdl"
+        "probes", "seed", "test_size", "bootstrap", "memory_budget", "task", "control", "mdl",
+        "plugins",
     }  # fmt: skip
     assert taken["attribute"] == {"ablation", "memory_budget"}
     assert taken["compare"] == {"layers", "pooling"}
     stages = {n for n, f in fields.items() if f.metadata["stage"] in ("data", "model", "extract")}
-    assert taken["extract"] == stages | {"model", "data"}
+    assert taken["extract"] == stages | {"model", "data", "plugins"}
     # the field parses the text: a bad value is the field's one-line error, before any loading
     argv = ["extract", "--model", "x", "--data", "y", "--out", "o", "--shard-size", "many"]
     assert main(argv) == 2 and "shard_size" in capsys.readouterr().err

@@ -20,7 +20,8 @@ import numpy as np
 from .._utils.memory import default_budget, parse_size
 from ..errors import DataError
 from .config import RunConfig
-from .folder import write_metrics, write_split
+from .folder import write_split
+from .tables import write_metrics
 from .task import Task, get_task
 
 __all__ = ["fit_stage", "memory_budget_of"]

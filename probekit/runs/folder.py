@@ -31,7 +31,6 @@ __all__ = [
     "read_targets",
     "targets_path",
     "write_config",
-    "write_metrics",
     "write_split",
     "write_targets",
 ]
@@ -73,14 +72,6 @@ def read_split(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{run_dir} has no split.json: run `probekit fit` first")
     return json.loads(path.read_text())
-
-
-def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
-    """``metrics.json`` and ``metrics.csv`` (see :mod:`probekit.runs.tables`)."""
-    from .tables import write_metrics_csv
-
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_metrics_csv(metrics, run_dir)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:

@@ -12,12 +12,13 @@ intervals, and MSE.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
 from .task import get_task
 
-__all__ = ["write_metrics_csv"]
+__all__ = ["write_metrics", "write_metrics_csv"]
 
 
 def write_metrics_csv(metrics: dict[str, Any], run_dir: Path) -> None:
@@ -34,3 +35,9 @@ def write_metrics_csv(metrics: dict[str, Any], run_dir: Path) -> None:
                 rows = [("all", e)] + [(r["layer"], r) for r in e.get("per_layer", [])]
                 for layer, r in rows:
                     w.writerow([head, layer, *task.csv_row(r, model)])
+
+
+def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
+    """``metrics.json`` and ``metrics.csv``."""
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_metrics_csv(metrics, run_dir)
