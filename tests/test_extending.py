@@ -78,8 +78,24 @@ def plugin(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def restore_registries():
+    """The plugin registers into this process too: leave the registries as they were."""
+    from probekit.data import sources
+    from probekit.probes import registry
+    from probekit.recording import pooling
+
+    saved = [(m, name, dict(getattr(m, name))) for m, name in
+             ((registry, "_REGISTRY"), (pooling, "_REGISTRY"), (sources, "_SOURCES"))]  # fmt: skip
+    yield
+    for module, name, before in saved:
+        table = getattr(module, name)
+        table.clear()
+        table.update(before)
+
+
 def test_a_plugin_adds_a_data_source_a_pooling_and_a_head_through_the_cli(
-    plugin, tiny_bert_dir, tmp_path
+    plugin, tiny_bert_dir, tmp_path, restore_registries
 ):
     from transformers import AutoModel, AutoTokenizer
 
