@@ -421,3 +421,49 @@ def test_predict_layout_mismatch_and_missing_y():
         ProbeClassifier().fit(x)
     with pytest.raises(ValueError, match="per-layer logits"):
         fast("laya").fit(x, y).predict_layers(x)
+
+
+def test_class_weight_mapping_round_trips_and_steers_every_head(tmp_path):
+    """{label: weight} survives save/load with its label types (JSON keys are text), and a
+    heavy weight on one class makes both the L-BFGS and a minibatch head predict it."""
+    x, y = layered_blobs(n=240, n_layers=2, dim=6, n_classes=3)
+    x = x + np.random.default_rng(1).normal(scale=4.0, size=x.shape).astype(np.float32)  # noisy
+    weights = {0: 1000.0, 1: 1e-4, 2: 1e-4}
+    for clf in (ProbeClassifier(class_weight=weights, random_state=0), fast("kcla", epochs=20,
+                lr=1e-2, class_weight=weights)):  # fmt: skip
+        clf.fit(x, y)
+        assert np.mean(clf.predict(x) == 0) > 0.9, clf.head
+        unweighted = clone(clf).set_params(class_weight="balanced").fit(x, y)
+        assert np.mean(unweighted.predict(x) == 0) < 0.6, clf.head
+    clf.save(tmp_path / "p")
+    loaded = ProbeClassifier.load(tmp_path / "p")
+    assert loaded.class_weight == weights  # int labels, not "0"
+    np.testing.assert_array_equal(loaded.predict(x), clf.predict(x))
+    clone(loaded).fit(x, y)  # the loaded parameters fit again
+
+
+def test_binary_scores_work_with_scikit_learn_scorers():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.metrics import roc_auc_score
+
+    x, y = layered_blobs(n=200, n_classes=2)
+    auc = cross_val_score(ProbeClassifier(random_state=0), x[:, -1], y, scoring="roc_auc", cv=3)
+    assert np.isfinite(auc).all() and auc.min() > 0.8
+    clf = ProbeClassifier(random_state=0).fit(x, y)
+    score = clf.decision_function(x)
+    assert score.shape == (200,)
+    np.testing.assert_allclose(clf.predict_proba(x)[:, 1], 1 / (1 + np.exp(-score)), atol=1e-6)
+    assert roc_auc_score(y, score) > 0.8
+    cal = CalibratedClassifierCV(ProbeClassifier(random_state=0), cv=3).fit(x[:, -1], y)
+    assert cal.predict_proba(x[:, -1]).shape == (200, 2)
+
+
+def test_continuous_labels_and_bad_features_are_refused():
+    x, y = layered_blobs(n=60)
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        ProbeClassifier().fit(x, np.round(np.random.default_rng(0).normal(size=60), 1))
+    with pytest.raises(ValueError, match="0 feature"):
+        ProbeClassifier().fit(np.empty((60, 0)), y)
+    with pytest.raises(ValueError, match="Complex data"):
+        ProbeClassifier().fit(x.astype(np.complex64), y)
+    assert fast("laya").fit(x, y).n_iter_ >= 1

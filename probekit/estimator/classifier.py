@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
-from ..train import TrainConfig, balanced_accuracy, fit_linear_probes, stratified_split
+from ..train import TrainConfig, fit_linear_probes, selection_accuracy, stratified_split
 from .base import ProbeEstimator
 from .control import control_keys, fit_control
 from .inputs import _is_cache, encode_labels
@@ -218,7 +218,7 @@ class ProbeClassifier(ProbeEstimator):
             )
             sol = fit_linear_probes(xl[:, tr], y[tr], **opts)
             pred = (torch.bmm(xl[:, va], sol.weight) + sol.bias[:, None]).argmax(-1)  # (L, n_val)
-            acc = np.array([balanced_accuracy(y[va].cpu(), p.cpu()) for p in pred])
+            acc = selection_accuracy(pred, y[va], n_classes, s.class_weight).cpu().numpy()
             self.layer_scores_ = acc
             self.selected_layer_ = int(np.argmax(acc))
             self.best_score_ = float(acc[self.selected_layer_])

@@ -37,7 +37,7 @@ estimator (same head, hyper-parameters and seed) whose validation split is the t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -264,6 +264,9 @@ def fit_control(clf: Any, X: Any, y: Any, keys: list[Any], layer_names: Any, see
     y_ctl = control_labels(keys, y_arr, seed=seed)
     params = clf.get_params()
     params["control"] = False
+    if isinstance(params["class_weight"], Mapping):  # the labels the control task drew
+        drawn = set(np.unique(y_ctl).tolist())
+        params["class_weight"] = {k: v for k, v in params["class_weight"].items() if k in drawn}
     ctl = type(clf)(**params)
     ctl._stratify = np.unique(y_arr, return_inverse=True)[1].astype(np.int64)
     ctl.fit(X, y_ctl, layer_names=layer_names)

@@ -60,6 +60,10 @@ def save_probe(clf: ProbeClassifier, path: str | os.PathLike[str]) -> Path:
         params["random_state"] is None or isinstance(params["random_state"], (int, np.integer))
     ):
         params["random_state"] = None
+    if isinstance(params.get("class_weight"), Mapping):  # JSON keys are text: keep the labels
+        params["class_weight"] = {
+            "label_weights": [[k, v] for k, v in params["class_weight"].items()]
+        }
     config = {
         "format_version": FORMAT_VERSION,
         "params": _jsonable(params),
@@ -98,6 +102,9 @@ def load_probe(
             f"{'ProbeRegressor' if config.get('task') == 'regression' else 'ProbeClassifier'}.load"
         )
     params = config["params"]
+    weights = params.get("class_weight")
+    if isinstance(weights, dict) and set(weights) == {"label_weights"}:
+        params["class_weight"] = {k: v for k, v in weights["label_weights"]}
     if device is not None:
         params["device"] = device
     clf = cls(**params)

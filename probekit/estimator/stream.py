@@ -29,7 +29,7 @@ from .._utils.transfer import host_empty, to_device
 from ..cache.rows import CacheRows, stream_stats
 from ..errors import DataError
 from ..probes import get_probe_class
-from ..train import TrainConfig, balanced_accuracy, fit_linear_probes, stratified_split
+from ..train import TrainConfig, fit_linear_probes, selection_accuracy, stratified_split
 from ..train.linear import LinearSolution
 from .inputs import encode_labels
 from .model import FeatureNorm, _linear_rows, finish_linear
@@ -213,7 +213,8 @@ def _fit_linear_blocks(
             del x
             x = _layer_block(rows, norm, layer, va, device)
             pred = (x @ sol.weight[0] + sol.bias[0]).argmax(-1)
-            acc[layer] = balanced_accuracy(y[torch.from_numpy(va).to(device)].cpu(), pred.cpu())
+            yv = y[torch.from_numpy(va).to(device)]
+            acc[layer] = float(selection_accuracy(pred, yv, len(clf.classes_), s.class_weight))
             del x
             search.append(sol)
         if sol is None or s.refit:

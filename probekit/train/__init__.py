@@ -31,7 +31,14 @@ from __future__ import annotations
 from .config import GridResult, HeadFactory, TrainConfig
 from .linear import LinearSolution, fit_linear_probes
 from .loop import train_grid, train_stream
-from .metrics import accuracy, balanced_accuracy, batch_size_for, class_weights, stratified_split
+from .metrics import (
+    accuracy,
+    balanced_accuracy,
+    batch_size_for,
+    class_weights,
+    selection_accuracy,
+    stratified_split,
+)
 
 __all__ = [
     "GridResult",
@@ -40,6 +47,7 @@ __all__ = [
     "TrainConfig",
     "accuracy",
     "balanced_accuracy",
+    "selection_accuracy",
     "batch_size_for",
     "class_weights",
     "fit_linear_probes",

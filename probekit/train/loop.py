@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError
 from .config import GridResult, HeadFactory, TrainConfig
-from .metrics import _balanced_accuracy_batched, batch_size_for, class_weights, stratified_split
+from .metrics import batch_size_for, class_weights, selection_accuracy, stratified_split
 from .regression import check_task, evaluate_regression, mse_loss, random_split
 from .stacked import _backward, _Grid, _HeadStack, _jitter, _lr_at, _StackedAdam, _weighted_ce
 
@@ -61,12 +61,12 @@ def _evaluate(
     n_classes: int,
     chunk: int,
     task: str = "classification",
-    class_weight: Tensor | None = None,
+    class_weight: Any = None,
 ) -> dict[str, Tensor]:
     """Validation scores of every config.
 
-    ``class_weight`` ``(C,)``: the user's per-class weights; ``bacc`` is then the accuracy
-    weighted by them instead of the balanced accuracy.
+    ``class_weight``: the recipe's; ``bacc`` is :func:`~probekit.train.metrics.selection_accuracy`
+    (the balanced accuracy, or the accuracy weighted by the user's per-class weights).
 
     Returns:
         ``acc`` / ``bacc`` ``(G,)``, plus ``layer_acc`` / ``layer_bacc`` ``(G, L)`` for heads
@@ -91,13 +91,13 @@ def _evaluate(
     if layer_preds:
         lp = torch.cat(layer_preds, -1)  # (G, L, n)
         res["layer_acc"] = (lp == yv).double().mean(-1)
-        res["layer_bacc"] = _balanced_accuracy_batched(lp, yv, n_classes, class_weight)
+        res["layer_bacc"] = selection_accuracy(lp, yv, n_classes, class_weight)
         res["acc"] = res["layer_acc"].max(-1).values
         res["bacc"] = res["layer_bacc"].max(-1).values
     else:
         p = torch.cat(preds, -1)  # (G, n)
         res["acc"] = (p == yv).double().mean(-1)
-        res["bacc"] = _balanced_accuracy_batched(p, yv, n_classes, class_weight)
+        res["bacc"] = selection_accuracy(p, yv, n_classes, class_weight)
     return res
 
 
@@ -128,9 +128,6 @@ def _run_phase(
     regression = task == "regression"
     weights = None if regression else class_weights(y[phase.train_idx], n_classes, cfg.class_weight)
     key = _SELECT[task]
-    # per-class weights the user gave: configs and epochs are chosen by the accuracy weighted
-    # the same way (balanced accuracy is that accuracy with the weights 1 / n_c)
-    explicit = weights if isinstance(cfg.class_weight, (list, tuple)) else None
     n = phase.train_idx.numel()
     n_batches = _n_batches(n, cfg)
     total = phase.epochs * n_batches
@@ -163,7 +160,7 @@ def _run_phase(
         if validate:
             assert phase.val_idx is not None
             scores = _evaluate(
-                grid, X, y, phase.val_idx, n_classes, cfg.eval_batch_size, task, explicit
+                grid, X, y, phase.val_idx, n_classes, cfg.eval_batch_size, task, cfg.class_weight
             )
         history += _history_rows(phase.name, epoch, configs, losses, scores)
         if scores is None:

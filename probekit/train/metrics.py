@@ -12,7 +12,14 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["accuracy", "balanced_accuracy", "batch_size_for", "class_weights", "stratified_split"]
+__all__ = [
+    "accuracy",
+    "balanced_accuracy",
+    "batch_size_for",
+    "class_weights",
+    "selection_accuracy",
+    "stratified_split",
+]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -60,6 +67,28 @@ def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
     classes = torch.unique(torch.cat([t, p]))
     t, p = torch.searchsorted(classes, t), torch.searchsorted(classes, p)
     return float(_balanced_accuracy_batched(p, t, classes.numel()))
+
+
+def selection_accuracy(pred: Tensor, y: Tensor, n_classes: int, class_weight: Any = None) -> Tensor:
+    """The score classifiers choose epochs, configurations and layers on.
+
+    Args:
+        pred: ``(..., N)`` predicted class indices.
+        y: ``(N,)`` true class indices.
+        n_classes: C.
+        class_weight: the recipe's ``class_weight``: per-class weights (a list, the user's)
+            make it the accuracy weighted by them; anything else gives the balanced accuracy
+            (which is that accuracy with the weights ``1 / n_c``).
+
+    Returns:
+        ``(...)`` float64 scores.
+    """
+    w = (
+        torch.as_tensor([float(v) for v in class_weight], dtype=torch.float64, device=y.device)
+        if isinstance(class_weight, (list, tuple))
+        else None
+    )
+    return _balanced_accuracy_batched(pred, y, n_classes, w)
 
 
 def _balanced_accuracy_batched(
