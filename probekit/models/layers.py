@@ -6,7 +6,8 @@ Index convention:
   timm: tokens after patch embedding, position embedding and ``norm_pre``), layers 1..L are the
   block outputs (the residual stream). For HF models whose ``hidden_states[L]`` is taken after a
   final norm (GPT-2's ``ln_f``, Llama's ``norm``), layer L is that norm's output, so that
-  recorded layer l always equals ``output_hidden_states[l]``.
+  recorded layer l always equals ``output_hidden_states[l]`` (Mamba and RWKV, whose
+  ``hidden_states`` leave out the embeddings: ``hidden_states[l - 1]`` for ``0 < l < L``).
 * CNNs (timm): their stages, as ``model.feature_info`` names them.
 
 Selections follow timm's ``feature_take_indices``: ``None`` = all, an int n = the last n, a list
@@ -103,12 +104,15 @@ class LayerSpec:
         io: ``"output"`` records what the module returns, ``"input"`` what it is called with
             (layer 0 of a transformer is the input of its first block).
         dim: channel width, when known before a forward pass.
+        channels_last: the module returns a feature map as ``(B, H, W, C)`` (timm Swin, SwinV2,
+            MambaOut: the model's ``output_fmt`` is ``NHWC``), not ``(B, C, H, W)``.
     """
 
     name: str
     module: str
     io: str = "output"
     dim: int | None = None
+    channels_last: bool = False
 
 
 def resolve_indices(selection: Any, n: int, names: Sequence[str] | None = None) -> list[int]:

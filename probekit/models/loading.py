@@ -3,7 +3,8 @@
 Specs:
 
 * ``hf:NAME_OR_DIR`` — any transformers checkpoint through ``AutoModel`` with its tokenizer or
-  image processor (encoders, decoder LMs, ViT/DeiT/DINO). ``trust_remote_code`` stays off unless
+  image processor (encoders, decoder LMs, ViT/DeiT/DINO, Swin, ConvNeXt); an encoder-decoder's
+  encoder alone (``T5EncoderModel``). ``trust_remote_code`` stays off unless
   asked for. ``checkpoint=PATH`` loads a state dict over the architecture that the name's config
   describes (a fine-tuned model saved with ``torch.save(model.state_dict())``).
 * ``timm:NAME`` — a timm model; ``checkpoint=PATH`` loads local weights (safetensors, or a
@@ -192,53 +193,144 @@ def _block_list(model: nn.Module, n_layers: int | None) -> tuple[str, nn.ModuleL
     return max(lists, key=lambda nm: (len(nm[1]), -nm[0].count(".")))
 
 
-def _hf_layers(model: nn.Module, example: dict[str, Tensor]) -> list[LayerSpec]:
+def _model_class(config: Any, spec: str) -> Any:
+    """What builds the model: ``AutoModel``, or the encoder alone of an encoder-decoder (T5).
+
+    An encoder-decoder's ``AutoModel`` (``T5Model``) needs decoder inputs; probing reads its
+    encoder, which transformers builds alone as ``T5EncoderModel`` (likewise MT5, UMT5).
+
+    Raises:
+        ModelError: an encoder-decoder without such a class (BART, Marian, ...).
+    """
+    import transformers
+    from transformers import AutoModel
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    if not getattr(config, "is_encoder_decoder", False):
+        return AutoModel
+    kind = getattr(config, "model_type", "")
+    entry: Any = MODEL_MAPPING_NAMES.get(kind, "")
+    full = str(entry if isinstance(entry, str) else (entry[0] if entry else ""))
+    encoder = full.removesuffix("Model") + "EncoderModel" if full else ""
+    cls = getattr(transformers, encoder, None) if encoder else None
+    if cls is None:
+        raise ModelError(
+            f"cannot load {spec}: {full or kind} is an encoder-decoder and transformers has no "
+            "encoder-only class for it; probekit records encoders (T5, MT5, UMT5) and decoders"
+        )
+    return cls
+
+
+def _hf_prefix_tokens(model: nn.Module, config: Any) -> int:
+    """Tokens an HF vision model puts before its patches: class, distillation, registers.
+
+    Read from the model's embeddings (``cls_token``, ``distillation_token``) and its config
+    (``num_register_tokens``): ViT 1, DeiT 2, DINOv2 with 4 registers 5, Swin and ConvNeXt 0
+    (no class token: their ``mean`` is over every patch and ``cls`` does not exist).
+    """
+    embeddings = getattr(model, "embeddings", None)
+    tokens = sum(
+        isinstance(getattr(embeddings, attr, None), Tensor)
+        for attr in ("cls_token", "distillation_token")
+    )
+    registers = getattr(embeddings, "register_tokens", None)
+    if isinstance(registers, Tensor):
+        tokens += int(registers.shape[-2])
+    else:
+        tokens += int(getattr(config, "num_register_tokens", 0) or 0)
+    return int(tokens)
+
+
+def _is_decoder(config: Any) -> bool:
+    """Whether a text model reads left to right (a causal LM: pooled at its ``last`` token).
+
+    A model type with a causal-LM head and no masked-LM head in transformers' auto mappings
+    (GPT-2, Llama, Qwen2, Gemma 3, Mamba, RWKV, ...), or a config with ``is_decoder`` set. BERT and
+    RoBERTa have both heads; their encoders are bidirectional.
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(config, "model_type", "")
+    causal_only = kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and (
+        kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+    return bool(getattr(config, "is_decoder", False)) or causal_only
+
+
+def _hf_layers(model: nn.Module, example: dict[str, Tensor]) -> tuple[str, list[LayerSpec]]:
     """Canonical layers of an HF model, checked against ``output_hidden_states`` on ``example``.
 
-    Layer 0 is the input of the first block, layer l the output of block l-1, and layer L the
-    output of the last block, or of whichever module produces ``hidden_states[L]`` when the model
-    puts a final norm there (GPT-2 ``ln_f``, Llama ``norm``).
+    Layer 0 is the input of the first block, layer l the residual stream after block l-1, and
+    layer L the output of the last block, or of whichever module produces ``hidden_states[L]``
+    when the model puts a final norm there (GPT-2 ``ln_f``, Llama ``norm``). Layer l is the output
+    of block l-1, or the input of block l where the model changes the stream between blocks (RWKV
+    halves it every ``rescale_every`` blocks in eval mode); whichever equals ``hidden_states[l]``.
+
+    Models whose ``hidden_states`` leave out the embeddings (transformers' Mamba and RWKV return
+    the L block outputs with the last one normed) keep the same convention: layer 0 is still the
+    embedding output and layer l equals ``hidden_states[l - 1]`` for ``0 < l < L``.
+
+    Returns:
+        ``("cnn", layers)`` when the hidden states are ``(B, C, H, W)`` maps (HF ConvNeXt,
+        ResNet), else ``("transformer", layers)``.
+
+    Raises:
+        ModelError: the blocks cannot be matched to the hidden states (ALBERT shares one block
+            across its layers, so one module's output cannot name a layer).
     """
     n = getattr(model.config, "num_hidden_layers", None)
     prefix, blocks = _block_list(model, n)
     L = len(blocks)
-    specs = [LayerSpec("layers.0", f"{prefix}.0", io="input")]
-    specs += [LayerSpec(f"layers.{i + 1}", f"{prefix}.{i}") for i in range(L)]
-    # One forward records every candidate for the last layer and the hidden states to match.
+    name = type(model).__name__
     from .hooks import LayerRecorder
 
+    inputs = [LayerSpec(f"in.{i}", f"{prefix}.{i}", io="input") for i in range(L)]
+    outputs = [LayerSpec(f"out.{i}", f"{prefix}.{i}") for i in range(L)]
     block_names = {f"{prefix}.{i}" for i in range(L)}
-    candidates = [
-        LayerSpec(name, name)
-        for name, mod in model.named_modules()
-        if name
-        and name not in block_names
-        and not name.startswith(prefix + ".")
+    finals = [
+        LayerSpec(module, module)
+        for module, mod in model.named_modules()
+        if module
+        and module not in block_names
+        and not module.startswith(prefix + ".")
         and "norm" in type(mod).__name__.lower()
     ]
     result: dict[str, Any] = {}
-    with torch.no_grad(), LayerRecorder(model, specs + candidates, stop_early=False) as rec:
-        out = rec.run(lambda: result.update(out=model(**example, output_hidden_states=True)))
-    out_hs = result["out"].hidden_states
-    if out_hs is None or len(out_hs) != L + 1:
-        raise ModelError(f"{type(model).__name__} does not return {L + 1} hidden states")
-    for spec in specs[:-1]:
-        if not torch.equal(out[spec.name], out_hs[int(spec.name.split(".")[1])]):
-            raise ModelError(f"{type(model).__name__}: {spec.name} does not match hidden_states")
-    last = out_hs[L]
-    if not torch.equal(out[specs[-1].name], last):
-        match = [
-            c
-            for c in candidates
-            if c.name in out and out[c.name].shape == last.shape and torch.equal(out[c.name], last)
-        ]
-        if not match:
-            raise ModelError(
-                f"{type(model).__name__}: cannot find the module behind hidden_states[{L}]"
-            )
-        specs[-1] = LayerSpec(f"layers.{L}", match[0].module)
-    dim = int(last.shape[-1])
-    return [LayerSpec(s.name, s.module, s.io, dim) for s in specs]
+    specs = inputs + outputs + finals
+    with torch.no_grad(), LayerRecorder(model, specs, stop_early=False) as rec:
+        got = rec.run(lambda: result.update(out=model(**example, output_hidden_states=True)))
+    hs = result["out"].hidden_states
+    if hs is None or len(hs) != L + 1:
+        shared = f"; it shares its blocks across {n} layers" if n and n != L else ""
+        raise ModelError(
+            f"{name} returns {0 if hs is None else len(hs)} hidden states for {L} blocks"
+            f"{shared}: probekit cannot tell its layers apart"
+        )
+
+    def same(spec: LayerSpec, ref: Tensor) -> bool:
+        value = got.get(spec.name)
+        return value is not None and value.shape == ref.shape and torch.equal(value, ref)
+
+    def width(value: Tensor) -> int:  # (B, T, D) tokens or an NCHW map (HF ConvNeXt)
+        return int(value.shape[1] if value.ndim == 4 else value.shape[-1])
+
+    shift = 0 if same(inputs[0], hs[0]) else 1  # 1: hidden_states start after block 0
+    embed = got[inputs[0].name]
+    chosen = [LayerSpec("layers.0", inputs[0].module, io="input", dim=width(embed))]
+    for l in range(1, L):
+        ref = hs[l - shift]
+        match = next((c for c in (outputs[l - 1], inputs[l]) if same(c, ref)), None)
+        if match is None:
+            raise ModelError(f"{name}: layers.{l} matches no block of {prefix} in hidden_states")
+        chosen.append(LayerSpec(f"layers.{l}", match.module, io=match.io, dim=width(ref)))
+    last = next((c for c in [outputs[L - 1], *finals] if same(c, hs[L])), None)
+    if last is None:
+        raise ModelError(f"{name}: cannot find the module behind hidden_states[{L}]")
+    chosen.append(LayerSpec(f"layers.{L}", last.module, io=last.io, dim=width(hs[L])))
+    return ("cnn" if hs[L].ndim == 4 else "transformer"), chosen
 
 
 def _build_hf(
@@ -257,7 +349,7 @@ def _build_hf(
     **kwargs: Any,
 ) -> nn.Module:
     """Build the model: random init, config + state dict, or ``from_pretrained``."""
-    from transformers import AutoModel
+    AutoModel = _model_class(config, spec)  # noqa: N806 - AutoModel or an encoder's class
 
     if weights == "random" or checkpoint is not None:
         try:
@@ -389,20 +481,16 @@ def _load_hf(
             example = {
                 "pixel_values": torch.zeros(1, getattr(config, "num_channels", 3), size, size)
             }
-            n_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-            if getattr(config, "model_type", "") == "deit":
-                n_prefix = 2
+            n_prefix = _hf_prefix_tokens(model, config)
             info["preprocessing"] = {"image_processor": processor.to_dict()}
-            kind, pooling = "image", "cls+mean"
+            kind, pooling = "image", ("cls+mean" if n_prefix else "mean")
         else:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(
                 name, revision=revision, trust_remote_code=trust_remote_code
             )
-            decoder = bool(getattr(config, "is_decoder", False)) or getattr(
-                config, "model_type", ""
-            ) in {"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "gemma", "phi", "opt"}
+            decoder = _is_decoder(config)
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
             limit = max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
@@ -416,11 +504,16 @@ def _load_hf(
                 "max_length": limit,
                 "padding_side": tokenizer.padding_side,
             }
-            kind, pooling = "text", ("last" if decoder else "cls+mean")
+            # An encoder whose tokenizer starts every text with a class token (BERT's [CLS],
+            # RoBERTa's <s>) is read at it and on average; one without (T5) on average only.
+            cls_id = getattr(tokenizer, "cls_token_id", None)
+            has_cls = cls_id is not None and int(example["input_ids"][0, 0]) == int(cls_id)
+            encoder_pooling = "cls+mean" if has_cls else "mean"
+            kind, pooling = "text", ("last" if decoder else encoder_pooling)
     except _LOAD_ERRORS as err:
         raise explain_load_error(err, spec, revision=revision, checkpoint_hint=False) from None
     example = _cast_floats(example, dtype)
-    layers = _hf_layers(model, example)
+    arch, layers = _hf_layers(model, example)
     placed = None
     if getattr(model, "hf_device_map", None) is not None and "device_map" in placement:
         placed = {k: placement.get(k) for k in ("device_map", "max_memory", "offload_folder")}
@@ -433,7 +526,7 @@ def _load_hf(
         model=model,
         spec=spec,
         kind=kind,
-        arch="transformer",
+        arch=arch,
         layers=layers,
         preprocess=preprocess,
         n_prefix_tokens=n_prefix,
@@ -462,10 +555,41 @@ def _timm_layers(model: nn.Module) -> tuple[str, list[LayerSpec]]:
     info = getattr(model, "feature_info", None)
     if info is None:
         raise ModelError(f"timm model {type(model).__name__} has neither blocks nor feature_info")
+    # Swin, SwinV2 and MambaOut say so: their stages return (B, H, W, C).
+    nhwc = str(getattr(model, "output_fmt", "NCHW")) == "NHWC"
     specs = [
-        LayerSpec(f"stages.{i}", f["module"], dim=int(f["num_chs"])) for i, f in enumerate(info)
+        LayerSpec(f"stages.{i}", f["module"], dim=int(f["num_chs"]), channels_last=nhwc)
+        for i, f in enumerate(info)
     ]
     return "cnn", specs
+
+
+def _timm_input_size(model: nn.Module, kwargs: dict[str, Any]) -> tuple[int, int, int] | None:
+    """The input size the model was built for, when it differs from its pretrained config's.
+
+    ``timm.create_model(name, img_size=64)`` builds a 64 px model but leaves
+    ``pretrained_cfg["input_size"]`` at the name's default (224), from which timm's transforms
+    are resolved. A fixed-size patch embedding (ViT, DeiT, Swin) knows its real size; otherwise the
+    ``img_size`` / ``in_chans`` the model was built with are used.
+    """
+    size: Any = kwargs.get("img_size")
+    embed = getattr(model, "patch_embed", None)
+    fixed = embed is not None and not getattr(embed, "dynamic_img_size", False)
+    if fixed and getattr(embed, "img_size", None) is not None:
+        size = getattr(embed, "img_size")  # noqa: B009 - a timm attribute, typed Any
+    chans = kwargs.get("in_chans")
+    if size is None and chans is None:
+        return None
+    pretrained: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
+    default = tuple(pretrained.get("input_size", (3, 224, 224)))
+    if size is None:
+        h, w = default[1:]
+    elif isinstance(size, int):
+        h = w = size
+    else:
+        h, w = (int(v) for v in size)
+    out = (int(chans if chans is not None else default[0]), int(h), int(w))
+    return None if out == default else out
 
 
 def _load_timm(
@@ -508,7 +632,8 @@ def _load_timm(
         model.to(dtype)
         info["dtype"] = dtype_name(dtype)
     _freeze(model)
-    config = resolve_data_config({}, model=model)
+    size = _timm_input_size(model, kwargs)
+    config = resolve_data_config({} if size is None else {"input_size": size}, model=model)
     transform = create_transform(**config)
 
     def preprocess(items: Sequence[Any]) -> dict[str, Tensor]:

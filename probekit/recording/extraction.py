@@ -34,7 +34,7 @@ from ..models.layers import LayerSpec, Selection, select_layers
 from ..models.loading import LoadedModel, load_model
 from .distributed import Ranks, join_ranks
 from .options import PRECISIONS, STORE_DTYPES
-from .pooling import expand_poolings, pool
+from .pooling import model_poolings, pool
 
 __all__ = ["extract", "record", "PRECISIONS", "STORE_DTYPES"]
 
@@ -100,10 +100,12 @@ def _forward_pooled(
     inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
     mask = inputs.get("attention_mask")
     n_prefix = model.n_prefix_tokens
+    channels_last = {spec.name for spec in recorder.specs if spec.channels_last}
 
     def transform(name: str, hidden: Tensor) -> dict[str, Tensor]:  # pooled where the block ran
         m = mask.to(hidden.device) if mask is not None else None  # (device_map: any device)
-        return {p: pool(hidden, p, m, n_prefix).float() for p in poolings}
+        nhwc = name in channels_last
+        return {p: pool(hidden, p, m, n_prefix, nhwc).float() for p in poolings}
 
     recorder.transform = transform
     records = recorder.run(model.forward, inputs)
@@ -217,7 +219,7 @@ def extract(
         raise ValueError(f"{model.spec} takes {model.kind} but {data.name} holds {data.kind} data")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    poolings = expand_poolings(pooling or model.default_pooling)
+    poolings = model_poolings(model, pooling)
     if "tokens" in poolings:
         raise ValueError("tokens pooling keeps every token and is not cached; use probekit.record")
     specs = select_layers(model.model, model.layers, layers)
@@ -388,7 +390,7 @@ def record(
         ``{"<layer>.<pooling>": Tensor}``: ``(N, D)`` pooled, or ``(N, S, D)`` for ``tokens``
         (text padded to the longest input of each batch, then to the longest overall with zeros).
     """
-    poolings = expand_poolings(pooling or model.default_pooling)
+    poolings = model_poolings(model, pooling)
     specs = select_layers(model.model, model.layers, layers)
     device = model.device
     parts: dict[str, list[Tensor]] = {}

@@ -5,7 +5,8 @@ Poolings (``POOLINGS``):
 * ``cls``: the first token, ``(B, T, D) -> (B, D)``.
 * ``mean``: the mean over real tokens. Text: every token the attention mask keeps (as
   sentence-transformers does, ``[CLS]``/``[SEP]`` included). ViTs: the patch tokens, prefix
-  tokens (class and register tokens) excluded. CNN maps ``(B, C, H, W)``: the spatial mean.
+  tokens (class and register tokens) excluded. CNN maps ``(B, C, H, W)`` (or channels-last
+  ``(B, H, W, C)`` where the layer says so): the spatial mean.
 * ``last``: the last token the attention mask keeps (left or right padding), for decoder LMs.
 * ``cls+mean`` (or ``cls,mean``): shorthand for the two poolings ``cls`` and ``mean`` (ALF's
   tokens).
@@ -32,7 +33,17 @@ from ..errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-__all__ = ["POOLINGS", "FeatureKey", "expand_poolings", "list_poolings", "pool", "register_pooling"]
+    from ..models.loading import LoadedModel
+
+__all__ = [
+    "POOLINGS",
+    "FeatureKey",
+    "expand_poolings",
+    "list_poolings",
+    "model_poolings",
+    "pool",
+    "register_pooling",
+]
 
 POOLINGS = ("cls", "mean", "last", "tokens")
 """The built-in poolings (:func:`list_poolings` adds the registered ones)."""
@@ -92,6 +103,31 @@ def expand_poolings(
     return names
 
 
+def model_poolings(model: LoadedModel, pooling: str | Sequence[str] | None) -> list[str]:
+    """The poolings to record from ``model``: ``pooling`` expanded, or the model's default.
+
+    Checked against what the model has, before any forward pass: a feature map (CNNs, HF
+    ConvNeXt) takes only ``mean`` and ``tokens``; an image transformer without a class token
+    (Swin) has no ``cls``: its first token would be a patch.
+
+    Raises:
+        ConfigError: an unknown pooling, or one the model does not have.
+    """
+    names = expand_poolings(pooling or model.default_pooling)
+    if model.arch == "cnn":
+        bad = [p for p in names if p not in ("mean", "tokens")]
+        if bad:
+            raise ConfigError(
+                f"pooling {bad[0]!r} does not apply to {model.spec}: its layers are feature "
+                "maps; use mean or tokens"
+            )
+    elif model.kind == "image" and model.n_prefix_tokens == 0 and "cls" in names:
+        raise ConfigError(
+            f"{model.spec} has no class token (its first token is a patch); use pooling mean"
+        )
+    return names
+
+
 @dataclass(frozen=True, order=True)
 class FeatureKey:
     """The name of one cached feature: ``"{layer}.{pooling}"`` (``"layers.3.cls"``).
@@ -132,21 +168,32 @@ class FeatureKey:
         return [str(cls(layer, p)) for layer in layers for p in poolings]
 
 
-def pool(hidden: Tensor, how: str, mask: Tensor | None = None, n_prefix: int = 0) -> Tensor:
+def pool(
+    hidden: Tensor,
+    how: str,
+    mask: Tensor | None = None,
+    n_prefix: int = 0,
+    channels_last: bool = False,
+) -> Tensor:
     """Pool one layer's output.
 
     Args:
-        hidden: ``(B, T, D)`` tokens, or ``(B, C, H, W)`` a CNN feature map.
+        hidden: ``(B, T, D)`` tokens, or a CNN feature map ``(B, C, H, W)`` (``(B, H, W, C)``
+            with ``channels_last``).
         how: one of :func:`list_poolings`.
         mask: ``(B, T)`` attention mask (1 = real token), or None when every token is real.
         n_prefix: prefix tokens (class, registers) that ``mean`` leaves out (ViTs).
+        channels_last: a 4-D ``hidden`` is ``(B, H, W, C)`` (the layer's
+            :attr:`~probekit.models.LayerSpec.channels_last`, known from the model).
 
     Returns:
         ``(B, D)``, or ``(B, T, D)`` for ``tokens``. Float32 sums for the mean, cast back.
     """
     if how not in _REGISTRY:
         raise ConfigError(f"unknown pooling {how!r}; choose from {', '.join(list_poolings())}")
-    if hidden.ndim == 4:  # CNN map (B, C, H, W)
+    if hidden.ndim == 4:  # CNN map
+        if channels_last:  # (B, H, W, C) -> (B, C, H, W), a view
+            hidden = hidden.permute(0, 3, 1, 2)
         if how == "mean":
             return hidden.mean(dim=(2, 3))
         if how == "tokens":
