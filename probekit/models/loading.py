@@ -32,6 +32,9 @@ from .._utils.images import to_rgb as _to_rgb
 from ..errors import ModelError
 from ._text import position_limit, text_preprocess
 from ._weights import (
+    checkpoint_num_classes,
+    drop_modules,
+    droppable_modules,
     explain_load_error,
     file_sha256,
     files_sha256,
@@ -294,7 +297,13 @@ def _build_hf(
         )
     except _LOAD_ERRORS as err:
         raise explain_load_error(err, spec, revision=revision, checkpoint_hint=False) from None
-    bad = sorted(report.get("missing_keys") or []) + sorted(report.get("mismatched_keys") or [])
+    missing = list(report.get("missing_keys") or [])
+    dropped = droppable_modules(model, missing)  # a pooler-less task model's folder
+    if dropped:
+        drop_modules(model, dropped)
+        info["dropped"] = dropped
+        missing = [k for k in missing if not any(k.startswith(m + ".") for m in dropped)]
+    bad = sorted(missing) + sorted(report.get("mismatched_keys") or [])
     if bad:
         raise ModelError(
             f"cannot load {spec}: its weights do not fit {type(model).__name__} "
@@ -499,6 +508,17 @@ def _load_timm(
     if weights == "random":
         info.update(weights="random", seed=int(seed))
     if state_dict is not None:
+        # A fine-tune's classifier has its own class count: build the model with it.
+        n_classes = None if "num_classes" in kwargs else checkpoint_num_classes(model, state_dict)
+        if n_classes is not None:
+            try:
+                with seeded(seed):
+                    model = timm.create_model(
+                        name, pretrained=False, num_classes=n_classes, **kwargs
+                    )
+            except _LOAD_ERRORS as err:
+                raise explain_load_error(err, spec) from None
+            info["classifier"] = {"num_classes": n_classes, "from": "checkpoint"}
         info.update(load_checked(model, state_dict, spec, checkpoint or "(state dict)"))
         if checkpoint is not None:
             info["checkpoint"] = str(Path(checkpoint).resolve())
