@@ -83,6 +83,109 @@ def test_timm_checkpoint_mismatch_names_the_key(tmp_path, finetuned_timm):
         load_model("timm:test_resnet", checkpoint=tmp_path / "shape.pt")
 
 
+def _tuned_timm(name: str, num_classes: int) -> torch.nn.Module:
+    """A 'fine-tune' of ``name`` with its own classifier size: random weights under seed 123."""
+    import timm
+
+    torch.manual_seed(123)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes).eval()
+
+
+def _save_state(state: dict, path, wrap: bool = False) -> None:
+    if str(path).endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(
+            {"state_dict": {"module." + k: v for k, v in state.items()}} if wrap else state, path
+        )
+
+
+def _timm_reference(tuned: torch.nn.Module, arch: str, x: torch.Tensor) -> list[torch.Tensor]:
+    """The fine-tuned model's own stages (CNN) or block outputs with prefix tokens (ViT)."""
+    if arch == "cnn":
+        return list(tuned.forward_intermediates(x, intermediates_only=True))
+    inter = tuned.forward_intermediates(
+        x, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
+    )
+    return [torch.cat([prefix, tokens], dim=1) for tokens, prefix in inter]
+
+
+@pytest.mark.parametrize(
+    "name, suffix",
+    [
+        ("test_resnet", ".pth"),
+        ("resnet18", ".safetensors"),
+        ("test_efficientnet", ".pt"),
+        ("test_convnext", ".safetensors"),
+        ("test_vit", ".pth"),
+    ],
+)
+def test_timm_finetune_with_its_own_classifier_size(tmp_path, name, suffix):
+    """A 3-class fine-tune loads as a 3-class model: every stage and the logits are its own."""
+    from probekit import LayerRecorder
+
+    tuned = _tuned_timm(name, 3)
+    path = tmp_path / f"ft{suffix}"
+    _save_state(tuned.state_dict(), path, wrap=name == "test_resnet")
+    lm = load_model(f"timm:{name}", checkpoint=path)
+    assert lm.info["classifier"] == {"num_classes": 3, "from": "checkpoint"}
+    assert lm.info["weights_sha256"] == _sha(path)
+    size = lm.example["x"].shape[-1]
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad(), LayerRecorder(lm.model, lm.layers) as rec:
+        got = rec.run(lm.forward, {"x": x})
+    with torch.no_grad():
+        ref = _timm_reference(tuned, lm.arch, x)
+        logits = tuned(x)
+    names = [s.name for s in lm.layers][-len(ref) :]  # a ViT's layers.0 is the blocks' input
+    assert len(ref) == len(lm.layers) - (lm.arch == "transformer")
+    for layer, r in zip(names, ref):
+        assert torch.equal(got[layer], r), layer
+    with torch.no_grad():
+        out = lm.forward({"x": x})
+    assert out.shape == (2, 3) and torch.equal(out, logits)
+
+
+def test_timm_headless_finetune_loads_without_a_classifier(tmp_path):
+    from probekit import LayerRecorder
+
+    tuned = _tuned_timm("test_resnet", 0)  # saved after reset_classifier(0): no fc.* keys
+    assert not any(k.startswith("fc.") for k in tuned.state_dict())
+    torch.save(tuned.state_dict(), tmp_path / "headless.pt")
+    lm = load_model("timm:test_resnet", checkpoint=tmp_path / "headless.pt")
+    assert lm.info["classifier"] == {"num_classes": 0, "from": "checkpoint"}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), LayerRecorder(lm.model, lm.layers) as rec:
+        got = rec.run(lm.forward, {"x": x})
+    with torch.no_grad():
+        ref = tuned.forward_intermediates(x, intermediates_only=True)
+        assert torch.equal(lm.forward({"x": x}), tuned(x))  # pooled features
+    for spec, r in zip(lm.layers, ref, strict=True):
+        assert torch.equal(got[spec.name], r), spec.name
+
+
+def test_timm_finetune_with_a_bad_backbone_key_is_still_refused(tmp_path):
+    """Another classifier size is taken from the checkpoint; a backbone misfit is not."""
+    state = dict(_tuned_timm("test_resnet", 3).state_dict())
+    state["layer1.0.conv1.weight"] = torch.zeros(1, 2, 3, 3)
+    torch.save(state, tmp_path / "shape.pt")
+    with pytest.raises(
+        ModelError,
+        match=re.escape("layer1.0.conv1.weight: checkpoint (1, 2, 3, 3) vs model"),
+    ):
+        load_model("timm:test_resnet", checkpoint=tmp_path / "shape.pt")
+    state.pop("layer1.0.conv1.weight")
+    torch.save(state, tmp_path / "missing.pt")
+    with pytest.raises(ModelError, match=r"1 missing keys, first 'layer1\.0\.conv1\.weight'"):
+        load_model("timm:test_resnet", checkpoint=tmp_path / "missing.pt")
+    # an explicit num_classes is the user's: a checkpoint of another size does not fit it
+    torch.save(_tuned_timm("test_resnet", 3).state_dict(), tmp_path / "ft.pt")
+    with pytest.raises(
+        ModelError, match=re.escape("fc.weight: checkpoint (3, 96) vs model (5, 96)")
+    ):
+        load_model("timm:test_resnet", checkpoint=tmp_path / "ft.pt", num_classes=5)
+
+
 class _NotATensor:
     pass
 
