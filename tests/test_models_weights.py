@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,6 +234,83 @@ def test_hf_config_plus_finetuned_state_dict(tmp_path, tiny_bert_dir):
     got = record(lm, TEXTS, pooling="cls")
     for l, h in enumerate(ref):
         torch.testing.assert_close(got[f"layers.{l}.cls"], h[:, 0], rtol=0, atol=0)
+
+
+def _tuned_bert(cls_name: str, tiny_bert_dir: str) -> torch.nn.Module:
+    """A 3-label fine-tune of the tiny BERT, random weights under seed 17."""
+    import transformers
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_bert_dir, num_labels=3)
+    torch.manual_seed(17)
+    return getattr(transformers, cls_name)(config).eval()
+
+
+def _assert_bert_layers(lm, tuned) -> None:
+    """probekit's layers are the fine-tuned model's own hidden states, bit for bit."""
+    inputs = lm.preprocess(TEXTS)
+    with torch.no_grad():
+        ref = tuned(**inputs, output_hidden_states=True).hidden_states
+    got = record(lm, TEXTS, pooling=["cls", "mean"])
+    mask = inputs["attention_mask"].unsqueeze(-1).float()
+    assert len(lm.layers) == len(ref)
+    for l, h in enumerate(ref):
+        assert torch.equal(got[f"layers.{l}.cls"], h[:, 0]), l
+        mean = (h * mask).sum(1) / mask.sum(1)
+        torch.testing.assert_close(got[f"layers.{l}.mean"], mean, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cls_name", ["BertForSequenceClassification", "BertForTokenClassification"]
+)
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_hf_three_label_finetune_as_a_state_dict(tmp_path, tiny_bert_dir, cls_name, suffix):
+    """``hf:<base config> --checkpoint``: the ``bert.`` weights load whatever ``num_labels`` the
+    head has; a token classifier (no pooler in its weights) drops the pooler, nothing random."""
+    tuned = _tuned_bert(cls_name, tiny_bert_dir)
+    path = tmp_path / f"state{suffix}"
+    _save_state(tuned.state_dict(), path)
+    lm = load_model("hf:" + tiny_bert_dir, checkpoint=path)
+    assert lm.info["ignored_keys"] == 2  # classifier.weight, classifier.bias (3 labels)
+    assert lm.info["weights_sha256"] == _sha(path)
+    pooled = cls_name == "BertForSequenceClassification"
+    assert lm.info.get("dropped") == (None if pooled else ["pooler"])
+    assert (lm.model.pooler is not None) == pooled
+    for key, value in lm.model.state_dict().items():
+        assert torch.equal(value, tuned.state_dict()["bert." + key]), key
+    _assert_bert_layers(lm, tuned.bert)
+
+
+@pytest.mark.parametrize(
+    "cls_name", ["BertForSequenceClassification", "BertForTokenClassification"]
+)
+def test_hf_three_label_finetune_as_a_saved_folder(tmp_path, tiny_bert_dir, cls_name):
+    """``hf:FOLDER`` of ``save_pretrained``: AutoModel leaves the head out; every encoder weight
+    is the fine-tune's, and a pooler-less fine-tune's folder is not refused."""
+    import shutil
+
+    tuned = _tuned_bert(cls_name, tiny_bert_dir)
+    folder = tmp_path / "ft"
+    tuned.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (Path(tiny_bert_dir) / name).exists():
+            shutil.copy(Path(tiny_bert_dir) / name, folder / name)
+    lm = load_model(f"hf:{folder}")
+    assert lm.info["weights_sha256"] == _sha(folder / "model.safetensors")
+    pooled = cls_name == "BertForSequenceClassification"
+    assert lm.info.get("dropped") == (None if pooled else ["pooler"])
+    for key, value in lm.model.state_dict().items():
+        assert torch.equal(value, tuned.state_dict()["bert." + key]), key
+    _assert_bert_layers(lm, tuned.bert)
+
+
+def test_hf_partial_pooler_is_refused(tmp_path, tiny_bert_dir):
+    """Only a pooler missing whole is dropped: half of one is a broken checkpoint."""
+    state = dict(_tuned_bert("BertForSequenceClassification", tiny_bert_dir).state_dict())
+    state.pop("bert.pooler.dense.bias")
+    torch.save(state, tmp_path / "half.pt")
+    with pytest.raises(ModelError, match=r"1 missing keys, first 'pooler\.dense\.bias'"):
+        load_model("hf:" + tiny_bert_dir, checkpoint=tmp_path / "half.pt")
 
 
 def test_hf_folder_with_missing_weights_is_refused(tmp_path, tiny_bert_dir):
