@@ -182,8 +182,9 @@ def checkpoint_num_classes(model: nn.Module, state: Mapping[str, Tensor]) -> int
     cfg = getattr(model, "pretrained_cfg", None) or {}
     names = cfg.get("classifier") if isinstance(cfg, Mapping) else None
     names = [names] if isinstance(names, str) else list(names or [])
-    if not names and hasattr(model, "get_classifier"):
-        head = model.get_classifier()
+    get_classifier = getattr(model, "get_classifier", None)
+    if not names and callable(get_classifier):
+        head = get_classifier()
         names = [n for n, m in model.named_modules() if n and m is head]
     modules = dict(model.named_modules())
     names = [n for n in names if n in modules]

@@ -630,8 +630,15 @@ def load_model(
         device: where to put the model (default CPU). Not with ``device_map``.
         checkpoint: local weights, a ``.safetensors`` file or a torch state dict (``.pth``,
             ``.pt``, ``.bin``; read with ``weights_only=True``), loaded over the architecture of
-            a ``timm:`` name or of an ``hf:`` config (hub name or local folder). Every key and
-            shape is checked; the file's sha256 goes into ``info``.
+            a ``timm:`` name or of an ``hf:`` config (hub name or local folder). Every backbone
+            key and shape is checked; the file's sha256 goes into ``info``. A fine-tune's
+            classifier of another size is no misfit: a timm model is built with the
+            checkpoint's ``num_classes`` (0 for a headless one; an explicit ``num_classes=``
+            keyword is kept and must fit), so its logits are the fine-tune's, and ``info``
+            records ``"classifier": {"num_classes": n, "from": "checkpoint"}``; an ``hf:`` task
+            model's head (any ``num_labels``) is left out and counted in ``ignored_keys``.
+            A pooler that a task model's weights lack (``BertForTokenClassification``) is
+            dropped (``info["dropped"]``), as it is for such a ``save_pretrained`` folder.
         revision: hub revision (branch, tag or commit) for ``hf:`` models.
         trust_remote_code: let transformers run code from the checkpoint (off by default).
         max_length: longest token sequence for text models (default: the tokenizer's, at most
