@@ -304,6 +304,47 @@ def test_hf_three_label_finetune_as_a_saved_folder(tmp_path, tiny_bert_dir, cls_
     _assert_bert_layers(lm, tuned.bert)
 
 
+def test_hf_vit_image_classifier_finetune(tmp_path):
+    """A 3-label ``ViTForImageClassification`` (its ViT has no pooler) as a state dict over a
+    ``ViTModel`` config folder and as its own ``save_pretrained`` folder."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel
+
+    from probekit import LayerRecorder
+
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        image_size=32,
+        patch_size=8,
+    )
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    torch.manual_seed(0)
+    ViTModel(config).save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    torch.manual_seed(4)
+    tuned = ViTForImageClassification(ViTConfig(**{**config.to_dict(), "num_labels": 3})).eval()
+    torch.save(tuned.state_dict(), tmp_path / "state.pt")
+    tuned.save_pretrained(tmp_path / "ft")
+    processor.save_pretrained(tmp_path / "ft")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = tuned.vit(pixel_values=x, output_hidden_states=True).hidden_states
+    for spec, checkpoint in (
+        (f"hf:{tmp_path / 'base'}", tmp_path / "state.pt"),
+        (f"hf:{tmp_path / 'ft'}", None),
+    ):
+        lm = load_model(spec, checkpoint=checkpoint)
+        assert lm.info["dropped"] == ["pooler"]
+        with torch.no_grad():
+            with LayerRecorder(lm.model, lm.layers) as rec:
+                out = rec.run(lm.forward, {"pixel_values": x})
+        assert len(lm.layers) == len(ref)
+        for l, h in enumerate(ref):
+            assert torch.equal(out[f"layers.{l}"], h), (spec, l)
+
+
 def test_hf_partial_pooler_is_refused(tmp_path, tiny_bert_dir):
     """Only a pooler missing whole is dropped: half of one is a broken checkpoint."""
     state = dict(_tuned_bert("BertForSequenceClassification", tiny_bert_dir).state_dict())
