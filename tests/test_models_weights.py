@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,6 +84,109 @@ def test_timm_checkpoint_mismatch_names_the_key(tmp_path, finetuned_timm):
         load_model("timm:test_resnet", checkpoint=tmp_path / "shape.pt")
 
 
+def _tuned_timm(name: str, num_classes: int) -> torch.nn.Module:
+    """A 'fine-tune' of ``name`` with its own classifier size: random weights under seed 123."""
+    import timm
+
+    torch.manual_seed(123)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes).eval()
+
+
+def _save_state(state: dict, path, wrap: bool = False) -> None:
+    if str(path).endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(
+            {"state_dict": {"module." + k: v for k, v in state.items()}} if wrap else state, path
+        )
+
+
+def _timm_reference(tuned: torch.nn.Module, arch: str, x: torch.Tensor) -> list[torch.Tensor]:
+    """The fine-tuned model's own stages (CNN) or block outputs with prefix tokens (ViT)."""
+    if arch == "cnn":
+        return list(tuned.forward_intermediates(x, intermediates_only=True))
+    inter = tuned.forward_intermediates(
+        x, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
+    )
+    return [torch.cat([prefix, tokens], dim=1) for tokens, prefix in inter]
+
+
+@pytest.mark.parametrize(
+    "name, suffix",
+    [
+        ("test_resnet", ".pth"),
+        ("resnet18", ".safetensors"),
+        ("test_efficientnet", ".pt"),
+        ("test_convnext", ".safetensors"),
+        ("test_vit", ".pth"),
+    ],
+)
+def test_timm_finetune_with_its_own_classifier_size(tmp_path, name, suffix):
+    """A 3-class fine-tune loads as a 3-class model: every stage and the logits are its own."""
+    from probekit import LayerRecorder
+
+    tuned = _tuned_timm(name, 3)
+    path = tmp_path / f"ft{suffix}"
+    _save_state(tuned.state_dict(), path, wrap=name == "test_resnet")
+    lm = load_model(f"timm:{name}", checkpoint=path)
+    assert lm.info["classifier"] == {"num_classes": 3, "from": "checkpoint"}
+    assert lm.info["weights_sha256"] == _sha(path)
+    size = lm.example["x"].shape[-1]
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad(), LayerRecorder(lm.model, lm.layers) as rec:
+        got = rec.run(lm.forward, {"x": x})
+    with torch.no_grad():
+        ref = _timm_reference(tuned, lm.arch, x)
+        logits = tuned(x)
+    names = [s.name for s in lm.layers][-len(ref) :]  # a ViT's layers.0 is the blocks' input
+    assert len(ref) == len(lm.layers) - (lm.arch == "transformer")
+    for layer, r in zip(names, ref):
+        assert torch.equal(got[layer], r), layer
+    with torch.no_grad():
+        out = lm.forward({"x": x})
+    assert out.shape == (2, 3) and torch.equal(out, logits)
+
+
+def test_timm_headless_finetune_loads_without_a_classifier(tmp_path):
+    from probekit import LayerRecorder
+
+    tuned = _tuned_timm("test_resnet", 0)  # saved after reset_classifier(0): no fc.* keys
+    assert not any(k.startswith("fc.") for k in tuned.state_dict())
+    torch.save(tuned.state_dict(), tmp_path / "headless.pt")
+    lm = load_model("timm:test_resnet", checkpoint=tmp_path / "headless.pt")
+    assert lm.info["classifier"] == {"num_classes": 0, "from": "checkpoint"}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), LayerRecorder(lm.model, lm.layers) as rec:
+        got = rec.run(lm.forward, {"x": x})
+    with torch.no_grad():
+        ref = tuned.forward_intermediates(x, intermediates_only=True)
+        assert torch.equal(lm.forward({"x": x}), tuned(x))  # pooled features
+    for spec, r in zip(lm.layers, ref, strict=True):
+        assert torch.equal(got[spec.name], r), spec.name
+
+
+def test_timm_finetune_with_a_bad_backbone_key_is_still_refused(tmp_path):
+    """Another classifier size is taken from the checkpoint; a backbone misfit is not."""
+    state = dict(_tuned_timm("test_resnet", 3).state_dict())
+    state["layer1.0.conv1.weight"] = torch.zeros(1, 2, 3, 3)
+    torch.save(state, tmp_path / "shape.pt")
+    with pytest.raises(
+        ModelError,
+        match=re.escape("layer1.0.conv1.weight: checkpoint (1, 2, 3, 3) vs model"),
+    ):
+        load_model("timm:test_resnet", checkpoint=tmp_path / "shape.pt")
+    state.pop("layer1.0.conv1.weight")
+    torch.save(state, tmp_path / "missing.pt")
+    with pytest.raises(ModelError, match=r"1 missing keys, first 'layer1\.0\.conv1\.weight'"):
+        load_model("timm:test_resnet", checkpoint=tmp_path / "missing.pt")
+    # an explicit num_classes is the user's: a checkpoint of another size does not fit it
+    torch.save(_tuned_timm("test_resnet", 3).state_dict(), tmp_path / "ft.pt")
+    with pytest.raises(
+        ModelError, match=re.escape("fc.weight: checkpoint (3, 96) vs model (5, 96)")
+    ):
+        load_model("timm:test_resnet", checkpoint=tmp_path / "ft.pt", num_classes=5)
+
+
 class _NotATensor:
     pass
 
@@ -130,6 +234,124 @@ def test_hf_config_plus_finetuned_state_dict(tmp_path, tiny_bert_dir):
     got = record(lm, TEXTS, pooling="cls")
     for l, h in enumerate(ref):
         torch.testing.assert_close(got[f"layers.{l}.cls"], h[:, 0], rtol=0, atol=0)
+
+
+def _tuned_bert(cls_name: str, tiny_bert_dir: str) -> torch.nn.Module:
+    """A 3-label fine-tune of the tiny BERT, random weights under seed 17."""
+    import transformers
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_bert_dir, num_labels=3)
+    torch.manual_seed(17)
+    return getattr(transformers, cls_name)(config).eval()
+
+
+def _assert_bert_layers(lm, tuned) -> None:
+    """probekit's layers are the fine-tuned model's own hidden states, bit for bit."""
+    inputs = lm.preprocess(TEXTS)
+    with torch.no_grad():
+        ref = tuned(**inputs, output_hidden_states=True).hidden_states
+    got = record(lm, TEXTS, pooling=["cls", "mean"])
+    mask = inputs["attention_mask"].unsqueeze(-1).float()
+    assert len(lm.layers) == len(ref)
+    for l, h in enumerate(ref):
+        assert torch.equal(got[f"layers.{l}.cls"], h[:, 0]), l
+        mean = (h * mask).sum(1) / mask.sum(1)
+        torch.testing.assert_close(got[f"layers.{l}.mean"], mean, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cls_name", ["BertForSequenceClassification", "BertForTokenClassification"]
+)
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_hf_three_label_finetune_as_a_state_dict(tmp_path, tiny_bert_dir, cls_name, suffix):
+    """``hf:<base config> --checkpoint``: the ``bert.`` weights load whatever ``num_labels`` the
+    head has; a token classifier (no pooler in its weights) drops the pooler, nothing random."""
+    tuned = _tuned_bert(cls_name, tiny_bert_dir)
+    path = tmp_path / f"state{suffix}"
+    _save_state(tuned.state_dict(), path)
+    lm = load_model("hf:" + tiny_bert_dir, checkpoint=path)
+    assert lm.info["ignored_keys"] == 2  # classifier.weight, classifier.bias (3 labels)
+    assert lm.info["weights_sha256"] == _sha(path)
+    pooled = cls_name == "BertForSequenceClassification"
+    assert lm.info.get("dropped") == (None if pooled else ["pooler"])
+    assert (lm.model.pooler is not None) == pooled
+    for key, value in lm.model.state_dict().items():
+        assert torch.equal(value, tuned.state_dict()["bert." + key]), key
+    _assert_bert_layers(lm, tuned.bert)
+
+
+@pytest.mark.parametrize(
+    "cls_name", ["BertForSequenceClassification", "BertForTokenClassification"]
+)
+def test_hf_three_label_finetune_as_a_saved_folder(tmp_path, tiny_bert_dir, cls_name):
+    """``hf:FOLDER`` of ``save_pretrained``: AutoModel leaves the head out; every encoder weight
+    is the fine-tune's, and a pooler-less fine-tune's folder is not refused."""
+    import shutil
+
+    tuned = _tuned_bert(cls_name, tiny_bert_dir)
+    folder = tmp_path / "ft"
+    tuned.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (Path(tiny_bert_dir) / name).exists():
+            shutil.copy(Path(tiny_bert_dir) / name, folder / name)
+    lm = load_model(f"hf:{folder}")
+    assert lm.info["weights_sha256"] == _sha(folder / "model.safetensors")
+    pooled = cls_name == "BertForSequenceClassification"
+    assert lm.info.get("dropped") == (None if pooled else ["pooler"])
+    for key, value in lm.model.state_dict().items():
+        assert torch.equal(value, tuned.state_dict()["bert." + key]), key
+    _assert_bert_layers(lm, tuned.bert)
+
+
+def test_hf_vit_image_classifier_finetune(tmp_path):
+    """A 3-label ``ViTForImageClassification`` (its ViT has no pooler) as a state dict over a
+    ``ViTModel`` config folder and as its own ``save_pretrained`` folder."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel
+
+    from probekit import LayerRecorder
+
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        image_size=32,
+        patch_size=8,
+    )
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    torch.manual_seed(0)
+    ViTModel(config).save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    torch.manual_seed(4)
+    tuned = ViTForImageClassification(ViTConfig(**{**config.to_dict(), "num_labels": 3})).eval()
+    torch.save(tuned.state_dict(), tmp_path / "state.pt")
+    tuned.save_pretrained(tmp_path / "ft")
+    processor.save_pretrained(tmp_path / "ft")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = tuned.vit(pixel_values=x, output_hidden_states=True).hidden_states
+    for spec, checkpoint in (
+        (f"hf:{tmp_path / 'base'}", tmp_path / "state.pt"),
+        (f"hf:{tmp_path / 'ft'}", None),
+    ):
+        lm = load_model(spec, checkpoint=checkpoint)
+        assert lm.info["dropped"] == ["pooler"]
+        with torch.no_grad():
+            with LayerRecorder(lm.model, lm.layers) as rec:
+                out = rec.run(lm.forward, {"pixel_values": x})
+        assert len(lm.layers) == len(ref)
+        for l, h in enumerate(ref):
+            assert torch.equal(out[f"layers.{l}"], h), (spec, l)
+
+
+def test_hf_partial_pooler_is_refused(tmp_path, tiny_bert_dir):
+    """Only a pooler missing whole is dropped: half of one is a broken checkpoint."""
+    state = dict(_tuned_bert("BertForSequenceClassification", tiny_bert_dir).state_dict())
+    state.pop("bert.pooler.dense.bias")
+    torch.save(state, tmp_path / "half.pt")
+    with pytest.raises(ModelError, match=r"1 missing keys, first 'pooler\.dense\.bias'"):
+        load_model("hf:" + tiny_bert_dir, checkpoint=tmp_path / "half.pt")
 
 
 def test_hf_folder_with_missing_weights_is_refused(tmp_path, tiny_bert_dir):

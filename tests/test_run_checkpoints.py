@@ -258,6 +258,42 @@ def test_run_on_a_timm_state_dict(tmp_path, image_folder, finetuned_timm, suffix
         torch.testing.assert_close(got[:, i, : r.shape[1]], r, rtol=1e-4, atol=1e-5)
 
 
+def test_run_on_a_timm_finetune_with_its_own_classes(tmp_path, image_folder):
+    """``probekit run --model timm:test_resnet --checkpoint ft.pt``: a 3-class fine-tune runs,
+    and the cache holds its own features and says where the class count came from."""
+    import timm
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    torch.manual_seed(322)
+    tuned = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    path = tmp_path / "ft.pt"
+    torch.save(tuned.state_dict(), path)
+    options = {
+        **FAST,
+        "model": "timm:test_resnet",
+        "checkpoint": str(path),
+        "data": f"imagefolder:{image_folder}",
+        "pooling": "mean",
+        "batch_size": 8,
+        "out": str(tmp_path / "runs"),
+        "cache": str(tmp_path / "cache"),
+        "name": "ft",
+    }
+    assert main(["run", *_flags(options)]) == 0
+    model_info = FeatureCache.open(tmp_path / "cache").manifest["model"]
+    assert model_info["classifier"] == {"num_classes": 3, "from": "checkpoint"}
+    assert model_info["weights_sha256"] == _sha(path)
+    transform = create_transform(**resolve_data_config({}, model=tuned))
+    files = sorted(image_folder.glob("*/*.png"))
+    x = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
+    with torch.no_grad():
+        ref = [h.mean(dim=(2, 3)) for h in tuned.forward_intermediates(x, intermediates_only=True)]
+    got = FeatureCache.open(tmp_path / "cache").load(pooling="mean")
+    for i, r in enumerate(ref):
+        torch.testing.assert_close(got[:, i, : r.shape[1]], r, rtol=1e-4, atol=1e-5)
+
+
 def _bert_reference(folder: str, texts: list[str], bert: torch.nn.Module) -> list[torch.Tensor]:
     from transformers import AutoTokenizer
 

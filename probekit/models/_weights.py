@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,16 @@ from ..errors import ModelError
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
+    "checkpoint_num_classes",
+    "drop_modules",
+    "droppable_modules",
     "explain_load_error",
     "file_sha256",
     "files_sha256",
     "hf_folder",
     "hf_weight_files",
     "load_checked",
+    "optional_modules",
     "read_state_dict",
     "seeded",
     "state_sha256",
@@ -116,6 +121,90 @@ def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def _under(key: str, modules: Sequence[str]) -> bool:
+    return any(key.startswith(m + ".") for m in modules)
+
+
+def optional_modules(model: nn.Module) -> tuple[str, ...]:
+    """Top-level modules of a transformers base model that a checkpoint may lack: the pooler,
+    when the class takes ``add_pooling_layer``.
+
+    ``BertForTokenClassification``, ``ViTForImageClassification`` and others build their base
+    model with ``add_pooling_layer=False``, so their weights hold no ``pooler.*``. The pooler
+    reads the last hidden state and feeds none, so leaving it out (``pooler = None``, as
+    ``add_pooling_layer=False`` builds it) changes no recorded layer.
+    """
+    try:
+        params = inspect.signature(type(model).__init__).parameters
+    except (TypeError, ValueError):
+        return ()
+    if "add_pooling_layer" in params and isinstance(getattr(model, "pooler", None), nn.Module):
+        return ("pooler",)
+    return ()
+
+
+def droppable_modules(model: nn.Module, missing: Sequence[str]) -> list[str]:
+    """The :func:`optional_modules` of ``model`` whose every key is among ``missing`` (a module
+    only partly in a checkpoint is a broken checkpoint, not a smaller architecture)."""
+    gone = set(missing)
+    keys = list(model.state_dict())
+    return [
+        m
+        for m in optional_modules(model)
+        if any(_under(k, (m,)) for k in keys) and all(k in gone for k in keys if _under(k, (m,)))
+    ]
+
+
+def drop_modules(model: nn.Module, names: Sequence[str]) -> None:
+    """Set the named top-level modules to ``None`` (what ``add_pooling_layer=False`` builds)."""
+    for name in names:
+        setattr(model, name, None)
+
+
+def checkpoint_num_classes(model: nn.Module, state: Mapping[str, Tensor]) -> int | None:
+    """The class count of a timm checkpoint's classifier, where it differs from ``model``'s.
+
+    The classifier is the module that timm's ``pretrained_cfg["classifier"]`` names (or
+    ``get_classifier()``); its ``.weight`` has one row (output channel) per class. A checkpoint
+    that holds none of the classifier's keys but the rest of the model was saved headless
+    (``num_classes=0``). Keys under a ``module.`` prefix (DistributedDataParallel) count too.
+
+    Returns:
+        the checkpoint's ``num_classes`` when the model has another, else ``None``.
+    """
+    if not any(k in state for k in model.state_dict()) and all(
+        k.startswith("module.") for k in state
+    ):
+        state = _strip(dict(state), "module.")
+    current = getattr(model, "num_classes", None)
+    if not isinstance(current, int):
+        return None
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") if isinstance(cfg, Mapping) else None
+    names = [names] if isinstance(names, str) else list(names or [])
+    get_classifier = getattr(model, "get_classifier", None)
+    if not names and callable(get_classifier):
+        head = get_classifier()
+        names = [n for n, m in model.named_modules() if n and m is head]
+    modules = dict(model.named_modules())
+    names = [n for n in names if n in modules]
+    for name in names:
+        weight = state.get(f"{name}.weight")
+        if isinstance(weight, Tensor) and weight.dim() >= 1:
+            n = int(weight.shape[0])
+            return n if n != current else None
+    head_keys = [k for k in model.state_dict() if _under(k, names)]
+    body = [k for k in model.state_dict() if not _under(k, names)]
+    if (
+        current
+        and head_keys
+        and not any(k.startswith(n + ".") for k in state for n in names)
+        and all(k in state for k in body)
+    ):
+        return 0
+    return None
+
+
 def load_checked(
     model: nn.Module,
     state: dict[str, Tensor],
@@ -127,7 +216,9 @@ def load_checked(
 
     Two common wrappings are undone first: a ``module.`` prefix (DistributedDataParallel) and,
     for transformers, the task model's base prefix (``bert.`` of ``BertForSequenceClassification``
-    over ``BertModel``), in which case the task head's keys are left out and counted.
+    over ``BertModel``), in which case the task head's keys are left out and counted, whatever
+    its size (``num_labels``). An :func:`optional_modules` module (a transformers pooler) that
+    the checkpoint lacks entirely is dropped from the model (``pooler = None``) and named.
 
     Args:
         model: the freshly built model.
@@ -138,21 +229,27 @@ def load_checked(
 
     Returns:
         ``{"ignored_keys": n}``: checkpoint keys left out (outside the base model, or buffers
-        the model does not save).
+        the model does not save), plus ``"dropped": [module, ...]`` where a module was dropped.
 
     Raises:
         ModelError: naming the first missing key, the first unexpected key, or the first shape
             mismatch (``key: checkpoint (a, b) vs model (c, d)``).
     """
     expected = model.state_dict()
+    optional = optional_modules(model)
+    needed = {k for k in expected if not _under(k, optional)}
     ignored = 0
     if not set(expected) & set(state) and all(k.startswith("module.") for k in state):
         state = _strip(state, "module.")
-    if base_prefix and not set(expected) <= set(state):
+    if base_prefix and not needed <= set(state):
         inner = _strip(state, base_prefix + ".")
-        if inner and set(expected) <= set(inner):
+        if inner and needed <= set(inner):
             ignored = len(state) - len(inner)
             state = inner
+    dropped = droppable_modules(model, [k for k in expected if k not in state])
+    if dropped:
+        drop_modules(model, dropped)
+        expected = model.state_dict()
     # Buffers the model no longer saves (``position_ids`` in checkpoints of older transformers).
     stale = [k for k, _ in model.named_buffers() if k in state and k not in expected]
     if stale:
@@ -177,7 +274,10 @@ def load_checked(
                 f"{tuple(ref.shape)})"
             )
     model.load_state_dict(state, strict=True)
-    return {"ignored_keys": ignored}
+    out: dict[str, Any] = {"ignored_keys": ignored}
+    if dropped:
+        out["dropped"] = dropped
+    return out
 
 
 @contextlib.contextmanager

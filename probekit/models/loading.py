@@ -33,6 +33,9 @@ from .._utils.images import to_rgb as _to_rgb
 from ..errors import ModelError
 from ._text import position_limit, text_preprocess
 from ._weights import (
+    checkpoint_num_classes,
+    drop_modules,
+    droppable_modules,
     explain_load_error,
     file_sha256,
     files_sha256,
@@ -386,7 +389,13 @@ def _build_hf(
         )
     except _LOAD_ERRORS as err:
         raise explain_load_error(err, spec, revision=revision, checkpoint_hint=False) from None
-    bad = sorted(report.get("missing_keys") or []) + sorted(report.get("mismatched_keys") or [])
+    missing = list(report.get("missing_keys") or [])
+    dropped = droppable_modules(model, missing)  # a pooler-less task model's folder
+    if dropped:
+        drop_modules(model, dropped)
+        info["dropped"] = dropped
+        missing = [k for k in missing if not any(k.startswith(m + ".") for m in dropped)]
+    bad = sorted(missing) + sorted(report.get("mismatched_keys") or [])
     if bad:
         raise ModelError(
             f"cannot load {spec}: its weights do not fit {type(model).__name__} "
@@ -623,6 +632,17 @@ def _load_timm(
     if weights == "random":
         info.update(weights="random", seed=int(seed))
     if state_dict is not None:
+        # A fine-tune's classifier has its own class count: build the model with it.
+        n_classes = None if "num_classes" in kwargs else checkpoint_num_classes(model, state_dict)
+        if n_classes is not None:
+            try:
+                with seeded(seed):
+                    model = timm.create_model(
+                        name, pretrained=False, num_classes=n_classes, **kwargs
+                    )
+            except _LOAD_ERRORS as err:
+                raise explain_load_error(err, spec) from None
+            info["classifier"] = {"num_classes": n_classes, "from": "checkpoint"}
         info.update(load_checked(model, state_dict, spec, checkpoint or "(state dict)"))
         if checkpoint is not None:
             info["checkpoint"] = str(Path(checkpoint).resolve())
@@ -735,8 +755,15 @@ def load_model(
         device: where to put the model (default CPU). Not with ``device_map``.
         checkpoint: local weights, a ``.safetensors`` file or a torch state dict (``.pth``,
             ``.pt``, ``.bin``; read with ``weights_only=True``), loaded over the architecture of
-            a ``timm:`` name or of an ``hf:`` config (hub name or local folder). Every key and
-            shape is checked; the file's sha256 goes into ``info``.
+            a ``timm:`` name or of an ``hf:`` config (hub name or local folder). Every backbone
+            key and shape is checked; the file's sha256 goes into ``info``. A fine-tune's
+            classifier of another size is no misfit: a timm model is built with the
+            checkpoint's ``num_classes`` (0 for a headless one; an explicit ``num_classes=``
+            keyword is kept and must fit), so its logits are the fine-tune's, and ``info``
+            records ``"classifier": {"num_classes": n, "from": "checkpoint"}``; an ``hf:`` task
+            model's head (any ``num_labels``) is left out and counted in ``ignored_keys``.
+            A pooler that a task model's weights lack (``BertForTokenClassification``) is
+            dropped (``info["dropped"]``), as it is for such a ``save_pretrained`` folder.
         revision: hub revision (branch, tag or commit) for ``hf:`` models.
         trust_remote_code: let transformers run code from the checkpoint (off by default).
         max_length: longest token sequence for text models (default: the tokenizer's, at most
