@@ -45,6 +45,7 @@ from .sources import (
     list_data_sources,
     register_data_source,
 )
+from .units import UNITS, WordUnits, word_dataset
 
 __all__ = [
     "BUNDLED_DATASETS",
@@ -53,11 +54,14 @@ __all__ = [
     "Dataset",
     "IMAGE_EXTENSIONS",
     "SCHEMES",
+    "UNITS",
     "VADER_THRESHOLD",
+    "WordUnits",
     "from_arrays",
     "list_data_sources",
     "load_data",
     "register_data_source",
+    "word_dataset",
 ]
 
 register_data_source("hf", load_hf, streaming=True)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .._utils.images import to_rgb
 from ..errors import DataError
+from .units import WordUnits
 
 __all__ = ["Dataset"]
 
@@ -32,6 +33,8 @@ class Dataset:
         options: the options that shaped it (split, columns, limit, seed), JSON-serialisable.
         targets: ``(N,)`` float64 continuous targets of regression data, else ``None``.
         target_name: the name of those targets (``"valence"``, a column name), else ``None``.
+        units: word-level data (``conllu:``, ``jsonl:``): the words of every sample and one
+            label per word (:class:`~probekit.data.units.WordUnits`), else ``None``.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class Dataset:
         get_images: Callable[[list[int]], list[Any]] | None = None,
         targets: np.ndarray | None = None,
         target_name: str | None = None,
+        units: WordUnits | None = None,
     ) -> None:
         """Build a dataset; use :func:`load_data` or :func:`from_arrays` instead of calling this.
 
@@ -70,6 +74,7 @@ class Dataset:
                 stream, fastest in increasing order); used instead of ``get_image`` when given.
             targets: ``(N,)`` continuous targets (regression data; hash them into ``options``).
             target_name: their name.
+            units: the words and per-word labels of word-level data (hashed here).
         """
         if kind not in ("text", "image"):
             raise DataError(f"kind must be 'text' or 'image', got {kind!r}")
@@ -83,6 +88,9 @@ class Dataset:
         self.images = images
         self.targets = None if targets is None else np.asarray(targets, dtype=np.float64)
         self.target_name = target_name
+        self.units = units
+        if units is not None and (kind != "text" or len(units) != len(self.labels)):
+            raise DataError(f"{name}: word units need text data with one word list per sample")
         if images is not None:
             get_image = get_image or (lambda i: _pil_from_array(images[i]))
             content_hash = content_hash or (lambda h: _hash_array(h, images))
@@ -163,6 +171,8 @@ class Dataset:
                     h.update(b)
             if self._content_hash is not None:
                 self._content_hash(h)
+            if self.units is not None:
+                h.update(b"units" + self.units.digest().encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -172,8 +182,9 @@ class Dataset:
         return {name: int(c) for name, c in zip(self.label_names, counts, strict=True)}
 
     def __repr__(self) -> str:
+        words = "" if self.units is None else f", words={self.units.n_words}"
         return (
-            f"Dataset(name={self.name!r}, kind={self.kind!r}, n={len(self)}, "
+            f"Dataset(name={self.name!r}, kind={self.kind!r}, n={len(self)}{words}, "
             f"classes={self.label_names if len(self.label_names) <= 10 else len(self.label_names)})"
         )
 
