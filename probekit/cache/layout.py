@@ -9,10 +9,16 @@ Layout (``format_version`` 3)::
                                      texts_sha256, and ``manifest_sha256`` (its own digest)
     CACHE/texts.json                 (text data only) the input strings, by sample position
     CACHE/shards/000000.safetensors  "<layer>.<pooling>" (n, D) per (layer, pooling),
-                                     "labels" (n,) int64, "index" (n,) int64
+                                     "labels" (n,) int64, "index" (n,) int64 (the sample each
+                                     row comes from), and in a unit cache "position" (n,) int64
     CACHE/shards/000000.json         {"sha256" (whole file), "header_xxh3", "tensors_xxh3":
                                      {key: XXH3-128 hex}, "n", "start"}, written after the
                                      shard
+
+A **unit cache** (``unit`` ``"word"`` or ``"token"`` in the identity) has one row per word or
+sub-word token: a shard holds ``shard_size`` whole inputs, so its row count varies and the
+manifest lists them (``shard_rows``; ``n_samples`` is the total of rows, ``n_inputs`` the number
+of inputs). Without ``shard_rows`` every shard holds ``shard_size`` rows.
 
 Format 3 checks reads with XXH3-128 per tensor (format 2 used sha256); older caches are refused
 with a message to re-extract.
@@ -42,6 +48,8 @@ _DERIVED_KEYS = (
     "complete",
     "manifest_sha256",
     "texts_sha256",
+    "shard_rows",
+    "n_inputs",
 )
 _UNHASHED_KEYS = ("info",)  # free-form notes (timings, host): stored, never compared
 
@@ -74,8 +82,19 @@ def _validate_identity(manifest: dict[str, Any]) -> None:
         raise CacheError(f"dtype must be one of {list(_DTYPES)}, got {manifest.get('dtype')!r}")
     for p in pools:
         for entry in layers:
-            if f"{entry['name']}.{p}" in ("labels", "index"):
-                raise CacheError("'labels' and 'index' are reserved tensor names")
+            if f"{entry['name']}.{p}" in ("labels", "index", "position"):
+                raise CacheError("'labels', 'index' and 'position' are reserved tensor names")
+
+
+def shard_bounds(manifest: dict[str, Any], i: int) -> tuple[int, int]:
+    """Rows ``(start, stop)`` of shard ``i``: fixed ``shard_size`` rows, or a unit cache's
+    ``shard_rows``."""
+    rows = manifest.get("shard_rows")
+    if rows is not None:
+        start = int(sum(rows[:i]))
+        return start, start + int(rows[i])
+    size, n = int(manifest["shard_size"]), int(manifest["n_samples"])
+    return i * size, min((i + 1) * size, n)
 
 
 def shard_paths(path: Path, i: int) -> tuple[Path, Path]:

@@ -23,7 +23,7 @@ import torch
 from ..errors import CacheError
 from ..models.layers import resolve_indices
 from .integrity import TEXTS_DIGEST, ShardFile, parse_manifest, parse_shard_meta, sha256_hex
-from .layout import _DTYPES, FORMAT_VERSION, _validate_identity, shard_paths
+from .layout import _DTYPES, FORMAT_VERSION, _validate_identity, shard_bounds, shard_paths
 from .poolings import recorded_poolings
 
 __all__ = ["FeatureCache"]
@@ -43,8 +43,12 @@ class FeatureCache:
         poolings: recorded poolings.
         labels: ``(N,)`` int64 class indices.
         label_names: class names.
-        index: ``(N,)`` int64 sample positions in the source dataset.
-        texts: the ``N`` input strings for text data, else ``None``.
+        index: ``(N,)`` int64 sample positions in the source dataset (in a unit cache: the
+            input each row comes from).
+        unit: what a row is: ``"sample"`` (one input), ``"word"`` or ``"token"``.
+        positions: ``(N,)`` int64: the word (or token) index of each row within its input;
+            in a sample cache the same as ``index``.
+        texts: the input strings for text data (one per input), else ``None``.
         fingerprint: the manifest's sha256 identity.
     """
 
@@ -65,6 +69,8 @@ class FeatureCache:
         self._files = files  # the same shards, as checked readers
         self.labels = labels
         self.index = index
+        self.positions = index
+        self.unit: str = str(manifest.get("unit", "sample"))
         self.texts = texts
         self.layer_names: list[str] = [e["name"] for e in manifest["layers"]]
         self.dims: list[int] = [int(e["dim"]) for e in manifest["layers"]]
@@ -127,11 +133,13 @@ class FeatureCache:
         dims = {
             f"{e['name']}.{p}": e["dim"] for e in manifest["layers"] for p in manifest["poolings"]
         }
-        shards, files, labels, index = [], [], [], []
+        unit = manifest.get("unit", "sample")
+        columns = ["labels", "index"] + ([] if unit == "sample" else ["position"])
+        shards, files, labels, index, position = [], [], [], [], []
         for i in range(n_shards):
             file, js = shard_paths(path, i)
-            start = i * shard_size
-            rows = min(shard_size, n - start)
+            start, stop = shard_bounds(manifest, i)
+            rows = stop - start
             if not file.is_file():
                 raise CacheError(f"missing shard {file}; re-run the extraction to repair it")
             try:
@@ -141,7 +149,7 @@ class FeatureCache:
             if meta.get("n") != rows or meta.get("start") != start:
                 raise CacheError(f"corrupt shard metadata {js}: n/start do not match the manifest")
             shard = ShardFile(file, meta, verify=verify)
-            lost = [k for k in keys + ["labels", "index"] if k not in shard.entries]
+            lost = [k for k in keys + columns if k not in shard.entries]
             if lost:
                 raise CacheError(f"corrupt shard {file}: missing tensors {lost[:5]}")
             for k in keys:
@@ -150,16 +158,19 @@ class FeatureCache:
                         f"corrupt shard {file}: {k} has shape {shard.shape(k)}, "
                         f"expected {(rows, dims[k])}"
                     )
-            got = dict(shard.read(["labels", "index"]))
-            lab, idx = got["labels"].numpy().astype(np.int64), got["index"].numpy().astype(np.int64)
-            if lab.shape != (rows,) or idx.shape != (rows,):
+            got = {k: v.numpy().astype(np.int64) for k, v in shard.read(columns)}
+            if any(v.shape != (rows,) for v in got.values()):
                 raise CacheError(f"corrupt shard {file}: labels/index do not have {rows} rows")
             shards.append((file, start, rows))
             files.append(shard)
-            labels.append(lab)
-            index.append(idx)
-        texts = cls._read_texts(path, manifest, n)
-        return cls(path, manifest, shards, files, _concat(labels), _concat(index), texts)
+            labels.append(got["labels"])
+            index.append(got["index"])
+            position.append(got.get("position", got["index"]))
+        texts = cls._read_texts(path, manifest, int(manifest.get("n_inputs", n)))
+        cache = cls(path, manifest, shards, files, _concat(labels), _concat(index), texts)
+        if unit != "sample":
+            cache.positions = _concat(position)
+        return cache
 
     @staticmethod
     def _read_texts(path: Path, manifest: dict[str, Any], n: int) -> list[str] | None:
@@ -175,7 +186,7 @@ class FeatureCache:
             raise CacheError(f"corrupt texts.json in {path}: fails its sha256 check")
         texts = [str(t) for t in json.loads(raw)]
         if len(texts) != n:
-            raise CacheError(f"texts.json in {path} has {len(texts)} entries for {n} samples")
+            raise CacheError(f"texts.json in {path} has {len(texts)} entries for {n} inputs")
         return texts
 
     def verify(self) -> None:
@@ -201,6 +212,25 @@ class FeatureCache:
                 bad.append(file.name)
         if bad:
             raise CacheError(f"corrupt cache {self.path}: checksum fails for shards {bad[:10]}")
+
+    # -- units -------------------------------------------------------------------------
+
+    @property
+    def samples(self) -> np.ndarray:
+        """``(N,)`` the input each row comes from (``index``); one row per input in a sample
+        cache, every labelled word (or token) of it in a unit cache."""
+        return self.index
+
+    def rows_of(self, sample: int) -> np.ndarray:
+        """Row numbers of input ``sample``, in word (token) order: ``(n_units,)`` int64.
+
+        Raises:
+            IndexError: no row comes from ``sample``.
+        """
+        rows = np.flatnonzero(self.index == int(sample))
+        if rows.size == 0:
+            raise IndexError(f"no row of {self.path} comes from sample {sample}")
+        return rows[np.argsort(self.positions[rows], kind="stable")]
 
     # -- dict-like ---------------------------------------------------------------------
 

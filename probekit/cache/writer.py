@@ -41,6 +41,7 @@ from .layout import (
     DEFAULT_SHARD_SIZE,
     FORMAT_VERSION,
     _validate_identity,
+    shard_bounds,
     shard_paths,
 )
 from .reader import FeatureCache
@@ -81,6 +82,7 @@ class CacheWriter:
         n_samples: int,
         shard_size: int = DEFAULT_SHARD_SIZE,
         texts: Sequence[str] | None = None,
+        shard_rows: Sequence[int] | None = None,
     ) -> CacheWriter:
         """Start a cache at ``path``, or resume/reuse the one there if it has the same identity.
 
@@ -96,6 +98,9 @@ class CacheWriter:
             n_samples: number of samples (rows) the cache will hold.
             shard_size: samples per shard; an existing cache keeps its own shard size.
             texts: the input strings by sample position (text data), saved as ``texts.json``.
+            shard_rows: a unit cache's rows per shard (each shard holds ``shard_size`` whole
+                inputs; ``n_samples`` is then the total of rows and ``texts`` has one entry per
+                input). Derived from the identity, so not part of the fingerprint.
 
         Returns:
             A writer. ``missing_shards()`` lists what is left to write (nothing for a finished
@@ -112,8 +117,16 @@ class CacheWriter:
         fingerprint = hashlib.sha256(_canonical(ident)).hexdigest()
         if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
             raise CacheError(f"shard_size must be a positive int, got {shard_size!r}")
-        if texts is not None and len(texts) != n_samples:
-            raise CacheError(f"texts has {len(texts)} entries for {n_samples} samples")
+        n_inputs = int(n_samples)
+        if shard_rows is not None:
+            shard_rows = [int(r) for r in shard_rows]
+            if sum(shard_rows) != n_samples or min(shard_rows, default=-1) < 0:
+                raise CacheError(
+                    f"shard_rows {shard_rows[:5]}... must be >= 0 and add up to {n_samples}"
+                )
+            n_inputs = int((ident.get("dataset") or {}).get("n", n_inputs))
+        if texts is not None and len(texts) != n_inputs:
+            raise CacheError(f"texts has {len(texts)} entries for {n_inputs} inputs")
         if path.exists() and not path.is_dir():
             raise CacheError(f"{path} exists and is not a folder")
         mpath = path / "manifest.json"
@@ -153,10 +166,12 @@ class CacheWriter:
             fingerprint=fingerprint,
             shard_size=shard_size,
             n_samples=int(n_samples),
-            n_shards=-(-int(n_samples) // shard_size),
+            n_shards=-(-int(n_samples) // shard_size) if shard_rows is None else len(shard_rows),
             probekit_version=_probekit_version(),
             complete=False,
         )
+        if shard_rows is not None:
+            full.update(shard_rows=shard_rows, n_inputs=n_inputs)
         path.mkdir(parents=True, exist_ok=True)
         (path / "shards").mkdir(exist_ok=True)
         if texts is not None:
@@ -246,8 +261,7 @@ class CacheWriter:
         """Sample positions ``(start, stop)`` that shard ``i`` holds."""
         if not 0 <= i < self.n_shards:
             raise IndexError(f"shard {i} out of range (0..{self.n_shards - 1})")
-        start = i * self.shard_size
-        return start, min(start + self.shard_size, self.n_samples)
+        return shard_bounds(self.manifest, i)
 
     def _shard_paths(self, i: int) -> tuple[Path, Path]:
         return shard_paths(self.path, i)
@@ -277,6 +291,7 @@ class CacheWriter:
         tensors: dict[str, torch.Tensor | np.ndarray],
         labels: torch.Tensor | np.ndarray | Sequence[int],
         index: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+        position: torch.Tensor | np.ndarray | Sequence[int] | None = None,
     ) -> str:
         """Write shard ``i`` atomically: temp file, fsync, rename; then its ``.json``.
 
@@ -289,6 +304,9 @@ class CacheWriter:
                 on any device; cast to the manifest dtype.
             labels: ``(n,)`` class indices.
             index: ``(n,)`` sample positions in the dataset; default ``arange(start, stop)``.
+                In a unit cache: the sample each row comes from.
+            position: ``(n,)`` a unit cache's word or token index of each row in its sample
+                (required there, refused elsewhere).
 
         Returns:
             The shard's sha256 hex.
@@ -314,10 +332,15 @@ class CacheWriter:
                     f"shard {i}: {key} has shape {tuple(t.shape)}, expected ({n}, {dim})"
                 )
             out[key] = t.to(device="cpu", dtype=self._dtype).contiguous()
-        for name, value in (
+        columns: list[tuple[str, Any]] = [
             ("labels", labels),
             ("index", torch.arange(start, stop) if index is None else index),
-        ):
+        ]
+        if (position is None) != (self.manifest.get("unit", "sample") == "sample"):
+            raise CacheError(f"shard {i}: a unit cache's shards, and only they, take position")
+        if position is not None:
+            columns.append(("position", position))
+        for name, value in columns:
             t = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
             t = t.detach().to(device="cpu", dtype=torch.int64).reshape(-1).contiguous()
             if t.shape[0] != n:

@@ -131,9 +131,8 @@ def word_dataset(
             raise DataError(
                 f"{name}: sample {i} has tag {err.args[0]!r}, not one of the classes"
             ) from None
-    units = WordUnits(
-        [list(ws) for ws in words], labels, None if targets is None else list(targets)
-    )
+    values = None if targets is None else [np.asarray(t, dtype=np.float64) for t in targets]
+    units = WordUnits([list(ws) for ws in words], labels, values)
     per_sample = [
         int(np.bincount(lab[lab >= 0], minlength=len(names)).argmax()) if (lab >= 0).any() else 0
         for lab in units.labels

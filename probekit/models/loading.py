@@ -108,6 +108,9 @@ class LoadedModel:
             kept out of ``info`` (and of a cache's fingerprint).
         example: a small preprocessed input (one sample) for inspecting the model.
         n_truncated: texts truncated to the model's token limit so far by ``preprocess``.
+        tokenizer: a text model's tokenizer (word- and token-level extraction maps words to
+            sub-word tokens with it), else ``None``.
+        max_length: a text model's token limit (what ``preprocess`` truncates to), else ``None``.
     """
 
     model: nn.Module
@@ -123,6 +126,8 @@ class LoadedModel:
     placement: dict[str, Any] | None = None
     example: dict[str, Tensor] | None = field(default=None, repr=False)
     n_truncated: int = 0
+    tokenizer: Any = field(default=None, repr=False)
+    max_length: int | None = None
     _count_long: Callable[[Sequence[str]], int] | None = field(default=None, repr=False)
 
     @property
@@ -474,6 +479,8 @@ def _load_hf(
     vision = hasattr(config, "image_size") and not hasattr(config, "vocab_size")
     holder: dict[str, LoadedModel] = {}
     count_long = None
+    tokenizer: Any = None
+    limit: int | None = None
     try:
         if vision:
             from transformers import AutoImageProcessor
@@ -544,6 +551,8 @@ def _load_hf(
         call=call if dtype is not None else None,
         placement=placed,
         example=example,
+        tokenizer=tokenizer,
+        max_length=limit,
         _count_long=count_long,
     )
     holder["model"] = loaded

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -35,6 +36,7 @@ from ..models.loading import LoadedModel, load_model
 from .distributed import Ranks, join_ranks
 from .options import PRECISIONS, STORE_DTYPES
 from .pooling import model_poolings, pool
+from .units import UnitPlan, plan_units, pool_units, unit_preprocess
 
 __all__ = ["extract", "record", "PRECISIONS", "STORE_DTYPES"]
 
@@ -68,13 +70,19 @@ def _batched_inputs(
     stop: int,
     batch_size: int,
     pool_exec: ThreadPoolExecutor | None,
-) -> Iterator[tuple[int, dict[str, Tensor]]]:
+    plan: UnitPlan | None = None,
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(batch_start, inputs)``; with ``pool_exec`` the next batch is preprocessed while the
-    caller computes (accelerators), without it inline (CPU)."""
+    caller computes (accelerators), without it inline (CPU). With a unit ``plan`` the inputs come
+    with their row groups: ``(inputs, groups)``."""
     starts = list(range(start, stop, batch_size))
+    units = None if plan is None else unit_preprocess(model, data, plan)
 
-    def prep(s: int) -> dict[str, Tensor]:
-        return model.preprocess(data.get_items(range(s, min(s + batch_size, stop))))
+    def prep(s: int) -> Any:
+        end = min(s + batch_size, stop)
+        if units is not None:
+            return units(s, end)
+        return model.preprocess(data.get_items(range(s, end)))
 
     if pool_exec is None:  # CPU: the forward pass already uses every core; a second thread's
         for s in starts:  # torch ops would only start a competing OpenMP pool
@@ -95,14 +103,19 @@ def _forward_pooled(
     inputs: dict[str, Tensor],
     poolings: list[str],
     device: torch.device,
+    groups: list[np.ndarray] | None = None,
 ) -> dict[str, Tensor]:
-    """One forward pass; returns ``{"<layer>.<pooling>": (B, D) float32}``."""
+    """One forward pass; returns ``{"<layer>.<pooling>": (B, D) float32}``, or with ``groups``
+    (a unit cache's rows, see :func:`~probekit.recording.units.pool_units`) ``(R, D)``."""
     inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
     mask = inputs.get("attention_mask")
     n_prefix = model.n_prefix_tokens
     channels_last = {spec.name for spec in recorder.specs if spec.channels_last}
 
     def transform(name: str, hidden: Tensor) -> dict[str, Tensor]:  # pooled where the block ran
+        if groups is not None:
+            how = "first" if poolings[0] == "token" else poolings[0]
+            return {poolings[0]: pool_units(hidden, groups, how)}
         m = mask.to(hidden.device) if mask is not None else None  # (device_map: any device)
         nhwc = name in channels_last
         return {p: pool(hidden, p, m, n_prefix, nhwc).float() for p in poolings}
@@ -142,21 +155,23 @@ class _ShardWriter:
             raise self.error
 
 
+def writer_dims(writer: CacheWriter, specs: list[LayerSpec]) -> list[int]:
+    """The recorded width of each layer in ``specs``, from the cache's manifest."""
+    return [int(writer.dims[spec.name]) for spec in specs]
+
+
 def _layer_dims(
     model: LoadedModel,
     data: Dataset,
     specs: list[LayerSpec],
-    poolings: list[str],
     device: torch.device,
 ) -> list[int]:
     """Widths of the chosen layers: known from the model, or from one sample's forward pass."""
     if all(s.dim is not None for s in specs):
         return [int(s.dim) for s in specs]  # type: ignore[arg-type]
     with torch.no_grad(), LayerRecorder(model.model, specs) as rec:
-        out = _forward_pooled(
-            model, rec, model.preprocess(data.get_items([0])), poolings[:1], device
-        )
-    return [int(out[f"{s.name}.{poolings[0]}"].shape[-1]) for s in specs]
+        out = _forward_pooled(model, rec, model.preprocess(data.get_items([0])), ["mean"], device)
+    return [int(out[f"{s.name}.mean"].shape[-1]) for s in specs]
 
 
 def extract(
@@ -172,6 +187,8 @@ def extract(
     store_dtype: str = "float32",
     precision: str = "auto",
     progress: bool = True,
+    unit: str = "sample",
+    word_pooling: str = "mean",
 ) -> FeatureCache:
     """Record pooled layer features of every sample of ``data`` into a cache at ``out``.
 
@@ -192,6 +209,13 @@ def extract(
             computes bfloat16 natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else
             ``fp32``), ``fp32``, ``medium`` or ``bf16``. The manifest records the resolved one.
         progress: show a tqdm progress bar (rank 0 only with several processes).
+        unit: what one row of the cache is: ``"sample"`` (one input, pooled by ``pooling``),
+            ``"word"`` (every labelled word of word-level data, its sub-words pooled by
+            ``word_pooling``) or ``"token"`` (every sub-word token of a labelled word). A unit
+            cache records one pooling, named after ``word_pooling`` (``"token"`` for tokens);
+            its rows carry their sample and position (:attr:`FeatureCache.samples`,
+            :meth:`FeatureCache.rows_of`), and a shard holds ``shard_size`` whole inputs.
+        word_pooling: ``"mean"`` (default), ``"first"`` or ``"last"`` of a word's sub-words.
 
     Several processes: launched by ``torchrun --nproc-per-node N`` (or called inside any
     ``torch.distributed`` job), rank ``r`` computes the shards ``i`` with ``i % N == r`` on its own
@@ -219,7 +243,17 @@ def extract(
         raise ValueError(f"{model.spec} takes {model.kind} but {data.name} holds {data.kind} data")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    poolings = model_poolings(model, pooling)
+    plan = None
+    if unit != "sample":
+        if pooling is not None:
+            raise ConfigError(
+                f"unit={unit} pools a word's sub-words with word_pooling "
+                f"(mean, first, last), not pooling={pooling!r}"
+            )
+        plan = plan_units(model, data, unit, word_pooling)
+        poolings = [word_pooling if unit == "word" else "token"]
+    else:
+        poolings = model_poolings(model, pooling)
     if "tokens" in poolings:
         raise ValueError("tokens pooling keeps every token and is not cached; use probekit.record")
     specs = select_layers(model.model, model.layers, layers)
@@ -240,6 +274,7 @@ def extract(
             precision,
             progress,
             ranks,
+            plan,
         )
     finally:
         ranks.close()
@@ -258,11 +293,13 @@ def _extract_ranks(
     precision: str,
     progress: bool,
     ranks: Ranks,
+    plan: UnitPlan | None = None,
 ) -> FeatureCache:
     """The shards of this rank (all of them in one process); rank 0 creates and finalises."""
     model.to(device)
-    dims = _layer_dims(model, data, specs, poolings, device)
-    manifest = {
+    dims = _layer_dims(model, data, specs, device)
+    notes: dict[str, Any] = {"truncated_samples": model.count_truncated(data.texts)}
+    manifest: dict[str, Any] = {
         "model": model.info,
         "layers": [
             {"name": s.name, "dim": d, "module": s.module, "io": s.io} for s, d in zip(specs, dims)
@@ -278,12 +315,24 @@ def _extract_ranks(
             "label_names": list(data.label_names),
             "kind": data.kind,
         },
-        "info": {"truncated_samples": model.count_truncated(data.texts)},  # not fingerprinted
+        "info": notes,  # not fingerprinted
     }
+    n_rows, shard_rows = len(data), None
+    if plan is not None:
+        manifest.update(unit=plan.unit, word_pooling=plan.word_pooling)
+        notes["dropped_words"] = plan.n_dropped
+        starts = range(0, len(data), shard_size)
+        shard_rows = [plan.rows(s, min(s + shard_size, len(data))) for s in starts]
+        n_rows = sum(shard_rows)
 
     def create() -> CacheWriter:
         return CacheWriter.create(
-            out, manifest, n_samples=len(data), shard_size=shard_size, texts=data.texts
+            out,
+            manifest,
+            n_samples=n_rows,
+            shard_size=shard_size,
+            texts=data.texts,
+            shard_rows=shard_rows,
         )
 
     if not ranks.distributed:
@@ -312,6 +361,7 @@ def _extract_ranks(
             device,
             precision,
             progress and ranks.rank == 0,
+            plan,
         ),
         on=None,
     )
@@ -334,10 +384,22 @@ def _write_shards(
     device: torch.device,
     precision: str,
     progress: bool,
+    plan: UnitPlan | None = None,
 ) -> None:
-    """Compute and write the shards ``todo`` (a writer thread writes while the next is computed)."""
+    """Compute and write the shards ``todo`` (a writer thread writes while the next is computed).
+
+    Shard ``i`` holds the inputs ``i * shard_size ..``; in a sample cache those are its rows, in a
+    unit cache its rows are their words (tokens), in order.
+    """
     labels = torch.as_tensor(data.labels, dtype=torch.int64)
-    total = sum(writer.shard_range(i)[1] - writer.shard_range(i)[0] for i in todo)
+    size = writer.shard_size
+
+    def inputs_of(i: int) -> tuple[int, int]:
+        if plan is None:
+            return writer.shard_range(i)
+        return i * size, min((i + 1) * size, len(data))
+
+    total = sum(inputs_of(i)[1] - inputs_of(i)[0] for i in todo)
     bar = tqdm(total=total, desc=f"extract {model.spec}", unit="sample", disable=not progress)
     shard_writer = _ShardWriter(writer)
     try:
@@ -348,23 +410,34 @@ def _write_shards(
             ThreadPoolExecutor(1, thread_name_prefix="probekit-prep") as prep,
         ):
             for i in todo:
-                start, stop = writer.shard_range(i)
+                start, stop = inputs_of(i)
+                first, last = writer.shard_range(i)  # its rows
                 # One preallocated (n, D) buffer per key: pooled rows are copied out at once, so
                 # no view (``hidden[:, 0]``) keeps a whole (B, T, D) layer output alive.
-                tensors: dict[str, Tensor] = {}
+                tensors = {
+                    f"{spec.name}.{p}": torch.empty(last - first, dim, dtype=torch.float32)
+                    for spec, dim in zip(specs, writer_dims(writer, specs), strict=True)
+                    for p in poolings
+                }
                 prefetch = prep if device.type != "cpu" else None
-                for s, inputs in _batched_inputs(model, data, start, stop, batch_size, prefetch):
-                    out = _forward_pooled(model, recorder, inputs, poolings, device)
+                row = 0
+                batches = _batched_inputs(model, data, start, stop, batch_size, prefetch, plan)
+                for s, batch in batches:
+                    inputs, groups = batch if plan is not None else (batch, None)
+                    out = _forward_pooled(model, recorder, inputs, poolings, device, groups)
                     out = to_host_all(out)  # CUDA: pinned buffers, one wait per batch
                     kill_point("forward")  # test hook, inert unless PROBEKIT_TEST_KILL_AT is set
+                    n = 0
                     for key, t in out.items():
-                        if key not in tensors:
-                            tensors[key] = torch.empty(
-                                stop - start, t.shape[-1], dtype=torch.float32
-                            )
-                        tensors[key][s - start : s - start + t.shape[0]].copy_(t)
-                    bar.update(next(iter(inputs.values())).shape[0])
-                shard_writer.put(i, tensors, labels[start:stop], torch.arange(start, stop))
+                        tensors[key][row : row + t.shape[0]].copy_(t)
+                        n = t.shape[0]
+                    row += n
+                    bar.update(min(s + batch_size, stop) - s)
+                if plan is None:
+                    shard_writer.put(i, tensors, labels[start:stop], torch.arange(start, stop))
+                else:
+                    lab, samples, positions = plan.columns(start, stop)
+                    shard_writer.put(i, tensors, lab, samples, positions)
     finally:
         bar.close()
         shard_writer.close()

@@ -1,0 +1,204 @@
+"""Rows below the sample: one cache row per labelled word, or per sub-word token.
+
+``extract(model, data, out, unit="word")`` on word-level data (``data.units``, see
+:mod:`probekit.data.units`) tokenizes each sample's words with ``is_split_into_words=True`` and
+maps words to their sub-word tokens through the tokenizer's ``word_ids()``; special tokens belong
+to no word and are never pooled. A word's feature is the ``mean`` (default), ``first`` or ``last``
+of its sub-words' hidden states, pooled inside the forward hook, so a full ``(B, T, D)`` layer is
+never kept. ``unit="token"`` makes every sub-word token of a labelled word a row (labelled with
+its word's tag). A word whose tokens were all cut off by the model's token limit gives no row;
+the manifest counts them (``info.dropped_words``).
+
+Rows are in sample order, then word (token) order; each carries its sample and its position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import Dataset
+from ..errors import ConfigError, DataError
+from ..models.loading import LoadedModel
+
+__all__ = ["WORD_POOLINGS", "UnitPlan", "plan_units", "pool_units", "unit_preprocess"]
+
+WORD_POOLINGS = ("mean", "first", "last")
+"""How a word's sub-word tokens become one vector."""
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """Which rows each sample gives, known before any forward pass (so shards can be laid out).
+
+    Attributes:
+        unit: ``"word"`` or ``"token"``.
+        word_pooling: one of :data:`WORD_POOLINGS` (``unit="word"``).
+        positions: per sample, ``(n_rows,)`` int64: the word index (or token index) of each row.
+        labels: per sample, ``(n_rows,)`` int64 class indices.
+        n_dropped: labelled words that gave no row (every token past the model's limit).
+    """
+
+    unit: str
+    word_pooling: str
+    positions: list[np.ndarray]
+    labels: list[np.ndarray]
+    n_dropped: int
+
+    def rows(self, start: int, stop: int) -> int:
+        """Rows of samples ``start..stop-1``."""
+        return int(sum(len(p) for p in self.positions[start:stop]))
+
+    def columns(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(labels, samples, positions)`` of the rows of samples ``start..stop-1``."""
+        samples = [np.full(len(p), i, np.int64) for i, p in enumerate(self.positions)]
+        return (
+            np.concatenate(self.labels[start:stop]),
+            np.concatenate(samples[start:stop]),
+            np.concatenate(self.positions[start:stop]),
+        )
+
+
+def _check(model: LoadedModel, data: Dataset, unit: str, word_pooling: str) -> Any:
+    if unit not in ("word", "token"):
+        raise ConfigError(f"unit must be sample, word or token, got {unit!r}")
+    if word_pooling not in WORD_POOLINGS:
+        raise ConfigError(
+            f"unknown word pooling {word_pooling!r}; choose from {', '.join(WORD_POOLINGS)}"
+        )
+    if data.units is None:
+        raise ConfigError(
+            f"unit={unit} needs word-level data (words with one tag each: conllu:, jsonl:); "
+            f"{data.name} has one label per sample"
+        )
+    tokenizer = model.tokenizer
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            f"unit={unit} needs a text model with a fast tokenizer (word_ids); "
+            f"{model.spec} has {'none' if tokenizer is None else type(tokenizer).__name__}"
+        )
+    return tokenizer
+
+
+def _encode(tokenizer: Any, words: Sequence[Sequence[str]], limit: int | None, **kw: Any) -> Any:
+    return tokenizer(
+        [list(w) for w in words],
+        is_split_into_words=True,
+        truncation=limit is not None,
+        max_length=limit,
+        **kw,
+    )
+
+
+def _word_tokens(word_ids: Sequence[int | None]) -> dict[int, list[int]]:
+    """``{word: [token positions]}`` from one encoding's ``word_ids()`` (specials: ``None``)."""
+    out: dict[int, list[int]] = {}
+    for t, w in enumerate(word_ids):
+        if w is not None:
+            out.setdefault(int(w), []).append(t)
+    return out
+
+
+def plan_units(model: LoadedModel, data: Dataset, unit: str, word_pooling: str) -> UnitPlan:
+    """Tokenize every sample once and list its rows.
+
+    Raises:
+        ConfigError: not word-level data, no fast tokenizer, a bad ``unit`` or pooling.
+        DataError: no labelled word gives a row.
+    """
+    tokenizer = _check(model, data, unit, word_pooling)
+    assert data.units is not None
+    positions, labels, dropped = [], [], 0
+    words = data.units.words
+    for s in range(0, len(words), 512):
+        enc = _encode(tokenizer, words[s : s + 512], model.max_length)
+        for b in range(len(enc["input_ids"])):
+            tags = data.units.labels[s + b]
+            tokens = _word_tokens(enc.word_ids(b))
+            if unit == "word":
+                pos = [w for w in range(len(tags)) if tags[w] >= 0 and w in tokens]
+                dropped += int((tags >= 0).sum()) - len(pos)
+                lab = [int(tags[w]) for w in pos]
+            else:
+                pairs = [(t, int(tags[w])) for w, ts in tokens.items() for t in ts if tags[w] >= 0]
+                dropped += sum(1 for w in range(len(tags)) if tags[w] >= 0 and w not in tokens)
+                pos, lab = [t for t, _ in pairs], [lab for _, lab in pairs]
+            positions.append(np.asarray(pos, np.int64))
+            labels.append(np.asarray(lab, np.int64))
+    if not any(len(p) for p in positions):
+        raise DataError(f"{data.name}: no labelled word gives a row for {model.spec}")
+    return UnitPlan(unit, word_pooling, positions, labels, dropped)
+
+
+def unit_preprocess(
+    model: LoadedModel, data: Dataset, plan: UnitPlan
+) -> Callable[[int, int], tuple[dict[str, Tensor], list[np.ndarray]]]:
+    """``prep(start, stop) -> (inputs, groups)`` for samples ``start..stop-1``.
+
+    ``groups`` lists, row by row, the flat token positions ``b * T + t`` that the row pools (one
+    for a token row; a word's sub-words for a word row), in the padded batch (left or right
+    padding alike).
+    """
+    tokenizer = model.tokenizer
+    assert data.units is not None
+    words = data.units.words
+
+    def prep(start: int, stop: int) -> tuple[dict[str, Tensor], list[np.ndarray]]:
+        enc = _encode(
+            tokenizer, words[start:stop], model.max_length, padding=True, return_tensors="pt"
+        )
+        width = int(enc["input_ids"].shape[1])
+        groups: list[np.ndarray] = []
+        for b in range(stop - start):
+            if plan.unit == "word":
+                tokens = _word_tokens(enc.word_ids(b))
+                groups += [
+                    b * width + np.asarray(tokens[int(p)], np.int64)
+                    for p in plan.positions[start + b]
+                ]
+            else:  # a token's position without padding -> its place in the padded row
+                at = b * width + _shift(enc, b)
+                groups += [np.asarray([at + int(p)], np.int64) for p in plan.positions[start + b]]
+        keep = ("input_ids", "attention_mask", "token_type_ids")
+        return {k: v for k, v in enc.items() if k in keep}, groups
+
+    return prep
+
+
+def _shift(enc: Any, b: int) -> int:
+    """Left padding before sample ``b``'s first token (0 with right padding)."""
+    mask = enc["attention_mask"][b]
+    return int(torch.argmax(mask).item()) if mask[0] == 0 else 0
+
+
+def pool_units(hidden: Tensor, groups: Sequence[np.ndarray], how: str) -> Tensor:
+    """Pool a layer's tokens into rows: ``(B, T, D)`` -> ``(R, D)`` float32.
+
+    Args:
+        hidden: one layer's output for the batch.
+        groups: per row, flat token positions ``b * T + t`` (see :func:`unit_preprocess`).
+        how: ``mean`` (of the sub-words, in float32), ``first`` or ``last``.
+
+    Rows with the same number of sub-words are pooled together, one gather each.
+    """
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    out = torch.empty(len(groups), flat.shape[1], dtype=torch.float32, device=hidden.device)
+    by_size: dict[int, list[int]] = {}
+    for r, g in enumerate(groups):
+        by_size.setdefault(len(g), []).append(r)
+    for k, rows in by_size.items():
+        index = torch.as_tensor(np.stack([groups[r] for r in rows]), device=hidden.device)
+        tokens = flat[index].float()  # (n_k, k, D)
+        if how == "mean":
+            value = tokens.mean(dim=1)
+        elif how == "first":
+            value = tokens[:, 0]
+        else:
+            value = tokens[:, k - 1]
+        out[torch.as_tensor(rows, device=hidden.device)] = value
+    return out
