@@ -45,7 +45,7 @@ from .sources import (
     list_data_sources,
     register_data_source,
 )
-from .units import UNITS, WordUnits, word_dataset
+from .units import WordUnits, word_dataset
 
 __all__ = [
     "BUNDLED_DATASETS",
@@ -54,7 +54,6 @@ __all__ = [
     "Dataset",
     "IMAGE_EXTENSIONS",
     "SCHEMES",
-    "UNITS",
     "VADER_THRESHOLD",
     "WordUnits",
     "from_arrays",

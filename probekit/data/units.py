@@ -20,10 +20,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["UNITS", "WordUnits", "word_dataset"]
-
-UNITS = ("sample", "word", "token")
-"""What one row of a cache is: an input, a word of it, or a sub-word token of it."""
+__all__ = ["WordUnits", "word_dataset"]
 
 
 @dataclass

@@ -196,7 +196,14 @@ class ProbeEstimator(EstimatorParams):
 
     # ----------------------------------------------------------------- fit
 
-    def fit(self, X: Any, y: Any = None, *, layer_names: Sequence[str] | None = None) -> Self:
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        layer_names: Sequence[str] | None = None,
+        groups: Any = None,
+    ) -> Self:
         """Train the probe.
 
         Args:
@@ -206,6 +213,9 @@ class ProbeEstimator(EstimatorParams):
                 (regressor); for a cache, defaults to ``cache.labels``.
             layer_names: names of the input layers (before ``layers`` selection); default
                 the cache's, else ``"layer 0"``...
+            groups: ``(N,)`` group of each row, kept wholly on one side of the validation
+                split; default: a word or token cache's samples (the input of each row), so
+                no sentence is on both sides.
 
         Returns:
             self.
@@ -214,6 +224,19 @@ class ProbeEstimator(EstimatorParams):
             ConfigError: bad parameters or an unknown head. DataError: a single class (or
                 non-numeric targets), NaN/inf features or targets, mismatched lengths.
         """
+        if groups is None and _is_cache(X) and getattr(X, "unit", "sample") != "sample":
+            groups = X.samples
+        if groups is not None:
+            groups = np.asarray(groups).reshape(-1)
+            if _is_cache(X) and groups.shape[0] != len(X):
+                raise DataError(f"{groups.shape[0]} groups for {len(X)} rows")
+        self._groups = groups
+        try:
+            return self._fit(X, y, layer_names)
+        finally:
+            self.__dict__.pop("_groups", None)
+
+    def _fit(self, X: Any, y: Any, layer_names: Sequence[str] | None) -> Self:
         s = self._settings()
         variants = self._variants(search=s.val_size > 0)
         seed = self._seed()
@@ -299,6 +322,7 @@ class ProbeEstimator(EstimatorParams):
             patience=s.patience if s.val_size > 0 else None,
             refit=bool(s.refit) or s.val_size == 0,
             stratify=getattr(self, "_stratify", None),  # a control probe: its task's split
+            groups=getattr(self, "_groups", None),  # a unit cache: split by input
         )
 
     def _fit_grid(

@@ -159,12 +159,13 @@ class ProbeClassifier(ProbeEstimator):
         *,
         layer_names: Sequence[str] | None = None,
         sample_keys: Sequence[Any] | None = None,
+        groups: Any = None,
     ) -> ProbeClassifier:
         """Train the probe (see :meth:`ProbeEstimator.fit`), and with ``control=True`` its
         control probe.
 
         Args:
-            X, y, layer_names: as :meth:`ProbeEstimator.fit`.
+            X, y, layer_names, groups: as :meth:`ProbeEstimator.fit`.
             sample_keys: ``control=True`` only: ``N`` sample types (texts, content hashes)
                 for the control task; a text cache's texts by default.
 
@@ -174,12 +175,12 @@ class ProbeClassifier(ProbeEstimator):
         """
         keys = control_keys(self, X, sample_keys)
         if keys is None:
-            return super().fit(X, y, layer_names=layer_names)
+            return super().fit(X, y, layer_names=layer_names, groups=groups)
         if self._settings().val_size <= 0:
             raise ConfigError("control=True compares validation scores: val_size must be > 0")
-        super().fit(X, y, layer_names=layer_names)
+        super().fit(X, y, layer_names=layer_names, groups=groups)
         y = np.asarray(X.labels) if _is_cache(X) and y is None else y
-        fit_control(self, X, y, keys, layer_names, self._seed())
+        fit_control(self, X, y, keys, layer_names, self._seed(), groups)
         return self
 
     def _strata(self, y: Tensor) -> np.ndarray:
@@ -214,7 +215,9 @@ class ProbeClassifier(ProbeEstimator):
         if s.val_size > 0:
             tr, va = (
                 torch.from_numpy(i).to(device)
-                for i in stratified_split(self._strata(y), float(s.val_size), seed)
+                for i in stratified_split(
+                    self._strata(y), float(s.val_size), seed, getattr(self, "_groups", None)
+                )
             )
             sol = fit_linear_probes(xl[:, tr], y[tr], **opts)
             pred = (torch.bmm(xl[:, va], sol.weight) + sol.bias[:, None]).argmax(-1)  # (L, n_val)

@@ -86,8 +86,22 @@ def _image_hash(img: Any) -> str:
     return _array_hash(np.asarray(rgb, dtype=np.uint8))
 
 
+def _unit_types(cache: Any, texts: Sequence[str], unit: str) -> list[str]:
+    """The word (or token id) of every row of a unit cache."""
+    samples, positions = np.asarray(cache.samples), np.asarray(cache.positions)
+    if unit == "word":  # texts are the words joined by single spaces
+        words = [t.split(" ") for t in texts]
+        return [words[s][p] for s, p in zip(samples.tolist(), positions.tolist(), strict=True)]
+    raise DataError(
+        "control tasks on a token cache need the token of every row; record unit='word'"
+    )
+
+
 def sample_keys(data: Any) -> list[str]:
     """The type of every sample: its text, or the sha256 of its decoded RGB pixels.
+
+    In a word cache a row is a word and its type is the word itself (Hewitt & Liang's control
+    task: one random tag per word type); in a token cache, the token (its id, as text).
 
     Args:
         data: a :class:`~probekit.data.Dataset`, a FeatureCache of text data (its stored
@@ -101,6 +115,9 @@ def sample_keys(data: Any) -> list[str]:
             items of an unsupported type.
     """
     texts = getattr(data, "texts", None)
+    unit = getattr(data, "unit", "sample")
+    if unit != "sample" and texts is not None:
+        return _unit_types(data, texts, unit)
     if texts is not None and not isinstance(data, (list, tuple, np.ndarray)):
         return [str(t) for t in texts]
     if hasattr(data, "manifest") and hasattr(data, "batches"):
@@ -236,7 +253,9 @@ def control_keys(clf: Any, X: Any, keys: Sequence[Any] | None) -> list[Any] | No
     return list(keys)
 
 
-def fit_control(clf: Any, X: Any, y: Any, keys: list[Any], layer_names: Any, seed: int) -> None:
+def fit_control(
+    clf: Any, X: Any, y: Any, keys: list[Any], layer_names: Any, seed: int, groups: Any = None
+) -> None:
     """Fit the control probe of a fitted ``clf`` and set its control attributes.
 
     Args:
@@ -269,7 +288,7 @@ def fit_control(clf: Any, X: Any, y: Any, keys: list[Any], layer_names: Any, see
         params["class_weight"] = {k: v for k, v in params["class_weight"].items() if k in drawn}
     ctl = type(clf)(**params)
     ctl._stratify = np.unique(y_arr, return_inverse=True)[1].astype(np.int64)
-    ctl.fit(X, y_ctl, layer_names=layer_names)
+    ctl.fit(X, y_ctl, layer_names=layer_names, groups=groups)
     del ctl._stratify
     classes, cdf = label_cdf(y_arr)
     clf.control_estimator_ = ctl

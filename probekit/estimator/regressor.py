@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, DataError
 from ..probes import create_probe
 from ..train import TrainConfig
+from ..train.metrics import grouped_split
 from ..train.regression import fit_ridge_probes, r2_batched, random_split
 from .base import ProbeEstimator
 from .inputs import _is_cache
@@ -208,7 +209,11 @@ class ProbeRegressor(ProbeEstimator):
         if s.val_size > 0:
             tr, va = (
                 torch.from_numpy(i).to(device)
-                for i in random_split(x.shape[0], float(s.val_size), seed)
+                for i in (
+                    random_split(x.shape[0], float(s.val_size), seed)
+                    if getattr(self, "_groups", None) is None
+                    else grouped_split(None, self._groups, float(s.val_size), seed, False)
+                )
             )
             sol = fit_ridge_probes(xl[:, tr], y[tr], alpha)
             pred = torch.bmm(xl[:, va], sol.weight) + sol.bias[:, None]  # (L, n_val, K)

@@ -203,7 +203,8 @@ def _fit_linear_blocks(
     acc = np.zeros(n_layers)
     validate = s.val_size > 0
     if validate:
-        tr, va = stratified_split(y.cpu().numpy(), float(s.val_size), seed)
+        groups = getattr(clf, "_groups", None)
+        tr, va = stratified_split(y.cpu().numpy(), float(s.val_size), seed, groups)
     all_idx = np.arange(rows.n)
     for layer in range(n_layers):
         sol = None

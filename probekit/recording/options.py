@@ -3,7 +3,7 @@ against them and :class:`~probekit.runs.RunConfig` offers them as choices."""
 
 from __future__ import annotations
 
-__all__ = ["PRECISIONS", "STORE_DTYPES"]
+__all__ = ["PRECISIONS", "STORE_DTYPES", "UNITS", "WORD_POOLINGS"]
 
 PRECISIONS = ("auto", "fp32", "medium", "bf16")
 """Numerics of the forward: ``auto`` (bf16 where native, else fp32), ``fp32``, ``medium``
@@ -11,3 +11,9 @@ PRECISIONS = ("auto", "fp32", "medium", "bf16")
 
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 """The dtypes features are stored in."""
+
+UNITS = ("sample", "word", "token")
+"""What one row of a cache is: an input, a labelled word of it, or a sub-word token of one."""
+
+WORD_POOLINGS = ("mean", "first", "last")
+"""How a word's sub-word tokens become one vector."""

@@ -25,11 +25,9 @@ from torch import Tensor
 from ..data import Dataset
 from ..errors import ConfigError, DataError
 from ..models.loading import LoadedModel
+from .options import WORD_POOLINGS
 
-__all__ = ["WORD_POOLINGS", "UnitPlan", "plan_units", "pool_units", "unit_preprocess"]
-
-WORD_POOLINGS = ("mean", "first", "last")
-"""How a word's sub-word tokens become one vector."""
+__all__ = ["UnitPlan", "plan_units", "pool_units", "unit_preprocess"]
 
 
 @dataclass(frozen=True)

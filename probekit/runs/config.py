@@ -39,7 +39,7 @@ from .._utils.plugins import import_plugins
 from ..errors import ConfigError
 from ..models.layers import check_layers, parse_layers
 from ..models.placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
-from ..recording.options import PRECISIONS, STORE_DTYPES
+from ..recording.options import PRECISIONS, STORE_DTYPES, UNITS, WORD_POOLINGS
 from ..recording.pooling import expand_poolings
 
 __all__ = [
@@ -271,6 +271,18 @@ class RunConfig:
     pooling: str | None = option(
         None, "cls, mean, last, cls+mean or cls,mean (default: the model's)", stage="extract"
     )
+    unit: str = option(
+        "sample",
+        "one cache row per input (sample), per labelled word (word-level data) or per token",
+        choices=UNITS,
+        stage="extract",
+    )
+    word_pooling: str = option(
+        "mean",
+        "how a word's sub-word tokens become one row (--unit word)",
+        choices=WORD_POOLINGS,
+        stage="extract",
+    )
     batch_size: int = option(64, "extraction batch size", parse=int, stage="extract")
     shard_size: int = option(4096, "samples per cache shard file", parse=int, stage="extract")
     precision: str = option(
@@ -426,6 +438,11 @@ class RunConfig:
             raise ConfigError(
                 f"random_init and checkpoint {self.checkpoint} exclude each other: "
                 "a random init loads no weights"
+            )
+        if self.unit != "sample" and self.pooling is not None:
+            raise ConfigError(
+                f"unit {self.unit} pools a word's sub-words with word_pooling "
+                f"({', '.join(WORD_POOLINGS)}), not pooling {self.pooling!r}"
             )
         if self.max_length is not None and self.max_length < 1:
             raise ConfigError(f"max_length must be >= 1, got {self.max_length}")

@@ -81,7 +81,8 @@ def fit_stage(
     X = None if stream else _load_features(cache)
     if X is not None:
         check_finite(X, "the cache")
-    train, test = task.split(y, cfg.test_size, cfg.seed)
+    groups = np.asarray(cache.samples) if cache.unit != "sample" else None  # split by input
+    train, test = task.split(y, cfg.test_size, cfg.seed, groups)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
     idx = bootstrap_indices(int(test.size), cfg.bootstrap, cfg.seed)  # (R, N_test), every score
     metrics: dict[str, Any] = {
@@ -96,6 +97,7 @@ def fit_stage(
         "heads": {},
     }
     fit = _HeadFit(task, cfg, y, train, test, idx, progress, budget if task.streams else None)
+    fit.groups = None if groups is None else groups[train]
     metrics["heads"], baselines = fit.run(cache, X, run_dir / "probes", keys)
     if baselines:
         metrics["baselines"] = baselines
@@ -151,6 +153,7 @@ class _HeadFit:
     ) -> None:
         self.task, self.cfg, self.y, self.train, self.test = task, cfg, y, train, test
         self.idx, self.progress, self.budget = idx, progress, budget
+        self.groups: np.ndarray | None = None  # a word cache: the input of each train row
 
     def _estimator(self, cache: Any, head: str, streamed: bool, control: bool) -> Any:
         cfg = self.cfg
@@ -205,6 +208,8 @@ class _HeadFit:
             control = keys is not None and head == "linear"
             est = self._estimator(cache, head, X is None, control)
             fit_kw: dict[str, Any] = {"layer_names": layer_names}
+            if self.groups is not None:
+                fit_kw["groups"] = self.groups
             if control:
                 assert keys is not None
                 fit_kw["sample_keys"] = list(keys[train])

@@ -61,8 +61,9 @@ class Task:
             the CLI builds its parser without torch).
         targets: ``(cache, cfg) -> (y, header, label_names)``: ``(N,)`` targets of the cached
             samples, the keys ``metrics.json`` starts with, and its ``label_names``.
-        split: ``(y, test_size, seed) -> (train, test)``: sorted ``(N_train,)`` and
-            ``(N_test,)`` positions.
+        split: ``(y, test_size, seed, groups) -> (train, test)``: sorted ``(N_train,)`` and
+            ``(N_test,)`` positions; with ``groups`` (a word cache's samples) every group lies
+            wholly on one side.
         split_name: how the split is drawn, for the report (``"stratified"``, ``"random"``).
         score: ``(y, pred, idx) -> dict``: the metrics of ``(N,)`` predictions of ``(N,)``
             targets with their 95% intervals over the ``(R, N)`` resamples ``idx``.
@@ -89,7 +90,7 @@ class Task:
     name: str
     estimator: str
     targets: Callable[[Any, Any], tuple[np.ndarray, dict[str, Any], list[str]]]
-    split: Callable[[np.ndarray, float, int], tuple[np.ndarray, np.ndarray]]
+    split: Callable[[np.ndarray, float, int, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
     split_name: str
     score: Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, Any]]
     metrics: tuple[str, ...]
@@ -141,13 +142,16 @@ def _class_targets(cache: Any, cfg: Any) -> tuple[np.ndarray, dict[str, Any], li
     return labels, {}, list(cache.label_names)
 
 
-def _stratified(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _stratified(
+    y: np.ndarray, test_size: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified ``(train, test)`` positions, sorted: the same split as the estimators'
     validation split (:func:`probekit.train.stratified_split`), so ``round(test_size * n_c)``
-    samples of every class ``c`` with two or more samples go to test."""
+    samples of every class ``c`` with two or more samples go to test; by group (sentence) when
+    ``groups`` is given."""
     from ..train.metrics import stratified_split
 
-    return stratified_split(y, test_size, seed)
+    return stratified_split(y, test_size, seed, groups)
 
 
 def _class_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> dict[str, Any]:
@@ -265,10 +269,16 @@ def _regression_targets(cache: Any, cfg: Any) -> tuple[np.ndarray, dict[str, Any
     return y, {"task": "regression", "target_name": target_name}, [target_name]
 
 
-def _random_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's ``train_test_split`` of the positions, sorted."""
+def _random_split(
+    y: np.ndarray, test_size: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``train_test_split`` of the positions, sorted (by group, when given)."""
     from sklearn.model_selection import train_test_split
 
+    if groups is not None:
+        from ..train.metrics import grouped_split
+
+        return grouped_split(y, groups, test_size, seed, stratify=False)
     train, test = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed)
     return np.sort(train), np.sort(test)
 

@@ -190,6 +190,8 @@ class TrainConfig:
         max_iter: L-BFGS iterations per layer.
         stratify: ``(N,)`` labels whose classes the validation split keeps in proportion,
             instead of the training labels (a control task reuses its task's split this way).
+        groups: ``(N,)`` group of each row (a unit cache: the input each word comes from);
+            the validation split then keeps every group on one side.
     """
 
     lr: float | Sequence[float] = (1e-3,)
@@ -218,6 +220,7 @@ class TrainConfig:
     C: float = 1.0
     max_iter: int = 100
     stratify: Any = field(default=None, repr=False, compare=False)
+    groups: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay"):

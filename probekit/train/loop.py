@@ -19,7 +19,13 @@ from tqdm import tqdm
 
 from ..errors import ConfigError
 from .config import GridResult, HeadFactory, TrainConfig
-from .metrics import batch_size_for, class_weights, selection_accuracy, stratified_split
+from .metrics import (
+    batch_size_for,
+    class_weights,
+    grouped_split,
+    selection_accuracy,
+    stratified_split,
+)
 from .regression import check_task, evaluate_regression, mse_loss, random_split
 from .stacked import _backward, _Grid, _HeadStack, _jitter, _lr_at, _StackedAdam, _weighted_ce
 
@@ -311,11 +317,13 @@ def train_grid(
     all_idx = torch.arange(X.shape[0], device=device)
     result = GridResult(state_dict={}, best_index=0, best_params=dict(configs[0]), configs=configs)
     if not skip_search:
-        if task == "regression":
+        if task == "regression" and config.groups is not None:
+            tr, va = grouped_split(None, config.groups, config.val_size, config.seed, False)
+        elif task == "regression":
             tr, va = random_split(X.shape[0], config.val_size, config.seed)
         else:
             strata = y.cpu().numpy() if config.stratify is None else config.stratify
-            tr, va = stratified_split(strata, config.val_size, config.seed)
+            tr, va = stratified_split(strata, config.val_size, config.seed, config.groups)
         phase = _Phase(
             "search",
             torch.as_tensor(tr, device=device),

@@ -17,6 +17,7 @@ __all__ = [
     "balanced_accuracy",
     "batch_size_for",
     "class_weights",
+    "grouped_split",
     "selection_accuracy",
     "stratified_split",
 ]
@@ -120,16 +121,24 @@ def _balanced_accuracy_batched(
 # --------------------------------------------------------------------------- data helpers
 
 
-def stratified_split(y: Any, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    y: Any, val_size: float, seed: int, groups: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Split sample indices into train and validation, keeping class proportions.
 
     Every class with at least two samples puts ``round(val_size * n_c)`` of them (at least
     one, and never all) into validation; single-sample classes stay in train.
 
+    With ``groups`` (a unit cache's rows: the input each row comes from) whole groups go to one
+    side: the validation rows are one fold of scikit-learn's ``StratifiedGroupKFold`` with
+    ``round(1 / val_size)`` folds (at least 2), which keeps class proportions where the groups
+    allow; no group is ever on both sides.
+
     Args:
         y: ``(N,)`` integer labels.
         val_size: fraction in (0, 1).
         seed: seed of the shuffle.
+        groups: ``(N,)`` group of each row, or ``None``.
 
     Returns:
         ``(train_idx, val_idx)`` sorted int64 index arrays.
@@ -137,6 +146,8 @@ def stratified_split(y: Any, val_size: float, seed: int) -> tuple[np.ndarray, np
     if not 0.0 < val_size < 1.0:
         raise ConfigError(f"val_size must be in (0, 1), got {val_size}")
     y = np.asarray(y)
+    if groups is not None:
+        return grouped_split(y, np.asarray(groups), val_size, seed, stratify=True)
     rng = np.random.default_rng(seed)
     val: list[np.ndarray] = []
     for c in np.unique(y):
@@ -149,6 +160,34 @@ def stratified_split(y: Any, val_size: float, seed: int) -> tuple[np.ndarray, np
     mask = np.ones(y.size, dtype=bool)
     mask[val_idx] = False
     return np.flatnonzero(mask).astype(np.int64), val_idx.astype(np.int64)
+
+
+def grouped_split(
+    y: Any, groups: np.ndarray, test_size: float, seed: int, stratify: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` row indices, sorted, with every group wholly on one side.
+
+    The test rows are one seeded fold of ``StratifiedGroupKFold`` (``stratify``, classes) or
+    ``GroupKFold`` with shuffling (regression) over ``round(1 / test_size)`` folds.
+
+    Raises:
+        ConfigError: fewer than two groups.
+    """
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    groups = np.asarray(groups).reshape(-1)
+    n_groups = np.unique(groups).size
+    if n_groups < 2:
+        raise ConfigError("a split by sample needs rows from at least two samples")
+    folds = min(max(2, int(round(1.0 / test_size))), n_groups)
+    rows = np.arange(groups.size)
+    if stratify:
+        splitter: Any = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        train, test = next(splitter.split(rows, np.asarray(y), groups))
+    else:
+        splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        train, test = next(splitter.split(rows, groups=groups))
+    return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64)
 
 
 def class_weights(
