@@ -9,7 +9,20 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["position_limit", "text_preprocess"]
+__all__ = ["model_inputs", "position_limit", "text_preprocess"]
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(enc: Any, positions: bool) -> dict[str, Tensor]:
+    """The model's inputs from a tokenizer's batch; with ``positions`` and left padding, also
+    ``position_ids`` counted from each text's first real token (``cumsum(mask) - 1``), as
+    generation does, so that a left-padded text sees the positions it has alone."""
+    out = {k: v for k, v in enc.items() if k in INPUT_KEYS}
+    mask = out.get("attention_mask")
+    if positions and mask is not None and bool((mask[:, 0] == 0).any()):
+        out["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
+    return out
 
 
 def position_limit(model: nn.Module, config: Any) -> int | None:
@@ -26,9 +39,10 @@ def position_limit(model: nn.Module, config: Any) -> int | None:
 
 
 def text_preprocess(
-    tokenizer: Any, limit: int, spec: str, loaded: dict[str, Any]
+    tokenizer: Any, limit: int, spec: str, loaded: dict[str, Any], positions: bool = False
 ) -> tuple[Callable[[Sequence[Any]], dict[str, Tensor]], Callable[[Sequence[str]], int]]:
-    """``preprocess`` (truncating to ``limit``, counting and warning once) and a counter."""
+    """``preprocess`` (truncating to ``limit``, counting and warning once) and a counter;
+    ``positions``: left-padded batches also get ``position_ids`` (see :func:`model_inputs`)."""
 
     def count_long(texts: Sequence[str]) -> int:
         n = 0
@@ -53,8 +67,6 @@ def text_preprocess(
                     stacklevel=2,
                 )
             lm.n_truncated += n_long
-        return {
-            k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
-        }
+        return model_inputs(enc, positions)
 
     return preprocess, count_long

@@ -20,9 +20,11 @@ random-weights baseline of probing papers). The model is returned in eval mode, 
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 
 from .._utils.images import to_rgb as _to_rgb
 from ..errors import ModelError
-from ._text import position_limit, text_preprocess
+from ._text import model_inputs, position_limit, text_preprocess
 from ._weights import (
     checkpoint_num_classes,
     drop_modules,
@@ -111,6 +113,8 @@ class LoadedModel:
         tokenizer: a text model's tokenizer (word- and token-level extraction maps words to
             sub-word tokens with it), else ``None``.
         max_length: a text model's token limit (what ``preprocess`` truncates to), else ``None``.
+        inputs: ``inputs(batch) -> dict``: a text model's inputs from a tokenizer's batch
+            (left-padded decoders also get ``position_ids``), for word- and token-level reads.
     """
 
     model: nn.Module
@@ -128,6 +132,7 @@ class LoadedModel:
     n_truncated: int = 0
     tokenizer: Any = field(default=None, repr=False)
     max_length: int | None = None
+    inputs: Callable[[Any], dict[str, Tensor]] | None = field(default=None, repr=False)
     _count_long: Callable[[Sequence[str]], int] | None = field(default=None, repr=False)
 
     @property
@@ -481,6 +486,7 @@ def _load_hf(
     count_long = None
     tokenizer: Any = None
     limit: int | None = None
+    positions = False
     try:
         if vision:
             from transformers import AutoImageProcessor
@@ -512,7 +518,8 @@ def _load_hf(
             limit = max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
             table = position_limit(model, config)
             limit = min(limit, table) if table else limit
-            preprocess, count_long = text_preprocess(tokenizer, limit, spec, holder)
+            positions = decoder and "position_ids" in inspect.signature(model.forward).parameters
+            preprocess, count_long = text_preprocess(tokenizer, limit, spec, holder, positions)
             example = preprocess(["probekit checks its layers"])
             n_prefix = 0
             info["preprocessing"] = {
@@ -553,6 +560,7 @@ def _load_hf(
         example=example,
         tokenizer=tokenizer,
         max_length=limit,
+        inputs=None if tokenizer is None else partial(model_inputs, positions=positions),
         _count_long=count_long,
     )
     holder["model"] = loaded

@@ -162,8 +162,8 @@ def unit_preprocess(
             else:  # a token's position without padding -> its place in the padded row
                 at = b * width + _shift(enc, b)
                 groups += [np.asarray([at + int(p)], np.int64) for p in plan.positions[start + b]]
-        keep = ("input_ids", "attention_mask", "token_type_ids")
-        return {k: v for k, v in enc.items() if k in keep}, groups
+        assert model.inputs is not None  # a text model (checked by plan_units)
+        return model.inputs(enc), groups
 
     return prep
 

@@ -1,0 +1,193 @@
+"""Word and token rows: every row equals HF ``hidden_states`` pooled over the tokenizer's
+``word_ids()`` (fp32, exact), shards hold whole inputs, resume and reads are checked, and no input
+is ever on both sides of a split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probekit import FeatureCache, ProbeClassifier, extract, from_arrays, load_model
+from probekit.data import word_dataset
+from probekit.errors import CacheError, ConfigError
+from probekit.train.metrics import grouped_split, stratified_split
+
+WORDS = [
+    ["The", "unbelievably", "fluffy", "cat", "sat", "."],
+    ["Dogs", "run", "quickly", "home"],
+    ["Supercalifragilistic", "words", "tokenize", "oddly", "."],
+    ["A", "short", "one"],
+    ["Tagging", "untagged", "words", "works", "too"],
+]
+TAGS = [
+    ["DET", "ADV", "ADJ", "NOUN", "VERB", "PUNCT"],
+    ["NOUN", "VERB", "ADV", "NOUN"],
+    ["ADJ", "NOUN", "VERB", "ADV", "PUNCT"],
+    ["DET", "ADJ", "NOUN"],
+    ["VERB", None, "NOUN", "VERB", "ADV"],  # one unlabelled word: recorded nowhere
+]
+
+
+@pytest.fixture(scope="module")
+def words_data():
+    return word_dataset(WORDS, TAGS, name="words", spec="test:words")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model("bundled:minilm-l6")
+
+
+def _reference(lm, words, unit, how, padding_side="right"):
+    """Rows by a naive loop: hidden_states of one padded batch, tokens grouped by word_ids()."""
+    tok = lm.tokenizer
+    old, tok.padding_side = tok.padding_side, padding_side
+    try:
+        enc = tok(words, is_split_into_words=True, padding=True, return_tensors="pt")
+    finally:
+        tok.padding_side = old
+    inputs = {
+        k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    if padding_side == "left":  # each text keeps the positions it has alone
+        inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        hs = lm.model(**inputs, output_hidden_states=True).hidden_states
+    rows: list[list[torch.Tensor]] = [[] for _ in hs]
+    for b, sentence in enumerate(words):
+        ids = enc.word_ids(b)
+        for w in range(len(sentence)):
+            if TAGS[b][w] is None:
+                continue
+            toks = [t for t, i in enumerate(ids) if i == w]
+            for layer, h in enumerate(hs):
+                if unit == "token":
+                    rows[layer] += [h[b, t] for t in toks]
+                else:
+                    sub = h[b, toks]
+                    rows[layer].append({"mean": sub.mean(0), "first": sub[0], "last": sub[-1]}[how])
+    return [torch.stack(r) for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("unit", "how"), [("word", "mean"), ("word", "first"), ("word", "last"), ("token", "mean")]
+)
+def test_word_rows_equal_hidden_states_pooled_by_word_ids(minilm, words_data, tmp_path, unit, how):
+    cache = extract(
+        minilm,
+        words_data,
+        tmp_path / "c",
+        unit=unit,
+        word_pooling=how,
+        precision="fp32",
+        progress=False,
+    )
+    pooling = how if unit == "word" else "token"
+    assert cache.unit == unit and cache.poolings == [pooling]
+    refs = _reference(minilm, WORDS, unit, how)
+    for layer, ref in enumerate(refs):
+        got = cache[f"layers.{layer}.{pooling}"]
+        assert got.shape == ref.shape
+        assert torch.equal(got, ref), (layer, (got - ref).abs().max().item())
+    labelled = [[t for t in row if t is not None] for row in TAGS]
+    if unit == "word":
+        assert len(cache) == sum(map(len, labelled))
+        expected = np.concatenate([[words_data.label_names.index(t) for t in r] for r in labelled])
+        assert np.array_equal(cache.labels, expected)
+        # positions skip the unlabelled word; rows_of gives one sample's words in order
+        assert cache.positions[cache.rows_of(4)].tolist() == [0, 2, 3, 4]
+        assert [WORDS[s][p] for s, p in zip(cache.samples, cache.positions)][:3] == [
+            "The",
+            "unbelievably",
+            "fluffy",
+        ]
+    else:
+        assert len(cache) > sum(map(len, labelled))  # words split into several tokens
+
+
+def test_left_padding_maps_the_same_words(tiny_gpt2_dir, tmp_path):
+    lm = load_model(tiny_gpt2_dir)
+    data = word_dataset(WORDS, TAGS, name="words", spec="test:words")
+    right = extract(lm, data, tmp_path / "r", unit="word", precision="fp32", progress=False)
+    lm.tokenizer.padding_side = "left"
+    left = extract(lm, data, tmp_path / "l", unit="word", precision="fp32", progress=False)
+    tokens = extract(lm, data, tmp_path / "t", unit="token", precision="fp32", progress=False)
+    for layer in range(len(lm.layers)):
+        ref = _reference(lm, WORDS, "word", "mean", padding_side="left")[layer]
+        assert torch.equal(left[f"layers.{layer}.mean"], ref)
+        ref_t = _reference(lm, WORDS, "token", "mean", padding_side="left")[layer]
+        assert torch.equal(tokens[f"layers.{layer}.token"], ref_t)
+        # a causal model's words do not depend on where the padding went
+        torch.testing.assert_close(
+            left[f"layers.{layer}.mean"], right[f"layers.{layer}.mean"], atol=1e-5, rtol=0
+        )
+
+
+def test_shards_hold_whole_inputs_and_resume(minilm, words_data, tmp_path):
+    opts = dict(unit="word", precision="fp32", progress=False, shard_size=2, batch_size=1)
+    cache = extract(minilm, words_data, tmp_path / "c", **opts)
+    m = cache.manifest
+    assert m["n_inputs"] == 5 and m["n_shards"] == 3
+    assert m["shard_rows"] == [10, 8, 4] and m["n_samples"] == len(cache) == 22
+    per_shard = np.split(cache.samples, np.cumsum(m["shard_rows"])[:-1])
+    assert [sorted(set(s.tolist())) for s in per_shard] == [[0, 1], [2, 3], [4]]
+    before = {k: cache[k].clone() for k in cache.keys()}
+    (tmp_path / "c" / "shards" / "000001.safetensors").unlink()
+    (tmp_path / "c" / "shards" / "000001.json").unlink()
+    with pytest.raises(CacheError, match="missing shard"):
+        FeatureCache.open(tmp_path / "c")
+    again = extract(minilm, words_data, tmp_path / "c", **opts)  # writes shard 1 only
+    for k, v in before.items():
+        assert torch.equal(again[k], v), k
+    half = extract(minilm, words_data, tmp_path / "h", store_dtype="float16", **opts)
+    for k, v in before.items():
+        assert torch.equal(half[k], v.half()), k
+
+
+def test_unit_needs_word_data_and_word_pooling(minilm, words_data, tmp_path):
+    plain = from_arrays(["a text", "another"], [0, 1])
+    with pytest.raises(ConfigError, match="word-level data"):
+        extract(minilm, plain, tmp_path / "a", unit="word", progress=False)
+    with pytest.raises(ConfigError, match="word_pooling"):
+        extract(minilm, words_data, tmp_path / "b", unit="word", pooling="cls", progress=False)
+    with pytest.raises(ConfigError, match="unknown word pooling"):
+        extract(minilm, words_data, tmp_path / "c", unit="word", word_pooling="max", progress=False)
+
+
+def test_grouped_splits_never_share_a_sample():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(200), rng.integers(3, 30, 200))
+    y = rng.integers(0, 5, groups.size)
+    for seed in range(3):
+        train, test = stratified_split(y, 0.25, seed, groups)
+        assert not set(groups[train]) & set(groups[test])
+        assert train.size + test.size == y.size and 0.15 < test.size / y.size < 0.35
+        # stratified over rows where the groups allow: every class near its share
+        share = np.bincount(y[test], minlength=5) / test.size
+        assert np.abs(share - np.bincount(y, minlength=5) / y.size).max() < 0.05
+        train_r, test_r = grouped_split(y, groups, 0.2, seed, stratify=False)
+        assert not set(groups[train_r]) & set(groups[test_r])
+
+
+def test_probe_on_a_word_cache_validates_by_sample(minilm, tmp_path, monkeypatch):
+    words = [list(w) for w in WORDS] * 6
+    tags = [list(t) for t in TAGS] * 6
+    data = word_dataset(words, tags, name="words", spec="test:words6")
+    cache = extract(minilm, data, tmp_path / "c", unit="word", precision="fp32", progress=False)
+    seen = []
+    import probekit.estimator.classifier as classifier
+
+    real = classifier.stratified_split
+
+    def spy(y, val_size, seed, groups=None):
+        tr, va = real(y, val_size, seed, groups)
+        seen.append((groups, tr, va))
+        return tr, va
+
+    monkeypatch.setattr(classifier, "stratified_split", spy)
+    clf = ProbeClassifier(head="linear").fit(cache)
+    ((groups, tr, va),) = seen
+    assert np.array_equal(groups, cache.samples)
+    assert not set(cache.samples[tr]) & set(cache.samples[va])
+    assert clf.predict(cache).shape == (len(cache),)
