@@ -91,8 +91,9 @@ class CacheWriter:
                 ``["cls", ...]``, ``dtype`` (``"float32"`` default, ``"float16"``,
                 ``"bfloat16"``; a ``torch.dtype`` is accepted), and usually ``model``,
                 ``precision``, ``preprocessing``, ``dataset`` ``{name, fingerprint, n,
-                label_names}``. All of it except an optional free-form ``info`` entry goes into
-                the fingerprint.
+                label_names}``. All of it except an optional free-form ``info`` entry and
+                ``threads`` (the intra-op thread count to compute with) goes into the
+                fingerprint; an existing cache keeps its own ``info`` and ``threads``.
             n_samples: number of samples (rows) the cache will hold.
             shard_size: samples per shard; an existing cache keeps its own shard size.
             texts: the input strings by sample position (text data), saved as ``texts.json``.
@@ -147,8 +148,9 @@ class CacheWriter:
         full: dict[str, Any] = {"format_version": FORMAT_VERSION}
         full.update({k: ident[k] for k in order if k in ident})
         full.update({k: v for k, v in ident.items() if k not in full})
-        if "info" in manifest:
-            full["info"] = json.loads(_canonical(manifest["info"]))
+        for key in _UNHASHED_KEYS:
+            if key in manifest:
+                full[key] = json.loads(_canonical(manifest[key]))
         full.update(
             fingerprint=fingerprint,
             shard_size=shard_size,
@@ -277,6 +279,7 @@ class CacheWriter:
         tensors: dict[str, torch.Tensor | np.ndarray],
         labels: torch.Tensor | np.ndarray | Sequence[int],
         index: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+        numerics: dict[str, Any] | None = None,
     ) -> str:
         """Write shard ``i`` atomically: temp file, fsync, rename; then its ``.json``.
 
@@ -289,6 +292,9 @@ class CacheWriter:
                 on any device; cast to the manifest dtype.
             labels: ``(n,)`` class indices.
             index: ``(n,)`` sample positions in the dataset; default ``arange(start, stop)``.
+            numerics: how the shard was computed (JSON, e.g. ``{"device": "cpu", "precision":
+                "bf16", "threads": 4}``), stored in its ``.json``; :meth:`shard_numerics`
+                reads it back.
 
         Returns:
             The shard's sha256 hex.
@@ -328,6 +334,8 @@ class CacheWriter:
         info = {"format": "probekit", "fingerprint": self.fingerprint, "shard": i, "start": start}
         data = st_save(out, metadata={"probekit": _canonical(info).decode()})
         meta = dict(shard_digests(data), n=n, start=start)
+        if numerics is not None:
+            meta["numerics"] = json.loads(_canonical(numerics))
         st, js = self._shard_paths(i)
         if self.complete:  # repairing a finished cache: it is unfinished until finalize() again
             self.manifest = dict(self.manifest, complete=False)
@@ -345,6 +353,20 @@ class CacheWriter:
                 "and re-run to resume"
             ) from e
         return str(meta["sha256"])
+
+    def shard_numerics(self) -> dict[int, dict[str, Any] | None]:
+        """``{shard id: its recorded numerics}`` for every written shard (``None``: written by a
+        version that did not record them)."""
+        out: dict[int, dict[str, Any] | None] = {}
+        for i in range(self.n_shards):
+            js = self._shard_paths(i)[1]
+            try:
+                meta = parse_shard_meta(js.read_bytes(), js)
+            except (OSError, CacheError):
+                continue
+            numerics = meta.get("numerics")
+            out[i] = numerics if isinstance(numerics, dict) else None
+        return out
 
     def finalize(self) -> FeatureCache:
         """Check every shard (presence and checksum), mark the manifest complete, open it.
