@@ -196,14 +196,17 @@ def extract(
             and RAM, ``bfloat16``: the same with float32's range); part of the fingerprint.
         precision: numerics of the forward pass: ``auto`` (``bf16`` autocast where the device
             computes bfloat16 natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else
-            ``fp32``), ``fp32``, ``medium`` or ``bf16``. The manifest records the resolved one.
+            ``fp32``), ``fp32``, ``medium`` or ``bf16``. The manifest records the resolved one,
+            and the intra-op thread count (``threads``) with which every later writer of the
+            cache (a resume, each rank) runs its CPU forward passes.
         progress: show a tqdm progress bar (rank 0 only with several processes).
 
     Several processes: launched by ``torchrun --nproc-per-node N`` (or called inside any
     ``torch.distributed`` job), rank ``r`` computes the shards ``i`` with ``i % N == r`` on its own
     device (``cuda`` becomes ``cuda:LOCAL_RANK``) into the one folder ``out``; rank 0 finalises
     once all are written. A rank that dies costs only its unfinished shards: running again, with
-    any number of processes, computes only the missing ones.
+    any number of processes, computes only the missing ones. A shard's bytes do not depend on which process
+    computed it (same machine and software; see ``docs/scale.md``).
 
     Returns:
         The finished :class:`~probekit.cache.FeatureCache`; ``cache.load()`` gives ``(N, T, D)``.
