@@ -205,8 +205,8 @@ def extract(
     ``torch.distributed`` job), rank ``r`` computes the shards ``i`` with ``i % N == r`` on its own
     device (``cuda`` becomes ``cuda:LOCAL_RANK``) into the one folder ``out``; rank 0 finalises
     once all are written. A rank that dies costs only its unfinished shards: running again, with
-    any number of processes, computes only the missing ones. A shard's bytes do not depend on which process
-    computed it (same machine and software; see ``docs/scale.md``).
+    any number of processes, computes only the missing ones. A shard's bytes do not depend on
+    which process computed it (on the same machine and software; see ``docs/scale.md``).
 
     Returns:
         The finished :class:`~probekit.cache.FeatureCache`; ``cache.load()`` gives ``(N, T, D)``.
