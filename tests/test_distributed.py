@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +29,9 @@ def _csv(tmp_path: Path) -> str:
     return f"csv:{path}"
 
 
-def _args(model: str, data: str, out: Path, pooling: str = "cls+mean") -> list[str]:
+def _args(
+    model: str, data: str, out: Path, pooling: str = "cls+mean", precision: str | None = None
+) -> list[str]:
     return [
         "extract",
         "--model",
@@ -43,21 +46,30 @@ def _args(model: str, data: str, out: Path, pooling: str = "cls+mean") -> list[s
         "4",
         "--pooling",
         pooling,
+        *(["--precision", precision] if precision else []),
     ]
 
 
-def _in_process(model: str, data: str, out: Path) -> None:
-    """``probekit extract`` in this process, on one thread like each rank."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _in_process(
+    model: str, data: str, out: Path, precision: str | None = None, threads: int = 1
+) -> None:
+    """``probekit extract`` in this process, on one thread like each rank (or ``threads``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        assert main(_args(model, data, out)) == 0
+        assert main(_args(model, data, out, precision=precision)) == 0
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _torchrun(
-    model: str, data: str, out: Path, nproc: int, pooling: str = "cls+mean", **env: str
+    model: str,
+    data: str,
+    out: Path,
+    nproc: int,
+    pooling: str = "cls+mean",
+    precision: str | None = None,
+    **env: str,
 ) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
@@ -67,7 +79,7 @@ def _torchrun(
         f"--nproc-per-node={nproc}",
         "-m",
         "probekit",
-        *_args(model, data, out, pooling),
+        *_args(model, data, out, pooling, precision),
     ]
     base = {k: v for k, v in os.environ.items() if not k.startswith("PROBEKIT_TEST_KILL")}
     # one thread everywhere (torchrun's own default per rank): the same BLAS blocking in both runs
@@ -161,3 +173,58 @@ def test_other_settings_fail_on_every_rank_and_ranks_repair_a_finished_cache(
     assert repaired.returncode == 0, repaired.stderr[-2000:]
     assert FeatureCache.open(tmp_path / "cache").manifest["complete"] is True
     assert _shard_bytes(tmp_path / "cache") == before
+
+
+def _cpu_computes_bf16() -> bool:
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    except RuntimeError:
+        return False
+
+
+def _numerics(cache: Path) -> dict[str, dict]:
+    """Each shard's recorded numerics, from its ``.json``."""
+    return {
+        p.stem: json.loads(p.read_bytes()).get("numerics")
+        for p in sorted((cache / "shards").glob("*.json"))
+    }
+
+
+@pytest.mark.skipif(not _cpu_computes_bf16(), reason="this CPU cannot run bfloat16 autocast")
+def test_bf16_two_processes_bitwise_equal_one_and_ranks_keep_the_cache_threads(
+    tiny_bert_dir, tmp_path
+):
+    """bf16 autocast (oneDNN kernels may block by thread count): 2 ranks on 1 thread each give
+    the shard files of 1 process on 1 thread; ranks filling a cache made with 2 threads compute
+    on 2 threads (its manifest's count) and give that cache's bytes."""
+    data = _csv(tmp_path)
+    _in_process(tiny_bert_dir, data, tmp_path / "one", precision="bf16", threads=1)
+    one = FeatureCache.open(tmp_path / "one")
+    assert one.manifest["precision"] == "bf16" and one.manifest["threads"] == 1
+    cpu_bf16_1 = {"device": "cpu", "precision": "bf16", "threads": 1}
+    assert set(map(str, _numerics(tmp_path / "one").values())) == {str(cpu_bf16_1)}
+
+    two = _torchrun(tiny_bert_dir, data, tmp_path / "two", 2, precision="bf16")
+    assert two.returncode == 0, two.stderr[-2000:]
+    got = FeatureCache.open(tmp_path / "two")
+    assert got.manifest["fingerprint"] == one.manifest["fingerprint"]
+    assert got.manifest["threads"] == 1
+    assert torch.equal(got.load(), one.load())  # every feature of every layer and pooling
+    assert _shard_bytes(tmp_path / "two") == _shard_bytes(tmp_path / "one")
+
+    # a cache made with 2 threads; shards of both ranks deleted; the ranks (1 thread each by
+    # torchrun's OMP_NUM_THREADS) recompute them on the cache's 2 threads: the same bytes
+    _in_process(tiny_bert_dir, data, tmp_path / "wide", precision="bf16", threads=2)
+    assert FeatureCache.open(tmp_path / "wide").manifest["threads"] == 2
+    wide = _shard_bytes(tmp_path / "wide")
+    for name in ("000000", "000001", "000003"):
+        for suffix in (".safetensors", ".json"):
+            (tmp_path / "wide" / "shards" / f"{name}{suffix}").unlink()
+    filled = _torchrun(tiny_bert_dir, data, tmp_path / "wide", 2, precision="bf16")
+    assert filled.returncode == 0, filled.stderr[-2000:]
+    assert _shard_bytes(tmp_path / "wide") == wide
+    assert all(n["threads"] == 2 for n in _numerics(tmp_path / "wide").values())
+    assert "different numerics" not in filled.stderr
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert filled.stderr.count("oversubscribed") == (1 if 2 * 2 > (cores or 1) else 0)

@@ -318,7 +318,14 @@ def test_sigkill_at_ten_points_resumes_bitwise(tiny_bert_dir, tmp_path):
     assert out == [f"{n} {p} killed" for n, p in zip(names, points, strict=True)], out
 
     lm = load_model(tiny_bert_dir)
-    extract(lm, _data(), tmp_path / "clean", batch_size=4, shard_size=8, progress=False)
+    # the clean run with the killed runs' one thread (the manifest and each shard's .json record
+    # it); the resumes below run on this process's threads and must compute with the recorded one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        extract(lm, _data(), tmp_path / "clean", batch_size=4, shard_size=8, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     clean = _tree(tmp_path / "clean")
     resumed = 0
     for name, point in zip(names, points, strict=True):

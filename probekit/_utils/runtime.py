@@ -17,15 +17,23 @@ apply).
 **Precision.** :func:`resolve_precision` turns ``"auto"`` into ``"bf16"`` where the device
 computes bfloat16 natively (CUDA with bf16 support; CPUs with AVX512-BF16 or AMX) and into
 ``"fp32"`` elsewhere; :func:`bf16_is_native` is the test behind it.
+
+**Threads.** A CPU kernel may split its reductions by the intra-op thread count (oneDNN's and
+MKL's blockings depend on it), so the same forward pass on 1 and on 16 threads need not give the
+same bits. :func:`intra_op_threads` runs a block with a given count (``torch.set_num_threads``)
+and restores the one before; an extraction uses it to compute every shard of a cache with the
+count its manifest recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
@@ -34,6 +42,8 @@ __all__ = [
     "allocator_state",
     "bf16_is_native",
     "resolve_precision",
+    "intra_op_threads",
+    "usable_cores",
     "MALLOC_ENV",
 ]
 
@@ -148,6 +158,36 @@ def resolve_precision(precision: str, device_type: str) -> str:
             stacklevel=3,
         )
     return precision
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[int]:
+    """Run the block with ``n`` intra-op threads (``None``: as they are); restore them after.
+
+    Yields the count in effect, which is ``n`` unless torch refused it (a build without a
+    parallel backend runs one thread whatever it is told).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 tune_allocator()  # once per process, at ``import probekit`` (which imports this module first)

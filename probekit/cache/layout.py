@@ -6,14 +6,17 @@ Layout (``format_version`` 3)::
                                      precision, preprocessing, dataset {name, fingerprint, n,
                                      label_names}), its sha256 ``fingerprint``, shard_size,
                                      n_samples, n_shards, probekit_version, complete,
-                                     texts_sha256, and ``manifest_sha256`` (its own digest)
+                                     texts_sha256, ``threads`` (intra-op CPU threads of the
+                                     forward passes; not in the fingerprint) and
+                                     ``manifest_sha256`` (its own digest)
     CACHE/texts.json                 (text data only) the input strings, by sample position
     CACHE/shards/000000.safetensors  "<layer>.<pooling>" (n, D) per (layer, pooling),
                                      "labels" (n,) int64, "index" (n,) int64 (the sample each
                                      row comes from), and in a unit cache "position" (n,) int64
     CACHE/shards/000000.json         {"sha256" (whole file), "header_xxh3", "tensors_xxh3":
-                                     {key: XXH3-128 hex}, "n", "start"}, written after the
-                                     shard
+                                     {key: XXH3-128 hex}, "n", "start", "numerics": {"device",
+                                     "precision", "threads"} (what computed it; absent in
+                                     caches of older versions)}, written after the shard
 
 A **unit cache** (``unit`` ``"word"`` or ``"token"`` in the identity) has one row per word or
 sub-word token: a shard holds ``shard_size`` whole inputs, so its row count varies and the
@@ -51,7 +54,9 @@ _DERIVED_KEYS = (
     "shard_rows",
     "n_inputs",
 )
-_UNHASHED_KEYS = ("info",)  # free-form notes (timings, host): stored, never compared
+# stored, never compared: "info" free-form notes (timings, host); "threads" the intra-op CPU thread
+# count every later writer of the cache computes with (so 1 process and N ranks agree bitwise)
+_UNHASHED_KEYS = ("info", "threads")
 
 
 def _validate_identity(manifest: dict[str, Any]) -> None:

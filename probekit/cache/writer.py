@@ -49,6 +49,18 @@ from .reader import FeatureCache
 __all__ = ["CacheWriter", "DEFAULT_SHARD_SIZE", "FORMAT_VERSION"]
 
 
+def _check_rows(
+    shard_rows: Sequence[int] | None, n_samples: int, ident: dict[str, Any]
+) -> tuple[list[int] | None, int]:
+    """A unit cache's rows per shard, checked, and its number of inputs (else ``n_samples``)."""
+    if shard_rows is None:
+        return None, n_samples
+    rows = [int(r) for r in shard_rows]
+    if sum(rows) != n_samples or min(rows, default=-1) < 0:
+        raise CacheError(f"shard_rows {rows[:5]}... must be >= 0 and add up to {n_samples}")
+    return rows, int((ident.get("dataset") or {}).get("n", n_samples))
+
+
 class CacheWriter:
     """Writes (or resumes writing) one cache; several writers may fill disjoint shards.
 
@@ -93,8 +105,9 @@ class CacheWriter:
                 ``["cls", ...]``, ``dtype`` (``"float32"`` default, ``"float16"``,
                 ``"bfloat16"``; a ``torch.dtype`` is accepted), and usually ``model``,
                 ``precision``, ``preprocessing``, ``dataset`` ``{name, fingerprint, n,
-                label_names}``. All of it except an optional free-form ``info`` entry goes into
-                the fingerprint.
+                label_names}``. All of it except an optional free-form ``info`` entry and
+                ``threads`` (the intra-op thread count to compute with) goes into the
+                fingerprint; an existing cache keeps its own ``info`` and ``threads``.
             n_samples: number of samples (rows) the cache will hold.
             shard_size: samples per shard; an existing cache keeps its own shard size.
             texts: the input strings by sample position (text data), saved as ``texts.json``.
@@ -117,14 +130,7 @@ class CacheWriter:
         fingerprint = hashlib.sha256(_canonical(ident)).hexdigest()
         if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
             raise CacheError(f"shard_size must be a positive int, got {shard_size!r}")
-        n_inputs = int(n_samples)
-        if shard_rows is not None:
-            shard_rows = [int(r) for r in shard_rows]
-            if sum(shard_rows) != n_samples or min(shard_rows, default=-1) < 0:
-                raise CacheError(
-                    f"shard_rows {shard_rows[:5]}... must be >= 0 and add up to {n_samples}"
-                )
-            n_inputs = int((ident.get("dataset") or {}).get("n", n_inputs))
+        shard_rows, n_inputs = _check_rows(shard_rows, int(n_samples), ident)
         if texts is not None and len(texts) != n_inputs:
             raise CacheError(f"texts has {len(texts)} entries for {n_inputs} inputs")
         if path.exists() and not path.is_dir():
@@ -160,8 +166,9 @@ class CacheWriter:
         full: dict[str, Any] = {"format_version": FORMAT_VERSION}
         full.update({k: ident[k] for k in order if k in ident})
         full.update({k: v for k, v in ident.items() if k not in full})
-        if "info" in manifest:
-            full["info"] = json.loads(_canonical(manifest["info"]))
+        for key in _UNHASHED_KEYS:
+            if key in manifest:
+                full[key] = json.loads(_canonical(manifest[key]))
         full.update(
             fingerprint=fingerprint,
             shard_size=shard_size,
@@ -292,6 +299,7 @@ class CacheWriter:
         labels: torch.Tensor | np.ndarray | Sequence[int],
         index: torch.Tensor | np.ndarray | Sequence[int] | None = None,
         position: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+        numerics: dict[str, Any] | None = None,
     ) -> str:
         """Write shard ``i`` atomically: temp file, fsync, rename; then its ``.json``.
 
@@ -307,6 +315,9 @@ class CacheWriter:
                 In a unit cache: the sample each row comes from.
             position: ``(n,)`` a unit cache's word or token index of each row in its sample
                 (required there, refused elsewhere).
+            numerics: how the shard was computed (JSON, e.g. ``{"device": "cpu", "precision":
+                "bf16", "threads": 4}``), stored in its ``.json``; :meth:`shard_numerics`
+                reads it back.
 
         Returns:
             The shard's sha256 hex.
@@ -351,6 +362,8 @@ class CacheWriter:
         info = {"format": "probekit", "fingerprint": self.fingerprint, "shard": i, "start": start}
         data = st_save(out, metadata={"probekit": _canonical(info).decode()})
         meta = dict(shard_digests(data), n=n, start=start)
+        if numerics is not None:
+            meta["numerics"] = json.loads(_canonical(numerics))
         st, js = self._shard_paths(i)
         if self.complete:  # repairing a finished cache: it is unfinished until finalize() again
             self.manifest = dict(self.manifest, complete=False)
@@ -368,6 +381,20 @@ class CacheWriter:
                 "and re-run to resume"
             ) from e
         return str(meta["sha256"])
+
+    def shard_numerics(self) -> dict[int, dict[str, Any] | None]:
+        """``{shard id: its recorded numerics}`` for every written shard (``None``: written by a
+        version that did not record them)."""
+        out: dict[int, dict[str, Any] | None] = {}
+        for i in range(self.n_shards):
+            js = self._shard_paths(i)[1]
+            try:
+                meta = parse_shard_meta(js.read_bytes(), js)
+            except (OSError, CacheError):
+                continue
+            numerics = meta.get("numerics")
+            out[i] = numerics if isinstance(numerics, dict) else None
+        return out
 
     def finalize(self) -> FeatureCache:
         """Check every shard (presence and checksum), mark the manifest complete, open it.

@@ -7,13 +7,21 @@ written by a writer thread while the next shard is computed, so the model is rar
 are written atomically: a killed run resumes at the first missing shard, and a finished cache
 with the same fingerprint is returned without recomputing anything. Under ``torchrun`` each rank
 computes its share of the shards into the same folder (:mod:`probekit.distributed`).
+
+Numerics: the manifest records the resolved precision and the intra-op thread count of the
+process that created the cache (``threads``); every later writer (each rank, a resume) runs its
+CPU forward passes with that count, so a shard has the same bytes whichever process computed it.
+Each shard's ``.json`` records the device type, precision and thread count it was computed with;
+finishing a cache whose shards disagree warns and names them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +32,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .._utils.runtime import resolve_precision
+from .._utils.runtime import intra_op_threads, resolve_precision, usable_cores
 from .._utils.transfer import to_host_all
 from ..cache import CacheWriter, FeatureCache
 from ..cache.files import kill_point
@@ -207,7 +215,9 @@ def extract(
             and RAM, ``bfloat16``: the same with float32's range); part of the fingerprint.
         precision: numerics of the forward pass: ``auto`` (``bf16`` autocast where the device
             computes bfloat16 natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else
-            ``fp32``), ``fp32``, ``medium`` or ``bf16``. The manifest records the resolved one.
+            ``fp32``), ``fp32``, ``medium`` or ``bf16``. The manifest records the resolved one,
+            and the intra-op thread count (``threads``) with which every later writer of the
+            cache (a resume, each rank) runs its CPU forward passes.
         progress: show a tqdm progress bar (rank 0 only with several processes).
         unit: what one row of the cache is: ``"sample"`` (one input, pooled by ``pooling``),
             ``"word"`` (every labelled word of word-level data, its sub-words pooled by
@@ -221,7 +231,8 @@ def extract(
     ``torch.distributed`` job), rank ``r`` computes the shards ``i`` with ``i % N == r`` on its own
     device (``cuda`` becomes ``cuda:LOCAL_RANK``) into the one folder ``out``; rank 0 finalises
     once all are written. A rank that dies costs only its unfinished shards: running again, with
-    any number of processes, computes only the missing ones.
+    any number of processes, computes only the missing ones. A shard's bytes do not depend on
+    which process computed it (on the same machine and software; see ``docs/scale.md``).
 
     Returns:
         The finished :class:`~probekit.cache.FeatureCache`; ``cache.load()`` gives ``(N, T, D)``.
@@ -316,6 +327,7 @@ def _extract_ranks(
             "kind": data.kind,
         },
         "info": notes,  # not fingerprinted
+        "threads": torch.get_num_threads(),  # not fingerprinted; an existing cache keeps its own
     }
     n_rows, shard_rows = len(data), None
     if plan is not None:
@@ -361,16 +373,53 @@ def _extract_ranks(
             device,
             precision,
             progress and ranks.rank == 0,
+            ranks,
             plan,
         ),
         on=None,
     )
     if not ranks.distributed:
-        return writer.finalize()
-    # after every rank's shards are on disk; a fresh writer sees the manifest as it is now (a
-    # rank that repaired a shard of a finished cache has marked it unfinished)
-    ranks.agree(lambda: create().finalize())
+        cache = writer.finalize()
+        _warn_mixed_numerics(writer)
+        return cache
+
+    def finish() -> None:
+        # after every rank's shards are on disk; a fresh writer sees the manifest as it is now (a
+        # rank that repaired a shard of a finished cache has marked it unfinished)
+        final = create()
+        final.finalize()
+        _warn_mixed_numerics(final)
+
+    ranks.agree(finish)
     return FeatureCache.open(out)
+
+
+def _numerics_label(numerics: dict[str, Any] | None) -> str:
+    if numerics is None:
+        return "unrecorded numerics (an older probekit)"
+    threads = numerics.get("threads")
+    where = f"{numerics.get('device')}, {numerics.get('precision')}"
+    return f"{where}, {threads} thread{'s' if threads != 1 else ''}" if threads else where
+
+
+def _warn_mixed_numerics(writer: CacheWriter) -> None:
+    """Warn when the shards of a cache were computed with different numerics, naming them."""
+    groups: dict[str, list[int]] = {}
+    for i, numerics in writer.shard_numerics().items():
+        groups.setdefault(_numerics_label(numerics), []).append(i)
+    if len(groups) < 2:
+        return
+    parts = "; ".join(
+        f"shard{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids[:10]))}"
+        f"{' ...' if len(ids) > 10 else ''} ({label})"
+        for label, ids in sorted(groups.items(), key=lambda g: -len(g[1]))
+    )
+    warnings.warn(
+        f"the shards of {writer.path} were computed with different numerics, so their features "
+        f"may differ in the last bits from a uniform run: {parts}. Delete a group's shard files "
+        "and extract again to recompute them with the cache's numerics",
+        stacklevel=3,
+    )
 
 
 def _write_shards(
@@ -384,9 +433,81 @@ def _write_shards(
     device: torch.device,
     precision: str,
     progress: bool,
+    ranks: Ranks,
     plan: UnitPlan | None = None,
 ) -> None:
     """Compute and write the shards ``todo`` (a writer thread writes while the next is computed).
+
+    On a CPU with the cache's recorded thread count (see the module docstring); elsewhere the
+    thread count does not govern the forward pass and is left alone.
+    """
+    if not todo:
+        return
+    recorded = writer.manifest.get("threads") if device.type == "cpu" else None
+    ambient = torch.get_num_threads()
+    with intra_op_threads(recorded if isinstance(recorded, int) else None) as threads:
+        if device.type == "cpu":
+            _check_threads(writer, todo, recorded, threads, ambient, ranks)
+        numerics = {
+            "device": device.type,
+            "precision": precision,
+            "threads": threads if device.type == "cpu" else None,
+        }
+        _compute_shards(
+            model,
+            data,
+            writer,
+            todo,
+            specs,
+            poolings,
+            batch_size,
+            device,
+            precision,
+            progress,
+            numerics,
+            plan,
+        )
+
+
+def _check_threads(
+    writer: CacheWriter, todo: list[int], recorded: Any, threads: int, ambient: int, ranks: Ranks
+) -> None:
+    """Warn when this process cannot compute with the cache's thread count, or oversubscribes."""
+    who = f"rank {ranks.rank}" if ranks.distributed else "this process"
+    if isinstance(recorded, int) and threads != recorded:
+        warnings.warn(
+            f"{who} computes shards {todo[:10]} of {writer.path} with {threads} intra-op "
+            f"thread(s), not the {recorded} the cache was made with: their features may differ in "
+            "the last bits from the other shards",
+            stacklevel=4,
+        )
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if ranks.distributed else 1
+    cores = usable_cores()
+    if threads > ambient and threads * local > cores and ranks.local_rank == 0:
+        warnings.warn(
+            f"{local} process(es) each run {threads} intra-op threads (the count {writer.path} "
+            f"was made with, kept for bitwise-equal shards) on {cores} cores: oversubscribed "
+            "and slow; to use fewer threads, extract into a new folder",
+            stacklevel=4,
+        )
+
+
+def _compute_shards(
+    model: LoadedModel,
+    data: Dataset,
+    writer: CacheWriter,
+    todo: list[int],
+    specs: list[LayerSpec],
+    poolings: list[str],
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    progress: bool,
+    numerics: dict[str, Any],
+    plan: UnitPlan | None = None,
+) -> None:
+    """Compute and write the shards ``todo``.
 
     Shard ``i`` holds the inputs ``i * shard_size ..``; in a sample cache those are its rows, in a
     unit cache its rows are their words (tokens), in order.
@@ -433,11 +554,12 @@ def _write_shards(
                         n = t.shape[0]
                     row += n
                     bar.update(min(s + batch_size, stop) - s)
+                columns: tuple[Any, Any, Any]
                 if plan is None:
-                    shard_writer.put(i, tensors, labels[start:stop], torch.arange(start, stop))
+                    columns = (labels[start:stop], torch.arange(start, stop), None)
                 else:
-                    lab, samples, positions = plan.columns(start, stop)
-                    shard_writer.put(i, tensors, lab, samples, positions)
+                    columns = plan.columns(start, stop)
+                shard_writer.put(i, tensors, *columns, numerics)
     finally:
         bar.close()
         shard_writer.close()
