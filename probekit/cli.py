@@ -116,7 +116,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(
         f"  poolings   {', '.join(cache.poolings)}   dtype {m['dtype']}   precision {m.get('precision')}"
     )
-    print(f"  shards     {m['n_shards']} x {m['shard_size']}   fingerprint {m['fingerprint'][:16]}")
+    if cache.unit != "sample":
+        print(
+            f"  unit       {cache.unit} rows ({m.get('word_pooling')} of sub-words) from "
+            f"{m.get('n_inputs')} inputs; {m.get('info', {}).get('dropped_words', 0)} words dropped"
+        )
+    threads = f"   threads {m['threads']}" if m.get("threads") else ""
+    print(
+        f"  shards     {m['n_shards']} x {m['shard_size']}   fingerprint {m['fingerprint'][:16]}"
+        f"{threads}"
+    )
     return 0
 
 

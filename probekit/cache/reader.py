@@ -264,8 +264,9 @@ class FeatureCache:
         model = self.manifest.get("model")
         if isinstance(model, dict):
             model = model.get("id") or model.get("name")
+        unit = "" if self.unit == "sample" else f"unit={self.unit}, "
         return (
-            f"FeatureCache(n={len(self)}, layers={len(names)} [{shown}], dims={dims}, "
+            f"FeatureCache({unit}n={len(self)}, layers={len(names)} [{shown}], dims={dims}, "
             f"poolings=[{', '.join(self.poolings)}], model={model!r})"
         )
 
