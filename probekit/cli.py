@@ -39,7 +39,8 @@ EXIT_BUG = 1
 EXTRACT_OPTIONS = (
     fields_named("model", "data")
     + run_options("data")
-    + fields_named("layers", "pooling", "unit", "word_pooling", "batch_size", "shard_size")
+    + fields_named("layers", "pooling", "unit", "word_pooling", "stride", "batch_size")
+    + fields_named("shard_size")
     + fields_named("device")
     + fields_named("store_dtype", "precision")
     + run_options("model")

@@ -191,3 +191,74 @@ def test_probe_on_a_word_cache_validates_by_sample(minilm, tmp_path, monkeypatch
     assert np.array_equal(groups, cache.samples)
     assert not set(cache.samples[tr]) & set(cache.samples[va])
     assert clf.predict(cache).shape == (len(cache),)
+
+
+def _naive_windows(lm, words, stride):
+    """Every window of every text in one padded batch, and per word the window (by a plain loop
+    over all windows) holding most of its tokens, then the most context, then the first."""
+    tok = lm.tokenizer
+    enc = tok(
+        words,
+        is_split_into_words=True,
+        truncation=True,
+        max_length=lm.max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        padding=True,
+        return_tensors="pt",
+    )
+    inputs = {
+        k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    with torch.no_grad():
+        hs = lm.model(**inputs, output_hidden_states=True).hidden_states
+    mapping = enc["overflow_to_sample_mapping"].tolist()
+    rows: list[list[torch.Tensor]] = [[] for _ in hs]
+    for s, sentence in enumerate(words):
+        windows = [r for r, m in enumerate(mapping) if m == s]
+        for w in range(len(sentence)):
+            if TAGS_LONG[s][w] is None:
+                continue
+            best = None
+            for k, r in enumerate(windows):
+                ids = enc.word_ids(r)
+                toks = [t for t, i in enumerate(ids) if i == w]
+                if not toks:
+                    continue
+                real = [t for t, i in enumerate(ids) if i is not None]
+                key = (len(toks), min(toks[0] - real[0], real[-1] - toks[-1]), -k)
+                if best is None or key > best[0]:
+                    best = (key, r, toks)
+            assert best is not None
+            for layer, h in enumerate(hs):
+                rows[layer].append(h[best[1], best[2]].mean(0))
+    return [torch.stack(r) for r in rows], len(mapping)
+
+
+LONG = [(WORDS[0] + WORDS[2]) * 3, WORDS[1], (WORDS[4] + WORDS[3]) * 2]
+TAGS_LONG = [(TAGS[0] + TAGS[2]) * 3, TAGS[1], (TAGS[4] + TAGS[3]) * 2]
+
+
+def test_long_texts_read_each_word_from_its_best_window(tiny_bert_dir, tmp_path):
+    lm = load_model(tiny_bert_dir, max_length=16)
+    data = word_dataset(LONG, TAGS_LONG, name="long", spec="test:long")
+    cache = extract(
+        lm, data, tmp_path / "w", unit="word", stride=4, precision="fp32", progress=False
+    )
+    refs, n_windows = _naive_windows(lm, LONG, 4)
+    assert n_windows > len(LONG) + 2  # the long texts really are split
+    assert len(cache) == sum(t is not None for row in TAGS_LONG for t in row)  # no word lost
+    for layer, ref in enumerate(refs):
+        assert torch.equal(cache[f"layers.{layer}.mean"], ref), layer
+    assert cache.manifest["stride"] == 4
+    # a text that fits in one window: the same rows as without windows
+    short = word_dataset(WORDS[:2], TAGS[:2], name="short", spec="test:short")
+    roomy = load_model(tiny_bert_dir)
+    a = extract(
+        roomy, short, tmp_path / "a", unit="word", stride=8, precision="fp32", progress=False
+    )
+    b = extract(roomy, short, tmp_path / "b", unit="word", precision="fp32", progress=False)
+    for key in a.keys():
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ConfigError, match="stride"):
+        extract(roomy, short, tmp_path / "c", unit="token", stride=8, progress=False)

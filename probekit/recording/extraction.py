@@ -197,6 +197,7 @@ def extract(
     progress: bool = True,
     unit: str = "sample",
     word_pooling: str = "mean",
+    stride: int | None = None,
 ) -> FeatureCache:
     """Record pooled layer features of every sample of ``data`` into a cache at ``out``.
 
@@ -226,6 +227,10 @@ def extract(
             its rows carry their sample and position (:attr:`FeatureCache.samples`,
             :meth:`FeatureCache.rows_of`), and a shard holds ``shard_size`` whole inputs.
         word_pooling: ``"mean"`` (default), ``"first"`` or ``"last"`` of a word's sub-words.
+        stride: ``unit="word"``: split an input longer than the model's window into
+            overlapping windows with ``stride`` tokens of overlap and read each word from the
+            window where it has the most context (default ``None``: truncate); in the
+            fingerprint.
 
     Several processes: launched by ``torchrun --nproc-per-node N`` (or called inside any
     ``torch.distributed`` job), rank ``r`` computes the shards ``i`` with ``i % N == r`` on its own
@@ -261,9 +266,11 @@ def extract(
                 f"unit={unit} pools a word's sub-words with word_pooling "
                 f"(mean, first, last), not pooling={pooling!r}"
             )
-        plan = plan_units(model, data, unit, word_pooling)
+        plan = plan_units(model, data, unit, word_pooling, stride)
         poolings = [word_pooling if unit == "word" else "token"]
     else:
+        if stride is not None:
+            raise ConfigError("stride applies to unit=word (word rows read from windows)")
         poolings = model_poolings(model, pooling)
     if "tokens" in poolings:
         raise ValueError("tokens pooling keeps every token and is not cached; use probekit.record")
@@ -332,6 +339,8 @@ def _extract_ranks(
     n_rows, shard_rows = len(data), None
     if plan is not None:
         manifest.update(unit=plan.unit, word_pooling=plan.word_pooling)
+        if plan.stride is not None:
+            manifest["stride"] = plan.stride
         notes["dropped_words"] = plan.n_dropped
         starts = range(0, len(data), shard_size)
         shard_rows = [plan.rows(s, min(s + shard_size, len(data))) for s in starts]

@@ -9,6 +9,12 @@ never kept. ``unit="token"`` makes every sub-word token of a labelled word a row
 its word's tag). A word whose tokens were all cut off by the model's token limit gives no row;
 the manifest counts them (``info.dropped_words``).
 
+Long inputs (``stride=k``, word rows): a text longer than the model's window is split into
+overlapping windows (the tokenizer's ``return_overflowing_tokens`` with ``k`` tokens of overlap,
+each window with its own special tokens), and each word's feature is taken from the window where
+it has the most context: the largest ``min(tokens before it, tokens after it)`` in that window
+(the first such window on a tie), as is standard for token classification.
+
 Rows are in sample order, then word (token) order; each carries its sample and its position.
 """
 
@@ -40,6 +46,8 @@ class UnitPlan:
         positions: per sample, ``(n_rows,)`` int64: the word index (or token index) of each row.
         labels: per sample, ``(n_rows,)`` int64 class indices.
         n_dropped: labelled words that gave no row (every token past the model's limit).
+        stride: tokens of overlap between windows of a long input, or ``None`` (truncate).
+        windows: with ``stride``: per sample, ``(n_rows,)`` the window each row is read from.
     """
 
     unit: str
@@ -47,6 +55,8 @@ class UnitPlan:
     positions: list[np.ndarray]
     labels: list[np.ndarray]
     n_dropped: int
+    stride: int | None = None
+    windows: list[np.ndarray] | None = None
 
     def rows(self, start: int, stop: int) -> int:
         """Rows of samples ``start..stop-1``."""
@@ -83,7 +93,15 @@ def _check(model: LoadedModel, data: Dataset, unit: str, word_pooling: str) -> A
     return tokenizer
 
 
-def _encode(tokenizer: Any, words: Sequence[Sequence[str]], limit: int | None, **kw: Any) -> Any:
+def _encode(
+    tokenizer: Any,
+    words: Sequence[Sequence[str]],
+    limit: int | None,
+    stride: int | None = None,
+    **kw: Any,
+) -> Any:
+    if stride is not None:
+        kw.update(stride=stride, return_overflowing_tokens=True)
     return tokenizer(
         [list(w) for w in words],
         is_split_into_words=True,
@@ -91,6 +109,33 @@ def _encode(tokenizer: Any, words: Sequence[Sequence[str]], limit: int | None, *
         max_length=limit,
         **kw,
     )
+
+
+def _windows_of(enc: Any, n: int) -> list[list[int]]:
+    """The encoding rows (windows) of each of ``n`` samples, in order."""
+    rows: list[list[int]] = [[] for _ in range(n)]
+    mapping = enc.get("overflow_to_sample_mapping")
+    for r in range(len(enc["input_ids"])):
+        rows[int(mapping[r]) if mapping is not None else r].append(r)
+    return rows
+
+
+def _best_window(enc: Any, rows: list[int], word: int) -> tuple[int, list[int]] | None:
+    """``(k, tokens)``: of the windows ``rows`` holding the most of ``word``'s tokens (all of
+    them, unless the word is longer than the overlap), the one where it has the most context on
+    both sides, and its tokens there; ``None`` when no window holds any."""
+    found = []
+    for k, r in enumerate(rows):
+        ids = enc.word_ids(r)
+        tokens = [t for t, w in enumerate(ids) if w == word]
+        if tokens:
+            real = [t for t, w in enumerate(ids) if w is not None]
+            score = min(tokens[0] - real[0], real[-1] - tokens[-1])
+            found.append((len(tokens), score, -k, tokens))
+    if not found:
+        return None
+    _, _, k, tokens = max(found, key=lambda f: f[:3])  # most tokens, most context, first
+    return -k, tokens
 
 
 def _word_tokens(word_ids: Sequence[int | None]) -> dict[int, list[int]]:
@@ -102,15 +147,21 @@ def _word_tokens(word_ids: Sequence[int | None]) -> dict[int, list[int]]:
     return out
 
 
-def plan_units(model: LoadedModel, data: Dataset, unit: str, word_pooling: str) -> UnitPlan:
+def plan_units(
+    model: LoadedModel, data: Dataset, unit: str, word_pooling: str, stride: int | None = None
+) -> UnitPlan:
     """Tokenize every sample once and list its rows.
 
     Raises:
-        ConfigError: not word-level data, no fast tokenizer, a bad ``unit`` or pooling.
+        ConfigError: not word-level data, no fast tokenizer, a bad ``unit``, pooling or stride.
         DataError: no labelled word gives a row.
     """
     tokenizer = _check(model, data, unit, word_pooling)
     assert data.units is not None
+    if stride is not None:
+        if unit != "word":
+            raise ConfigError(f"stride applies to unit=word, not unit={unit}")
+        return _plan_windows(model, data, word_pooling, int(stride))
     positions, labels, dropped = [], [], 0
     words = data.units.words
     for s in range(0, len(words), 512):
@@ -133,6 +184,36 @@ def plan_units(model: LoadedModel, data: Dataset, unit: str, word_pooling: str) 
     return UnitPlan(unit, word_pooling, positions, labels, dropped)
 
 
+def _plan_windows(model: LoadedModel, data: Dataset, word_pooling: str, stride: int) -> UnitPlan:
+    """:func:`plan_units` for word rows read from overlapping windows of long inputs."""
+    limit = model.max_length
+    if limit is None or not 0 <= stride < limit // 2:
+        raise ConfigError(f"stride must be in 0..{(limit or 2) // 2 - 1} tokens, got {stride}")
+    assert data.units is not None
+    words = data.units.words
+    positions, labels, windows, dropped = [], [], [], 0
+    for s in range(0, len(words), 256):
+        chunk = words[s : s + 256]
+        enc = _encode(model.tokenizer, chunk, limit, stride)
+        for b, rows in enumerate(_windows_of(enc, len(chunk))):
+            tags = data.units.labels[s + b]
+            pos, lab, win = [], [], []
+            for w in np.flatnonzero(tags >= 0).tolist():
+                found = _best_window(enc, rows, w)
+                if found is None:
+                    dropped += 1
+                    continue
+                pos.append(w)
+                lab.append(int(tags[w]))
+                win.append(found[0])
+            positions.append(np.asarray(pos, np.int64))
+            labels.append(np.asarray(lab, np.int64))
+            windows.append(np.asarray(win, np.int64))
+    if not any(len(p) for p in positions):
+        raise DataError(f"{data.name}: no labelled word gives a row for {model.spec}")
+    return UnitPlan("word", word_pooling, positions, labels, dropped, stride, windows)
+
+
 def unit_preprocess(
     model: LoadedModel, data: Dataset, plan: UnitPlan
 ) -> Callable[[int, int], tuple[dict[str, Tensor], list[np.ndarray]]]:
@@ -148,10 +229,23 @@ def unit_preprocess(
 
     def prep(start: int, stop: int) -> tuple[dict[str, Tensor], list[np.ndarray]]:
         enc = _encode(
-            tokenizer, words[start:stop], model.max_length, padding=True, return_tensors="pt"
+            tokenizer,
+            words[start:stop],
+            model.max_length,
+            plan.stride,
+            padding=True,
+            return_tensors="pt",
         )
         width = int(enc["input_ids"].shape[1])
         groups: list[np.ndarray] = []
+        if plan.windows is not None:  # each row from its chosen window
+            for b, rows in enumerate(_windows_of(enc, stop - start)):
+                for p, k in zip(plan.positions[start + b], plan.windows[start + b], strict=True):
+                    r = rows[int(k)]
+                    chosen = _word_tokens(enc.word_ids(r))[int(p)]
+                    groups.append(r * width + np.asarray(chosen, np.int64))
+            assert model.inputs is not None
+            return model.inputs(enc), groups
         for b in range(stop - start):
             if plan.unit == "word":
                 tokens = _word_tokens(enc.word_ids(b))

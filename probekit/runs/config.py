@@ -283,6 +283,13 @@ class RunConfig:
         choices=WORD_POOLINGS,
         stage="extract",
     )
+    stride: int | None = option(
+        None,
+        "--unit word: split long texts into windows overlapping by this many tokens "
+        "(default: truncate)",
+        parse=int,
+        stage="extract",
+    )
     batch_size: int = option(64, "extraction batch size", parse=int, stage="extract")
     shard_size: int = option(4096, "samples per cache shard file", parse=int, stage="extract")
     precision: str = option(
