@@ -262,3 +262,45 @@ def test_long_texts_read_each_word_from_its_best_window(tiny_bert_dir, tmp_path)
         assert torch.equal(a[key], b[key]), key
     with pytest.raises(ConfigError, match="stride"):
         extract(roomy, short, tmp_path / "c", unit="token", stride=8, progress=False)
+
+
+def test_vit_patch_rows_equal_forward_intermediates(tmp_path):
+    from probekit.data import Dataset, PatchUnits
+
+    lm = load_model("timm:test_vit", weights="random")
+    m = lm.model
+    gh, gw = m.patch_embed.grid_size
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3, 48, 56, 3), dtype=np.uint8)
+    grid = rng.integers(-1, 3, (3, gh, gw))  # -1: an unlabelled patch, never a row
+    data = Dataset(
+        name="patches",
+        kind="image",
+        labels=np.zeros(3, np.int64),
+        label_names=["sky", "tree", "road"],
+        spec="test:patches",
+        images=images,
+        units=PatchUnits(grid),
+    )
+    cache = extract(lm, data, tmp_path / "p", unit="token", precision="fp32", progress=False)
+    assert cache.unit == "token" and len(cache) == int((grid >= 0).sum())
+    assert np.array_equal(cache.labels, grid.reshape(3, -1)[grid.reshape(3, -1) >= 0])
+    x = lm.preprocess(data.get_items(range(3)))["x"]
+    with torch.no_grad():
+        inter = m.forward_intermediates(x, output_fmt="NLC", intermediates_only=True)
+        embed = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))[:, m.num_prefix_tokens :]
+    flat = grid.reshape(3, -1)
+    for layer, patches in enumerate([embed, *inter]):
+        ref = torch.cat([patches[b, np.flatnonzero(flat[b] >= 0)] for b in range(3)])
+        assert torch.equal(cache[f"layers.{layer}.token"], ref), layer
+    wrong = Dataset(
+        name="wrong",
+        kind="image",
+        labels=np.zeros(3, np.int64),
+        label_names=["a"],
+        spec="test:wrong",
+        images=images,
+        units=PatchUnits(np.zeros((3, gh + 1, gw), np.int64)),
+    )
+    with pytest.raises(ConfigError, match="grid"):
+        extract(lm, wrong, tmp_path / "w", unit="token", progress=False)

@@ -45,7 +45,7 @@ from .sources import (
     list_data_sources,
     register_data_source,
 )
-from .units import WordUnits, word_dataset
+from .units import PatchUnits, WordUnits, word_dataset
 
 __all__ = [
     "BUNDLED_DATASETS",
@@ -55,6 +55,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "SCHEMES",
     "VADER_THRESHOLD",
+    "PatchUnits",
     "WordUnits",
     "from_arrays",
     "list_data_sources",

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._utils.images import to_rgb
 from ..errors import DataError
-from .units import WordUnits
+from .units import PatchUnits, WordUnits
 
 __all__ = ["Dataset"]
 
@@ -34,7 +34,8 @@ class Dataset:
         targets: ``(N,)`` float64 continuous targets of regression data, else ``None``.
         target_name: the name of those targets (``"valence"``, a column name), else ``None``.
         units: word-level data (``conllu:``, ``jsonl:``): the words of every sample and one
-            label per word (:class:`~probekit.data.units.WordUnits`), else ``None``.
+            label per word (:class:`~probekit.data.units.WordUnits`); for images, one label per
+            patch (:class:`~probekit.data.units.PatchUnits`); else ``None``.
     """
 
     def __init__(
@@ -53,7 +54,7 @@ class Dataset:
         get_images: Callable[[list[int]], list[Any]] | None = None,
         targets: np.ndarray | None = None,
         target_name: str | None = None,
-        units: WordUnits | None = None,
+        units: WordUnits | PatchUnits | None = None,
     ) -> None:
         """Build a dataset; use :func:`load_data` or :func:`from_arrays` instead of calling this.
 
@@ -74,7 +75,8 @@ class Dataset:
                 stream, fastest in increasing order); used instead of ``get_image`` when given.
             targets: ``(N,)`` continuous targets (regression data; hash them into ``options``).
             target_name: their name.
-            units: the words and per-word labels of word-level data (hashed here).
+            units: the words and per-word labels of word-level data, or an image's per-patch
+                labels (hashed here).
         """
         if kind not in ("text", "image"):
             raise DataError(f"kind must be 'text' or 'image', got {kind!r}")
@@ -89,8 +91,13 @@ class Dataset:
         self.targets = None if targets is None else np.asarray(targets, dtype=np.float64)
         self.target_name = target_name
         self.units = units
-        if units is not None and (kind != "text" or len(units) != len(self.labels)):
-            raise DataError(f"{name}: word units need text data with one word list per sample")
+        if units is not None and (
+            kind != ("text" if isinstance(units, WordUnits) else "image")
+            or len(units) != len(self.labels)
+        ):
+            raise DataError(
+                f"{name}: word units go with text data, patch labels with images, one per sample"
+            )
         if images is not None:
             get_image = get_image or (lambda i: _pil_from_array(images[i]))
             content_hash = content_hash or (lambda h: _hash_array(h, images))
@@ -182,7 +189,7 @@ class Dataset:
         return {name: int(c) for name, c in zip(self.label_names, counts, strict=True)}
 
     def __repr__(self) -> str:
-        words = "" if self.units is None else f", words={self.units.n_words}"
+        words = f", words={self.units.n_words}" if isinstance(self.units, WordUnits) else ""
         return (
             f"Dataset(name={self.name!r}, kind={self.kind!r}, n={len(self)}{words}, "
             f"classes={self.label_names if len(self.label_names) <= 10 else len(self.label_names)})"

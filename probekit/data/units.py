@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["WordUnits", "word_dataset"]
+__all__ = ["PatchUnits", "WordUnits", "word_dataset"]
 
 
 @dataclass
@@ -77,6 +77,40 @@ class WordUnits:
                 h.update(b"\0" + self.labels[i].astype("<i8").tobytes())
                 if self.targets is not None:
                     h.update(self.targets[i].astype("<f8").tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
+
+
+@dataclass
+class PatchUnits:
+    """One label per patch of every image, for token rows of a vision transformer.
+
+    Attributes:
+        labels: ``(N, H_p, W_p)`` int64 class indices on the model's patch grid (row-major, as a
+            ViT orders its patch tokens), ``-1`` for a patch without a label.
+    """
+
+    labels: np.ndarray
+    _digest: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.labels = np.ascontiguousarray(np.asarray(self.labels, dtype=np.int64))
+        if self.labels.ndim != 3:
+            raise DataError(f"patch labels must be (N, H_p, W_p), got {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """``(H_p, W_p)``, the patch grid the labels are given on."""
+        return int(self.labels.shape[1]), int(self.labels.shape[2])
+
+    def digest(self) -> str:
+        """sha256 hex over the label grids."""
+        if self._digest is None:
+            h = hashlib.sha256(repr(self.labels.shape).encode())
+            h.update(self.labels.astype("<i8").tobytes())
             self._digest = h.hexdigest()
         return self._digest
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import Dataset
+from ..data import Dataset, PatchUnits, WordUnits
 from ..errors import ConfigError, DataError
 from ..models.loading import LoadedModel
 from .options import WORD_POOLINGS
@@ -70,6 +70,11 @@ class UnitPlan:
             np.concatenate(samples[start:stop]),
             np.concatenate(self.positions[start:stop]),
         )
+
+
+def _words(data: Dataset) -> WordUnits:
+    assert isinstance(data.units, WordUnits)  # checked by plan_units
+    return data.units
 
 
 def _check(model: LoadedModel, data: Dataset, unit: str, word_pooling: str) -> Any:
@@ -156,18 +161,22 @@ def plan_units(
         ConfigError: not word-level data, no fast tokenizer, a bad ``unit``, pooling or stride.
         DataError: no labelled word gives a row.
     """
+    if isinstance(data.units, PatchUnits):
+        if stride is not None:
+            raise ConfigError("stride applies to text (unit=word), not to image patches")
+        return _plan_patches(model, data, unit)
     tokenizer = _check(model, data, unit, word_pooling)
-    assert data.units is not None
     if stride is not None:
         if unit != "word":
             raise ConfigError(f"stride applies to unit=word, not unit={unit}")
         return _plan_windows(model, data, word_pooling, int(stride))
     positions, labels, dropped = [], [], 0
-    words = data.units.words
+    units = _words(data)
+    words = units.words
     for s in range(0, len(words), 512):
         enc = _encode(tokenizer, words[s : s + 512], model.max_length)
         for b in range(len(enc["input_ids"])):
-            tags = data.units.labels[s + b]
+            tags = units.labels[s + b]
             tokens = _word_tokens(enc.word_ids(b))
             if unit == "word":
                 pos = [w for w in range(len(tags)) if tags[w] >= 0 and w in tokens]
@@ -184,19 +193,48 @@ def plan_units(
     return UnitPlan(unit, word_pooling, positions, labels, dropped)
 
 
+def _plan_patches(model: LoadedModel, data: Dataset, unit: str) -> UnitPlan:
+    """Token rows of a vision transformer: every labelled patch, its position its index on the
+    patch grid (prefix tokens never a row). The grid is checked on one image first."""
+    assert isinstance(data.units, PatchUnits)
+    if unit != "token" or model.kind != "image" or model.arch != "transformer":
+        raise ConfigError(
+            f"patch labels give unit=token rows of a vision transformer; got unit={unit} "
+            f"on {model.spec} ({model.arch})"
+        )
+    from ..models.hooks import LayerRecorder
+
+    with torch.no_grad(), LayerRecorder(model.model, model.layers[:1]) as rec:
+        inputs = model.preprocess(data.get_items([0]))
+        device = model.device
+        hidden = rec.run(model.forward, {k: v.to(device) for k, v in inputs.items()})
+    n_patches = int(next(iter(hidden.values())).shape[1]) - model.n_prefix_tokens
+    h, w = data.units.grid
+    if h * w != n_patches:
+        raise ConfigError(
+            f"patch labels on a {h}x{w} grid, but {model.spec} makes {n_patches} patch tokens"
+        )
+    flat = data.units.labels.reshape(len(data), -1)
+    positions = [np.flatnonzero(row >= 0).astype(np.int64) for row in flat]
+    labels = [row[pos] for row, pos in zip(flat, positions, strict=True)]
+    if not any(len(p) for p in positions):
+        raise DataError(f"{data.name}: no patch has a label")
+    return UnitPlan("token", "mean", positions, labels, 0)
+
+
 def _plan_windows(model: LoadedModel, data: Dataset, word_pooling: str, stride: int) -> UnitPlan:
     """:func:`plan_units` for word rows read from overlapping windows of long inputs."""
     limit = model.max_length
     if limit is None or not 0 <= stride < limit // 2:
         raise ConfigError(f"stride must be in 0..{(limit or 2) // 2 - 1} tokens, got {stride}")
-    assert data.units is not None
-    words = data.units.words
+    units = _words(data)
+    words = units.words
     positions, labels, windows, dropped = [], [], [], 0
     for s in range(0, len(words), 256):
         chunk = words[s : s + 256]
         enc = _encode(model.tokenizer, chunk, limit, stride)
         for b, rows in enumerate(_windows_of(enc, len(chunk))):
-            tags = data.units.labels[s + b]
+            tags = units.labels[s + b]
             pos, lab, win = [], [], []
             for w in np.flatnonzero(tags >= 0).tolist():
                 found = _best_window(enc, rows, w)
@@ -223,9 +261,10 @@ def unit_preprocess(
     for a token row; a word's sub-words for a word row), in the padded batch (left or right
     padding alike).
     """
+    if isinstance(data.units, PatchUnits):
+        return _patch_preprocess(model, data, plan)
     tokenizer = model.tokenizer
-    assert data.units is not None
-    words = data.units.words
+    words = _words(data).words
 
     def prep(start: int, stop: int) -> tuple[dict[str, Tensor], list[np.ndarray]]:
         enc = _encode(
@@ -258,6 +297,27 @@ def unit_preprocess(
                 groups += [np.asarray([at + int(p)], np.int64) for p in plan.positions[start + b]]
         assert model.inputs is not None  # a text model (checked by plan_units)
         return model.inputs(enc), groups
+
+    return prep
+
+
+def _patch_preprocess(
+    model: LoadedModel, data: Dataset, plan: UnitPlan
+) -> Callable[[int, int], tuple[dict[str, Tensor], list[np.ndarray]]]:
+    """``prep`` for patch rows: image ``b``'s patch ``p`` is token ``n_prefix + p``."""
+    assert isinstance(data.units, PatchUnits)
+    h, w = data.units.grid
+    k = model.n_prefix_tokens
+    width = k + h * w
+
+    def prep(start: int, stop: int) -> tuple[dict[str, Tensor], list[np.ndarray]]:
+        inputs = model.preprocess(data.get_items(range(start, stop)))
+        groups = [
+            np.asarray([b * width + k + int(p)], np.int64)
+            for b in range(stop - start)
+            for p in plan.positions[start + b]
+        ]
+        return inputs, groups
 
     return prep
 
