@@ -40,7 +40,7 @@ EXTRACT_OPTIONS = (
     fields_named("model", "data")
     + run_options("data")
     + fields_named("layers", "pooling", "unit", "word_pooling", "stride", "batch_size")
-    + fields_named("shard_size")
+    + fields_named("span_pooling", "shard_size")
     + fields_named("device")
     + fields_named("store_dtype", "precision")
     + run_options("model")

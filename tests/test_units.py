@@ -304,3 +304,65 @@ def test_vit_patch_rows_equal_forward_intermediates(tmp_path):
     )
     with pytest.raises(ConfigError, match="grid"):
         extract(lm, wrong, tmp_path / "w", unit="token", progress=False)
+
+
+SPANS = [
+    [(0, 4, "NP"), (4, 5, "VP"), (1, 3, "ADJP")],
+    [(0, 1, "NP"), (1, 4, "VP")],
+    [(0, 2, "NP"), (2, 4, "VP"), (4, 5, None)],
+    [(0, 3, "NP")],
+    [(0, 1, "VP"), (1, 3, "NP")],
+]
+PAIRS = [
+    [(0, 4, 4, 5, "subj")],
+    [(0, 1, 1, 2, "subj"), (1, 2, 3, 4, "obj")],
+    [],
+    [],
+    [(0, 1, 1, 3, "obj")],
+]
+
+
+@pytest.mark.parametrize(("spans", "how"), [(SPANS, "mean"), (SPANS, "endpoints"), (PAIRS, "mean")])
+def test_span_rows_equal_a_naive_loop(minilm, tmp_path, spans, how):
+    from probekit.data import span_dataset
+
+    data = span_dataset(WORDS, spans, name="spans", spec="test:spans")
+    cache = extract(
+        minilm,
+        data,
+        tmp_path / "s",
+        unit="span",
+        span_pooling=how,
+        precision="fp32",
+        progress=False,
+    )
+    tok = minilm.tokenizer
+    enc = tok(WORDS, is_split_into_words=True, padding=True, return_tensors="pt")
+    inputs = {
+        k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    with torch.no_grad():
+        hs = minilm.model(**inputs, output_hidden_states=True).hidden_states
+    for layer, h in enumerate(hs):
+        rows = []
+        for b, row in enumerate(spans):
+            ids = enc.word_ids(b)
+
+            def word(w, b=b, ids=ids, h=h):
+                return h[b, [t for t, i in enumerate(ids) if i == w]].mean(0)
+
+            for span in row:
+                if span[-1] is None:
+                    continue
+                parts = []
+                for a, e in zip(span[:-1:2], span[1:-1:2]):
+                    if how == "endpoints":
+                        parts += [word(a), word(e - 1)]
+                    else:
+                        parts.append(torch.stack([word(w) for w in range(a, e)]).mean(0))
+                rows.append(torch.cat(parts))
+        ref = torch.stack(rows)
+        got = cache[f"layers.{layer}.span"]
+        assert got.shape == ref.shape
+        assert torch.equal(got, ref), (layer, (got - ref).abs().max().item())
+    assert cache.dims[0] == 384 * (2 if how == "endpoints" or spans is PAIRS else 1)

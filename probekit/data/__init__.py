@@ -45,7 +45,7 @@ from .sources import (
     list_data_sources,
     register_data_source,
 )
-from .units import PatchUnits, WordUnits, word_dataset
+from .units import PatchUnits, WordUnits, span_dataset, word_dataset
 
 __all__ = [
     "BUNDLED_DATASETS",
@@ -61,6 +61,7 @@ __all__ = [
     "list_data_sources",
     "load_data",
     "register_data_source",
+    "span_dataset",
     "word_dataset",
 ]
 

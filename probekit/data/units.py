@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["PatchUnits", "WordUnits", "word_dataset"]
+__all__ = ["PatchUnits", "WordUnits", "span_dataset", "word_dataset"]
 
 
 @dataclass
@@ -33,11 +33,17 @@ class WordUnits:
             ``-1`` for an unlabelled word.
         targets: for regression, ``N`` float64 arrays of the same shapes (NaN: no target), else
             ``None``.
+        spans: for span tasks (edge probing), ``N`` int64 arrays ``(n_spans, 2)`` of word ranges
+            ``[start, end)``, or ``(n_spans, 4)`` for a pair of spans (a relation between two:
+            ``[start1, end1, start2, end2]``), else ``None``.
+        span_labels: ``N`` int64 arrays ``(n_spans,)``: each span's class (``-1``: none).
     """
 
     words: list[list[str]]
     labels: list[np.ndarray]
     targets: list[np.ndarray] | None = None
+    spans: list[np.ndarray] | None = None
+    span_labels: list[np.ndarray] | None = None
     _digest: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +63,40 @@ class WordUnits:
             self.targets = [np.asarray(t, dtype=np.float64).reshape(-1) for t in self.targets]
             if [len(t) for t in self.targets] != [len(lab) for lab in self.labels]:
                 raise DataError("word targets do not have one value per word")
+        if (self.spans is None) != (self.span_labels is None):
+            raise DataError("spans and span_labels go together")
+        if self.spans is not None and self.span_labels is not None:
+            self._check_spans()
+
+    def _check_spans(self) -> None:
+        assert self.spans is not None and self.span_labels is not None
+        if len(self.spans) != len(self.words) or len(self.span_labels) != len(self.words):
+            raise DataError("spans need one array per sample")
+        arrays = [np.asarray(sp, dtype=np.int64) for sp in self.spans]
+        widths = {a.shape[-1] for a in arrays if a.size}
+        if len(widths) > 1 or not widths <= {2, 4}:
+            raise DataError(f"spans are (n, 2) or (n, 4) word ranges, one width; got {widths}")
+        width = widths.pop() if widths else 2
+        for i, (raw, lab) in enumerate(zip(arrays, self.span_labels, strict=True)):
+            sp = raw.reshape(-1, width)
+            starts, ends = sp[:, 0::2], sp[:, 1::2]
+            if len(sp) and ((starts < 0).any() or (ends > len(self.words[i])).any()):
+                raise DataError(
+                    f"sample {i}: a span reaches outside its {len(self.words[i])} words"
+                )
+            if (ends <= starts).any():
+                raise DataError(f"sample {i}: a span [start, end) is empty")
+            if len(np.asarray(lab).reshape(-1)) != len(sp):
+                raise DataError(f"sample {i}: {len(sp)} spans but {len(lab)} span labels")
+            self.spans[i] = sp
+            self.span_labels[i] = np.asarray(lab, dtype=np.int64).reshape(-1)
+
+    @property
+    def span_width(self) -> int:
+        """2 for single spans, 4 for pairs (0 without spans)."""
+        if not self.spans:
+            return 0
+        return int(next((s.shape[1] for s in self.spans if len(s)), 2))
 
     def __len__(self) -> int:
         return len(self.words)
@@ -77,6 +117,9 @@ class WordUnits:
                 h.update(b"\0" + self.labels[i].astype("<i8").tobytes())
                 if self.targets is not None:
                     h.update(self.targets[i].astype("<f8").tobytes())
+                if self.spans is not None and self.span_labels is not None:
+                    h.update(b"spans" + self.spans[i].astype("<i8").tobytes())
+                    h.update(self.span_labels[i].astype("<i8").tobytes())
             self._digest = h.hexdigest()
         return self._digest
 
@@ -167,6 +210,66 @@ def word_dataset(
     per_sample = [
         int(np.bincount(lab[lab >= 0], minlength=len(names)).argmax()) if (lab >= 0).any() else 0
         for lab in units.labels
+    ]
+    return Dataset(
+        name=name,
+        kind="text",
+        labels=np.asarray(per_sample, dtype=np.int64),
+        label_names=names,
+        spec=spec,
+        options=options,
+        texts=[" ".join(ws) for ws in units.words],
+        units=units,
+    )
+
+
+def span_dataset(
+    words: Sequence[Sequence[str]],
+    spans: Sequence[Sequence[Sequence[Any]]],
+    *,
+    name: str,
+    spec: str,
+    options: dict[str, Any] | None = None,
+    label_names: Sequence[str] | None = None,
+) -> Any:
+    """A span-level :class:`~probekit.data.Dataset` (edge probing) from words and labelled spans.
+
+    Args:
+        words: ``N`` lists of words.
+        spans: per sample, ``(start, end, tag)`` word ranges ``[start, end)``, or
+            ``(start1, end1, start2, end2, tag)`` for a relation between two spans.
+        name, spec, options, label_names: as :func:`word_dataset`.
+
+    Returns:
+        A text ``Dataset`` whose ``units`` hold the words (no word tags) and the spans.
+
+    Raises:
+        DataError: a span outside its words, an empty span, mixed single and pair spans.
+    """
+    from .dataset import Dataset
+
+    if len(words) != len(spans):
+        raise DataError(f"{name}: {len(words)} samples of words but {len(spans)} of spans")
+    if label_names is None:
+        label_names = sorted({str(s[-1]) for row in spans for s in row if s[-1] is not None})
+    names = [str(n) for n in label_names] or ["none"]
+    code = {n: k for k, n in enumerate(names)}
+    ranges, labels = [], []
+    for i, row in enumerate(spans):
+        try:
+            labels.append(np.array([-1 if s[-1] is None else code[str(s[-1])] for s in row]))
+        except KeyError as err:
+            raise DataError(f"{name}: sample {i} has span tag {err.args[0]!r}") from None
+        ranges.append(np.array([list(s[:-1]) for s in row], dtype=np.int64))
+    units = WordUnits(
+        [list(ws) for ws in words],
+        [np.full(len(ws), -1, np.int64) for ws in words],
+        spans=ranges,
+        span_labels=labels,
+    )
+    per_sample = [
+        int(np.bincount(lab[lab >= 0], minlength=len(names)).argmax()) if (lab >= 0).any() else 0
+        for lab in units.span_labels or []
     ]
     return Dataset(
         name=name,

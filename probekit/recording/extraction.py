@@ -44,7 +44,7 @@ from ..models.loading import LoadedModel, load_model
 from .distributed import Ranks, join_ranks
 from .options import PRECISIONS, STORE_DTYPES
 from .pooling import model_poolings, pool
-from .units import UnitPlan, plan_units, pool_units, unit_preprocess
+from .units import SpanGroups, UnitPlan, plan_units, pool_spans, pool_units, unit_preprocess
 
 __all__ = ["extract", "record", "PRECISIONS", "STORE_DTYPES"]
 
@@ -111,7 +111,7 @@ def _forward_pooled(
     inputs: dict[str, Tensor],
     poolings: list[str],
     device: torch.device,
-    groups: list[np.ndarray] | None = None,
+    groups: list[np.ndarray] | SpanGroups | None = None,
 ) -> dict[str, Tensor]:
     """One forward pass; returns ``{"<layer>.<pooling>": (B, D) float32}``, or with ``groups``
     (a unit cache's rows, see :func:`~probekit.recording.units.pool_units`) ``(R, D)``."""
@@ -121,6 +121,8 @@ def _forward_pooled(
     channels_last = {spec.name for spec in recorder.specs if spec.channels_last}
 
     def transform(name: str, hidden: Tensor) -> dict[str, Tensor]:  # pooled where the block ran
+        if isinstance(groups, SpanGroups):
+            return {poolings[0]: pool_spans(hidden, groups)}
         if groups is not None:
             how = "first" if poolings[0] == "token" else poolings[0]
             return {poolings[0]: pool_units(hidden, groups, how)}
@@ -198,6 +200,7 @@ def extract(
     unit: str = "sample",
     word_pooling: str = "mean",
     stride: int | None = None,
+    span_pooling: str = "mean",
 ) -> FeatureCache:
     """Record pooled layer features of every sample of ``data`` into a cache at ``out``.
 
@@ -231,6 +234,8 @@ def extract(
             overlapping windows with ``stride`` tokens of overlap and read each word from the
             window where it has the most context (default ``None``: truncate); in the
             fingerprint.
+        span_pooling: ``unit="span"``: a span's ``"mean"`` word (default) or its first and
+            last word concatenated (``"endpoints"``); a pair of spans concatenates both.
 
     Several processes: launched by ``torchrun --nproc-per-node N`` (or called inside any
     ``torch.distributed`` job), rank ``r`` computes the shards ``i`` with ``i % N == r`` on its own
@@ -266,8 +271,8 @@ def extract(
                 f"unit={unit} pools a word's sub-words with word_pooling "
                 f"(mean, first, last), not pooling={pooling!r}"
             )
-        plan = plan_units(model, data, unit, word_pooling, stride)
-        poolings = [word_pooling if unit == "word" else "token"]
+        plan = plan_units(model, data, unit, word_pooling, stride, span_pooling)
+        poolings = [{"word": word_pooling, "token": "token", "span": "span"}[unit]]
     else:
         if stride is not None:
             raise ConfigError("stride applies to unit=word (word rows read from windows)")
@@ -316,6 +321,8 @@ def _extract_ranks(
     """The shards of this rank (all of them in one process); rank 0 creates and finalises."""
     model.to(device)
     dims = _layer_dims(model, data, specs, device)
+    if plan is not None:  # span rows concatenate endpoints or pairs
+        dims = [d * plan.width_factor for d in dims]
     notes: dict[str, Any] = {"truncated_samples": model.count_truncated(data.texts)}
     manifest: dict[str, Any] = {
         "model": model.info,
@@ -339,6 +346,8 @@ def _extract_ranks(
     n_rows, shard_rows = len(data), None
     if plan is not None:
         manifest.update(unit=plan.unit, word_pooling=plan.word_pooling)
+        if plan.spans is not None:
+            manifest["span_pooling"] = plan.span_pooling
         if plan.stride is not None:
             manifest["stride"] = plan.stride
         notes["dropped_words"] = plan.n_dropped

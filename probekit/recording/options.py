@@ -3,7 +3,7 @@ against them and :class:`~probekit.runs.RunConfig` offers them as choices."""
 
 from __future__ import annotations
 
-__all__ = ["PRECISIONS", "STORE_DTYPES", "UNITS", "WORD_POOLINGS"]
+__all__ = ["PRECISIONS", "SPAN_POOLINGS", "STORE_DTYPES", "UNITS", "WORD_POOLINGS"]
 
 PRECISIONS = ("auto", "fp32", "medium", "bf16")
 """Numerics of the forward: ``auto`` (bf16 where native, else fp32), ``fp32``, ``medium``
@@ -12,8 +12,12 @@ PRECISIONS = ("auto", "fp32", "medium", "bf16")
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 """The dtypes features are stored in."""
 
-UNITS = ("sample", "word", "token")
-"""What one row of a cache is: an input, a labelled word of it, or a sub-word token of one."""
+UNITS = ("sample", "word", "token", "span")
+"""What one row of a cache is: an input, a labelled word of it, a sub-word token of one, or a
+labelled span (or pair of spans) of words."""
+
+SPAN_POOLINGS = ("mean", "endpoints")
+"""How a span's words become one vector: their mean, or its first and last word concatenated."""
 
 WORD_POOLINGS = ("mean", "first", "last")
 """How a word's sub-word tokens become one vector."""

@@ -15,7 +15,13 @@ each window with its own special tokens), and each word's feature is taken from 
 it has the most context: the largest ``min(tokens before it, tokens after it)`` in that window
 (the first such window on a tie), as is standard for token classification.
 
-Rows are in sample order, then word (token) order; each carries its sample and its position.
+Spans (``unit="span"``, edge probing): every labelled span ``[start, end)`` of words is a row,
+its feature the ``mean`` of its words' features (each word pooled from its sub-words as above)
+or its first and last word concatenated (``span_pooling="endpoints"``); a pair of spans (a
+relation between two) concatenates the two spans' features. The row's position is the span's
+index in its sample.
+
+Rows are in sample order, then word (token, span) order; each carries its sample and position.
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ from torch import Tensor
 from ..data import Dataset, PatchUnits, WordUnits
 from ..errors import ConfigError, DataError
 from ..models.loading import LoadedModel
-from .options import WORD_POOLINGS
+from .options import SPAN_POOLINGS, WORD_POOLINGS
 
-__all__ = ["UnitPlan", "plan_units", "pool_units", "unit_preprocess"]
+__all__ = ["SpanGroups", "UnitPlan", "plan_units", "pool_spans", "pool_units", "unit_preprocess"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class UnitPlan:
         n_dropped: labelled words that gave no row (every token past the model's limit).
         stride: tokens of overlap between windows of a long input, or ``None`` (truncate).
         windows: with ``stride``: per sample, ``(n_rows,)`` the window each row is read from.
+        span_pooling: ``unit="span"``: one of :data:`SPAN_POOLINGS`.
+        spans: ``unit="span"``: per sample, the ``(n_rows, 2 | 4)`` word ranges of its rows.
     """
 
     unit: str
@@ -57,6 +65,16 @@ class UnitPlan:
     n_dropped: int
     stride: int | None = None
     windows: list[np.ndarray] | None = None
+    span_pooling: str = "mean"
+    spans: list[np.ndarray] | None = None
+
+    @property
+    def width_factor(self) -> int:
+        """A row's width over the layer's: 2 per endpoints, 2 per pair of spans."""
+        if self.spans is None:
+            return 1
+        pair = any(s.shape[1] == 4 for s in self.spans if len(s))
+        return (2 if self.span_pooling == "endpoints" else 1) * (2 if pair else 1)
 
     def rows(self, start: int, stop: int) -> int:
         """Rows of samples ``start..stop-1``."""
@@ -78,8 +96,8 @@ def _words(data: Dataset) -> WordUnits:
 
 
 def _check(model: LoadedModel, data: Dataset, unit: str, word_pooling: str) -> Any:
-    if unit not in ("word", "token"):
-        raise ConfigError(f"unit must be sample, word or token, got {unit!r}")
+    if unit not in ("word", "token", "span"):
+        raise ConfigError(f"unit must be sample, word, token or span, got {unit!r}")
     if word_pooling not in WORD_POOLINGS:
         raise ConfigError(
             f"unknown word pooling {word_pooling!r}; choose from {', '.join(WORD_POOLINGS)}"
@@ -153,7 +171,12 @@ def _word_tokens(word_ids: Sequence[int | None]) -> dict[int, list[int]]:
 
 
 def plan_units(
-    model: LoadedModel, data: Dataset, unit: str, word_pooling: str, stride: int | None = None
+    model: LoadedModel,
+    data: Dataset,
+    unit: str,
+    word_pooling: str,
+    stride: int | None = None,
+    span_pooling: str = "mean",
 ) -> UnitPlan:
     """Tokenize every sample once and list its rows.
 
@@ -166,6 +189,10 @@ def plan_units(
             raise ConfigError("stride applies to text (unit=word), not to image patches")
         return _plan_patches(model, data, unit)
     tokenizer = _check(model, data, unit, word_pooling)
+    if unit == "span":
+        if stride is not None:
+            raise ConfigError("stride applies to unit=word, not unit=span")
+        return _plan_spans(model, data, word_pooling, span_pooling)
     if stride is not None:
         if unit != "word":
             raise ConfigError(f"stride applies to unit=word, not unit={unit}")
@@ -191,6 +218,38 @@ def plan_units(
     if not any(len(p) for p in positions):
         raise DataError(f"{data.name}: no labelled word gives a row for {model.spec}")
     return UnitPlan(unit, word_pooling, positions, labels, dropped)
+
+
+def _plan_spans(model: LoadedModel, data: Dataset, word_pooling: str, how: str) -> UnitPlan:
+    """Span rows: every labelled span whose words all kept a token."""
+    units = _words(data)
+    if units.spans is None or units.span_labels is None:
+        raise ConfigError(f"unit=span needs span data (spans of words); {data.name} has none")
+    if how not in SPAN_POOLINGS:
+        raise ConfigError(f"unknown span pooling {how!r}; choose from {', '.join(SPAN_POOLINGS)}")
+    positions, labels, spans, dropped = [], [], [], 0
+    for s in range(0, len(units), 512):
+        enc = _encode(model.tokenizer, units.words[s : s + 512], model.max_length)
+        for b in range(len(enc["input_ids"])):
+            kept = _word_tokens(enc.word_ids(b))
+            ranges, tags = units.spans[s + b], units.span_labels[s + b]
+            keep = [
+                j
+                for j in range(len(ranges))
+                if tags[j] >= 0
+                and all(
+                    w in kept
+                    for a, e in zip(ranges[j, 0::2], ranges[j, 1::2], strict=True)
+                    for w in range(a, e)
+                )
+            ]
+            dropped += int((tags >= 0).sum()) - len(keep)
+            positions.append(np.asarray(keep, np.int64))
+            labels.append(tags[keep].astype(np.int64))
+            spans.append(ranges[keep])
+    if not any(len(p) for p in positions):
+        raise DataError(f"{data.name}: no labelled span gives a row for {model.spec}")
+    return UnitPlan("span", word_pooling, positions, labels, dropped, span_pooling=how, spans=spans)
 
 
 def _plan_patches(model: LoadedModel, data: Dataset, unit: str) -> UnitPlan:
@@ -254,7 +313,7 @@ def _plan_windows(model: LoadedModel, data: Dataset, word_pooling: str, stride: 
 
 def unit_preprocess(
     model: LoadedModel, data: Dataset, plan: UnitPlan
-) -> Callable[[int, int], tuple[dict[str, Tensor], list[np.ndarray]]]:
+) -> Callable[[int, int], tuple[dict[str, Tensor], Any]]:
     """``prep(start, stop) -> (inputs, groups)`` for samples ``start..stop-1``.
 
     ``groups`` lists, row by row, the flat token positions ``b * T + t`` that the row pools (one
@@ -263,6 +322,8 @@ def unit_preprocess(
     """
     if isinstance(data.units, PatchUnits):
         return _patch_preprocess(model, data, plan)
+    if plan.spans is not None:
+        return _span_preprocess(model, data, plan)
     tokenizer = model.tokenizer
     words = _words(data).words
 
@@ -299,6 +360,85 @@ def unit_preprocess(
         return model.inputs(enc), groups
 
     return prep
+
+
+@dataclass(frozen=True)
+class SpanGroups:
+    """What a batch of span rows pools: its words' tokens, then each row's parts of words.
+
+    Attributes:
+        words: per word used, its flat token positions ``b * T + t`` (as in :func:`pool_units`).
+        parts: per row, the index arrays into ``words`` whose means are concatenated (one part
+            per span, or a span's first and last word with endpoints).
+        word_pooling: how a word's sub-words are pooled.
+    """
+
+    words: list[np.ndarray]
+    parts: list[list[np.ndarray]]
+    word_pooling: str
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+
+def _span_preprocess(
+    model: LoadedModel, data: Dataset, plan: UnitPlan
+) -> Callable[[int, int], tuple[dict[str, Tensor], SpanGroups]]:
+    words = _words(data).words
+    spans = plan.spans
+    assert spans is not None
+
+    def prep(start: int, stop: int) -> tuple[dict[str, Tensor], SpanGroups]:
+        enc = _encode(
+            model.tokenizer, words[start:stop], model.max_length, padding=True, return_tensors="pt"
+        )
+        width = int(enc["input_ids"].shape[1])
+        index: dict[tuple[int, int], int] = {}
+        word_groups: list[np.ndarray] = []
+        parts: list[list[np.ndarray]] = []
+        for b in range(stop - start):
+            tokens = _word_tokens(enc.word_ids(b))
+
+            def ids(ws: Sequence[int], b: int = b, tokens: dict = tokens) -> np.ndarray:
+                for w in ws:
+                    if (b, w) not in index:
+                        index[(b, w)] = len(word_groups)
+                        word_groups.append(b * width + np.asarray(tokens[w], np.int64))
+                return np.asarray([index[(b, w)] for w in ws], np.int64)
+
+            for row in spans[start + b]:
+                row_parts = []
+                for a, e in zip(row[0::2].tolist(), row[1::2].tolist(), strict=True):
+                    if plan.span_pooling == "endpoints":
+                        row_parts += [ids([a]), ids([e - 1])]
+                    else:
+                        row_parts.append(ids(range(a, e)))
+                parts.append(row_parts)
+        assert model.inputs is not None
+        return model.inputs(enc), SpanGroups(word_groups, parts, plan.word_pooling)
+
+    return prep
+
+
+def pool_spans(hidden: Tensor, groups: SpanGroups) -> Tensor:
+    """Pool a layer into span rows: ``(B, T, D)`` -> ``(R, n_parts * D)`` float32: each part the
+    mean of its words' vectors (each word pooled from its sub-words), the parts concatenated."""
+    words = pool_units(hidden, groups.words, groups.word_pooling)  # (W, D)
+    n_parts = len(groups.parts[0]) if groups.parts else 1
+    dim = words.shape[1]
+    out = torch.empty(len(groups), n_parts * dim, dtype=torch.float32, device=hidden.device)
+    for j in range(n_parts):
+        by_size: dict[int, list[int]] = {}
+        for r, row in enumerate(groups.parts):
+            by_size.setdefault(len(row[j]), []).append(r)
+        for rows in by_size.values():
+            index = torch.as_tensor(
+                np.stack([groups.parts[r][j] for r in rows]), device=words.device
+            )
+            out[torch.as_tensor(rows, device=hidden.device), j * dim : (j + 1) * dim] = words[
+                index
+            ].mean(dim=1)
+    return out
 
 
 def _patch_preprocess(

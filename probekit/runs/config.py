@@ -39,7 +39,7 @@ from .._utils.plugins import import_plugins
 from ..errors import ConfigError
 from ..models.layers import check_layers, parse_layers
 from ..models.placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
-from ..recording.options import PRECISIONS, STORE_DTYPES, UNITS, WORD_POOLINGS
+from ..recording.options import PRECISIONS, SPAN_POOLINGS, STORE_DTYPES, UNITS, WORD_POOLINGS
 from ..recording.pooling import expand_poolings
 
 __all__ = [
@@ -273,7 +273,8 @@ class RunConfig:
     )
     unit: str = option(
         "sample",
-        "one cache row per input (sample), per labelled word (word-level data) or per token",
+        "one cache row per input (sample), per labelled word (word-level data), per token, "
+        "or per labelled span (span data)",
         choices=UNITS,
         stage="extract",
     )
@@ -281,6 +282,12 @@ class RunConfig:
         "mean",
         "how a word's sub-word tokens become one row (--unit word)",
         choices=WORD_POOLINGS,
+        stage="extract",
+    )
+    span_pooling: str = option(
+        "mean",
+        "--unit span: a span's mean word, or its first and last word concatenated (endpoints)",
+        choices=SPAN_POOLINGS,
         stage="extract",
     )
     stride: int | None = option(
