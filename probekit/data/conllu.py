@@ -19,8 +19,9 @@ order, with the label names of the whole file.
 
 from __future__ import annotations
 
+import functools
 import gzip
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,32 +154,37 @@ def parse_conllu(lines: Iterable[str], where: str = "<conllu>") -> list[ConlluSe
             if eq:
                 cur.comments[key.strip()] = value.strip()
             continue
-        fields = line.split("\t")
-        if len(fields) != 10:
-            raise fail(n, f"expected 10 tab-separated fields, got {len(fields)}")
-        wid = fields[0]
-        if "-" in wid or "." in wid:
-            a, _, b = wid.replace(".", "-", 1).partition("-")
-            if not (a.isdigit() and b.isdigit()):
-                raise fail(n, f"bad ID {wid!r}")
-            continue  # a multiword token or an empty node
-        if not wid.isdigit() or int(wid) != len(cur.words) + 1:
-            raise fail(n, f"ID {wid!r} where {len(cur.words) + 1} was expected")
-        form = fields[1]
-        if not form or any(c.isspace() for c in form):
-            raise fail(n, f"FORM {form!r} is empty or holds whitespace")
-        head = fields[6]
-        if head != "_" and not head.isdigit():
-            raise fail(n, f"HEAD {head!r} is not a word index")
-        cur.words.append(form)
-        cur.heads.append(None if head == "_" else int(head))
-        for key, col in _COLUMN.items():
-            cur.columns[key].append(fields[col])
-        cur.columns["misc"].append(fields[9])
+        _add_word(cur, line, functools.partial(fail, n))
     close(0)
     if not sentences:
         raise DataError(f"{where}: no sentences")
     return sentences
+
+
+def _add_word(cur: ConlluSentence, line: str, fail: Callable[[str], DataError]) -> None:
+    """Append one word line to ``cur`` (multiword tokens and empty nodes skipped)."""
+    fields = line.split("\t")
+    if len(fields) != 10:
+        raise fail(f"expected 10 tab-separated fields, got {len(fields)}")
+    wid = fields[0]
+    if "-" in wid or "." in wid:
+        a, _, b = wid.replace(".", "-", 1).partition("-")
+        if not (a.isdigit() and b.isdigit()):
+            raise fail(f"bad ID {wid!r}")
+        return
+    if not wid.isdigit() or int(wid) != len(cur.words) + 1:
+        raise fail(f"ID {wid!r} where {len(cur.words) + 1} was expected")
+    form = fields[1]
+    if not form or any(c.isspace() for c in form):
+        raise fail(f"FORM {form!r} is empty or holds whitespace")
+    head = fields[6]
+    if head != "_" and not head.isdigit():
+        raise fail(f"HEAD {head!r} is not a word index")
+    cur.words.append(form)
+    cur.heads.append(None if head == "_" else int(head))
+    for key, col in _COLUMN.items():
+        cur.columns[key].append(fields[col])
+    cur.columns["misc"].append(fields[9])
 
 
 def conllu_dataset(

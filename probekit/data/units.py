@@ -132,7 +132,9 @@ def word_dataset(
                 f"{name}: sample {i} has tag {err.args[0]!r}, not one of the classes"
             ) from None
     units = WordUnits(
-        [list(ws) for ws in words], labels, None if targets is None else list(targets)
+        [list(ws) for ws in words],
+        labels,
+        None if targets is None else [np.asarray(t, dtype=np.float64) for t in targets],
     )
     per_sample = [
         int(np.bincount(lab[lab >= 0], minlength=len(names)).argmax()) if (lab >= 0).any() else 0
