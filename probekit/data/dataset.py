@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._utils.images import to_rgb
 from ..errors import DataError
-from .units import WordUnits
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .units import WordUnits
 
 __all__ = ["Dataset"]
 
