@@ -192,8 +192,8 @@ single-word lemma of its synset exactly once.
 
 ## Splits
 
-One split: the runner splits by sentence (sample) itself, so the words of one sentence never land
-on both sides. `split="train"` or `None` only.
+One split (`split="train"` or `None` only); train/test splitting is left to the caller. Split by
+sentence (sample), never by word, so that the words of one sentence do not land on both sides.
 
 ## Regenerate
 
