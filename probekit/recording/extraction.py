@@ -198,7 +198,8 @@ def extract(
     any number of processes, computes only the missing ones.
 
     Returns:
-        The finished :class:`~probekit.cache.FeatureCache`; ``cache.load()`` gives ``(N, T, D)``.
+        The finished :class:`~probekit.cache.FeatureCache`; ``cache.load()`` gives ``(N, L, D)``
+        for one pooling, ``(N, L, P, D)`` for several.
 
     Raises:
         CacheMismatchError: ``out`` holds a cache made with other settings.
