@@ -338,7 +338,7 @@ def test_feature_cache_streaming(tmp_path):
     np.testing.assert_array_equal(
         lin.predict(cache), ProbeClassifier(random_state=0).fit(cache).predict(cache)
     )
-    mean = cache.load(pooling=["cls", "mean"]).mean(0)
+    mean = cache.load(pooling=["cls", "mean"], flat=True).mean(0)  # (T, D)
     assert torch.allclose(lin.model_.norm.mean, mean, atol=1e-5)
 
 
