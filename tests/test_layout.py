@@ -58,7 +58,9 @@ def cache(tiny_bert_dir, tmp_path_factory):
     """A ``cls+mean`` cache of a tiny BERT: 60 samples, 2 poolings per layer, 3 shards."""
     data = from_arrays(WORDS, LABELS, label_names=["pos", "neg"], name="words")
     path = tmp_path_factory.mktemp("layout") / "cache"
-    extract(load_model(tiny_bert_dir), data, path, pooling="cls+mean", shard_size=25, progress=False)
+    extract(
+        load_model(tiny_bert_dir), data, path, pooling="cls+mean", shard_size=25, progress=False
+    )
     return FeatureCache.open(path)
 
 
