@@ -143,23 +143,26 @@ def read_arrays(
             )
         if 0 in x.shape[1:]:
             raise DataError(f"X has 0 feature(s) (shape={given}) while a minimum of 1 is required.")
-        p = tokens_per_layer
-        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1):
-            raise ConfigError(f"tokens_per_layer must be an int >= 1, got {p!r}")
+        want = tokens_per_layer
+        if want is not None and (
+            isinstance(want, bool) or not isinstance(want, (int, np.integer)) or want < 1
+        ):
+            raise ConfigError(f"tokens_per_layer must be an int >= 1, got {want!r}")
         if x.ndim == 4:
-            if p is not None and p != x.shape[2]:
+            if want is not None and want != x.shape[2]:
                 if fitted:
                     raise DataError(
                         f"X of shape {given} has {x.shape[2]} poolings per layer; the probe "
-                        f"was fitted on tokens_per_layer_={p}"
+                        f"was fitted on tokens_per_layer_={want}"
                     )
                 raise ConfigError(
-                    f"tokens_per_layer={p} contradicts X of shape {given} (N, L, P, D) with "
+                    f"tokens_per_layer={want} contradicts X of shape {given} (N, L, P, D) with "
                     f"P={x.shape[2]}: leave tokens_per_layer out"
                 )
             p = int(x.shape[2])
             x = x.flatten(1, 2)
-        p = 1 if p is None else int(p)
+        else:
+            p = 1 if want is None else int(want)
         if x.shape[1] % p:
             raise DataError(f"T={x.shape[1]} tokens is not a multiple of tokens_per_layer={p}")
         dims = None
