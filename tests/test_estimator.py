@@ -381,7 +381,8 @@ def test_alf_recipe_defaults():
             "infinity",
         ),
         (lambda x, y: (x, y[:-1]), "samples"),
-        (lambda x, y: (x[:, :, :, None], y), "shape"),
+        # 4-D is (N, L, P, D) (test_layout.py); 5-D is no layout
+        (lambda x, y: (x[:, :, :, None, None], y), "shape"),
     ],
 )
 def test_bad_data_raises_value_error(make, match):
