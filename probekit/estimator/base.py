@@ -217,7 +217,7 @@ class ProbeEstimator(EstimatorParams):
 
         Raises:
             ConfigError: bad parameters or an unknown head, or a ``tokens_per_layer`` that
-                contradicts a 4-D ``X``. DataError: a single class (or
+                contradicts a 4-D ``X`` or a cache's poolings. DataError: a single class (or
                 non-numeric targets), NaN/inf features or targets, mismatched lengths.
         """
         s = self._settings()
