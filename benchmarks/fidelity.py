@@ -141,7 +141,8 @@ def load_task(
         f"{time.perf_counter() - t0:.0f} s)",
         flush=True,
     )
-    X = cache.load(pooling=list(cache.poolings), dtype=torch.float32).numpy()
+    # flat (N, L * P, D): the heads get tokens_per_layer=P, mean_ablated slices layer-major tokens
+    X = cache.load(pooling=list(cache.poolings), dtype=torch.float32, flat=True).numpy()
     return X, np.asarray(cache.labels), list(cache.layer_names), len(cache.poolings)
 
 

@@ -67,7 +67,7 @@ def _run(tmp_path, task="classification", heads=None):
 def _reference(run_dir, cache, mode, seed, regression=False):
     """The whole test split in memory, through the public functions, as a naive stage would."""
     test = np.asarray(json.loads((run_dir / "split.json").read_text())["test"])
-    X = cache.load(pooling=cache.poolings)[test]  # (N, L * P, D)
+    X = cache.load(pooling=cache.poolings)[test]  # (N, L, P, D) for several poolings
     if regression:
         y = np.asarray(
             json.loads((run_dir.parent / "cache" / "targets.json").read_text())["targets"]

@@ -68,7 +68,7 @@ def tree_digest(path: Path) -> dict[str, str]:
     }
 
 
-def expected(feats, names, pools):
+def expected_flat(feats, names, pools):
     """Reference (N, T, D) stack, layer-major, zero-padded."""
     dims = dict(LAYERS)
     width = max(dims[n] for n in names)
@@ -77,6 +77,17 @@ def expected(feats, names, pools):
         for pi, p in enumerate(pools):
             out[:, li * len(pools) + pi, : dims[name]] = feats[f"{name}.{p}"]
     return out
+
+
+def expected(feats, names, pools):
+    """Reference of ``load()``: (N, L, D) for one pooling, (N, L, P, D) for several."""
+    dims = dict(LAYERS)
+    width = max(dims[n] for n in names)
+    out = torch.zeros(N, len(names), len(pools), width)
+    for li, name in enumerate(names):
+        for pi, p in enumerate(pools):
+            out[:, li, pi, : dims[name]] = feats[f"{name}.{p}"]
+    return out[:, :, 0] if len(pools) == 1 else out
 
 
 # ----------------------------------------------------------------------------- layout and reading
@@ -132,12 +143,22 @@ def test_load_parity_and_selection(tmp_path):
     both = cache.load(pooling=["cls", "mean"])
     torch.testing.assert_close(cache.load(), both, rtol=0, atol=0)  # default: every pooling
     torch.testing.assert_close(cache.load(pooling="cls+mean"), both, rtol=0, atol=0)
-    assert both.shape == (N, 6, 5)
+    assert both.shape == (N, 3, 2, 5)  # layers and poolings as separate axes
     torch.testing.assert_close(both, expected(feats, names, ["cls", "mean"]), rtol=0, atol=0)
-    # layer-major: token 1 is layer 0 / mean, token 2 is layer 1 / cls; zero padding on the right
-    torch.testing.assert_close(both[:, 1, :3], feats["layers.0.mean"])
-    torch.testing.assert_close(both[:, 2, :5], feats["layers.1.cls"])
-    assert both[:, 0, 3:].abs().sum() == 0
+    # every (layer, pooling) cell is that key's array, exactly; zero padding on the right
+    for li, name in enumerate(names):
+        for pi, p in enumerate(["cls", "mean"]):
+            d = dict(LAYERS)[name]
+            assert torch.equal(both[:, li, pi, :d], cache[f"{name}.{p}"].float())
+            assert torch.equal(both[:, li, pi, :d], cache.load(pooling=p)[:, li, :d])
+    assert both[:, 0, :, 3:].abs().sum() == 0
+    # flat: layer-major tokens, token 1 is layer 0 / mean, token 2 is layer 1 / cls
+    flat = cache.load(flat=True)
+    assert flat.shape == (N, 6, 5)
+    torch.testing.assert_close(flat, expected_flat(feats, names, ["cls", "mean"]), rtol=0, atol=0)
+    torch.testing.assert_close(flat[:, 1, :3], feats["layers.0.mean"])
+    torch.testing.assert_close(flat[:, 2, :5], feats["layers.1.cls"])
+    assert torch.equal(cache.load(pooling="cls", flat=True), cache.load(pooling="cls"))
 
     cases = {
         2: ["layers.1", "layers.2"],  # int n = the last n
@@ -192,28 +213,32 @@ def test_half_storage_loads_as_requested_dtype(tmp_path, dtype):
     x = cache.load(layers=[0], dtype=torch.float32)
     assert x.dtype == torch.float32
     ref = feats["layers.0.cls"].to(getattr(torch, dtype)).float()
-    torch.testing.assert_close(x[:, 0, :3], ref, rtol=0, atol=0)
+    torch.testing.assert_close(x[:, 0, 0, :3], ref, rtol=0, atol=0)  # layer 0, cls
     assert cache.load(dtype=torch.float64).dtype == torch.float64
 
 
 def test_batches_cover_every_sample_once(tmp_path):
     cache, feats, labels = build(tmp_path / "c")
-    full = cache.load(pooling=["cls", "mean"])
+    full = cache.load(pooling=["cls", "mean"])  # (N, L, P, D)
     for shuffle in (False, True):
         seen_x, seen_y, sizes = [], [], []
         for x, y in cache.batches(3, pooling=["cls", "mean"], shuffle=shuffle, seed=1):
-            assert x.shape[1:] == (6, 5) and x.dtype == torch.float32 and y.dtype == torch.int64
+            assert x.shape[1:] == (3, 2, 5) and x.dtype == torch.float32
+            assert y.dtype == torch.int64
             sizes.append(len(y))
             seen_x.append(x)
             seen_y.append(y)
         assert sizes == [3, 3, 3, 1]
         x, y = torch.cat(seen_x), torch.cat(seen_y)
         # match every batch row to its sample by content: each sample exactly once
-        rows = [int(torch.nonzero((full == r).all(dim=(1, 2)))[0]) for r in x]
+        rows = [int(torch.nonzero((full == r).all(dim=(1, 2, 3)))[0]) for r in x]
         assert sorted(rows) == list(range(N))
         np.testing.assert_array_equal(y.numpy(), labels[rows])
         if not shuffle:
             assert rows == list(range(N))
+    flat = [x for x, _ in cache.batches(3, pooling=["cls", "mean"], flat=True)]
+    assert torch.equal(torch.cat(flat), cache.load(flat=True))  # (N, L * P, D) batches
+    assert torch.equal(torch.cat([x for x, _ in cache.batches(4, pooling="mean")]), full[:, :, 1])
     a = [y.tolist() for _, y in cache.batches(4, shuffle=True, seed=5)]
     b = [y.tolist() for _, y in cache.batches(4, shuffle=True, seed=5)]
     assert a == b

@@ -338,7 +338,7 @@ def test_feature_cache_streaming(tmp_path):
     np.testing.assert_array_equal(
         lin.predict(cache), ProbeClassifier(random_state=0).fit(cache).predict(cache)
     )
-    mean = cache.load(pooling=["cls", "mean"]).mean(0)
+    mean = cache.load(pooling=["cls", "mean"], flat=True).mean(0)  # (T, D)
     assert torch.allclose(lin.model_.norm.mean, mean, atol=1e-5)
 
 
@@ -381,7 +381,8 @@ def test_alf_recipe_defaults():
             "infinity",
         ),
         (lambda x, y: (x, y[:-1]), "samples"),
-        (lambda x, y: (x[:, :, :, None], y), "shape"),
+        # 4-D is (N, L, P, D) (test_layout.py); 5-D is no layout
+        (lambda x, y: (x[:, :, :, None, None], y), "shape"),
     ],
 )
 def test_bad_data_raises_value_error(make, match):

@@ -47,7 +47,8 @@ def test_cache_equals_in_memory_record(tiny_bert_dir, tmp_path, device):
     for key, value in ref.items():
         torch.testing.assert_close(cache[key], value, atol=1e-5, rtol=1e-5)
     assert cache.texts == WORDS and cache.labels.tolist() == LABELS
-    assert cache.load().shape == (40, 8, 32)  # 4 layers x (cls, mean)
+    assert cache.load().shape == (40, 4, 2, 32)  # 4 layers x (cls, mean)
+    assert cache.load(flat=True).shape == (40, 8, 32)
     assert cache.load(pooling="mean").shape == (40, 4, 32)
 
 

@@ -67,14 +67,16 @@ def test_gather_equals_load_in_any_order(tmp_path):
             tmp_path / dtype, 130, [5, 9, 7], dtype=dtype, poolings=("cls", "mean")
         )
         sel, pools = cache.select([0, 2], ["mean", "cls"])
-        full = cache.load(layers=sel, pooling=pools)  # (N, 4, 7), layer 0 zero-padded
+        full = cache.load(layers=sel, pooling=pools, flat=True)  # (N, 4, 7), layer 0 padded
+        assert torch.equal(cache.load(layers=sel, pooling=pools), full.unflatten(1, (2, 2)))
         rows = CacheRows(cache, sel, pools)
         idx = np.random.default_rng(0).permutation(130)[:77]
         assert torch.equal(rows.gather(idx), full[idx])
         assert torch.equal(rows.gather(idx, layers=[1]), full[idx][:, 2:4])
         assert torch.equal(torch.cat(list(rows.chunks(40))), full)
         sub = cache_subset(cache, idx)
-        assert torch.equal(sub.load(layers=sel, pooling=pools), full[idx])
+        assert torch.equal(sub.load(layers=sel, pooling=pools, flat=True), full[idx])
+        assert torch.equal(sub.load(layers=sel, pooling=pools), full[idx].unflatten(1, (2, 2)))
         np.testing.assert_array_equal(sub.labels, cache.labels[idx])
         rows.close()
 
@@ -88,7 +90,7 @@ def test_gather_of_runs_repeats_and_shard_crossings(tmp_path):
             tmp_path / dtype, 130, [5, 9, 7], dtype=dtype, poolings=("cls", "mean")
         )
         sel, pools = cache.select([0, 2], None)
-        full = cache.load(layers=sel, pooling=pools)  # (N, 4, 7), layer 0 zero-padded
+        full = cache.load(layers=sel, pooling=pools, flat=True)  # (N, 4, 7), layer 0 padded
         rows = CacheRows(cache, sel, pools)
         cases = [
             [3, 3, 5],

@@ -13,7 +13,8 @@ Four views, every one aligned with ``clf.layer_names_`` (``L`` columns):
 
 Every function takes a fitted classifier ``clf`` (a :class:`probekit.ProbeClassifier` or anything
 with the same fitted attributes) and calls ``clf.model_`` directly on ``clf.as_tensor(X)``, the raw
-``(N, T, D)`` input with ``T = L * P`` layer-major tokens (``P = clf.tokens_per_layer_``).
+``(N, T, D)`` input with ``T = L * P`` layer-major tokens (``P = clf.tokens_per_layer_``); a 4-D
+``(N, L, P, D)`` ``X`` (``cache.load()`` of several poolings) is read as its flat form.
 ``model_`` includes the estimator's input normalisation, so baselines are in raw feature space.
 """
 
@@ -220,7 +221,8 @@ def _resolve_baseline(clf: Any, x: Tensor, baseline: str | np.ndarray | Tensor) 
         clf: the fitted classifier.
         x: ``(N, T, D)`` the raw input.
         baseline: ``"zero"``; ``"mean"`` -- the estimator's stored train mean, else the mean of
-            ``x`` over samples; or an explicit ``(T, D)`` (or ``(1, T, D)``) array.
+            ``x`` over samples; or an explicit ``(T, D)`` (or ``(1, T, D)``, or ``(L, P, D)``
+            as the mean of a 4-D input gives) array.
     """
     n_tokens, dim = x.shape[1], x.shape[2]
     if isinstance(baseline, str):
@@ -237,6 +239,8 @@ def _resolve_baseline(clf: Any, x: Tensor, baseline: str | np.ndarray | Tensor) 
     )
     if b.ndim == 3 and b.shape[0] == 1:
         b = b[0]
+    elif b.ndim == 3 and b.shape[0] * b.shape[1] == n_tokens:  # (L, P, D): a 4-D input's mean
+        b = b.flatten(0, 1)
     if tuple(b.shape) != (n_tokens, dim):
         raise ValueError(
             f"baseline must have shape (T, D) = {(n_tokens, dim)}, got {tuple(b.shape)}"
@@ -275,7 +279,8 @@ def layer_attribution(clf: Any, X: Any) -> np.ndarray:
 
     Args:
         clf: a fitted probe classifier.
-        X: input accepted by ``clf.as_tensor`` (``(N, T, D)`` array, tensor, list of layers, ...).
+        X: input accepted by ``clf.as_tensor`` (``(N, L, P, D)`` / ``(N, T, D)`` array, tensor,
+            list of layers, ...).
 
     Returns:
         ``(N, L)`` non-negative weights, each row summing to 1, columns aligned with

@@ -149,7 +149,8 @@ def _bits(proba: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
 
 
 class _Data:
-    """The features as one indexable object: ``(N, T, D)`` tensor or a list of ``(N, D_l)``."""
+    """The features as one indexable object: ``(N, L, D)`` or ``(N, L, P, D)`` tensor (``P``
+    poolings per layer: ``tokens_per_layer``) or a list of ``(N, D_l)``."""
 
     def __init__(self, X: Any, y: Any, layers: Any, pooling: Any) -> None:
         self.tokens_per_layer = 1
@@ -174,9 +175,11 @@ class _Data:
         else:
             t = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X).float()
             t = t[:, None, :] if t.ndim == 2 else t
-            if t.ndim != 3:
-                raise DataError(f"X must be a cache, (N, L, D), (N, D) or a list of (N, D_l); "
-                                f"got shape {tuple(t.shape)}")  # fmt: skip
+            if t.ndim not in (3, 4):
+                raise DataError(f"X must be a cache, (N, L, P, D), (N, L, D), (N, D) or a list of "
+                                f"(N, D_l); got shape {tuple(t.shape)}")  # fmt: skip
+            if t.ndim == 4:  # (N, L, P, D): P poolings of each layer
+                self.tokens_per_layer = int(t.shape[2])
             sel = _resolve(layers, t.shape[1], None)
             self.x = t[:, sel]
             self.names = [f"layer {j}" for j in sel]
@@ -231,8 +234,8 @@ def mdl(
     """Online code length of the labels given each layer (Voita & Titov, 2020).
 
     Args:
-        cache_or_X: a FeatureCache, or features ``(N, L, D)`` / ``(N, D)`` / a list of
-            ``(N, D_l)``. Pass the training split only: the code is computed on all of it.
+        cache_or_X: a FeatureCache, or features ``(N, L, P, D)`` (a layer's ``P`` poolings
+            read together) / ``(N, L, D)`` / ``(N, D)`` / a list of ``(N, D_l)``. Pass the training split only: the code is computed on all of it.
         y: ``(N,)`` labels; for a cache, defaults to its labels.
         layers: timm-style layer selection (``None`` all, int ``k`` the last ``k``, indices or
             names).

@@ -115,7 +115,8 @@ class _Source:
         assert self.cache is not None
         chosen = [self.sel[k] for k in local]
         p = len(self.pools)
-        for xb, _ in self.cache.batches(batch_size, layers=chosen, pooling=self.pools):
+        batches = self.cache.batches(batch_size, layers=chosen, pooling=self.pools, flat=True)
+        for xb, _ in batches:  # (b, L' * P, D)
             out = []
             for i, k in enumerate(local):
                 d = self.layer_dims[k]
@@ -148,7 +149,8 @@ def _resolve(layers: Any, n: int, names: Sequence[str] | None, who: str) -> list
 
 
 def _as_layer_arrays(data: Any, who: str) -> list[Tensor]:
-    """``(N, L, D)`` / ``(N, D)`` array or tensor, or a list of ``(N, D_l)``: ``L`` tensors."""
+    """``(N, L, P, D)`` / ``(N, L, D)`` / ``(N, D)`` array or tensor, or a list of ``(N, D_l)``:
+    ``L`` tensors (``(N, P * D)`` for a 4-D input)."""
     if isinstance(data, (list, tuple)):
         arrays = [torch.as_tensor(np.asarray(a) if not isinstance(a, Tensor) else a) for a in data]
         if not arrays or any(a.ndim != 2 for a in arrays):
@@ -159,10 +161,12 @@ def _as_layer_arrays(data: Any, who: str) -> list[Tensor]:
         t = data if isinstance(data, Tensor) else torch.as_tensor(np.asarray(data))
         if t.ndim == 2:
             t = t[:, None, :]
+        if t.ndim == 4:  # (N, L, P, D): a layer's P poolings concatenated, as for a cache
+            t = t.flatten(2)
         if t.ndim != 3:
             raise DataError(
-                f"{who}: features must be a cache, (N, L, D), (N, D) or a list of (N, D_l); "
-                f"got shape {tuple(t.shape)}"
+                f"{who}: features must be a cache, (N, L, P, D), (N, L, D), (N, D) or a list "
+                f"of (N, D_l); got shape {tuple(t.shape)}"
             )
         arrays = list(t.unbind(1))
     arrays = [a.detach().cpu() for a in arrays]
@@ -485,7 +489,8 @@ def similarity(
     """Similarity between every layer of ``cache_a`` and every layer of ``cache_b``.
 
     Args:
-        cache_a: a FeatureCache, or features ``(N, L, D)`` / ``(N, D)`` / a list of ``(N, D_l)``.
+        cache_a: a FeatureCache, or features ``(N, L, P, D)`` / ``(N, L, D)`` / ``(N, D)`` / a
+            list of ``(N, D_l)`` (a layer's ``P`` poolings are concatenated).
         cache_b: the same kinds, on the same ``N`` samples in the same order; ``None``
             compares ``cache_a``'s layers with each other.
         method: ``"cka"`` (linear CKA, biased HSIC), ``"cka-debiased"`` (unbiased HSIC of Song

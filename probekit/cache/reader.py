@@ -26,7 +26,7 @@ from .integrity import TEXTS_DIGEST, ShardFile, parse_manifest, parse_shard_meta
 from .layout import _DTYPES, FORMAT_VERSION, _validate_identity, shard_bounds, shard_paths
 from .poolings import recorded_poolings
 
-__all__ = ["FeatureCache"]
+__all__ = ["FeatureCache", "unflatten_poolings"]
 
 
 class FeatureCache:
@@ -317,8 +317,14 @@ class FeatureCache:
         pooling: str | Sequence[str] | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        *,
+        flat: bool = False,
     ) -> torch.Tensor:
-        """Stack the chosen layers and poolings into one tensor.
+        """Stack the chosen layers (and poolings) into one tensor.
+
+        Layers and poolings are separate axes, so the result says its own layout: the probe
+        estimators read ``P`` from a 4-D input (``ProbeClassifier().fit(cache.load(), y)`` fits
+        one probe per layer, whatever the number of poolings).
 
         Args:
             layers: timm convention over the recorded layers: ``None`` all, int ``k`` the last
@@ -327,11 +333,14 @@ class FeatureCache:
                 recorded pooling, in recorded order.
             device: where the result lives (default CPU); blocks are copied there one by one.
             dtype: result dtype.
+            flat: return ``(N, L * P, D)`` (layer-major tokens: token ``l * P + p`` is layer
+                ``l`` pooled with ``pooling[p]``) even when several poolings are selected.
 
         Returns:
-            ``(N, T, D)`` with ``T = L * P`` tokens, layer-major (token ``l * P + p`` is layer
-            ``l`` pooled with ``pooling[p]``), ``D`` the widest selected layer; narrower layers
-            are zero-padded on the right.
+            ``(N, L, D)`` when one pooling is selected, ``(N, L, P, D)`` when ``P > 1`` are
+            (``x[:, l, p]`` is layer ``l`` pooled with ``pooling[p]``; ``x.flatten(1, 2)`` or
+            ``flat=True`` gives ``(N, L * P, D)``). ``D`` is the widest selected layer;
+            narrower layers are zero-padded on the right.
 
         Raises:
             ValueError, IndexError: a selection outside the recorded layers or poolings.
@@ -341,7 +350,7 @@ class FeatureCache:
         out = _alloc(len(self), len(sel) * len(pools), width, dtype, device, self._padded(sel))
         for s, (_, start, _) in enumerate(self._shards):
             self._read_rows(s, sel, pools, out, start)
-        return out
+        return out if flat else unflatten_poolings(out, len(pools))
 
     def batches(
         self,
@@ -352,8 +361,13 @@ class FeatureCache:
         seed: int = 0,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        *,
+        flat: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Stream ``(X (b, T, D), y (b,))`` batches, holding about one shard in memory.
+        """Stream ``(X, y (b,))`` batches, holding about one shard in memory.
+
+        ``X`` is laid out as :meth:`load`'s result: ``(b, L, D)`` for one pooling,
+        ``(b, L, P, D)`` for several, ``(b, L * P, D)`` with ``flat``.
 
         Every sample appears exactly once per pass; batches have ``batch_size`` rows except the
         last. With ``shuffle``, shards are visited in a random order and rows are shuffled
@@ -367,6 +381,7 @@ class FeatureCache:
             seed: seed for ``shuffle``.
             device: where the batches live (default CPU).
             dtype: dtype of ``X``; ``y`` is int64.
+            flat: as in :meth:`load`.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -383,6 +398,7 @@ class FeatureCache:
         buf_x: list[torch.Tensor] = []
         buf_y: list[torch.Tensor] = []
         buffered = 0
+        p = 1 if flat else len(pools)
         for s in order:
             _, start, rows = self._shards[s]
             x = _alloc(rows, len(sel) * len(pools), width, dtype, None, self._padded(sel))
@@ -400,10 +416,17 @@ class FeatureCache:
             y_all = buf_y[0] if len(buf_y) == 1 else torch.cat(buf_y)
             full = (buffered // batch_size) * batch_size
             for b in range(0, full, batch_size):
-                yield x_all[b : b + batch_size].to(dev), y_all[b : b + batch_size].to(dev)
+                xb = unflatten_poolings(x_all[b : b + batch_size], p)
+                yield xb.to(dev), y_all[b : b + batch_size].to(dev)
             buf_x, buf_y, buffered = [x_all[full:]], [y_all[full:]], buffered - full
         if buffered:
-            yield torch.cat(buf_x).to(dev), torch.cat(buf_y).to(dev)
+            yield unflatten_poolings(torch.cat(buf_x), p).to(dev), torch.cat(buf_y).to(dev)
+
+
+def unflatten_poolings(x: torch.Tensor, n_poolings: int) -> torch.Tensor:
+    """``(N, L * P, D)`` layer-major tokens -> ``(N, L, P, D)`` (a view) when ``P > 1``; with
+    one pooling ``(N, L, D)`` is returned as it is."""
+    return x if n_poolings == 1 else x.unflatten(1, (x.shape[1] // n_poolings, n_poolings))
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

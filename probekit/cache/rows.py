@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CacheError, ConfigError
+from .reader import unflatten_poolings
 
 __all__ = ["CacheRows", "CacheSubset", "cache_subset", "stream_stats"]
 
@@ -209,15 +210,22 @@ class CacheSubset:
         return self.cache.select(layers, pooling)
 
     def load(
-        self, layers: Any = None, pooling: Any = None, dtype: torch.dtype = torch.float32
+        self,
+        layers: Any = None,
+        pooling: Any = None,
+        dtype: torch.dtype = torch.float32,
+        *,
+        flat: bool = False,
     ) -> Tensor:
-        """``(n, T, D)`` of the subset's samples, as :meth:`FeatureCache.load` (float32)."""
+        """The subset's samples as :meth:`FeatureCache.load` gives them: ``(n, L, D)`` for one
+        pooling, ``(n, L, P, D)`` for several, ``(n, L * P, D)`` with ``flat``."""
         sel, pools = self.select(layers, pooling)
         rows = CacheRows(self, sel, pools)
         try:
-            return rows.gather(np.arange(len(self))).to(dtype)
+            x = rows.gather(np.arange(len(self))).to(dtype)
         finally:
             rows.close()
+        return x if flat else unflatten_poolings(x, len(pools))
 
     def __repr__(self) -> str:
         return f"CacheSubset(n={len(self)} of {self.cache!r})"

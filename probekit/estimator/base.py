@@ -162,18 +162,21 @@ class ProbeEstimator(EstimatorParams):
         """Raw input ``(N, T, D)`` float32 CPU and its layout (dims, P, names, input layers)."""
         if _is_cache(X):
             return read_cache(X, self.layers, self.pooling)
-        p = self.tokens_per_layer_ if not fitting else (self.tokens_per_layer or 1)
-        return read_arrays(X, self.layers, p)
+        if fitting:
+            return read_arrays(X, self.layers, self.tokens_per_layer)
+        return read_arrays(X, self.layers, self.tokens_per_layer_, fitted=True)
 
     def _cache_layout(self, cache: Any) -> dict[str, Any]:
         return cache_layout(cache, self.layers, self.pooling)
 
     def as_tensor(self, X: Any) -> Tensor:
-        """The exact raw input ``model_`` takes: float32 ``(N, T, D)`` on CPU.
+        """The exact raw input ``model_`` takes: float32 ``(N, T, D)`` on CPU (``T = L * P``,
+        layer-major).
 
         Args:
-            X: ``(N, T, D)`` / ``(N, D)`` array or tensor, a list of per-layer ``(N, D_l)``
-                arrays, or a FeatureCache, laid out as at fit time.
+            X: ``(N, L, P, D)`` / ``(N, T, D)`` / ``(N, D)`` array or tensor, a list of
+                per-layer ``(N, D_l)`` arrays, or a FeatureCache, laid out as at fit time (a
+                4-D ``X`` and its flat ``(N, L * P, D)`` form are the same input).
 
         Raises:
             DataError: a layout that does not match the fitted one, or non-finite values.
@@ -207,8 +210,10 @@ class ProbeEstimator(EstimatorParams):
         """Train the probe.
 
         Args:
-            X: ``(N, T, D)`` or ``(N, D)`` features (array or tensor), a list of per-layer
-                ``(N, D_l)`` arrays of any widths (zero-padded), or a FeatureCache.
+            X: ``(N, L, P, D)`` (``P`` poolings per layer, as ``cache.load()`` gives several),
+                ``(N, T, D)`` (``T = L * P`` layer-major tokens, ``P = tokens_per_layer``) or
+                ``(N, D)`` features (array or tensor), a list of per-layer ``(N, D_l)`` arrays
+                of any widths (zero-padded), or a FeatureCache.
             y: ``(N,)`` class labels (classifier) or ``(N,)`` / ``(N, K)`` float targets
                 (regressor); for a cache, defaults to ``cache.labels``.
             layer_names: names of the input layers (before ``layers`` selection); default
@@ -221,7 +226,8 @@ class ProbeEstimator(EstimatorParams):
             self.
 
         Raises:
-            ConfigError: bad parameters or an unknown head. DataError: a single class (or
+            ConfigError: bad parameters or an unknown head, or a ``tokens_per_layer`` that
+                contradicts a 4-D ``X`` or a cache's poolings. DataError: a single class (or
                 non-numeric targets), NaN/inf features or targets, mismatched lengths.
         """
         if groups is None and _is_cache(X) and getattr(X, "unit", "sample") != "sample":
@@ -249,6 +255,8 @@ class ProbeEstimator(EstimatorParams):
                 f"{type(self).__name__} requires y to be passed, but the target y is None "
                 "(only a FeatureCache carries its own labels)"
             )
+        if _is_cache(X):
+            self._check_cache_tokens(X)
         if _is_cache(X) and self._should_stream(X, budget):
             return self._fit_stream(X, y, s, variants, seed, device, budget)
         x, info = self._read(X, fitting=True)
@@ -268,6 +276,16 @@ class ProbeEstimator(EstimatorParams):
             )
         self._finish(norm, head, kwargs, x.mean(0) if x.shape[0] else None)
         return self
+
+    def _check_cache_tokens(self, cache: Any) -> None:
+        """A cache carries its P (the poolings selected): an explicit other one is refused."""
+        p = self.tokens_per_layer
+        n_pools = int(self._cache_layout(cache)["p"])
+        if p is not None and p != n_pools:
+            raise ConfigError(
+                f"tokens_per_layer={p!r} contradicts the cache's {n_pools} selected pooling(s) "
+                "per layer: leave tokens_per_layer out"
+            )
 
     def _resolve_targets(self, s: TrainConfig) -> TrainConfig:
         """The recipe once the targets are encoded (a classifier's per-class weights)."""

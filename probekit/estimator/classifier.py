@@ -2,7 +2,8 @@
 
 ::
 
-    clf = ProbeClassifier(head="linear").fit(X, y)      # X (N, T, D), (N, D), [(N, D_l)] or a cache
+    clf = ProbeClassifier(head="linear").fit(X, y)      # X (N, L, P, D), (N, T, D), (N, D),
+                                                        # [(N, D_l)] or a cache
     clf.predict(X); clf.predict_proba(X); clf.score(X, y)
     clf.layer_scores_        # (L,) validation balanced accuracy of every layer's probe
     clf.layer_weights(X)     # (N, L) the head's own attribution (attention heads)
@@ -62,8 +63,9 @@ class ProbeClassifier(ProbeEstimator):
         max_iter: L-BFGS iterations per layer.
         jitter: train-time noise: ``True`` (p = 0.5, std 0.05), ``False``, or a probability.
         class_weight: ``"balanced"``, ``None`` or ``{label: weight}`` (labels left out weigh 1).
-        tokens_per_layer: P, tokens per layer in array inputs (default 1; caches: the number
-            of poolings loaded).
+        tokens_per_layer: P, tokens per layer of a 3-D ``(N, L * P, D)`` input (default 1).
+            A 4-D ``(N, L, P, D)`` input (``cache.load()`` of several poolings) and a cache
+            carry their own P; a value that contradicts it is a ConfigError.
         layers: timm-style selection of layers (``None`` all, int k the last k, a list of
             indices or names).
         pooling: the cache poolings to load (``"cls"``, ``["cls", "mean"]``); ``None``: every

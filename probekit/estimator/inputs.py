@@ -1,5 +1,7 @@
-"""What a probe accepts as ``X`` and ``y``: arrays ``(N, T, D)`` / ``(N, D)``, a list of per-layer
-``(N, D_l)`` arrays of any widths (zero-padded), or a :class:`~probekit.cache.FeatureCache`.
+"""What a probe accepts as ``X`` and ``y``: arrays ``(N, L, P, D)`` / ``(N, T, D)`` / ``(N, D)``, a
+list of per-layer ``(N, D_l)`` arrays of any widths (zero-padded), or a
+:class:`~probekit.cache.FeatureCache`. A 4-D array carries its poolings per layer ``P``; a 3-D
+one has ``T = L * P`` layer-major tokens with ``P`` from ``tokens_per_layer`` (default 1).
 
 Every reader returns the raw float32 CPU tensor ``(N, T, D)`` and its layout: ``dims`` (the
 selected layers' widths), ``p`` (tokens per layer), ``names`` (layer names or None),
@@ -100,13 +102,25 @@ def _pad_layers(arrays: Sequence[Any]) -> tuple[Tensor, tuple[int, ...]]:
     return out, dims
 
 
-def read_arrays(X: Any, layers: Any, tokens_per_layer: int) -> tuple[Tensor, dict[str, Any]]:
+def read_arrays(
+    X: Any, layers: Any, tokens_per_layer: int | None, fitted: bool = False
+) -> tuple[Tensor, dict[str, Any]]:
     """Raw input ``(N, T, D)`` float32 CPU from arrays, and its layout.
 
     Args:
-        X: ``(N, T, D)`` / ``(N, D)`` array or tensor, or a list of per-layer ``(N, D_l)``.
+        X: ``(N, L, P, D)`` (layers and poolings as separate axes, as
+            :meth:`FeatureCache.load <probekit.cache.FeatureCache.load>` gives several
+            poolings), ``(N, T, D)`` (``T = L * P`` layer-major tokens) or ``(N, D)`` array or
+            tensor, or a list of per-layer ``(N, D_l)``.
         layers: the ``layers=`` selection over the input layers.
-        tokens_per_layer: P (ignored for a list of per-layer arrays: 1).
+        tokens_per_layer: P of a 3-D input (``None``: 1); a 4-D input carries its own P, which
+            this must equal when given. Ignored for a list of per-layer arrays (P = 1).
+        fitted: ``tokens_per_layer`` is a fitted probe's (a contradicting 4-D input is a
+            :class:`DataError`), not the user's parameter (a :class:`ConfigError`).
+
+    Raises:
+        ConfigError: a bad ``tokens_per_layer``, or one that contradicts a 4-D ``X``.
+        DataError: a shape that is none of the above.
     """
     if _is_layer_list(X):
         x, dims = _pad_layers(X)
@@ -116,7 +130,7 @@ def read_arrays(X: Any, layers: Any, tokens_per_layer: int) -> tuple[Tensor, dic
         given = tuple(x.shape)
         if x.ndim == 2:
             x = x[:, None, :]
-        if x.ndim != 3:
+        if x.ndim not in (3, 4):
             hint = (
                 " (Reshape your data: X.reshape(-1, 1) if it is one feature, X.reshape(1, -1)"
                 " if it is one sample)"
@@ -124,14 +138,31 @@ def read_arrays(X: Any, layers: Any, tokens_per_layer: int) -> tuple[Tensor, dic
                 else ""
             )
             raise DataError(
-                "X must be (N, T, D), (N, D) or a list of (N, D_l); got shape "
+                "X must be (N, L, P, D), (N, T, D), (N, D) or a list of (N, D_l); got shape "
                 f"{tuple(x.shape)}{hint}"
             )
-        if x.shape[1] == 0 or x.shape[2] == 0:
+        if 0 in x.shape[1:]:
             raise DataError(f"X has 0 feature(s) (shape={given}) while a minimum of 1 is required.")
-        p = tokens_per_layer
-        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1:
-            raise ConfigError(f"tokens_per_layer must be an int >= 1, got {p!r}")
+        want = tokens_per_layer
+        if want is not None and (
+            isinstance(want, bool) or not isinstance(want, (int, np.integer)) or want < 1
+        ):
+            raise ConfigError(f"tokens_per_layer must be an int >= 1, got {want!r}")
+        if x.ndim == 4:
+            if want is not None and want != x.shape[2]:
+                if fitted:
+                    raise DataError(
+                        f"X of shape {given} has {x.shape[2]} poolings per layer; the probe "
+                        f"was fitted on tokens_per_layer_={want}"
+                    )
+                raise ConfigError(
+                    f"tokens_per_layer={want} contradicts X of shape {given} (N, L, P, D) with "
+                    f"P={x.shape[2]}: leave tokens_per_layer out"
+                )
+            p = int(x.shape[2])
+            x = x.flatten(1, 2)
+        else:
+            p = 1 if want is None else int(want)
         if x.shape[1] % p:
             raise DataError(f"T={x.shape[1]} tokens is not a multiple of tokens_per_layer={p}")
         dims = None
@@ -169,6 +200,8 @@ def read_cache(cache: Any, layers: Any, pooling: Any) -> tuple[Tensor, dict[str,
     """Raw input ``(N, T, D)`` float32 CPU from a cache selection, and its layout."""
     info = cache_layout(cache, layers, pooling)
     x = cache.load(layers=info["sel"], pooling=info["pools"], dtype=torch.float32)
+    if x.ndim == 4:  # (N, L, P, D): several poolings
+        x = x.flatten(1, 2)
     return x.detach().to("cpu", torch.float32), info
 
 

@@ -245,7 +245,8 @@ def extract(
     which process computed it (on the same machine and software; see ``docs/scale.md``).
 
     Returns:
-        The finished :class:`~probekit.cache.FeatureCache`; ``cache.load()`` gives ``(N, T, D)``.
+        The finished :class:`~probekit.cache.FeatureCache`; ``cache.load()`` gives ``(N, L, D)``
+        for one pooling, ``(N, L, P, D)`` for several.
 
     Raises:
         CacheMismatchError: ``out`` holds a cache made with other settings.

@@ -38,7 +38,8 @@ def memory_budget_of(cfg: RunConfig) -> int:
 
 
 def _load_features(cache: Any) -> Any:
-    """``(N, L * P, D)`` with every cached pooling as a token of its layer."""
+    """Every cached pooling of every layer: ``(N, L, D)`` for one pooling, ``(N, L, P, D)``
+    for several (the heads read ``P`` from the array)."""
     return cache.load(pooling=cache.poolings)
 
 
@@ -175,8 +176,8 @@ class _HeadFit:
     def run(
         self, cache: Any, X: Any, save_dir: Path | None, keys: np.ndarray | None
     ) -> tuple[dict[str, Any], dict[str, str]]:
-        """Fit every head on the train rows of ``X`` (``(N, L * P, D)``; ``None``: read from
-        the cache), score it on the test rows; save it under ``save_dir``.
+        """Fit every head on the train rows of ``X`` (``(N, L, D)`` or ``(N, L, P, D)``;
+        ``None``: read from the cache), score it on the test rows; save it under ``save_dir``.
 
         Returns:
             ``(heads, baselines)``: every head's entry of ``metrics["heads"]`` (in

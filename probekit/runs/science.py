@@ -88,8 +88,9 @@ def mdl_table(
     seed: int,
     device: Any = None,
 ) -> dict[str, Any]:
-    """:func:`probekit.mdl` per layer (linear probes) of ``(N, L * P, D)`` layer-major features;
-    a layer's ``P`` pooled vectors are concatenated. Returns ``MDLResult.to_dict()``."""
+    """:func:`probekit.mdl` per layer (linear probes) of ``(N, L, P, D)`` (or flat
+    ``(N, L * P, D)`` layer-major) features; a layer's ``P`` pooled vectors are concatenated.
+    Returns ``MDLResult.to_dict()``."""
     from ..analysis.mdl import mdl
 
     n = X_train.shape[0]
