@@ -167,6 +167,13 @@ def test_grouped_splits_never_share_a_sample():
         share = np.bincount(y[test], minlength=5) / test.size
         assert np.abs(share - np.bincount(y, minlength=5) / y.size).max() < 0.05
         train_r, test_r = grouped_split(y, groups, 0.2, seed, stratify=False)
+    # a class held by one sentence only never lands in test alone (it goes back to train)
+    rare = y.copy()
+    rare[groups == 7] = 9
+    for seed in range(5):
+        train, test = grouped_split(rare, groups, 0.25, seed)
+        assert set(rare[test]) <= set(rare[train]) and 9 in set(rare[train])
+        assert not set(groups[train]) & set(groups[test])
         assert not set(groups[train_r]) & set(groups[test_r])
 
 

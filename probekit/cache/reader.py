@@ -221,6 +221,20 @@ class FeatureCache:
         cache, every labelled word (or token) of it in a unit cache."""
         return self.index
 
+    def row_text(self, row: int) -> str:
+        """The text a row stands for: its input's text, or in a word cache its word (texts are
+        the words joined by single spaces); a token or span row gives its input's text.
+
+        Raises:
+            ValueError: a cache without texts (image data).
+        """
+        if self.texts is None:
+            raise ValueError(f"{self.path} stores no texts (image data)")
+        text = self.texts[int(self.index[row])]
+        if self.unit == "word":
+            return text.split(" ")[int(self.positions[row])]
+        return text
+
     def rows_of(self, sample: int) -> np.ndarray:
         """Row numbers of input ``sample``, in word (token) order: ``(n_units,)`` int64.
 

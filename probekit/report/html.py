@@ -144,7 +144,7 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     shown = stratified_subsample(labels, cap, seed)  # (k,) rows of the per-sample heatmaps
     n, k = len(test), len(shown)
     note = f"{k} of {n} test samples shown" if k < n else ""
-    texts = [cache.texts[i] for i in test[shown]] if cache.texts else None
+    texts = [cache.row_text(int(i)) for i in test[shown]] if cache.texts else None
     best = _best_weight_head(metrics, arrays, task)
     order = sorted(arrays, key=lambda h: (h != best, h))
     for head in order:

@@ -168,11 +168,15 @@ def grouped_split(
     """``(train, test)`` row indices, sorted, with every group wholly on one side.
 
     The test rows are one seeded fold of ``StratifiedGroupKFold`` (``stratify``, classes) or
-    ``GroupKFold`` with shuffling (regression) over ``round(1 / test_size)`` folds.
+    ``GroupKFold`` with shuffling (regression) over ``round(1 / test_size)`` folds. With classes,
+    a test group holding a class that no train row has goes back to train (a probe cannot
+    predict a class it never saw), unless that would empty the test side.
 
     Raises:
         ConfigError: fewer than two groups.
     """
+    import warnings
+
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     groups = np.asarray(groups).reshape(-1)
@@ -181,12 +185,23 @@ def grouped_split(
         raise ConfigError("a split by sample needs rows from at least two samples")
     folds = min(max(2, int(round(1.0 / test_size))), n_groups)
     rows = np.arange(groups.size)
-    if stratify:
-        splitter: Any = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        train, test = next(splitter.split(rows, np.asarray(y), groups))
-    else:
+    if not stratify:
         splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         train, test = next(splitter.split(rows, groups=groups))
+        return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64)
+    y = np.asarray(y).reshape(-1)
+    with warnings.catch_warnings():  # rare classes: handled below, not worth a warning
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        stratified = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        train, test = next(stratified.split(rows, y, groups))
+    unseen = np.setdiff1d(y[test], y[train])
+    if unseen.size:
+        back = np.isin(groups, groups[test][np.isin(y[test], unseen)])
+        if not back.all():
+            train, test = (
+                np.flatnonzero(~np.isin(rows, test) | back),
+                np.flatnonzero(np.isin(rows, test) & ~back),
+            )
     return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64)
 
 
