@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -228,3 +229,48 @@ def test_bf16_two_processes_bitwise_equal_one_and_ranks_keep_the_cache_threads(
     assert "different numerics" not in filled.stderr
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert filled.stderr.count("oversubscribed") == (1 if 2 * 2 > (cores or 1) else 0)
+
+
+def test_word_rows_two_processes_bitwise_equal_one(tiny_bert_dir, tmp_path):
+    """A word cache: shards of whole sentences, rows per shard from the manifest, across ranks."""
+    conllu = tmp_path / "words.conllu"
+    lines = []
+    for i in range(N_SAMPLES):
+        words = ["sample", "number", str(i)] + ["word"] * (i % 5)
+        tags = ["NOUN", "NOUN", "NUM"] + ["NOUN"] * (i % 5)
+        for j, (w, t) in enumerate(zip(words, tags, strict=True), start=1):
+            lines.append(f"{j}\t{w}\t_\t{t}\t_\t_\t0\troot\t_\t_")
+        lines.append("")
+    conllu.write_text("\n".join(lines) + "\n")
+    data = f"conllu:{conllu}"
+    extra = ["--unit", "word"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = [a for a in _args(tiny_bert_dir, data, tmp_path / "one") if a != "cls+mean"]
+        args.remove("--pooling")
+        assert main([*args, *extra]) == 0
+    finally:
+        torch.set_num_threads(before)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "probekit",
+        *[a if a != str(tmp_path / "one") else str(tmp_path / "two") for a in args],
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one_cache, two_cache = FeatureCache.open(tmp_path / "one"), FeatureCache.open(tmp_path / "two")
+    assert one_cache.unit == two_cache.unit == "word"
+    assert one_cache.manifest["shard_rows"] == two_cache.manifest["shard_rows"]
+    assert len(one_cache.manifest["shard_rows"]) > 2
+    for key in one_cache.keys():
+        assert torch.equal(one_cache[key], two_cache[key]), key
+    assert np.array_equal(one_cache.samples, two_cache.samples)
+    assert np.array_equal(one_cache.positions, two_cache.positions)
