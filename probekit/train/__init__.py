@@ -36,6 +36,7 @@ from .metrics import (
     balanced_accuracy,
     batch_size_for,
     class_weights,
+    grouped_split,
     selection_accuracy,
     stratified_split,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "batch_size_for",
     "class_weights",
     "fit_linear_probes",
+    "grouped_split",
     "stratified_split",
     "train_grid",
     "train_stream",
