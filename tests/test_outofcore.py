@@ -109,7 +109,7 @@ def test_gather_of_runs_repeats_and_shard_crossings(tmp_path):
             assert torch.equal(rows.gather(idx, layers=[0]), full[idx][:, :2])
         sub = cache_subset(cache, np.r_[60:130, 0:60])  # consecutive here, not in the file
         srows = CacheRows(sub, sel, pools)
-        assert torch.equal(srows.gather(np.arange(130)), full[sub.positions])
+        assert torch.equal(srows.gather(np.arange(130)), full[sub.parent_rows])
         rows.close()
         srows.close()
 
@@ -330,3 +330,58 @@ def test_peak_rss_is_the_child_own_not_the_parent_at_the_fork():
     assert maxrss > 400 * 2**20 > 4 * peak  # the carried-over figure vs the child's own
     assert 60 * 2**20 < growth < 80 * 2**20  # a fresh 64 MiB block, after the reset
     del ballast
+
+
+def _write_word_cache(path, n_sentences, layers, shard_size=1000, seed=0):
+    """A synthetic word cache: 5-35 words per sentence (about 200k rows for 10k sentences),
+    shards of whole sentences with their rows listed in the manifest."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 36, n_sentences)
+    starts = range(0, n_sentences, shard_size)
+    shard_rows = [int(lengths[s : s + shard_size].sum()) for s in starts]
+    manifest = {
+        "model": {"id": "synthetic"},
+        "layers": [{"name": f"layers.{i}", "dim": d} for i, d in enumerate(layers)],
+        "poolings": ["mean"],
+        "dtype": "float32",
+        "unit": "word",
+        "word_pooling": "mean",
+        "dataset": {
+            "name": "words",
+            "fingerprint": str(seed),
+            "n": n_sentences,
+            "label_names": ["NOUN", "VERB", "DET"],
+        },
+    }
+    w = CacheWriter.create(
+        path, manifest, sum(shard_rows), shard_size=shard_size, shard_rows=shard_rows
+    )
+    for i in w.missing_shards():
+        sents = np.arange(i * shard_size, min((i + 1) * shard_size, n_sentences))
+        samples = np.repeat(sents, lengths[sents])
+        positions = np.concatenate([np.arange(k) for k in lengths[sents]])
+        r = np.random.default_rng([seed, i])
+        y = r.integers(0, 3, samples.size)
+        feats = {}
+        for li, d in enumerate(layers):
+            x = r.normal(size=(samples.size, d)).astype(np.float32)
+            x[:, 0] += (li + 1) * 0.6 * (y - 1)
+            feats[f"layers.{li}.mean"] = x
+        w.write_shard(i, feats, y, samples, positions)
+    return w.finalize()
+
+
+@pytest.mark.slow
+def test_streamed_fit_of_200k_word_rows_equals_in_memory(tmp_path):
+    cache = _write_word_cache(tmp_path / "words", 10_000, [8, 8, 8])
+    assert 150_000 < len(cache) < 250_000 and cache.unit == "word"
+    kw = {"random_state": 0}
+    budget = "24MB"  # 3x the ~19 MB rows do not fit, 3x one layer's 6 MB block does
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # L-BFGS layer by layer, no minibatch fallback
+        out = ProbeClassifier(memory_budget=budget, **kw).fit(cache)
+    assert out._should_stream(cache, out._budget())
+    mem = ProbeClassifier(stream=False, **kw).fit(cache)
+    np.testing.assert_allclose(out.layer_scores_, mem.layer_scores_, atol=1e-12)
+    assert out.selected_layer_ == mem.selected_layer_ == 2
+    np.testing.assert_array_equal(out.predict(cache), mem.predict(cache))

@@ -65,7 +65,7 @@ class CacheRows:
     def __init__(self, cache: Any, sel: Sequence[int], pools: Sequence[str]) -> None:
         base = cache.cache if isinstance(cache, CacheSubset) else cache
         self.positions: np.ndarray | None = (
-            cache.positions if isinstance(cache, CacheSubset) else None
+            cache.parent_rows if isinstance(cache, CacheSubset) else None
         )
         self.n = len(cache)
         self.sel, self.pools = list(sel), list(pools)
@@ -188,22 +188,26 @@ class CacheSubset:
     ``ProbeClassifier.fit`` / ``predict``), so a train split need not be loaded.
 
     Use :func:`cache_subset`. Attributes as the cache's (``layer_names``, ``dims``,
-    ``poolings``, ``manifest``, ``label_names``), with ``labels`` and ``len()`` those of the
-    subset; ``positions`` ``(n,)`` are the samples' positions in ``cache``.
+    ``poolings``, ``manifest``, ``label_names``, ``unit``), with ``labels``, ``samples``,
+    ``positions`` and ``len()`` those of the subset's rows; ``parent_rows`` ``(n,)`` are their
+    row numbers in ``cache``.
     """
 
-    def __init__(self, cache: Any, positions: np.ndarray) -> None:
+    def __init__(self, cache: Any, parent_rows: np.ndarray) -> None:
         self.cache = cache
-        self.positions = positions
+        self.parent_rows = parent_rows
         self.layer_names = cache.layer_names
         self.dims = cache.dims
         self.poolings = cache.poolings
         self.manifest = cache.manifest
         self.label_names = cache.label_names
-        self.labels = np.asarray(cache.labels)[positions]
+        self.unit = getattr(cache, "unit", "sample")
+        self.labels = np.asarray(cache.labels)[parent_rows]
+        self.samples = np.asarray(cache.index)[parent_rows]
+        self.positions = np.asarray(getattr(cache, "positions", cache.index))[parent_rows]
 
     def __len__(self) -> int:
-        return int(self.positions.shape[0])
+        return int(self.parent_rows.shape[0])
 
     def select(self, layers: Any = None, pooling: Any = None) -> tuple[list[int], list[str]]:
         """As :meth:`FeatureCache.select`."""
@@ -240,7 +244,7 @@ def cache_subset(cache: Any, positions: Any) -> CacheSubset:
     base = cache.cache if isinstance(cache, CacheSubset) else cache
     pos = np.asarray(positions, dtype=np.int64).reshape(-1)
     if isinstance(cache, CacheSubset):
-        pos = cache.positions[pos] if pos.size else pos
+        pos = cache.parent_rows[pos] if pos.size else pos
     if pos.size and (pos.min() < 0 or pos.max() >= len(base)):
         raise ConfigError(f"cache_subset: positions must be in 0..{len(base) - 1}")
     return CacheSubset(base, pos)
