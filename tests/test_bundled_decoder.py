@@ -216,3 +216,15 @@ def test_concurrent_first_load_keeps_the_winners_folder(folder, tmp_path, monkey
     )
     assert record_ == json.loads((folder / RECORD_NAME).read_text())  # the winner's
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [folder.name]
+
+
+def test_cache_root_follows_the_conventions(monkeypatch, tmp_path):
+    from probekit.models.bundled_llm import cache_root
+
+    monkeypatch.delenv("PROBEKIT_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_root() == Path.home() / ".cache" / "probekit"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "probekit"
+    monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "pk"))
+    assert cache_root() == tmp_path / "pk"
