@@ -5,7 +5,8 @@ Modules: :mod:`~probekit.models.loading` (HF, timm, bundled and local checkpoint
 :mod:`~probekit.models.layers` (:class:`LayerSpec`, the one meaning of ``layers=``),
 :mod:`~probekit.models.hooks` (:class:`LayerRecorder`), :mod:`~probekit.models.listing`
 (:func:`list_layers`), :mod:`~probekit.models.placement` (accelerate's ``device_map`` /
-``max_memory``, dtypes, quantisation).
+``max_memory``, dtypes, quantisation), :mod:`~probekit.models.bundled_llm` (the bundled decoder
+LM ``bundled:gemma3-270m``: its de-quantised, sha256-checked cache folder and its unembedding).
 
 The recorder lives here, not in :mod:`probekit.record`: loading an HF model checks its layers
 against ``output_hidden_states`` with it, and listing a model's layers runs it.

