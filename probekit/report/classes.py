@@ -33,7 +33,7 @@ def class_figures(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     confusion = metrics.get("confusion")
     if confusion:
         head = confusion["head"]
-        disp = ConfusionDisplay.from_counts(
+        matrix = ConfusionDisplay.from_counts(
             confusion["counts"],
             metrics["label_names"],
             title=f"Confusion matrix of {head} (normalised per true class)",
@@ -45,7 +45,7 @@ def class_figures(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                 "caption": f"Rows: true class (n: its test rows); columns: the class {head} "
                 "(the best head by balanced accuracy) predicts; each row sums to 1. Classes "
                 "neither true nor predicted are left out.",
-                "figure": disp.figure_,
+                "figure": matrix.figure_,
             }
         )
     return figs

@@ -75,7 +75,10 @@ def text_view_figure(
     for sample, pos in chosen:
         ws = cache.texts[sample].split(" ")
         n = len(ws)
-        lay, tr, pr, sc = [-1] * n, [None] * n, [None] * n, [None] * n
+        lay = [-1] * n
+        tr: list[str | None] = [None] * n
+        pr: list[str | None] = [None] * n
+        sc: list[float | None] = [None] * n
         for p in pos:
             j = int(positions[test[p]])
             v = values[at[int(p)]]

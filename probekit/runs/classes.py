@@ -46,7 +46,7 @@ def per_class_recall(
     y = np.asarray(y, dtype=np.int64)
     layer_pred = np.asarray(layer_pred, dtype=np.int64)
     support = np.bincount(y, minlength=len(label_names))
-    present = np.flatnonzero(support)
+    present = [int(c) for c in np.flatnonzero(support)]
     table: dict[str, dict[str, float]] = {}
     for j, layer in enumerate(layer_names):
         hits = np.bincount(y[layer_pred[:, j] == y], minlength=len(label_names))

@@ -31,7 +31,7 @@ def _layer_colours(n: int) -> list[str]:
 def _ink(colour: str) -> str:
     """Black or white text, whichever reads on ``colour`` (``rgb(r, g, b)`` or ``#rrggbb``)."""
     if colour.startswith("#"):
-        r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+        r, g, b = (float(int(colour[i : i + 2], 16)) for i in (1, 3, 5))
     else:
         r, g, b = (float(v) for v in colour[colour.index("(") + 1 : -1].split(",")[:3])
     return "#111" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
