@@ -150,7 +150,8 @@ class WordLayerDisplay(_FigureBundle):
                     f"<br>{self.value_name} %{{customdata[6]:.3f}}<extra></extra>",
                 )
             )
-        fig.update_xaxes(visible=False, range=[-0.5, line_chars + 0.5])
+        span = max([c[1] + c[2] for rows in cells.values() for c in rows] + [20.0])
+        fig.update_xaxes(visible=False, range=[-0.5, span + 0.5])
         fig.update_yaxes(
             type="category",
             categoryorder="array",
@@ -165,7 +166,7 @@ class WordLayerDisplay(_FigureBundle):
             uniformtext={"minsize": 9, "mode": "show"},
             title=title or "Which layer each word's prediction rests on",
             legend={"title": {"text": "layer"}, "traceorder": "normal"},
-            width=width or int(np.clip(8.2 * line_chars + 320, 700, 1100)),
+            width=width or int(np.clip(8.2 * span + 320, 600, 1100)),
             height=height or int(np.clip(130 + 28 * len(lines), 300, 2400)),
             margin={"l": 110},
         )
