@@ -162,3 +162,42 @@ def test_text_view_words_and_colours_are_the_cache_rows_and_attribution_argmax(w
     assert n_colored == sum(len(cache.rows_of(s)) for s in seen)
     report = write_report(word_run).read_text()
     assert "which layer each word rests on" in report and "recall of each class" in report
+
+
+def test_displays_equal_scikit_learn_on_random_predictions():
+    from sklearn.metrics import confusion_matrix, recall_score
+
+    from probekit.runs.classes import confusion_counts, per_class_recall
+    from probekit.viz import ClassRecallDisplay, ConfusionDisplay, WordLayerDisplay
+
+    rng = np.random.default_rng(3)
+    y = rng.choice([0, 1, 3], size=200)  # class 2 never true, class 4 never true nor predicted
+    layer_pred = rng.choice([0, 1, 2, 3], size=(200, 3))
+    names, layers = ["a", "b", "c", "d", "e"], ["l0", "l1", "l2"]
+    table = per_class_recall(y, layer_pred, layers, names)
+    assert table["per_class_support"] == {
+        "a": (y == 0).sum(),
+        "b": (y == 1).sum(),
+        "d": (y == 3).sum(),
+    }
+    disp = ClassRecallDisplay.from_table(table["per_class"], table["per_class_support"])
+    for j in range(3):
+        want = recall_score(y, layer_pred[:, j], labels=[0, 1, 3], average=None)
+        np.testing.assert_allclose(disp.recall[:, j], want, atol=1e-12)
+    pred = layer_pred[:, 0]
+    counts = confusion_counts(y, pred, len(names))
+    conf = ConfusionDisplay.from_counts(counts, names)
+    assert conf.class_names == ["a", "b", "c", "d"]  # scikit-learn's labels: true or predicted
+    np.testing.assert_allclose(conf.normalized, confusion_matrix(y, pred, normalize="true"))
+    np.testing.assert_allclose(np.asarray(conf.figure_.data[0].z), conf.normalized)
+    # a long sentence wraps onto numbered rows, each word once, in order
+    words = [[f"w{i:02d}" for i in range(40)]]
+    view = WordLayerDisplay(words, [[i % 3 for i in range(40)]], layers).plot(line_chars=30)
+    cells = sorted(
+        (c[1], c[2], line) for t in view.figure_.data for c, line in zip(t.customdata, t.y)
+    )
+    assert [c[1] for c in cells] == words[0]
+    # 3.6 characters a word (3 and a gap): 8 words a 30-character line, 5 lines
+    assert {c[2] for c in cells} == {"sentence 0"} | {f"sentence 0 ({k})" for k in range(2, 6)}
+    by_trace = {t.name: [c[2] for c in t.customdata] for t in view.figure_.data}
+    assert by_trace["l1"] == [f"w{i:02d}" for i in range(1, 40, 3)]
