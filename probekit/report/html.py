@@ -19,8 +19,10 @@ import numpy as np
 
 from ..runs.folder import read_config, read_metrics
 from ..runs.task import Task, get_task
+from .classes import class_figures
 from .regression import regression_figures, regression_tables
 from .science import science_figures, science_tables
+from .text import text_view_figure
 
 __all__ = ["Figure", "build_figures", "write_figures", "write_report"]
 
@@ -65,6 +67,23 @@ def _chunk_bytes(cfg: Any) -> int:
     from .arrays import CHUNK_BYTES
 
     return max(1, min(CHUNK_BYTES, memory_budget_of(cfg) // 8))
+
+
+def _row_texts(cache: Any, rows: np.ndarray) -> list[str] | None:
+    """The hover text of cache ``rows``: the input's text; in a unit cache, the row's word,
+    then the input it comes from."""
+    if not cache.texts:
+        return None
+    if cache.unit == "sample":
+        return [cache.texts[int(i)] for i in rows]
+    samples = np.asarray(cache.samples)[rows]
+    positions = np.asarray(cache.positions)[rows]
+    out = []
+    for s, j in zip(samples, positions, strict=True):
+        words = cache.texts[int(s)].split(" ")
+        word = words[int(j)] if cache.unit == "word" and int(j) < len(words) else ""
+        out.append(f"{word} | {cache.texts[int(s)]}" if word else cache.texts[int(s)])
+    return out
 
 
 def _best_weight_head(metrics: dict[str, Any], arrays: dict[str, Any], task: Task) -> str | None:
@@ -136,6 +155,7 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
         return figs + [Figure(*spec) for spec in specs]
     layers = metrics["layer_names"]
     label_names = metrics["label_names"]
+    figs += [Figure(**f) for f in class_figures(metrics)]
     figs += [Figure(**f) for f in science_figures(Path(run_dir), metrics)]
     if not summary:
         return figs
@@ -144,8 +164,15 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     shown = stratified_subsample(labels, cap, seed)  # (k,) rows of the per-sample heatmaps
     n, k = len(test), len(shown)
     note = f"{k} of {n} test samples shown" if k < n else ""
-    texts = [cache.row_text(int(i)) for i in test[shown]] if cache.texts else None
+    texts = _row_texts(cache, test[shown])
     best = _best_weight_head(metrics, arrays, task)
+    viewed = best or task.best({h: metrics["heads"][h] for h in arrays if h in metrics["heads"]})
+    if viewed is not None:
+        view = text_view_figure(
+            cache, test, viewed, arrays[viewed], head_layers[viewed], label_names, seed, chunk
+        )
+        if view is not None:
+            figs.append(Figure(**view))
     order = sorted(arrays, key=lambda h: (h != best, h))
     for head in order:
         a = arrays[head]

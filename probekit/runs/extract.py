@@ -71,7 +71,7 @@ def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool = Fal
     data = load_data(cfg.data, seed=cfg.seed, **cfg.stage_options("data"))
     if cfg.task == "regression":
         _check_targets(data, cfg.data)
-    elif len(data.label_names) < 2 or len(np.unique(data.labels)) < 2:
+    elif len(data.label_names) < 2 or len(np.unique(_labels_of(data, cfg.unit))) < 2:
         raise DataError(f"{cfg.data} has a single class; probes need at least two")
     options = cfg.stage_options("model")
     folder = cfg.cache_dir
@@ -83,6 +83,16 @@ def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool = Fal
     if cfg.task == "regression":
         write_targets(folder, data.targets, data.target_name, data.fingerprint)
     return cache
+
+
+def _labels_of(data: Any, unit: str) -> np.ndarray:
+    """The labels the rows will have: a word-level dataset's word labels (``-1``, unlabelled,
+    left out) for a unit cache, else the per-sample labels (for word data only a stand-in)."""
+    units = getattr(data, "units", None)
+    if unit == "sample" or units is None:
+        return np.asarray(data.labels)
+    labels = np.concatenate([np.asarray(lab) for lab in units.labels])
+    return labels[labels >= 0]
 
 
 def _check_targets(data: Any, spec: str) -> None:

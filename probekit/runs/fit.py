@@ -60,12 +60,16 @@ def fit_stage(
     ``metrics["random_init"]``. When the ``linear`` head is among the probes, every head gets
     ``paired``: its balanced accuracy minus that of the last layer's linear probe
     (``vs_last_layer``) and of the single layer chosen on a validation split of the train
-    samples (``vs_best_layer``), scored on the same resamples.
+    samples (``vs_best_layer``), scored on the same resamples. Classification
+    (``Task.per_class``): the linear head's ``per_class`` recall of every class per layer (and
+    ``per_class_support``), and the best head's test ``confusion`` counts
+    (:mod:`probekit.runs.classes`).
 
     Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``.
     """
     from ..analysis.stats import bootstrap_indices
     from ..estimator.inputs import check_finite
+    from .classes import confusion_counts
     from .science import control_keys_of, mdl_table, write_cka
 
     task = get_task(cfg.task)
@@ -100,6 +104,11 @@ def fit_stage(
     fit = _HeadFit(task, cfg, y, train, test, idx, progress, budget if task.streams else None)
     fit.groups = None if groups is None else groups[train]
     metrics["heads"], baselines = fit.run(cache, X, run_dir / "probes", keys)
+    if task.per_class:
+        best = task.best(metrics["heads"])
+        assert best is not None  # a run has heads
+        counts = confusion_counts(y[test], fit.predictions[best], len(label_names))
+        metrics["confusion"] = {"head": best, "counts": counts}
     if baselines:
         metrics["baselines"] = baselines
     if science and cfg.mdl:
@@ -155,6 +164,7 @@ class _HeadFit:
         self.task, self.cfg, self.y, self.train, self.test = task, cfg, y, train, test
         self.idx, self.progress, self.budget = idx, progress, budget
         self.groups: np.ndarray | None = None  # a word cache: the input of each train row
+        self.predictions: dict[str, np.ndarray] = {}  # the last run's test predictions by head
 
     def _estimator(self, cache: Any, head: str, streamed: bool, control: bool) -> Any:
         cfg = self.cfg
@@ -185,6 +195,7 @@ class _HeadFit:
             without ``linear`` or without ``Task.compare``).
         """
         from ..cache import cache_subset
+        from .classes import per_class_recall
         from .science import control_rows
 
         task, cfg, y, train, test, idx = (
@@ -227,6 +238,10 @@ class _HeadFit:
                     {"layer": name, **task.score(y_test, layer_pred[:, j], idx)}
                     for j, name in enumerate(layer_names)
                 ]
+                if task.per_class:
+                    entry.update(
+                        per_class_recall(y_test, layer_pred, layer_names, cache.label_names)
+                    )
                 selected = int(est.selected_layer_)
                 entry["selected_layer"] = layer_names[selected]
                 if control:
@@ -247,6 +262,7 @@ class _HeadFit:
                     }
                     names = {"last_layer": layer_names[-1], "best_layer": entry["selected_layer"]}
             heads[head] = entry
+        self.predictions = preds
         if task.compare is not None:
             for head, pred in preds.items():  # paired: the same resamples score both
                 heads[head]["paired"] = {

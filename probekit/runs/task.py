@@ -85,6 +85,8 @@ class Task:
             ``probekit fit`` prints).
         layer_line: ``per-layer entry -> str``: the best layer's score in the summary.
         layer_plot: the report's per-layer figure.
+        per_class: the linear probes' recall of every class per layer and the best head's
+            confusion counts are recorded (:mod:`probekit.runs.classes`).
     """
 
     name: str
@@ -105,6 +107,7 @@ class Task:
     summary_row: Callable[[str, dict[str, Any]], str]
     layer_line: Callable[[dict[str, Any]], str]
     layer_plot: LayerPlot
+    per_class: bool = False
 
     def estimator_class(self) -> type:
         """The estimator class (:class:`~probekit.ProbeClassifier` or
@@ -254,6 +257,7 @@ CLASSIFICATION = Task(
         "interval.",
         chance=lambda metrics: 1.0 / len(metrics["label_names"]),
     ),
+    per_class=True,
 )
 
 

@@ -21,17 +21,21 @@ Example:
 """
 
 from .ablation import AblationDisplay
+from .classes import ClassRecallDisplay, ConfusionDisplay
 from .curves import LayerAccuracyDisplay, wilson_interval
 from .export import ExportError, export, find_chrome
 from .heatmaps import ClassProfileDisplay, LayerAttributionDisplay, LayerMapDisplay
 from .notebook import figure_bundle, static_images_available, use_notebook_renderer
 from .science import LayerCurvesDisplay, SimilarityDisplay
 from .stats import PairedBootstrap, paired_bootstrap
+from .text import WordLayerDisplay
 from .ticks import nice_ticks, set_axis_ticks
 
 __all__ = [
     "AblationDisplay",
     "ClassProfileDisplay",
+    "ClassRecallDisplay",
+    "ConfusionDisplay",
     "ExportError",
     "LayerAccuracyDisplay",
     "LayerAttributionDisplay",
@@ -39,6 +43,7 @@ __all__ = [
     "LayerMapDisplay",
     "PairedBootstrap",
     "SimilarityDisplay",
+    "WordLayerDisplay",
     "export",
     "figure_bundle",
     "find_chrome",
