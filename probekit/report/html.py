@@ -405,6 +405,11 @@ def write_report(run_dir: str | Path) -> Path:
         )
     )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows = f"{len(cache)} samples"
+    split_how = task.split_name
+    if cache.unit != "sample":  # rows are words (tokens, spans) of the inputs
+        rows = f"{len(cache)} {cache.unit}s from {m.get('n_inputs', '?')} inputs"
+        split_how = f"by input, {split_how}"
     body = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>probekit report: {html.escape(cfg.name)}</title><style>{_CSS}</style></head><body>
 <h1>probekit report: {html.escape(cfg.name)}</h1>
@@ -412,10 +417,10 @@ def write_report(run_dir: str | Path) -> Path:
 <h2>Model and data</h2>
 <table class="info">
 <tr><td>model</td><td>{html.escape(str(m["model"].get("id")))} ({html.escape(str(m["model"].get("class")))})</td></tr>
-<tr><td>dataset</td><td>{html.escape(m["dataset"]["name"])}: {len(cache)} samples; {classes}</td></tr>
+<tr><td>dataset</td><td>{html.escape(m["dataset"]["name"])}: {rows}; {classes}</td></tr>
 <tr><td>layers</td><td>{len(cache.layer_names)}: {html.escape(", ".join(f"{n} ({d})" for n, d in zip(cache.layer_names, cache.dims)))}</td></tr>
 <tr><td>poolings</td><td>{html.escape(", ".join(cache.poolings))} · dtype {m["dtype"]} · precision {m.get("precision")}</td></tr>
-<tr><td>split</td><td>{metrics["n_train"]} train / {metrics["n_test"]} test ({task.split_name}, seed {cfg.seed})</td></tr>
+<tr><td>split</td><td>{metrics["n_train"]} train / {metrics["n_test"]} test ({split_how}, seed {cfg.seed})</td></tr>
 <tr><td>cache</td><td><code>{html.escape(str(cfg.cache_dir))}</code> · fingerprint {m["fingerprint"][:16]}</td></tr>
 </table>
 <h2>Probe heads on the test split</h2>
