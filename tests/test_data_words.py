@@ -232,3 +232,44 @@ def test_wordnet_pos_card_is_honest_spacy_retags_20_sentences():
         assert [t.tag_ for t in doc] == s.columns["xpos"]
         assert [t.head.i + 1 if t.head.i != t.i else 0 for t in doc] == s.heads
         assert ["root" if t.head.i == t.i else t.dep_ for t in doc] == s.columns["deprel"]
+
+
+def test_jsonl_spans_by_words_and_by_characters_agree(tmp_path):
+    import json
+
+    from probekit import load_data
+    from probekit.errors import DataError as DataErr
+
+    rows = [
+        (
+            {"tokens": ["The", "old", "cat", "sat"], "spans": [[0, 3, "NP"], [3, 4, "VP"]]},
+            {"text": "The old  cat sat", "spans": [[0, 12, "NP"], [13, 16, "VP"]]},
+        ),
+        (
+            {"tokens": ["Dogs", "bark"], "spans": [[1, 2, "VP"]]},
+            {"text": "Dogs bark", "spans": [[5, 9, "VP"]]},
+        ),
+    ]
+    by_words, by_chars = tmp_path / "w.jsonl", tmp_path / "c.jsonl"
+    by_words.write_text("\n".join(json.dumps(a) for a, _ in rows) + "\n")
+    by_chars.write_text("\n".join(json.dumps(b) for _, b in rows) + "\n")
+    a, b = load_data(f"jsonl:{by_words}"), load_data(f"jsonl:{by_chars}")
+    assert a.units.words == b.units.words == [["The", "old", "cat", "sat"], ["Dogs", "bark"]]
+    assert a.label_names == b.label_names == ["NP", "VP"]
+    for x, y in ((a.units.spans, b.units.spans), (a.units.span_labels, b.units.span_labels)):
+        assert (
+            [v.tolist() for v in x]
+            == [v.tolist() for v in y]
+            == ([[[0, 3], [3, 4]], [[1, 2]]] if x is a.units.spans else [[0, 1], [1]])
+        )
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text(json.dumps({"tokens": ["A", "cat", "sat"], "spans": [[0, 2, 2, 3, "subj"]]}))
+    assert [s.tolist() for s in load_data(f"jsonl:{pairs}").units.spans] == [[[0, 2, 2, 3]]]
+    off = tmp_path / "off.jsonl"
+    off.write_text(json.dumps({"text": "a b", "spans": [[1, 3, "X"]]}) + "\n")
+    with pytest.raises(DataErr, match=r"off.jsonl:1: span offset 1 is not on a word boundary"):
+        load_data(f"jsonl:{off}")
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps({"tokens": ["a", "b"], "spans": [[0, 1, "X"], [0, 1, 1, 2, "Y"]]}))
+    with pytest.raises(DataErr, match="one width"):
+        load_data(f"jsonl:{mixed}")

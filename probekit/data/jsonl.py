@@ -6,7 +6,11 @@ tag is an unlabelled word (-1). Class names are the sorted distinct tags (intege
 order). With ``target="regression"`` the tags are numbers (``null``: no target, NaN). Blank
 lines are skipped; ``limit`` keeps a seeded subset of lines, as for ``conllu:``.
 
-The span format (``{"text": ..., "spans": [[start, end, label], ...]}``) is not read here.
+Span files (edge probing; ``--unit span``): every line holds ``"spans"``, a list of
+``[start, end, label]`` (or ``[start1, end1, start2, end2, label]`` for a relation between two
+spans), ``end`` exclusive. With ``"tokens"`` (a list of words) the offsets count words; with
+``"text"`` (a string, split on whitespace) they count characters and must fall on word
+boundaries. ``label_column`` then names the spans field (default ``spans``).
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from ..errors import DataError
 from .common import _as_ints, _single_split, _subset
 from .dataset import Dataset
 from .sources import DataOptions
-from .word_data import word_dataset
+from .word_data import span_dataset, word_dataset
 
-__all__ = ["load_jsonl", "read_jsonl"]
+__all__ = ["load_jsonl", "read_jsonl", "read_jsonl_spans"]
 
 
 def read_jsonl(
@@ -82,10 +86,105 @@ def read_jsonl(
     return words, tags
 
 
+def _is_span_file(path: str | Path) -> bool:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return False
+    opener: Any = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rt", encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        row = json.loads(first) if first else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # read_jsonl names the problem
+    return isinstance(row, dict) and "spans" in row
+
+
+def _char_spans_to_words(text: str, spans: list[Any], where: str) -> tuple[list[str], list[Any]]:
+    """Whitespace words of ``text`` and the spans' character offsets as word offsets."""
+    import re
+
+    bounds = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    starts = {s: i for i, (s, _) in enumerate(bounds)}
+    ends = {e: i + 1 for i, (_, e) in enumerate(bounds)}
+    out = []
+    for sp in spans:
+        offsets = list(sp[:-1])
+        try:
+            words = [starts[c] if k % 2 == 0 else ends[c] for k, c in enumerate(offsets)]
+        except KeyError as err:
+            raise DataError(
+                f"{where}: span offset {err.args[0]} is not on a word boundary"
+            ) from None
+        out.append((*words, sp[-1]))
+    return [text[s:e] for s, e in bounds], out
+
+
+def read_jsonl_spans(
+    path: str | Path, spans_field: str = "spans"
+) -> tuple[list[list[str]], list[list[Any]]]:
+    """``(words, spans)`` of a span file: per line its words and ``(start, end[, start2, end2],
+    label)`` word ranges.
+
+    Raises:
+        DataError: a line without ``tokens`` or ``text``, a span that is not a list of 3 or 5
+            items, or a character offset off a word boundary, as ``"PATH:LINE: what"``.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"jsonl file not found: {p}")
+    opener: Any = gzip.open if p.suffix == ".gz" else open
+    words: list[list[str]] = []
+    spans: list[list[Any]] = []
+    with opener(p, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{p}:{n}: not JSON: {err.msg}") from None
+            raw = row.get(spans_field) if isinstance(row, dict) else None
+            ok = isinstance(raw, list) and all(
+                isinstance(s, list)
+                and len(s) in (3, 5)
+                and all(isinstance(c, int) and not isinstance(c, bool) for c in s[:-1])
+                for s in raw
+            )
+            if not ok:
+                raise DataError(
+                    f"{p}:{n}: {spans_field!r} must list [start, end, label] or "
+                    "[start1, end1, start2, end2, label]"
+                )
+            assert isinstance(raw, list)
+            if isinstance(row.get("tokens"), list) and row["tokens"]:
+                ws, sp = [str(w) for w in row["tokens"]], [tuple(s) for s in raw]
+            elif isinstance(row.get("text"), str) and row["text"].strip():
+                ws, sp = _char_spans_to_words(row["text"], raw, f"{p}:{n}")
+            else:
+                raise DataError(f"{p}:{n}: a span line needs 'tokens' (a list) or 'text'")
+            words.append(ws)
+            spans.append(sp)
+    if not words:
+        raise DataError(f"{p}: no lines")
+    return words, spans
+
+
 def load_jsonl(path: str, spec: str, options: DataOptions) -> Dataset:
-    """The ``jsonl:`` loader: per-word classes, or per-word numbers with regression."""
+    """The ``jsonl:`` loader: per-word classes, per-word numbers with regression, or labelled
+    spans (a file whose lines hold ``"spans"``)."""
     o = options
     _single_split(o.split, "a jsonl file")
+    if _is_span_file(path):
+        field = o.label_column or "spans"
+        words_s, spans = read_jsonl_spans(path, field)
+        name_s = Path(path).name.split(".")[0] or "jsonl"
+        opts_s = {"label_column": field, "limit": o.limit, "seed": o.seed}
+        if o.limit is not None:
+            keep = _subset(np.zeros(len(words_s), dtype=np.int64), o.limit, o.seed)
+            if keep is not None:
+                words_s, spans = [words_s[i] for i in keep], [spans[i] for i in keep]
+        return span_dataset(words_s, spans, name=name_s, spec=spec, options=opts_s)
     words_field, tags_field = o.text_column or "tokens", o.label_column or "tags"
     words, tags = read_jsonl(path, words_field, tags_field)
     name = Path(path).name.split(".")[0] or "jsonl"

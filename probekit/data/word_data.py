@@ -113,6 +113,8 @@ def span_dataset(
             labels.append(np.array([-1 if s[-1] is None else code[str(s[-1])] for s in row]))
         except KeyError as err:
             raise DataError(f"{name}: sample {i} has span tag {err.args[0]!r}") from None
+        if len({len(s) for s in row}) > 1:
+            raise DataError(f"{name}: sample {i} mixes single spans and pairs; spans are one width")
         ranges.append(np.array([list(s[:-1]) for s in row], dtype=np.int64))
     units = WordUnits(
         [list(ws) for ws in words],
