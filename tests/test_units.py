@@ -226,19 +226,17 @@ def _naive_windows(lm, words, stride):
         for w in range(len(sentence)):
             if TAGS_LONG[s][w] is None:
                 continue
-            best = None
+            candidates = []
             for k, r in enumerate(windows):
                 ids = enc.word_ids(r)
                 toks = [t for t, i in enumerate(ids) if i == w]
-                if not toks:
-                    continue
-                real = [t for t, i in enumerate(ids) if i is not None]
-                key = (len(toks), min(toks[0] - real[0], real[-1] - toks[-1]), -k)
-                if best is None or key > best[0]:
-                    best = (key, r, toks)
-            assert best is not None
+                if toks:
+                    real = [t for t, i in enumerate(ids) if i is not None]
+                    key = (len(toks), min(toks[0] - real[0], real[-1] - toks[-1]), -k)
+                    candidates.append((key, r, toks))
+            _, r, toks = max(candidates)  # a word in no window: max() of nothing fails here
             for layer, h in enumerate(hs):
-                rows[layer].append(h[best[1], best[2]].mean(0))
+                rows[layer].append(h[r, toks].mean(0))
     return [torch.stack(r) for r in rows], len(mapping)
 
 

@@ -26,13 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import DataError
-from .common import _single_split, _subset
+from .common import _single_split
 from .dataset import Dataset
 from .sources import DataOptions
-from .word_data import word_dataset
+from .word_data import scored_words, tagged_words
 
 __all__ = [
     "CONLLU_LABELS",
@@ -214,30 +212,29 @@ def conllu_dataset(
     opts.update(extra or {})
     if regression:
         targets = [s.head_distance() for s in sentences]
-        keep = _subset(np.zeros(len(words), dtype=np.int64), o.limit, o.seed)
-        if keep is not None:
-            words, targets = [words[i] for i in keep], [targets[i] for i in keep]
-        opts["target"] = "regression"
-        ds = word_dataset(
+        return scored_words(
             words,
-            [[None] * len(w) for w in words],
+            targets,
             name=name,
             spec=spec,
             options=opts,
-            label_names=[column],
-            targets=targets,
+            target_name=column,
+            limit=o.limit,
+            seed=o.seed,
         )
-        ds.target_name = column
-        return ds
     tags = [s.labels(column) for s in sentences]
     seen = {t for row in tags for t in row if t is not None}
     names = list(UPOS_TAGS) if column == "upos" and seen <= set(UPOS_TAGS) else sorted(seen)
-    if o.limit is not None:
-        whole = word_dataset(words, tags, name=name, spec=spec, label_names=names)
-        keep = _subset(whole.labels, o.limit, o.seed)
-        if keep is not None:
-            words, tags = [words[i] for i in keep], [tags[i] for i in keep]
-    return word_dataset(words, tags, name=name, spec=spec, options=opts, label_names=names)
+    return tagged_words(
+        words,
+        tags,
+        name=name,
+        spec=spec,
+        options=opts,
+        label_names=names,
+        limit=o.limit,
+        seed=o.seed,
+    )
 
 
 def load_conllu(path: str, spec: str, options: DataOptions) -> Dataset:

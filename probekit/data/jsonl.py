@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +28,20 @@ from ..errors import DataError
 from .common import _as_ints, _single_split, _subset
 from .dataset import Dataset
 from .sources import DataOptions
-from .word_data import span_dataset, word_dataset
+from .word_data import scored_words, span_dataset, tagged_words
 
 __all__ = ["load_jsonl", "read_jsonl", "read_jsonl_spans"]
 
 
-def read_jsonl(
-    path: str | Path, words_field: str = "tokens", tags_field: str = "tags"
-) -> tuple[list[list[str]], list[list[Any]]]:
-    """``(words, tags)`` of every non-blank line of a JSON-lines file (gzip if ``.gz``).
+def _rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of every non-blank line of a JSON-lines file (gzip if ``.gz``).
 
     Raises:
-        DataError: a missing file, or a line that is not an object with a list of non-empty
-            strings and an equally long list of tags, as ``"PATH:LINE: what is wrong"``.
+        DataError: a missing file, a line that is not a JSON object, a file that is not UTF-8.
     """
-    p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"jsonl file not found: {p}")
     opener: Any = gzip.open if p.suffix == ".gz" else open
-    words: list[list[str]] = []
-    tags: list[list[Any]] = []
     try:
         with opener(p, "rt", encoding="utf-8") as f:
             for n, line in enumerate(f, start=1):
@@ -58,46 +53,55 @@ def read_jsonl(
                     raise DataError(f"{p}:{n}: not JSON: {err.msg}") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{p}:{n}: expected a JSON object, got {type(row).__name__}")
-                for key in (words_field, tags_field):
-                    if not isinstance(row.get(key), list):
-                        raise DataError(
-                            f"{p}:{n}: no list field {key!r}; the fields are {sorted(row)}"
-                        )
-                ws, ts = row[words_field], row[tags_field]
-                if not ws:
-                    raise DataError(f"{p}:{n}: {words_field!r} is empty")
-                bad = next(
-                    (w for w in ws if not isinstance(w, str) or not w or w != "".join(w.split())),
-                    None,
-                )
-                if bad is not None or any(not isinstance(w, str) for w in ws):
-                    raise DataError(f"{p}:{n}: a word is not a non-empty string without spaces")
-                if len(ws) != len(ts):
-                    raise DataError(f"{p}:{n}: {len(ws)} {words_field} but {len(ts)} {tags_field}")
-                bad_tag = next((t for t in ts if isinstance(t, (list, dict))), None)
-                if bad_tag is not None:
-                    raise DataError(f"{p}:{n}: a tag is a {type(bad_tag).__name__}")
-                words.append(ws)
-                tags.append(ts)
+                yield n, row
     except (UnicodeDecodeError, OSError) as err:
         raise DataError(f"{p}: cannot read as UTF-8 JSON lines: {err}") from None
+
+
+def read_jsonl(
+    path: str | Path, words_field: str = "tokens", tags_field: str = "tags"
+) -> tuple[list[list[str]], list[list[Any]]]:
+    """``(words, tags)`` of every non-blank line of a JSON-lines file (gzip if ``.gz``).
+
+    Raises:
+        DataError: a missing file, or a line that is not an object with a list of non-empty
+            strings and an equally long list of tags, as ``"PATH:LINE: what is wrong"``.
+    """
+    words: list[list[str]] = []
+    tags: list[list[Any]] = []
+    p = Path(path).expanduser()
+    for n, row in _rows(p):
+        for key in (words_field, tags_field):
+            if not isinstance(row.get(key), list):
+                raise DataError(f"{p}:{n}: no list field {key!r}; the fields are {sorted(row)}")
+        ws, ts = row[words_field], row[tags_field]
+        if not ws:
+            raise DataError(f"{p}:{n}: {words_field!r} is empty")
+        bad = next(
+            (w for w in ws if not isinstance(w, str) or not w or w != "".join(w.split())),
+            None,
+        )
+        if bad is not None or any(not isinstance(w, str) for w in ws):
+            raise DataError(f"{p}:{n}: a word is not a non-empty string without spaces")
+        if len(ws) != len(ts):
+            raise DataError(f"{p}:{n}: {len(ws)} {words_field} but {len(ts)} {tags_field}")
+        bad_tag = next((t for t in ts if isinstance(t, (list, dict))), None)
+        if bad_tag is not None:
+            raise DataError(f"{p}:{n}: a tag is a {type(bad_tag).__name__}")
+        words.append(ws)
+        tags.append(ts)
     if not words:
         raise DataError(f"{p}: no lines")
     return words, tags
 
 
 def _is_span_file(path: str | Path) -> bool:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        return False
-    opener: Any = gzip.open if p.suffix == ".gz" else open
+    """Whether the first line of ``path`` holds ``"spans"`` (a bad file: no, read_jsonl says why)."""
     try:
-        with opener(p, "rt", encoding="utf-8") as f:
-            first = next((line for line in f if line.strip()), "")
-        row = json.loads(first) if first else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False  # read_jsonl names the problem
-    return isinstance(row, dict) and "spans" in row
+        first = next(_rows(Path(path).expanduser()), None)
+    except DataError:
+        return False
+    return first is not None and "spans" in first[1]
 
 
 def _char_spans_to_words(text: str, spans: list[Any], where: str) -> tuple[list[str], list[Any]]:
@@ -131,40 +135,28 @@ def read_jsonl_spans(
             items, or a character offset off a word boundary, as ``"PATH:LINE: what"``.
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"jsonl file not found: {p}")
-    opener: Any = gzip.open if p.suffix == ".gz" else open
     words: list[list[str]] = []
     spans: list[list[Any]] = []
-    with opener(p, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{p}:{n}: not JSON: {err.msg}") from None
-            raw = row.get(spans_field) if isinstance(row, dict) else None
-            ok = isinstance(raw, list) and all(
-                isinstance(s, list)
-                and len(s) in (3, 5)
-                and all(isinstance(c, int) and not isinstance(c, bool) for c in s[:-1])
-                for s in raw
+    for n, row in _rows(p):
+        raw = row.get(spans_field)
+        if not isinstance(raw, list) or not all(
+            isinstance(s, list)
+            and len(s) in (3, 5)
+            and all(isinstance(c, int) and not isinstance(c, bool) for c in s[:-1])
+            for s in raw
+        ):
+            raise DataError(
+                f"{p}:{n}: {spans_field!r} must list [start, end, label] or "
+                "[start1, end1, start2, end2, label]"
             )
-            if not ok:
-                raise DataError(
-                    f"{p}:{n}: {spans_field!r} must list [start, end, label] or "
-                    "[start1, end1, start2, end2, label]"
-                )
-            assert isinstance(raw, list)
-            if isinstance(row.get("tokens"), list) and row["tokens"]:
-                ws, sp = [str(w) for w in row["tokens"]], [tuple(s) for s in raw]
-            elif isinstance(row.get("text"), str) and row["text"].strip():
-                ws, sp = _char_spans_to_words(row["text"], raw, f"{p}:{n}")
-            else:
-                raise DataError(f"{p}:{n}: a span line needs 'tokens' (a list) or 'text'")
-            words.append(ws)
-            spans.append(sp)
+        if isinstance(row.get("tokens"), list) and row["tokens"]:
+            ws, sp = [str(w) for w in row["tokens"]], [tuple(s) for s in raw]
+        elif isinstance(row.get("text"), str) and row["text"].strip():
+            ws, sp = _char_spans_to_words(row["text"], raw, f"{p}:{n}")
+        else:
+            raise DataError(f"{p}:{n}: a span line needs 'tokens' (a list) or 'text'")
+        words.append(ws)
+        spans.append(sp)
     if not words:
         raise DataError(f"{p}: no lines")
     return words, spans
@@ -203,29 +195,28 @@ def load_jsonl(path: str, spec: str, options: DataOptions) -> Dataset:
                     raise DataError(f"{path}: sample {i}: regression tag {t!r} is not a number")
                 vals.append(float("nan") if t is None else float(t))
             targets.append(vals)
-        keep = _subset(np.zeros(len(words), dtype=np.int64), o.limit, o.seed)
-        if keep is not None:
-            words, targets = [words[i] for i in keep], [targets[i] for i in keep]
-        opts["target"] = "regression"
-        ds = word_dataset(
+        return scored_words(
             words,
-            [[None] * len(w) for w in words],
+            targets,
             name=name,
             spec=spec,
             options=opts,
-            label_names=[tags_field],
-            targets=targets,
+            target_name=tags_field,
+            limit=o.limit,
+            seed=o.seed,
         )
-        ds.target_name = tags_field
-        return ds
     seen = sorted({t for row in tags for t in row if t is not None}, key=str)
     ints = _as_ints(seen)
     names = [str(v) for v in sorted(ints)] if ints is not None else sorted({str(t) for t in seen})
     if ints is not None:
         tags = [[None if t is None else str(int(t)) for t in row] for row in tags]
-    if o.limit is not None:
-        whole = word_dataset(words, tags, name=name, spec=spec, label_names=names)
-        keep = _subset(whole.labels, o.limit, o.seed)
-        if keep is not None:
-            words, tags = [words[i] for i in keep], [tags[i] for i in keep]
-    return word_dataset(words, tags, name=name, spec=spec, options=opts, label_names=names)
+    return tagged_words(
+        words,
+        tags,
+        name=name,
+        spec=spec,
+        options=opts,
+        label_names=names,
+        limit=o.limit,
+        seed=o.seed,
+    )

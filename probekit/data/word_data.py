@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from .common import _subset
 from .dataset import Dataset
 from .units import WordUnits
 
-__all__ = ["span_dataset", "word_dataset"]
+__all__ = ["scored_words", "span_dataset", "tagged_words", "word_dataset"]
 
 
 def word_dataset(
@@ -62,9 +63,22 @@ def word_dataset(
             ) from None
     values = None if targets is None else [np.asarray(t, dtype=np.float64) for t in targets]
     units = WordUnits([list(ws) for ws in words], labels, values)
+    return _text_dataset(units, units.labels, names, name, spec, options)
+
+
+def _text_dataset(
+    units: WordUnits,
+    unit_labels: Sequence[np.ndarray],
+    names: list[str],
+    name: str,
+    spec: str,
+    options: dict[str, Any] | None,
+) -> Dataset:
+    """The text ``Dataset`` of ``units``: the words joined by spaces, and per sample its most
+    frequent unit label (a stand-in, only for ``limit=`` stratification)."""
     per_sample = [
         int(np.bincount(lab[lab >= 0], minlength=len(names)).argmax()) if (lab >= 0).any() else 0
-        for lab in units.labels
+        for lab in unit_labels
     ]
     return Dataset(
         name=name,
@@ -76,6 +90,56 @@ def word_dataset(
         texts=[" ".join(ws) for ws in units.words],
         units=units,
     )
+
+
+def tagged_words(
+    words: list[list[str]],
+    tags: list[list[Any]],
+    *,
+    name: str,
+    spec: str,
+    options: dict[str, Any],
+    label_names: Sequence[str],
+    limit: int | None,
+    seed: int,
+) -> Dataset:
+    """:func:`word_dataset` of a loader, keeping a ``limit`` subset of samples stratified by
+    their stand-in labels (the label names stay the whole file's)."""
+    if limit is not None:
+        whole = word_dataset(words, tags, name=name, spec=spec, label_names=label_names)
+        keep = _subset(whole.labels, limit, seed)
+        if keep is not None:
+            words, tags = [words[i] for i in keep], [tags[i] for i in keep]
+    return word_dataset(words, tags, name=name, spec=spec, options=options, label_names=label_names)
+
+
+def scored_words(
+    words: list[list[str]],
+    targets: list[list[float]],
+    *,
+    name: str,
+    spec: str,
+    options: dict[str, Any],
+    target_name: str,
+    limit: int | None,
+    seed: int,
+) -> Dataset:
+    """A regression word dataset of a loader: per-word ``targets`` (NaN: none), a seeded
+    ``limit`` subset of samples, ``target_name`` recorded."""
+    keep = _subset(np.zeros(len(words), dtype=np.int64), limit, seed)
+    if keep is not None:
+        words, targets = [words[i] for i in keep], [targets[i] for i in keep]
+    ds = word_dataset(
+        words,
+        [[None] * len(w) for w in words],
+        name=name,
+        spec=spec,
+        options={**options, "target": "regression"},
+        label_names=[target_name],
+        targets=targets,
+    )
+    ds.target_name = target_name
+    return ds
 
 
 def span_dataset(
@@ -122,17 +186,4 @@ def span_dataset(
         spans=ranges,
         span_labels=labels,
     )
-    per_sample = [
-        int(np.bincount(lab[lab >= 0], minlength=len(names)).argmax()) if (lab >= 0).any() else 0
-        for lab in units.span_labels or []
-    ]
-    return Dataset(
-        name=name,
-        kind="text",
-        labels=np.asarray(per_sample, dtype=np.int64),
-        label_names=names,
-        spec=spec,
-        options=options,
-        texts=[" ".join(ws) for ws in units.words],
-        units=units,
-    )
+    return _text_dataset(units, units.span_labels or [], names, name, spec, options)

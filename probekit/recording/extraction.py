@@ -165,11 +165,6 @@ class _ShardWriter:
             raise self.error
 
 
-def writer_dims(writer: CacheWriter, specs: list[LayerSpec]) -> list[int]:
-    """The recorded width of each layer in ``specs``, from the cache's manifest."""
-    return [int(writer.dims[spec.name]) for spec in specs]
-
-
 def _layer_dims(
     model: LoadedModel,
     data: Dataset,
@@ -555,8 +550,10 @@ def _compute_shards(
                 # One preallocated (n, D) buffer per key: pooled rows are copied out at once, so
                 # no view (``hidden[:, 0]``) keeps a whole (B, T, D) layer output alive.
                 tensors = {
-                    f"{spec.name}.{p}": torch.empty(last - first, dim, dtype=torch.float32)
-                    for spec, dim in zip(specs, writer_dims(writer, specs), strict=True)
+                    f"{spec.name}.{p}": torch.empty(
+                        last - first, int(writer.dims[spec.name]), dtype=torch.float32
+                    )
+                    for spec in specs
                     for p in poolings
                 }
                 prefetch = prep if device.type != "cpu" else None

@@ -82,10 +82,10 @@ class UnitPlan:
 
     def columns(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(labels, samples, positions)`` of the rows of samples ``start..stop-1``."""
-        samples = [np.full(len(p), i, np.int64) for i, p in enumerate(self.positions)]
+        counts = [len(p) for p in self.positions[start:stop]]
         return (
             np.concatenate(self.labels[start:stop]),
-            np.concatenate(samples[start:stop]),
+            np.repeat(np.arange(start, stop, dtype=np.int64), counts),
             np.concatenate(self.positions[start:stop]),
         )
 
@@ -143,17 +143,18 @@ def _windows_of(enc: Any, n: int) -> list[list[int]]:
     return rows
 
 
-def _best_window(enc: Any, rows: list[int], word: int) -> tuple[int, list[int]] | None:
-    """``(k, tokens)``: of the windows ``rows`` holding the most of ``word``'s tokens (all of
-    them, unless the word is longer than the overlap), the one where it has the most context on
-    both sides, and its tokens there; ``None`` when no window holds any."""
+def _best_window(
+    windows: list[tuple[dict[int, list[int]], int, int]], word: int
+) -> tuple[int, list[int]] | None:
+    """``(k, tokens)``: of the ``windows`` (each ``(word -> tokens, first real token, last real
+    token)``) holding the most of ``word``'s tokens (all of them, unless the word is longer than
+    the overlap), the one where it has the most context on both sides, and its tokens there;
+    ``None`` when no window holds any."""
     found = []
-    for k, r in enumerate(rows):
-        ids = enc.word_ids(r)
-        tokens = [t for t, w in enumerate(ids) if w == word]
+    for k, (tokens_of, first, last) in enumerate(windows):
+        tokens = tokens_of.get(word)
         if tokens:
-            real = [t for t, w in enumerate(ids) if w is not None]
-            score = min(tokens[0] - real[0], real[-1] - tokens[-1])
+            score = min(tokens[0] - first, last - tokens[-1])
             found.append((len(tokens), score, -k, tokens))
     if not found:
         return None
@@ -294,9 +295,13 @@ def _plan_windows(model: LoadedModel, data: Dataset, word_pooling: str, stride: 
         enc = _encode(model.tokenizer, chunk, limit, stride)
         for b, rows in enumerate(_windows_of(enc, len(chunk))):
             tags = units.labels[s + b]
+            maps = [_word_tokens(enc.word_ids(r)) for r in rows]  # once per window
+            views = [
+                (m, min(t[0] for t in m.values()), max(t[-1] for t in m.values())) for m in maps
+            ]
             pos, lab, win = [], [], []
             for w in np.flatnonzero(tags >= 0).tolist():
-                found = _best_window(enc, rows, w)
+                found = _best_window(views, w)
                 if found is None:
                     dropped += 1
                     continue
