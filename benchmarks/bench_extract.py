@@ -5,7 +5,9 @@ Workloads (each on the same pre-made batches for every variant):
 * ``minilm words``: the bundled MiniLM on single words from ``bundled:vader-valence`` (a few
   tokens each: per-batch overhead weighs most here);
 * ``minilm sentences``: the same model on synthetic 20-40-word sentences built from the lexicon;
-* ``vit-s``: ``timm:vit_small_patch16_224`` with random weights on ``bundled:mnist`` digits.
+* ``vit-s``: ``timm:vit_small_patch16_224`` with random weights on ``bundled:mnist`` digits;
+* ``gemma3-270m``: the bundled decoder (Gemma 3 270M, 18 blocks x 640, the ``llm`` extra) on the
+  same kind of synthetic sentences, pooled ``last`` (its default).
 
 Variants, per workload, in fp32:
 
@@ -770,6 +772,14 @@ def build_workloads(args: argparse.Namespace) -> tuple[list[Workload], list[Work
             )
             workloads.append(w)
             subsets.append(subset_workload(w, min(args.prec_sentences_n, w.n), args.text_batch))
+    if "gemma" in args.only:
+        gemma = load_model("bundled:gemma3-270m")
+        data = synthetic_sentences(
+            load_data("bundled:vader-valence"), args.gemma_n, *args.sentence_words
+        )
+        w = make_workload("gemma3-270m sentences", gemma, data, args.gemma_batch, len(data))
+        workloads.append(w)
+        subsets.append(subset_workload(w, min(args.prec_gemma_n, w.n), args.gemma_batch))
     if "vit" in args.only:
         vit = load_model("timm:vit_small_patch16_224", pretrained=False)
         data = load_data("bundled:mnist", limit=args.vit_n)
@@ -799,6 +809,9 @@ def main() -> None:
     ap.add_argument("--vit-n", type=int, default=32, help="MNIST images (ViT-S)")
     ap.add_argument("--vit-batch", type=int, default=8, help="batch size for ViT-S")
     ap.add_argument("--vit-shard", type=int, default=0, help="shard size for ViT-S (0: N)")
+    ap.add_argument("--gemma-n", type=int, default=48, help="synthetic sentences (Gemma 3)")
+    ap.add_argument("--gemma-batch", type=int, default=16, help="batch size for Gemma 3")
+    ap.add_argument("--prec-gemma-n", type=int, default=16)
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     ap.add_argument("--prec-words-n", type=int, default=256)
     ap.add_argument("--prec-sentences-n", type=int, default=32)
@@ -813,8 +826,8 @@ def main() -> None:
     ap.add_argument(
         "--only",
         nargs="+",
-        choices=("words", "sentences", "vit", "effnet"),
-        default=("words", "sentences", "vit", "effnet"),
+        choices=("words", "sentences", "vit", "effnet", "gemma"),
+        default=("words", "sentences", "vit", "effnet", "gemma"),
     )
     ap.add_argument("--effnet-n", type=int, default=500, help="MNIST digits (EfficientNet)")
     ap.add_argument("--churn-repeats", type=int, default=3, help="rounds of the page-fault runs")
@@ -849,6 +862,7 @@ def main() -> None:
         args.prec_words_n, args.prec_sentences_n, args.prec_vit_n = 64, 8, 2
         args.cell_budget = 2.0
         args.effnet_n, args.churn_repeats = 64, 1
+        args.gemma_n, args.gemma_batch, args.prec_gemma_n = 8, 4, 4
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

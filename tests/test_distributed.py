@@ -274,3 +274,23 @@ def test_word_rows_two_processes_bitwise_equal_one(tiny_bert_dir, tmp_path):
         assert torch.equal(one_cache[key], two_cache[key]), key
     assert np.array_equal(one_cache.samples, two_cache.samples)
     assert np.array_equal(one_cache.positions, two_cache.positions)
+
+
+@pytest.mark.slow
+def test_bundled_decoder_two_processes_bitwise_equal_one(tmp_path):
+    """The real decoder (Gemma 3 270M, fp32): 2 ranks give the shard files of 1 process."""
+    data = _csv(tmp_path)
+    model = "bundled:gemma3-270m"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = _args(model, data, tmp_path / "one", pooling="last,mean", precision="fp32")
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(before)
+    two = _torchrun(model, data, tmp_path / "two", 2, pooling="last,mean", precision="fp32")
+    assert two.returncode == 0, two.stderr[-2000:]
+    one, got = FeatureCache.open(tmp_path / "one"), FeatureCache.open(tmp_path / "two")
+    assert got.manifest["fingerprint"] == one.manifest["fingerprint"]
+    assert len(one.layer_names) == 19  # the embeddings and 18 blocks
+    assert _shard_bytes(tmp_path / "two") == _shard_bytes(tmp_path / "one")
