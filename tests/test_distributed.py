@@ -20,12 +20,12 @@ from probekit.errors import CacheError
 N_SAMPLES = 26  # 7 shards of 4: the last one short, rank 0 owns one more than rank 1
 
 
-def _csv(tmp_path: Path) -> str:
+def _csv(tmp_path: Path, n: int = N_SAMPLES) -> str:
     path = tmp_path / "words.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])
-        for i in range(N_SAMPLES):
+        for i in range(n):
             w.writerow([f"sample number {i} " + "word " * (i % 5), "pos" if i % 3 else "neg"])
     return f"csv:{path}"
 
@@ -279,7 +279,7 @@ def test_word_rows_two_processes_bitwise_equal_one(tiny_bert_dir, tmp_path):
 @pytest.mark.slow
 def test_bundled_decoder_two_processes_bitwise_equal_one(tmp_path):
     """The real decoder (Gemma 3 270M, fp32): 2 ranks give the shard files of 1 process."""
-    data = _csv(tmp_path)
+    data = _csv(tmp_path, n=12)  # 3 shards of 4: rank 0 computes two, rank 1 one
     model = "bundled:gemma3-270m"
     before = torch.get_num_threads()
     torch.set_num_threads(1)
