@@ -21,8 +21,9 @@ import torch
 
 from probekit import extract, from_arrays, load_model, record
 from probekit.cli import main
+from probekit.data import word_dataset
 from probekit.errors import CacheMismatchError, ConfigError
-from probekit.models.components import select_component
+from probekit.models.components import COMPONENTS, select_component
 from probekit.runs.config import RunConfig
 
 V = 30522  # the MiniLM tokenizer's vocabulary
@@ -171,7 +172,9 @@ def test_the_stream_is_the_sum_of_its_components(decoder: Any, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("decoder", ["gpt2"], indirect=True)
-def test_resid_is_the_default_and_unchanged(decoder: Any, tmp_path: Path) -> None:
+def test_resid_is_the_default_and_unchanged(
+    decoder: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, lm = decoder
     data = from_arrays(TEXTS, [0, 1, 0], name="texts")
     plain = extract(lm, data, tmp_path / "plain", precision="fp32", progress=False)
@@ -185,6 +188,21 @@ def test_resid_is_the_default_and_unchanged(decoder: Any, tmp_path: Path) -> Non
     assert attn.layer_names == ["attn.1", "attn.2"] and attn.fingerprint != plain.fingerprint
     with pytest.raises(CacheMismatchError):
         extract(lm, data, tmp_path / "plain", component="mlp", precision="fp32", progress=False)
+    assert main(["info", str(tmp_path / "attn")]) == 0
+    assert "component  attn" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("decoder", ["llama"], indirect=True)
+def test_word_rows_of_components_add_up(decoder: Any, tmp_path: Path) -> None:
+    _, lm = decoder
+    words = [["The", "unbelievably", "fluffy", "cat", "."], ["Dogs", "run", "home"]]
+    tags = [["DET", "ADV", "ADJ", "NOUN", "PUNCT"], ["NOUN", "VERB", "ADV"]]
+    data = word_dataset(words, tags, name="words", spec="test:words")
+    opts = dict(unit="word", word_pooling="mean", precision="fp32", progress=False)
+    c = {k: extract(lm, data, tmp_path / k, component=k, **opts) for k in COMPONENTS}
+    assert len(c["attn"]) == len(c["resid"]) == 8 and c["attn"].unit == "word"
+    summed = c["resid"]["layers.0.mean"] + c["attn"]["attn.1.mean"] + c["mlp"]["mlp.1.mean"]
+    torch.testing.assert_close(summed, c["resid"]["layers.1.mean"], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("decoder", ["gpt2", "llama"], indirect=True)

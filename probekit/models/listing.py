@@ -189,9 +189,15 @@ def format_layers(listing: LayerListing) -> str:
         module = r["module"] + (" (input)" if r["io"] == "input" else "")
         width = "?" if r["width"] is None else str(r["width"])
         lines.append(f"{r['index']:>5}  {r['name']:<{name_w}}  {module:<{mod_w}}  {width}")
+    blocks = bool(listing.layers) and listing.layers[0]["index"] == 1  # a component's blocks
     lines.append(
-        "layers= / --layers takes indices (-1 is the last), a count n (the last n), these "
-        "names, or module names and globs" + (" (below)" if listing.modules else " (see --modules)")
+        (
+            "layers= / --layers takes block indices 1..L (-1 is the last), a count n (the last n), "
+            if blocks
+            else "layers= / --layers takes indices (-1 is the last), a count n (the last n), "
+        )
+        + "these names, or module names and globs"
+        + (" (below)" if listing.modules else " (see --modules)")
     )
     if listing.modules:
         lines.append("")
