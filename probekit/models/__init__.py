@@ -6,8 +6,9 @@ Modules: :mod:`~probekit.models.loading` (HF, timm, bundled and local checkpoint
 :mod:`~probekit.models.hooks` (:class:`LayerRecorder`), :mod:`~probekit.models.components`
 (the attention / MLP terms each decoder block adds to the residual stream),
 :mod:`~probekit.models.listing` (:func:`list_layers`), :mod:`~probekit.models.placement`
-(accelerate's ``device_map`` / ``max_memory``, dtypes, quantisation), :mod:`~probekit.models.bundled_llm` (the bundled decoder
-LM ``bundled:gemma3-270m``: its de-quantised, sha256-checked cache folder and its unembedding).
+(accelerate's ``device_map`` / ``max_memory``, dtypes, quantisation),
+:mod:`~probekit.models.bundled_llm` (the bundled decoder LM ``bundled:gemma3-270m``: its
+de-quantised, sha256-checked cache folder and its unembedding).
 
 The recorder lives here, not in :mod:`probekit.record`: loading an HF model checks its layers
 against ``output_hidden_states`` with it, and listing a model's layers runs it.
