@@ -41,6 +41,7 @@ EXTRACT_OPTIONS = (
     + run_options("data")
     + fields_named("layers", "pooling", "unit", "word_pooling", "stride", "batch_size")
     + fields_named("span_pooling", "shard_size")
+    + fields_named("component")
     + fields_named("device")
     + fields_named("store_dtype", "precision")
     + run_options("model")
@@ -52,7 +53,7 @@ FIT_OPTIONS = fields_named(
 )
 ATTRIBUTE_OPTIONS = fields_named("ablation", "memory_budget")
 COMPARE_OPTIONS = fields_named("layers", "pooling")
-LAYERS_OPTIONS = run_options("model")
+LAYERS_OPTIONS = run_options("model") + fields_named("component")
 
 
 def _given(args: argparse.Namespace, fields: Sequence[dataclasses.Field[Any]]) -> dict[str, Any]:
@@ -92,11 +93,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    model_options = _config(args, LAYERS_OPTIONS).stage_options("model")  # checked before loading
+    cfg = _config(args, LAYERS_OPTIONS)  # checked before loading
+    model_options = cfg.stage_options("model")
 
     from .models.listing import format_layers, list_layers
 
-    print(format_layers(list_layers(args.model, modules=args.modules, **model_options)))
+    listing = list_layers(
+        args.model, modules=args.modules, component=cfg.component, **model_options
+    )
+    print(format_layers(listing))
     return 0
 
 
@@ -122,6 +127,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"  unit       {cache.unit} rows ({m.get('word_pooling')} of sub-words) from "
             f"{m.get('n_inputs')} inputs; {m.get('info', {}).get('dropped_words', 0)} words dropped"
         )
+    if m.get("component", "resid") != "resid":
+        print(f"  component  {m['component']} (the term each block adds to the residual stream)")
     threads = f"   threads {m['threads']}" if m.get("threads") else ""
     print(
         f"  shards     {m['n_shards']} x {m['shard_size']}   fingerprint {m['fingerprint'][:16]}"

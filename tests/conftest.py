@@ -97,3 +97,11 @@ def tiny_hf_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     ViTModel(cfg).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """bundled:gemma3-270m, loaded once per session (its de-quantised cache folder)."""
+    from probekit import load_model
+
+    return load_model("bundled:gemma3-270m")

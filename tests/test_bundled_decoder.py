@@ -1,7 +1,8 @@
 """bundled:gemma3-270m, the bundled decoder LM (Gemma 3 270M from a Q4_K_M GGUF, issue #19).
 
 The first load in a fresh cache directory de-quantises the GGUF (about a minute); every later
-one reads the sha256-checked safetensors folder. One session fixture loads the model once.
+one reads the sha256-checked safetensors folder. One session fixture (``gemma``, in
+conftest.py) loads the model once.
 """
 
 from __future__ import annotations
@@ -26,11 +27,6 @@ TEXTS = [
     "A probe reads a frozen model's hidden states, layer by layer, to see what they encode.",
     "Hi",
 ]
-
-
-@pytest.fixture(scope="session")
-def gemma():
-    return load_model(SPEC)
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,8 @@ class FeatureCache:
         index: ``(N,)`` int64 sample positions in the source dataset (in a unit cache: the
             input each row comes from).
         unit: what a row is: ``"sample"`` (one input), ``"word"`` or ``"token"``.
+        component: what of each block the cache holds: ``"resid"`` (the residual stream), ``"attn"``
+            or ``"mlp"`` (the term the block's attention / MLP adds to it).
         positions: ``(N,)`` int64: the word (or token) index of each row within its input;
             in a sample cache the same as ``index``.
         texts: the input strings for text data (one per input), else ``None``.
@@ -71,6 +73,7 @@ class FeatureCache:
         self.index = index
         self.positions = index
         self.unit: str = str(manifest.get("unit", "sample"))
+        self.component: str = str(manifest.get("component", "resid"))
         self.texts = texts
         self.layer_names: list[str] = [e["name"] for e in manifest["layers"]]
         self.dims: list[int] = [int(e["dim"]) for e in manifest["layers"]]

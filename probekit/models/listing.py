@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
+from .components import check_component, component_layers
 from .hooks import _first_tensor
 from .layers import glob_modules
 from .loading import LoadedModel, load_model
@@ -96,7 +97,7 @@ def _output_shapes(lm: LoadedModel, names: list[str]) -> dict[str, tuple[int, ..
 
 
 def list_layers(
-    model: LoadedModel | str, modules: bool = False, **load_kwargs: Any
+    model: LoadedModel | str, modules: bool = False, component: str = "resid", **load_kwargs: Any
 ) -> LayerListing:
     """The layers a model offers to record.
 
@@ -104,6 +105,9 @@ def list_layers(
         model: a :class:`~probekit.models.LoadedModel` or a spec for :func:`load_model`.
         modules: also list the module tree, one row per glob, with the modules' output shapes
             from one forward pass on a one-sample input.
+        component: ``"resid"`` (the canonical layers ``layers.0..L``), ``"attn"`` or ``"mlp"``
+            (the blocks' terms ``attn.1..L`` / ``mlp.1..L``, indexed 1..L as ``layers=``
+            takes them; see :mod:`probekit.models.components`).
         **load_kwargs: passed to :func:`load_model` when ``model`` is a spec (``checkpoint``,
             ``revision``, ``weights="random"``, ...).
 
@@ -112,7 +116,9 @@ def list_layers(
 
     Raises:
         ModelError: ``model`` is neither a LoadedModel nor a loadable spec.
+        ConfigError: an unknown component, or one the model does not have.
     """
+    check_component(component)
     if isinstance(model, str):
         lm = load_model(model, **load_kwargs)
     elif isinstance(model, LoadedModel):
@@ -121,9 +127,10 @@ def list_layers(
         raise ModelError(
             f"list_layers takes a LoadedModel or a model spec, got {type(model).__name__}"
         )
+    first = 0 if component == "resid" else 1  # a component's layers are blocks 1..L
     rows = [
         {"index": i, "name": s.name, "module": s.module, "io": s.io, "width": s.dim}
-        for i, s in enumerate(lm.layers)
+        for i, s in enumerate(component_layers(lm, component), start=first)
     ]
     tree = None
     if modules:
@@ -182,9 +189,15 @@ def format_layers(listing: LayerListing) -> str:
         module = r["module"] + (" (input)" if r["io"] == "input" else "")
         width = "?" if r["width"] is None else str(r["width"])
         lines.append(f"{r['index']:>5}  {r['name']:<{name_w}}  {module:<{mod_w}}  {width}")
+    blocks = bool(listing.layers) and listing.layers[0]["index"] == 1  # a component's blocks
     lines.append(
-        "layers= / --layers takes indices (-1 is the last), a count n (the last n), these "
-        "names, or module names and globs" + (" (below)" if listing.modules else " (see --modules)")
+        (
+            "layers= / --layers takes block indices 1..L (-1 is the last), a count n (the last n), "
+            if blocks
+            else "layers= / --layers takes indices (-1 is the last), a count n (the last n), "
+        )
+        + "these names, or module names and globs"
+        + (" (below)" if listing.modules else " (see --modules)")
     )
     if listing.modules:
         lines.append("")

@@ -38,8 +38,9 @@ from ..cache import CacheWriter, FeatureCache
 from ..cache.files import kill_point
 from ..data import Dataset, load_data
 from ..errors import ConfigError, DataError
+from ..models.components import check_component, select_component
 from ..models.hooks import LayerRecorder
-from ..models.layers import LayerSpec, Selection, select_layers
+from ..models.layers import LayerSpec, Selection
 from ..models.loading import LoadedModel, load_model
 from .distributed import Ranks, join_ranks
 from .options import PRECISIONS, STORE_DTYPES
@@ -196,6 +197,7 @@ def extract(
     word_pooling: str = "mean",
     stride: int | None = None,
     span_pooling: str = "mean",
+    component: str = "resid",
 ) -> FeatureCache:
     """Record pooled layer features of every sample of ``data`` into a cache at ``out``.
 
@@ -231,6 +233,14 @@ def extract(
             fingerprint.
         span_pooling: ``unit="span"``: a span's ``"mean"`` word (default) or its first and
             last word concatenated (``"endpoints"``); a pair of spans concatenates both.
+        component: what of each block is recorded: ``"resid"`` (default: the residual stream,
+            the layers ``layers.0..L``), ``"attn"`` or ``"mlp"`` (the attention / MLP
+            sub-block's output as the block adds it to the stream, layers ``attn.1..L`` /
+            ``mlp.1..L``, each ``(B, T, D)`` before pooling; GPT-2, Llama, Mistral, Qwen2 and
+            Gemma 3 decoders). For these ``layers`` counts blocks: index ``l`` is block ``l``
+            (1..L, -1 the last; there is no layer 0). Any ``unit`` and ``pooling`` apply. A
+            component other than ``resid`` is in the manifest and the fingerprint (see
+            :mod:`probekit.models.components`).
 
     Several processes: launched by ``torchrun --nproc-per-node N`` (or called inside any
     ``torch.distributed`` job), rank ``r`` computes the shards ``i`` with ``i % N == r`` on its own
@@ -247,7 +257,10 @@ def extract(
         CacheMismatchError: ``out`` holds a cache made with other settings.
         DataError: ``data`` is empty.
         IndexError / ValueError: bad ``layers`` or ``pooling``.
+        ConfigError: an unknown ``component``, or ``attn`` / ``mlp`` of an image model or an
+            unsupported architecture.
     """
+    check_component(component)
     if store_dtype not in STORE_DTYPES:
         raise ConfigError(
             f"unknown store_dtype {store_dtype!r}; choose from {', '.join(STORE_DTYPES)}"
@@ -260,6 +273,8 @@ def extract(
         raise ValueError(f"{model.spec} takes {model.kind} but {data.name} holds {data.kind} data")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if component != "resid":  # its architecture checked before the units are planned
+        select_component(model, component, layers)
     plan = None
     if unit != "sample":
         if pooling is not None:
@@ -275,7 +290,7 @@ def extract(
         poolings = model_poolings(model, pooling)
     if "tokens" in poolings:
         raise ValueError("tokens pooling keeps every token and is not cached; use probekit.record")
-    specs = select_layers(model.model, model.layers, layers)
+    specs = select_component(model, component, layers)
     device = torch.device(device) if device is not None else model.device
     precision = resolve_precision(precision, device.type)  # "auto" -> "bf16" / "fp32"
     ranks = join_ranks(device)
@@ -294,6 +309,7 @@ def extract(
             progress,
             ranks,
             plan,
+            component,
         )
     finally:
         ranks.close()
@@ -313,6 +329,7 @@ def _extract_ranks(
     progress: bool,
     ranks: Ranks,
     plan: UnitPlan | None = None,
+    component: str = "resid",
 ) -> FeatureCache:
     """The shards of this rank (all of them in one process); rank 0 creates and finalises."""
     model.to(device)
@@ -339,6 +356,8 @@ def _extract_ranks(
         "info": notes,  # not fingerprinted
         "threads": torch.get_num_threads(),  # not fingerprinted; an existing cache keeps its own
     }
+    if component != "resid":  # resid caches keep the manifest (and fingerprint) they always had
+        manifest["component"] = component
     n_rows, shard_rows = len(data), None
     if plan is not None:
         manifest.update(unit=plan.unit, word_pooling=plan.word_pooling)
@@ -588,6 +607,7 @@ def record(
     layers: Selection = None,
     pooling: str | Sequence[str] | None = "tokens",
     batch_size: int = 32,
+    component: str = "resid",
 ) -> dict[str, Tensor]:
     """Record layers of a few inputs in memory, without a cache.
 
@@ -596,13 +616,14 @@ def record(
         items: strings or images.
         layers: as in :func:`extract`.
         pooling: as in :func:`extract`, plus ``"tokens"`` (every token).
+        component: as in :func:`extract` (``"resid"``, ``"attn"``, ``"mlp"``).
 
     Returns:
         ``{"<layer>.<pooling>": Tensor}``: ``(N, D)`` pooled, or ``(N, S, D)`` for ``tokens``
         (text padded to the longest input of each batch, then to the longest overall with zeros).
     """
     poolings = model_poolings(model, pooling)
-    specs = select_layers(model.model, model.layers, layers)
+    specs = select_component(model, check_component(component), layers)
     device = model.device
     parts: dict[str, list[Tensor]] = {}
     with torch.no_grad(), LayerRecorder(model.model, specs) as recorder:

@@ -3,7 +3,9 @@ against them and :class:`~probekit.runs.RunConfig` offers them as choices."""
 
 from __future__ import annotations
 
-__all__ = ["PRECISIONS", "SPAN_POOLINGS", "STORE_DTYPES", "UNITS", "WORD_POOLINGS"]
+from ..models.components import COMPONENTS
+
+__all__ = ["COMPONENTS", "PRECISIONS", "SPAN_POOLINGS", "STORE_DTYPES", "UNITS", "WORD_POOLINGS"]
 
 PRECISIONS = ("auto", "fp32", "medium", "bf16")
 """Numerics of the forward: ``auto`` (bf16 where native, else fp32), ``fp32``, ``medium``

@@ -39,7 +39,14 @@ from .._utils.plugins import import_plugins
 from ..errors import ConfigError
 from ..models.layers import check_layers, parse_layers
 from ..models.placement import DTYPES, parse_device_map, parse_max_memory, parse_quantization
-from ..recording.options import PRECISIONS, SPAN_POOLINGS, STORE_DTYPES, UNITS, WORD_POOLINGS
+from ..recording.options import (
+    COMPONENTS,
+    PRECISIONS,
+    SPAN_POOLINGS,
+    STORE_DTYPES,
+    UNITS,
+    WORD_POOLINGS,
+)
 from ..recording.pooling import expand_poolings
 
 __all__ = [
@@ -200,6 +207,9 @@ class RunConfig:
             ``"regression"`` (``load_data(target="regression")``, :class:`~probekit.ProbeRegressor`,
             R² and Spearman, a random split, the targets kept in ``CACHE/targets.json``).
         layers: which layers to record (None = all).
+        component: ``resid`` (the residual stream), ``attn`` or ``mlp`` (what each block's
+            attention / MLP adds to the stream; ``layers`` then counts blocks 1..L), see
+            :mod:`probekit.models.components`.
         pooling: what to record (default: the model's).
         batch_size, shard_size, precision, device, store_dtype, streaming: as the flags.
         probes: the heads to train.
@@ -266,6 +276,13 @@ class RunConfig:
         None,
         "all (default), N (last N), 0,3,-1, or module globs like 'blocks.*.norm2'",
         parse=parse_layers,
+        stage="extract",
+    )
+    component: str = option(
+        "resid",
+        "what each block gives: resid (the residual stream), attn or mlp (the attention / MLP "
+        "output it adds to the stream; GPT-2, Llama, Mistral, Qwen2, Gemma 3)",
+        choices=COMPONENTS,
         stage="extract",
     )
     pooling: str | None = option(
