@@ -40,7 +40,7 @@ EXTRACT_OPTIONS = (
     fields_named("model", "data")
     + run_options("data")
     + fields_named("layers", "pooling", "unit", "word_pooling", "stride", "batch_size")
-    + fields_named("span_pooling", "shard_size")
+    + fields_named("span_pooling", "template", "chat_template", "read", "shard_size")
     + fields_named("device")
     + fields_named("store_dtype", "precision")
     + run_options("model")
@@ -121,6 +121,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(
             f"  unit       {cache.unit} rows ({m.get('word_pooling')} of sub-words) from "
             f"{m.get('n_inputs')} inputs; {m.get('info', {}).get('dropped_words', 0)} words dropped"
+        )
+    prompt = m.get("prompt")
+    if prompt:
+        chat = prompt.get("chat_template")
+        print(
+            f"  prompt     template {prompt.get('template')!r}   read {prompt.get('read')}   "
+            f"chat template {'sha256 ' + chat[:12] if chat else 'none'}   "
+            f"{m.get('info', {}).get('truncated_samples', 0)} texts cut to fit"
         )
     threads = f"   threads {m['threads']}" if m.get("threads") else ""
     print(

