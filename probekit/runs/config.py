@@ -280,7 +280,10 @@ class RunConfig:
         stage="extract",
     )
     pooling: str | None = option(
-        None, "cls, mean, last, cls+mean or cls,mean (default: the model's)", stage="extract"
+        None,
+        "cls, mean, last, last-N (N tokens before the last), cls+mean or cls,mean "
+        "(default: the model's)",
+        stage="extract",
     )
     unit: str = option(
         "sample",
