@@ -221,15 +221,16 @@ def test_truncation_cuts_the_text_not_the_template(tiny_llama_dir, tmp_path):
     lm = load_model(tiny_llama_dir, max_length=16)
     long = "The plot was thin but the acting carried it, and the music was great too."
     texts = [long, "ok"]
-    cache = extract(
-        lm,
-        _data(texts, [1, 0]),
-        tmp_path / "c",
-        pooling="last",
-        template=TEMPLATE,
-        precision="fp32",
-        progress=False,
-    )
+    with pytest.warns(UserWarning, match=r"1 text\(s\) .* had their end cut"):
+        cache = extract(
+            lm,
+            _data(texts, [1, 0]),
+            tmp_path / "c",
+            pooling="last",
+            template=TEMPLATE,
+            precision="fp32",
+            progress=False,
+        )
     assert cache.manifest["info"]["truncated_samples"] == 1
     tok = lm.tokenizer
     # the reference cut: the longest run of the text's whole tokens that lets the prompt fit

@@ -343,7 +343,10 @@ def _extract_ranks(
     dims = _layer_dims(model, data, specs, device)
     if plan is not None:  # span rows concatenate endpoints or pairs
         dims = [d * plan.width_factor for d in dims]
-    notes: dict[str, Any] = {"truncated_samples": model.count_truncated(data.texts)}
+    truncated = (
+        model.count_truncated(data.texts) if prompts is None else prompts.count_cut(data.texts)
+    )
+    notes: dict[str, Any] = {"truncated_samples": truncated}
     manifest: dict[str, Any] = {
         "model": model.info,
         "layers": [
@@ -365,7 +368,6 @@ def _extract_ranks(
     }
     if prompts is not None:
         manifest["prompt"] = prompts.identity
-        notes["truncated_samples"] = prompts.count_cut(data.texts)
         lasts = {p: int(p[5:]) for p in poolings if p.startswith("last-") and p[5:].isdigit()}
         if lasts:  # windows no longer than N tokens: last-N reads their first token
             notes["short_windows"] = {p: prompts.short_windows(n) for p, n in lasts.items()}

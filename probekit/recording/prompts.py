@@ -31,6 +31,7 @@ with :func:`check_template`.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -330,4 +331,10 @@ def plan_prompts(
         if was_cut:
             cut.add(text)
     window_sizes = [sizes[str(t)] for t in texts]
+    if cut:
+        warnings.warn(
+            f"{model.spec}: {len(cut)} text(s) too long for the prompt within the model's limit "
+            f"of {model.max_length} tokens had their end cut (the template is kept whole)",
+            stacklevel=3,
+        )
     return PromptPlan(template, chat_text, read, entries, frozenset(cut), window_sizes, render)
