@@ -123,7 +123,9 @@ class PromptPlan:
         entries: ``text -> (prompt, first character of the text, end)`` for every text seen.
         cut: the texts whose end was cut to fit the model's token limit.
         window_sizes: ``(N,)`` tokens in each planned text's read window, in order.
-        render: ``render(text) -> (prompt, start, end)``, fitted to the limit (for new texts).
+        render: ``render(text) -> (prompt, start, end, cut, offsets)``: a text's prompt fitted
+            to the limit, its text's characters, whether it was cut, the prompt's token offsets
+            ``[(first, end)]`` (for texts not planned).
     """
 
     template: str | None
