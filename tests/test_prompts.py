@@ -5,6 +5,7 @@ before any forward pass, refused in one line on the CLI, and part of the cache's
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -209,9 +210,25 @@ def test_chat_template_reads_the_trimmed_text(decoders, tmp_path):
             for p, want in pooled.items():
                 assert torch.equal(cache[f"layers.{layer}.{p}"], want), (layer, p)
         assert (
-            cache.manifest["prompt"]["chat_template"]
-            == __import__("hashlib").sha256(CHAT.encode()).hexdigest()
+            cache.manifest["prompt"]["chat_template"] == hashlib.sha256(CHAT.encode()).hexdigest()
         )
+        # a template inside the chat turn: the text's own characters, spaces and all
+        filled = [TEMPLATE.replace("{text}", t) for t in texts]
+        rendered = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": f}], tokenize=False, add_generation_prompt=True
+            )
+            for f in filled
+        ]
+        at = [r.index(f) + len("Review: ") for r, f in zip(rendered, filled)]
+        spans = [(a, a + len(t)) for a, t in zip(at, texts)]
+        ref = _reference(lm, rendered, spans, ("text",), special=False)["text"][0]
+        got = record(
+            lm, texts, pooling="mean+last", template=TEMPLATE, chat_template=True, read="text"
+        )
+        for layer, pooled in ref.items():
+            for p in ("mean", "last"):
+                assert torch.equal(got[f"layers.{layer}.{p}"], pooled[p]), (layer, p)
     finally:
         tok.padding_side = old
         tok.chat_template = None
