@@ -399,9 +399,16 @@ def test_bundled_gemma_reads_templated_prompts_exactly(gemma, tmp_path):
     texts = ["a great movie!", "Terrible, boring and far too long.", "ok"]
     prompts, spans = _spans(texts)
     data = _data(texts, [1, 0, 0])
-    opts = dict(template=TEMPLATE, precision="fp32", progress=False)
-    whole = extract(lm, data, tmp_path / "p", pooling="last+last-2", **opts)
-    text = extract(lm, data, tmp_path / "t", pooling="mean", read="text", **opts)
+    whole = extract(
+        lm,
+        data,
+        tmp_path / "p",
+        pooling="last+last-2",
+        template=TEMPLATE,
+        precision="fp32",
+        progress=False,
+    )
+    text = record(lm, texts, pooling="mean", template=TEMPLATE, read="text")  # no cache
     refs = _reference(lm, prompts, spans)
     (ref_p, _), (ref_t, picked) = refs["prompt"], refs["text"]
     assert [len(w) for w in picked] == [4, 8, 1]  # ▁a ▁great ▁movie !, ...
@@ -409,3 +416,4 @@ def test_bundled_gemma_reads_templated_prompts_exactly(gemma, tmp_path):
         for p in ("last", "last-2"):
             assert torch.equal(whole[f"layers.{layer}.{p}"], ref_p[layer][p]), (layer, p)
         assert torch.equal(text[f"layers.{layer}.mean"], ref_t[layer]["mean"]), layer
+    assert whole.manifest["prompt"]["template"] == TEMPLATE
