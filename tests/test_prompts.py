@@ -136,6 +136,8 @@ def test_windows_equal_hidden_states_at_offsets(decoders, tmp_path, arch, side):
     old, lm.tokenizer.padding_side = lm.tokenizer.padding_side, side
     try:
         prompts, spans = _spans(TEXTS)
+        mask = lm.tokenizer(prompts, padding=True, return_tensors="pt")["attention_mask"]
+        assert (mask[:, 0 if side == "left" else -1] == 0).any()  # this side's padding is read past
         refs = _reference(lm, prompts, spans)
         whole, text = (len(w) for w in refs["prompt"][1]), (len(w) for w in refs["text"][1])
         assert all(0 < t < w for t, w in zip(text, whole, strict=True))  # the template left out
@@ -161,10 +163,6 @@ def test_windows_equal_hidden_states_at_offsets(decoders, tmp_path, arch, side):
                     assert torch.equal(got, want), (arch, side, read, layer, p)
     finally:
         lm.tokenizer.padding_side = old
-    if side == "left":
-        assert (
-            lm.tokenizer(prompts, padding=True, return_tensors="pt")["attention_mask"] == 0
-        ).any()
 
 
 def test_chat_template_reads_the_trimmed_text(decoders, tmp_path):
