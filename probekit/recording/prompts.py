@@ -52,6 +52,12 @@ forward pass)."""
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
+Encoded = tuple[str, int, int, list[tuple[int, int]]]
+"""A prompt, its text's first and end character, its token offsets ``[(first, end)]``."""
+Rendered = tuple[str, int, int, bool, list[tuple[int, int]]]
+"""A fitted prompt, its text's characters, whether the text was cut, its token offsets."""
+Render = Callable[..., Rendered]
+
 
 def parse_template(value: Any) -> str:
     """A template as typed on a command line: ``\\n``, ``\\t`` and ``\\\\`` become a newline, a
@@ -134,7 +140,7 @@ class PromptPlan:
     entries: dict[str, tuple[str, int, int]]
     cut: frozenset[str]
     window_sizes: list[int]
-    render: Callable[[str], tuple[str, int, int, bool, list[tuple[int, int]]]] = field(repr=False)
+    render: Render = field(repr=False)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -241,10 +247,12 @@ def _make_render(
     model: LoadedModel,
     template: str | None,
     chat: Callable[[str], tuple[str, int, int, int]] | None,
-) -> Callable[[str], tuple[str, int, int, bool, list[tuple[int, int]]]]:
-    """``render(text) -> (prompt, start, end, cut, offsets)``: the prompt of ``text`` (its end
-    cut until the prompt fits the model's limit), where the text's characters are in it, whether
-    it was cut, and the prompt's token offsets."""
+) -> tuple[Callable[[str], tuple[str, int, int]], Render]:
+    """``plain(text) -> (prompt, start, end)``: the prompt of ``text`` and where the text's
+    characters are in it; ``render(text, first=None) -> (prompt, start, end, cut, offsets)``:
+    the same with the text's end cut until the prompt fits the model's limit, whether it was cut,
+    and the prompt's token offsets (``first``: the uncut prompt's ``(prompt, start, end,
+    offsets)``, when they are known already)."""
     pre, post = check_template(template) if template is not None else ("", "")
     tokenizer, limit = model.tokenizer, model.max_length
 
@@ -257,18 +265,14 @@ def _make_render(
         lo, hi = max(at + a, first), min(at + b, end)
         return rendered, lo, max(hi, lo)
 
-    def render(text: str) -> tuple[str, int, int, bool, list[tuple[int, int]]]:
+    def render(text: str, first: Encoded | None = None) -> Rendered:
         keep = len(text)
         while True:
-            prompt, a, b = plain(text[:keep])
-            enc = tokenizer(
-                prompt,
-                add_special_tokens=chat is None,
-                return_offsets_mapping=True,
-                truncation=False,
-                verbose=False,
-            )
-            offsets = [(int(s), int(e)) for s, e in enc["offset_mapping"]]
+            if first is not None and keep == len(text):
+                prompt, a, b, offsets = first
+            else:
+                prompt, a, b = plain(text[:keep])
+                offsets = _offsets(tokenizer, [prompt], chat is None)[0]
             excess = len(offsets) - limit if limit is not None else 0
             if excess <= 0:
                 return prompt, a, b, keep < len(text), offsets
@@ -281,7 +285,19 @@ def _make_render(
             first_cut = starts[max(len(starts) - excess, 0)] if starts else a
             keep = min(max(first_cut - a, 0), keep - 1)
 
-    return render
+    return plain, render
+
+
+def _offsets(tokenizer: Any, prompts: list[str], special: bool) -> list[list[tuple[int, int]]]:
+    """Each prompt's token offsets ``[(first, end)]``, untruncated."""
+    enc = tokenizer(
+        prompts,
+        add_special_tokens=special,
+        return_offsets_mapping=True,
+        truncation=False,
+        verbose=False,
+    )
+    return [[(int(s), int(e)) for s, e in row] for row in enc["offset_mapping"]]
 
 
 def _window_size(offsets: Sequence[tuple[int, int]], a: int, b: int, read: str) -> int:
@@ -315,23 +331,30 @@ def plan_prompts(
             f"{model.spec} has {type(tokenizer).__name__}"
         )
     chat_text, chat = _chat_renderer(tokenizer, model.spec) if chat_template else (None, None)
-    render = _make_render(model, template, chat)
+    plain, render = _make_render(model, template, chat)
     render("")  # the template alone must leave room for a text: ConfigError before the data
     entries: dict[str, tuple[str, int, int]] = {}
     sizes: dict[str, int] = {}
     cut: set[str] = set()
-    for i, text in enumerate(str(t) for t in texts):
-        if text in entries:
-            continue
-        prompt, a, b, was_cut, offsets = render(text)
-        entries[text] = (prompt, a, b)
-        sizes[text] = _window_size(offsets, a, b, read)
-        if sizes[text] == 0:
-            raise DataError(
-                f"sample {i}: text {text[:40]!r} gives no token to read with read={read}"
-            )
-        if was_cut:
-            cut.add(text)
+    first_at: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        first_at.setdefault(str(t), i)
+    unique = list(first_at)
+    for s in range(0, len(unique), 1024):  # one tokenizer call per chunk; long prompts again
+        chunk = unique[s : s + 1024]
+        plains = [plain(text) for text in chunk]
+        batch = _offsets(tokenizer, [p[0] for p in plains], chat is None)
+        for text, (prompt, a, b), offs in zip(chunk, plains, batch, strict=True):
+            prompt, a, b, was_cut, offsets = render(text, (prompt, a, b, offs))
+            entries[text] = (prompt, a, b)
+            sizes[text] = _window_size(offsets, a, b, read)
+            if sizes[text] == 0:
+                raise DataError(
+                    f"sample {first_at[text]}: text {text[:40]!r} gives no token to read "
+                    f"with read={read}"
+                )
+            if was_cut:
+                cut.add(text)
     window_sizes = [sizes[str(t)] for t in texts]
     if cut:
         warnings.warn(
