@@ -261,7 +261,9 @@ def extract(
 
     Raises:
         CacheMismatchError: ``out`` holds a cache made with other settings.
-        DataError: ``data`` is empty.
+        ConfigError: a bad ``template`` or ``read``, no chat template, no fast tokenizer, or a
+            template that leaves no room for a text (all before the first forward pass).
+        DataError: ``data`` is empty, or a text has no token to read (``read="text"``).
         IndexError / ValueError: bad ``layers`` or ``pooling``.
     """
     if store_dtype not in STORE_DTYPES:
