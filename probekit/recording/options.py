@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from ..models.components import COMPONENTS
 
-__all__ = ["COMPONENTS", "PRECISIONS", "SPAN_POOLINGS", "STORE_DTYPES", "UNITS", "WORD_POOLINGS"]
+__all__ = [
+    "COMPONENTS",
+    "PRECISIONS",
+    "READS",
+    "SPAN_POOLINGS",
+    "STORE_DTYPES",
+    "UNITS",
+    "WORD_POOLINGS",
+]
 
 PRECISIONS = ("auto", "fp32", "medium", "bf16")
 """Numerics of the forward: ``auto`` (bf16 where native, else fp32), ``fp32``, ``medium``
@@ -23,3 +31,7 @@ SPAN_POOLINGS = ("mean", "endpoints")
 
 WORD_POOLINGS = ("mean", "first", "last")
 """How a word's sub-word tokens become one vector."""
+
+READS = ("prompt", "text")
+"""Where a prompt's poolings read: every token of the templated prompt, or the tokens of its
+``{text}`` span."""

@@ -8,9 +8,14 @@ Poolings (``POOLINGS``):
   tokens (class and register tokens) excluded. CNN maps ``(B, C, H, W)`` (or channels-last
   ``(B, H, W, C)`` where the layer says so): the spatial mean.
 * ``last``: the last token the attention mask keeps (left or right padding), for decoder LMs.
+* ``last-N`` (``last-2``): the token ``N`` places before that one (``last-0`` is ``last``); a
+  window of at most ``N`` tokens gives its first token.
 * ``cls+mean`` (or ``cls,mean``): shorthand for the two poolings ``cls`` and ``mean`` (ALF's
   tokens).
 * ``tokens``: every token, ``(B, T, D)``; for small runs (text is padded to a fixed length).
+
+With a prompt template (:mod:`~probekit.recording.prompts`) the mask these see is the read
+window (the whole prompt, or the tokens of its ``{text}`` span) instead of the attention mask.
 
 Each is a function behind a registry: ``register_pooling("max", fn)`` adds a pooling, where
 ``fn(hidden (B, T, D), mask (B, T) or None) -> (B, D)`` (``skip_prefix=True``: a ViT's prefix
@@ -23,8 +28,10 @@ builds and parses that name; :func:`expand_poolings` owns the pooling spelling.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ..cache.poolings import recorded_poolings, split_poolings
@@ -38,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "POOLINGS",
     "FeatureKey",
+    "canonical_pooling",
     "expand_poolings",
     "list_poolings",
     "model_poolings",
@@ -50,6 +58,25 @@ POOLINGS = ("cls", "mean", "last", "tokens")
 
 PoolFn = Callable[["Tensor", "Tensor | None"], "Tensor"]
 _REGISTRY: dict[str, tuple[PoolFn, bool]] = {}
+_LAST_N = re.compile(r"last-(\d+)")
+
+
+def _lookup(name: str) -> tuple[PoolFn, bool] | None:
+    """``(fn, skip_prefix)`` of a registered pooling or of ``last-N``; ``None`` when unknown."""
+    known = _REGISTRY.get(name)
+    if known is not None:
+        return known
+    match = _LAST_N.fullmatch(name)
+    return (_last_n(int(match.group(1))), False) if match else None
+
+
+def canonical_pooling(name: str) -> str:
+    """A pooling's canonical spelling: ``last-0`` -> ``last``, ``last-02`` -> ``last-2``."""
+    match = _LAST_N.fullmatch(name)
+    if match is None or name in _REGISTRY:
+        return name
+    n = int(match.group(1))
+    return "last" if n == 0 else f"last-{n}"
 
 
 def register_pooling(name: str, fn: PoolFn, *, skip_prefix: bool = False) -> PoolFn:
@@ -81,7 +108,8 @@ def list_poolings() -> list[str]:
 def expand_poolings(
     pooling: str | Sequence[str], recorded: Sequence[str] | None = None
 ) -> list[str]:
-    """``"cls+mean"`` or ``"cls,mean"`` -> ``["cls", "mean"]``; checks every name.
+    """``"cls+mean"`` or ``"cls,mean"`` -> ``["cls", "mean"]``; checks every name (``last-N``
+    for any ``N`` is a name; ``last-0`` is spelled ``last``).
 
     Args:
         pooling: one name, names joined by ``+`` or ``,``, or a list of such strings.
@@ -91,14 +119,15 @@ def expand_poolings(
         ConfigError: an empty, unknown or (with ``recorded``) unrecorded pooling, naming the
             valid ones.
     """
-    if recorded is not None:
-        return recorded_poolings(pooling, recorded)
     known = list_poolings()
-    names = split_poolings(pooling, known)
+    names = list(dict.fromkeys(canonical_pooling(n) for n in split_poolings(pooling, known)))
+    if recorded is not None:
+        return recorded_poolings(names, recorded)
     for n in names:
-        if n not in known:
+        if _lookup(n) is None:
             raise ConfigError(
-                f"unknown pooling {n!r}; choose from {', '.join(known)}, or join them: cls+mean"
+                f"unknown pooling {n!r}; choose from {', '.join(known)}, last-N (N tokens "
+                "before the last), or join them: cls+mean"
             )
     return names
 
@@ -143,7 +172,7 @@ class FeatureKey:
     pooling: str
 
     def __post_init__(self) -> None:
-        if self.pooling not in _REGISTRY:
+        if _lookup(self.pooling) is None:
             raise ConfigError(
                 f"unknown pooling {self.pooling!r} in feature key; "
                 f"choose from {', '.join(list_poolings())}"
@@ -180,8 +209,9 @@ def pool(
     Args:
         hidden: ``(B, T, D)`` tokens, or a CNN feature map ``(B, C, H, W)`` (``(B, H, W, C)``
             with ``channels_last``).
-        how: one of :func:`list_poolings`.
-        mask: ``(B, T)`` attention mask (1 = real token), or None when every token is real.
+        how: one of :func:`list_poolings`, or ``last-N``.
+        mask: ``(B, T)`` attention mask (1 = real token), or None when every token is real;
+            with a prompt template, the read window (1 = a token to read).
         n_prefix: prefix tokens (class, registers) that ``mean`` leaves out (ViTs).
         channels_last: a 4-D ``hidden`` is ``(B, H, W, C)`` (the layer's
             :attr:`~probekit.models.LayerSpec.channels_last`, known from the model).
@@ -189,7 +219,8 @@ def pool(
     Returns:
         ``(B, D)``, or ``(B, T, D)`` for ``tokens``. Float32 sums for the mean, cast back.
     """
-    if how not in _REGISTRY:
+    found = _lookup(how)
+    if found is None:
         raise ConfigError(f"unknown pooling {how!r}; choose from {', '.join(list_poolings())}")
     if hidden.ndim == 4:  # CNN map
         if channels_last:  # (B, H, W, C) -> (B, C, H, W), a view
@@ -205,7 +236,7 @@ def pool(
         return hidden
     if hidden.ndim != 3:
         raise ValueError(f"cannot pool a tensor of shape {tuple(hidden.shape)}")
-    fn, skip_prefix = _REGISTRY[how]
+    fn, skip_prefix = found
     if skip_prefix and n_prefix:
         hidden = hidden[:, n_prefix:]
         mask = None if mask is None else mask[:, n_prefix:]
@@ -234,6 +265,28 @@ def _last(hidden: Tensor, mask: Tensor | None) -> Tensor:
     positions = torch.arange(mask.shape[1], device=mask.device)
     last = (mask.bool() * positions).amax(dim=1)  # (B,) index of the last kept token
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+@lru_cache(maxsize=64)
+def _last_n(n: int) -> PoolFn:
+    """``last-N``: the token ``n`` places before the last one ``mask`` keeps, not before the
+    first kept one: ``(B, T, D), (B, T) -> (B, D)``."""
+
+    def last_n(hidden: Tensor, mask: Tensor | None) -> Tensor:
+        import torch
+
+        width = hidden.shape[1]
+        if mask is None:
+            return hidden[:, max(width - 1 - n, 0)]
+        keep = mask.bool()
+        positions = torch.arange(width, device=mask.device)
+        last = (keep * positions).amax(dim=1)  # (B,)
+        first = torch.where(keep, positions, width).amin(dim=1).clamp_max(last)  # (B,)
+        at = torch.maximum(last - n, first)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), at.to(hidden.device)]
+
+    last_n.__qualname__ = f"last_{n}"
+    return last_n
 
 
 def _tokens(hidden: Tensor, mask: Tensor | None) -> Tensor:

@@ -42,12 +42,14 @@ from ..models.placement import DTYPES, parse_device_map, parse_max_memory, parse
 from ..recording.options import (
     COMPONENTS,
     PRECISIONS,
+    READS,
     SPAN_POOLINGS,
     STORE_DTYPES,
     UNITS,
     WORD_POOLINGS,
 )
 from ..recording.pooling import expand_poolings
+from ..recording.prompts import check_prompt_options, parse_template
 
 __all__ = [
     "DEFAULT_PROBES",
@@ -211,6 +213,10 @@ class RunConfig:
             attention / MLP adds to the stream; ``layers`` then counts blocks 1..L), see
             :mod:`probekit.models.components`.
         pooling: what to record (default: the model's).
+        pooling: what to record (default: the model's); ``last-N`` is the token ``N`` places
+            before the last.
+        template, chat_template, read: the prompt each text is put in, the tokenizer's chat
+            template around it, and where the poolings read (see :func:`probekit.extract`).
         batch_size, shard_size, precision, device, store_dtype, streaming: as the flags.
         probes: the heads to train.
         probe_params: per-head :class:`~probekit.ProbeClassifier` keywords, e.g.
@@ -286,7 +292,10 @@ class RunConfig:
         stage="extract",
     )
     pooling: str | None = option(
-        None, "cls, mean, last, cls+mean or cls,mean (default: the model's)", stage="extract"
+        None,
+        "cls, mean, last, last-N (N tokens before the last), cls+mean or cls,mean "
+        "(default: the model's)",
+        stage="extract",
     )
     unit: str = option(
         "sample",
@@ -312,6 +321,27 @@ class RunConfig:
         "--unit word: split long texts into windows overlapping by this many tokens "
         "(default: truncate)",
         parse=int,
+        stage="extract",
+    )
+    template: str | None = option(
+        None,
+        "text models: a prompt holding {text} once, e.g. 'Review: {text}\\nSentiment:' "
+        "(\\n, \\t: newline, tab; no other braces)",
+        parse=parse_template,
+        stage="extract",
+    )
+    chat_template: bool = option(
+        False,
+        "put the prompt (or the text) as the user turn into the tokenizer's chat template, "
+        "with the generation prompt",
+        parse=parse_bool,
+        stage="extract",
+    )
+    read: str = option(
+        "prompt",
+        "where mean, last and last-N read: every token of the prompt, or the tokens of its "
+        "{text} (text)",
+        choices=READS,
         stage="extract",
     )
     batch_size: int = option(64, "extraction batch size", parse=int, stage="extract")
@@ -504,8 +534,8 @@ class RunConfig:
             )
         check_layers(self.layers)
         _ = self.memory_budget is None or parse_size(self.memory_budget, "memory_budget")
-        if self.pooling is not None:
-            expand_poolings(self.pooling)
+        poolings = expand_poolings(self.pooling) if self.pooling is not None else []
+        check_prompt_options(self.template, self.chat_template, self.read, self.unit, poolings)
         if any(c in str(self.name) for c in "/\\") or self.name in (".", ".."):
             raise ConfigError(f"run name {self.name!r} must be a folder name, not a path")
 
