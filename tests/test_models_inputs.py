@@ -172,3 +172,22 @@ def test_list_layers_from_a_spec_keeps_mixed_sequentials_apart():
     assert types["layer1.*"] != "Sequential"
     text = format_layers(list_layers("timm:test_resnet", pretrained=False))
     assert "module glob" not in text and "(see --modules)" in text
+
+
+def test_left_padded_decoder_poolings_read_real_tokens(tiny_gpt2_dir):
+    """Left padding: ``cls`` is each text's first real token, ``mean``/``last`` its real tokens;
+    every pooled vector equals the text run alone (no padding) through HF ``hidden_states``."""
+    lm = load_model(tiny_gpt2_dir)
+    lm.tokenizer.padding_side = "left"
+    texts = [SHORT, LONG, "x y"]
+    got = record(lm, texts, pooling="cls+mean+last", batch_size=3)
+    for i, text in enumerate(texts):
+        alone = lm.tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            hs = lm.model(**alone, output_hidden_states=True).hidden_states
+        for layer in range(len(lm.layers) - 1):  # the last entry carries ln_f on top
+            ref = hs[layer][0]
+            for pooling, want in (("cls", ref[0]), ("mean", ref.mean(0)), ("last", ref[-1])):
+                torch.testing.assert_close(
+                    got[f"layers.{layer}.{pooling}"][i], want, atol=1e-5, rtol=0
+                )

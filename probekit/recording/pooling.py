@@ -2,7 +2,7 @@
 
 Poolings (``POOLINGS``):
 
-* ``cls``: the first token, ``(B, T, D) -> (B, D)``.
+* ``cls``: the first (real) token, ``(B, T, D) -> (B, D)``.
 * ``mean``: the mean over real tokens. Text: every token the attention mask keeps (as
   sentence-transformers does, ``[CLS]``/``[SEP]`` included). ViTs: the patch tokens, prefix
   tokens (class and register tokens) excluded. CNN maps ``(B, C, H, W)`` (or channels-last
@@ -244,8 +244,16 @@ def pool(
 
 
 def _cls(hidden: Tensor, mask: Tensor | None) -> Tensor:
-    """The first token: ``(B, T, D) -> (B, D)``."""
-    return hidden[:, 0]
+    """The first token ``mask`` keeps (position 0 unless the batch is left-padded):
+    ``(B, T, D), (B, T) -> (B, D)``."""
+    if mask is None:
+        return hidden[:, 0]
+    import torch
+
+    width = mask.shape[1]
+    positions = torch.arange(width, device=mask.device)
+    first = torch.where(mask.bool(), positions, width).amin(dim=1).clamp_max(width - 1)  # (B,)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), first.to(hidden.device)]
 
 
 def _mean(hidden: Tensor, mask: Tensor | None) -> Tensor:
