@@ -165,7 +165,9 @@ def test_cli_fit_attribute_report(tiny_cache, tmp_path, capsys):
     _check_binary(out, n_boot=50, seed=0)
     assert main(["attribute", str(out)]) == 0
     assert main(["report", str(out)]) == 0
-    assert (out / "report.html").is_file()
+    report = (out / "report.html").read_text()
+    assert "Per-layer probes: AUROC" in report and "recall @ 1% FPR [95% CI]" in report
+    assert "AUROC vs last layer (layers.3)" in report
 
 
 def _check_binary(run_dir: Path, n_boot: int, seed: int) -> None:
