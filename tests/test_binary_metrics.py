@@ -86,6 +86,7 @@ def test_paired_binary_is_the_difference_on_the_same_resamples() -> None:
     assert out["auroc"]["p_le0"] == pytest.approx(np.mean(d <= 0))
     with pytest.raises(ValueError, match="labels in"):
         binary_scores(y + 1, a)
+    assert all(np.isnan(v) for v in binary_scores(np.zeros(5, int), a[:5]).values())
 
 
 # --------------------------------------------------------------------------- cluster bootstrap

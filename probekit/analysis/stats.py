@@ -481,10 +481,26 @@ def _binary_setup(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray, np.n
     return y[order] == 1, order, np.flatnonzero(new)
 
 
-def _binary_of_weights(
-    w: np.ndarray, pos: np.ndarray, order: np.ndarray, starts: np.ndarray, max_fpr: float
-) -> np.ndarray:
-    """``(r', N)`` multiplicities (rows in input order) -> ``(3, r')`` AUROC, AP, recall@FPR.
+def _block_codes(pos: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``(N,)`` code of every row in input order: ``2 * threshold + positive``."""
+    block = np.zeros(len(order), dtype=np.int64)
+    block[starts[1:]] = 1
+    code = np.empty(len(order), dtype=np.int64)
+    code[order] = 2 * np.cumsum(block) + pos
+    return code
+
+
+def _blocks_of_weights(
+    w: np.ndarray, pos: np.ndarray, order: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(r', N)`` multiplicities (rows in input order) -> ``(tp_b, fp_b)``, each ``(r', B)``:
+    the weight of the positives and of the negatives scored at each threshold."""
+    ws = w[:, order]
+    return np.add.reduceat(ws * pos, starts, axis=1), np.add.reduceat(ws * ~pos, starts, axis=1)
+
+
+def _binary_of_blocks(tp_b: np.ndarray, fp_b: np.ndarray, max_fpr: float) -> np.ndarray:
+    """Per-threshold weights ``(r', B)`` -> ``(3, r')`` AUROC, AP, recall at ``max_fpr``.
 
     Per threshold b (distinct score, decreasing): ``tp_b``, ``fp_b`` the weight of the positives
     and negatives scored exactly there, ``TP_b``, ``FP_b`` their running sums. AUROC
@@ -493,22 +509,21 @@ def _binary_of_weights(
     recall ``= max {TP_b / P : FP_b / N <= max_fpr}`` (0 if no threshold qualifies). A resample
     without positives or negatives gives ``nan``.
     """
-    ws = w[:, order]
-    tp_b = np.add.reduceat(ws * pos, starts, axis=1)  # (r', B)
-    fp_b = np.add.reduceat(ws * ~pos, starts, axis=1)
     tp, fp = np.cumsum(tp_b, axis=1), np.cumsum(fp_b, axis=1)
-    p, n = tp[:, -1], fp[:, -1]
-    out = np.full((3, w.shape[0]), np.nan)
-    ok = (p > 0) & (n > 0)
-    if not ok.any():
-        return out
-    tp, fp, tp_b, fp_b, p, n = tp[ok], fp[ok], tp_b[ok], fp_b[ok], p[ok], n[ok]
-    out[0, ok] = (fp_b * (tp - tp_b / 2)).sum(axis=1) / (p * n)
-    seen = tp + fp
+    p, n = tp[:, -1].copy(), fp[:, -1].copy()
+    bad = (p == 0) | (n == 0)
+    p[bad], n[bad] = 1.0, 1.0  # filled with nan below
+    out = np.empty((3, tp_b.shape[0]))
+    # AUROC: the area under the step-and-trapezoid ROC curve
+    out[0] = np.einsum("rb,rb->r", fp_b, tp - 0.5 * tp_b) / (p * n)
+    seen = tp + fp  # 0 only before the first drawn row, where tp_b is 0 too
     precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
-    out[1, ok] = (tp_b * precision).sum(axis=1) / p
-    tpr, fpr = tp / p[:, None], fp / n[:, None]
-    out[2, ok] = np.where(fpr <= max_fpr, tpr, 0.0).max(axis=1)
+    out[1] = np.einsum("rb,rb->r", tp_b, precision) / p
+    # FP is non-decreasing: the thresholds with FPR <= max_fpr are a prefix of length k
+    k = (fp / n[:, None] <= max_fpr).sum(axis=1)
+    top = np.take_along_axis(tp, np.maximum(k - 1, 0)[:, None], axis=1)[:, 0]
+    out[2] = np.where(k > 0, top, 0.0) / p
+    out[:, bad] = np.nan
     return out
 
 
@@ -526,7 +541,8 @@ def binary_scores(y_true: Any, score: Any, max_fpr: float = MAX_FPR) -> dict[str
         ``{"auroc", "auprc", "recall_at_1fpr"}``.
     """
     pos, order, starts = _binary_setup(y_true, score)
-    vals = _binary_of_weights(np.ones((1, len(pos))), pos, order, starts, max_fpr)[:, 0]
+    tp_b, fp_b = _blocks_of_weights(np.ones((1, len(pos))), pos, order, starts)
+    vals = _binary_of_blocks(tp_b, fp_b, max_fpr)[:, 0]
     return {k: float(v) for k, v in zip(BINARY_METRICS, vals, strict=True)}
 
 
@@ -538,8 +554,18 @@ def resampled_binary_scores(
     pos, order, starts = _binary_setup(y_true, score)
     out = np.empty((3, len(idx)))
     step = max(1, _rows_per_chunk(len(pos)) // 4)  # a few (r', N) temporaries per chunk
-    for a, w in _weights(idx, len(pos), step):
-        out[:, a : a + len(w)] = _binary_of_weights(w, pos, order, starts, max_fpr)
+    if isinstance(idx, GroupResamples):
+        for a, w in _weights(idx, len(pos), step):
+            tp_b, fp_b = _blocks_of_weights(w, pos, order, starts)
+            out[:, a : a + len(w)] = _binary_of_blocks(tp_b, fp_b, max_fpr)
+    else:  # positions: one bincount of (resample, threshold, class) per chunk
+        code, c = _block_codes(pos, order, starts), 2 * len(starts)
+        for a in range(0, len(idx), step):
+            rows = idx[a : a + step]
+            keys = code[rows] + np.arange(rows.shape[0])[:, None] * c
+            counts = np.bincount(keys.ravel(), minlength=rows.shape[0] * c).reshape(-1, c // 2, 2)
+            counts = counts.astype(np.float64)
+            out[:, a : a + len(rows)] = _binary_of_blocks(counts[..., 1], counts[..., 0], max_fpr)
     return dict(zip(BINARY_METRICS, out, strict=True))
 
 
