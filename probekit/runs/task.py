@@ -267,7 +267,8 @@ def _class_csv_extra(head: str, e: dict[str, Any], model: str) -> list[list[str]
 
 def _class_header(metrics: dict[str, Any]) -> str:
     head = f"  {'head':<16s} {'balanced acc':>12s}  95% interval"
-    return head + ("       AUROC   AUPRC  R@1%FPR" if len(metrics["label_names"]) == 2 else "")
+    binary = any("auroc" in e for e in metrics.get("heads", {}).values())
+    return head + ("       AUROC   AUPRC  R@1%FPR" if binary else "")
 
 
 def _class_row(head: str, e: dict[str, Any]) -> str:
