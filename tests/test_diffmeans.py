@@ -99,3 +99,5 @@ def test_layer_selection_and_regressor_refusal() -> None:
     assert clf.best_params_["solver"] == "closed-form"
     with pytest.raises(ConfigError, match="diff-means.*classification"):
         ProbeRegressor(head="diff-means").fit(x0, y.astype(float))
+    with pytest.raises(ConfigError, match="takes no parameter.*dropout"):  # nothing to drop out
+        ProbeClassifier(head="diff-means", dropout=0.1).fit(x0, y)

@@ -173,8 +173,9 @@ def test_head_params() -> None:
     assert head_params("aila-attention") == {
         "dim": 64, "n_heads": 1, "tie_weights": False, "dropout": 0.0
     }  # fmt: skip
-    for name in list_probes():
-        assert "dropout" in head_params(name), name
+    for name in list_probes():  # every head trained by gradient steps takes a dropout
+        assert ("dropout" in head_params(name)) != get_probe_class(name).closed_form, name
+    assert head_params("diff-means") == {"whiten": False, "shrinkage": 0.1}
 
 
 # ---------------------------------------------------------------- math, per head
