@@ -165,7 +165,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     write_config(cfg, out)
     metrics = fit_stage(cache, cfg)
     task = get_task(cfg.task)
-    print(task.summary_header)
+    print(task.summary_header(metrics))
     for head, e in metrics["heads"].items():
         print(task.summary_row(head, e))
     rows = metrics["heads"].get("linear", {}).get("per_layer", [])

@@ -124,11 +124,11 @@ def test_one_pass_statistics_match_two_pass(tmp_path):
     np.testing.assert_allclose(std.numpy(), x.std(0), rtol=0, atol=1e-13)
 
 
-@pytest.mark.parametrize("head", ["linear", "laya"])
+@pytest.mark.parametrize("head", ["linear", "laya", "diff-means"])
 def test_streamed_fit_equals_in_memory_fit(tmp_path, head):
     cache = _make_cache(tmp_path / "cache")
     kw = {"random_state": 0, "pooling": ["cls", "mean"], "layers": [0, 2]}
-    if head != "linear":
+    if head == "laya":
         kw.update(epochs=3, patience=2)
     mem = ProbeClassifier(head, stream=False, **kw).fit(cache)
     with warnings.catch_warnings():
@@ -137,7 +137,7 @@ def test_streamed_fit_equals_in_memory_fit(tmp_path, head):
     assert out._should_stream(cache, out._budget())
     assert not ProbeClassifier(head, **kw)._should_stream(cache, 2**30)
     assert out.best_score_ == pytest.approx(mem.best_score_, abs=1e-12)
-    if head == "linear":
+    if head in ("linear", "diff-means"):  # diff-means: one layer's block at a time
         np.testing.assert_allclose(out.layer_scores_, mem.layer_scores_, atol=1e-12)
         assert out.selected_layer_ == mem.selected_layer_
     else:  # same epochs scored on the same validation split, same early-stopping epoch
@@ -145,12 +145,17 @@ def test_streamed_fit_equals_in_memory_fit(tmp_path, head):
         val = [r.get("val_balanced_accuracy") for r in mem.history_]
         assert [r.get("val_balanced_accuracy") for r in out.history_] == pytest.approx(val)
     assert [r["phase"] for r in out.history_] == [r["phase"] for r in mem.history_]
-    np.testing.assert_allclose(out.model_.norm.mean, mem.model_.norm.mean, atol=1e-6)
-    np.testing.assert_allclose(out.model_.norm.std, mem.model_.norm.std, rtol=1e-6)
+    if head == "diff-means":  # raw features (no norm): the per-layer centres and directions
+        for name in ("center", "direction", "threshold", "scale"):
+            a, b = getattr(out.model_.head, name), getattr(mem.model_.head, name)
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out.model_.norm.mean, mem.model_.norm.mean, atol=1e-6)
+        np.testing.assert_allclose(out.model_.norm.std, mem.model_.norm.std, rtol=1e-6)
     # out predicts chunk by chunk from disk (its budget), mem from the loaded cache
     np.testing.assert_allclose(out.predict_proba(cache), mem.predict_proba(cache), atol=1e-4)
     np.testing.assert_array_equal(out.predict(cache), mem.predict(cache))
-    if head == "linear":
+    if head in ("linear", "diff-means"):
         np.testing.assert_array_equal(out.predict_layers(cache), mem.predict_layers(cache))
 
 

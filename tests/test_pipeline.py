@@ -150,7 +150,7 @@ def test_cli_fit_attribute_report(tiny_cache, tmp_path, capsys):
                 "--cache",
                 str(tiny_cache),
                 "--probes",
-                "linear,laya",
+                "linear,laya,diff-means",
                 "--out",
                 str(out),
                 "--bootstrap",
@@ -161,9 +161,75 @@ def test_cli_fit_attribute_report(tiny_cache, tmp_path, capsys):
     )
     assert (out / "metrics.csv").read_text().startswith("head,layer,accuracy")
     assert (out / "probes" / "laya" / "model.safetensors").is_file()
+    assert "AUROC" in capsys.readouterr().out
+    _check_binary(out, n_boot=50, seed=0)
     assert main(["attribute", str(out)]) == 0
     assert main(["report", str(out)]) == 0
-    assert (out / "report.html").is_file()
+    report = (out / "report.html").read_text()
+    assert "Per-layer probes: AUROC" in report and "recall @ 1% FPR [95% CI]" in report
+    assert "AUROC vs last layer (layers.3)" in report
+
+
+def _check_binary(run_dir: Path, n_boot: int, seed: int) -> None:
+    """A binary run's AUROC, AUPRC and recall at 1% FPR (per head, per layer of the per-layer
+    heads, paired with the last linear layer) equal scikit-learn on the same resamples; the
+    per-class recall rows of metrics.csv equal metrics.json's."""
+    import csv
+
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    from probekit import FeatureCache, ProbeClassifier
+
+    def scores(y, s):
+        fpr, tpr, _ = roc_curve(y, s)
+        return np.array(
+            [roc_auc_score(y, s), average_precision_score(y, s), tpr[fpr <= 0.01].max()]
+        )
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["bootstrap"] == {"resamples": n_boot, "by": "row", "n_units": metrics["n_test"]}
+    test = np.asarray(json.loads((run_dir / "split.json").read_text())["test"])
+    cache = FeatureCache.open(run_dir / "cache") if (run_dir / "cache").is_dir() else None
+    cache = cache or FeatureCache.open(json.loads((run_dir / "config.json").read_text())["cache"])
+    X = cache.load(pooling=cache.poolings).numpy()[test]
+    y = np.asarray(cache.labels)[test]
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+    lin = ProbeClassifier.load(run_dir / "probes" / "linear")
+    last = lin.decision_layers(X)[:, -1]
+    ref = np.array([scores(y[i], last[i]) for i in idx])  # (R, 3)
+    names = ("auroc", "auprc", "recall_at_1fpr")
+    for head, e in metrics["heads"].items():
+        clf = ProbeClassifier.load(run_dir / "probes" / head)
+        s = clf.decision_function(X)
+        np.testing.assert_allclose([e[k] for k in names], scores(y, s), rtol=1e-9)
+        res = np.array([scores(y[i], s[i]) for i in idx])
+        for j, k in enumerate(names):
+            np.testing.assert_allclose(
+                e[f"{k}_ci"], np.percentile(res[:, j], [2.5, 97.5]), rtol=1e-9
+            )
+            d = res[:, j] - ref[:, j]
+            got = e["paired"]["vs_last_layer"][k]
+            np.testing.assert_allclose(got["ci"], np.percentile(d, [2.5, 97.5]), atol=1e-12)
+            # sklearn's trapezoid rounds a perfect 1.0 to 1 - 1e-16: ties at 0 within 1e-12
+            assert got["p_le0"] == pytest.approx(float(np.mean(d <= 1e-12)))
+        if head in ("linear", "diff-means"):
+            layer_s = clf.decision_layers(X)
+            for j, row in enumerate(e["per_layer"]):
+                np.testing.assert_allclose(
+                    [row[k] for k in names], scores(y, layer_s[:, j]), rtol=1e-9
+                )
+    assert len(metrics["heads"]["diff-means"]["per_layer"]) == len(cache.layer_names)
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    long = {(r["layer"], r["class"]): r for r in rows if r["class"]}
+    per_class = metrics["heads"]["linear"]["per_class"]
+    assert len(long) == sum(len(v) for v in per_class.values())
+    for layer, recalls in per_class.items():
+        for cls, recall in recalls.items():
+            r = long[(layer, cls)]
+            assert float(r["recall"]) == pytest.approx(recall, abs=5e-5) and r["head"] == "linear"
+            assert int(r["support"]) == metrics["heads"]["linear"]["per_class_support"][cls]
+    top = next(r for r in rows if r["head"] == "diff-means" and r["layer"] == "all")
+    assert float(top["auroc"]) == pytest.approx(metrics["heads"]["diff-means"]["auroc"], abs=5e-5)
 
 
 def _one_line_error(capsys, argv, needle):

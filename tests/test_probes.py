@@ -45,6 +45,7 @@ def test_registry_has_every_head() -> None:
         "kcla",
         "aila-linear",
         "aila-attention",
+        "diff-means",
     }
     assert expected <= set(list_probes())
 
@@ -54,13 +55,15 @@ def test_check_probe(name: str) -> None:
     check_probe(name)
 
 
-@pytest.mark.parametrize("name", list_probes())
+@pytest.mark.parametrize(
+    "name", [n for n in list_probes() if "regression" in get_probe_class(n).tasks]
+)
 def test_check_probe_one_output(name: str) -> None:
     """C = 1: every head can be a regression head (one output, trained with squared error)."""
     check_probe(name, n_classes=1)
 
 
-@pytest.mark.parametrize("name", list_probes())
+@pytest.mark.parametrize("name", [n for n in list_probes() if "dropout" in head_params(n)])
 def test_check_probe_with_dropout(name: str) -> None:
     check_probe(name, params={"dropout": 0.3}, seed=1)
 
@@ -76,6 +79,7 @@ def test_check_probe_with_dropout(name: str) -> None:
         ("aila-attention", {"dim": 16, "n_heads": 4}),
         ("aila-attention", {"dim": 16, "n_heads": 2, "tie_weights": True}),
         ("kcla", {"dim": 32, "head_dim": 8, "bn_attention": False}),
+        ("diff-means", {"whiten": True, "shrinkage": 0.5}),
     ],
 )
 def test_check_probe_params(name: str, params: dict) -> None:
@@ -169,8 +173,9 @@ def test_head_params() -> None:
     assert head_params("aila-attention") == {
         "dim": 64, "n_heads": 1, "tie_weights": False, "dropout": 0.0
     }  # fmt: skip
-    for name in list_probes():
-        assert "dropout" in head_params(name), name
+    for name in list_probes():  # every head trained by gradient steps takes a dropout
+        assert ("dropout" in head_params(name)) != get_probe_class(name).closed_form, name
+    assert head_params("diff-means") == {"whiten": False, "shrinkage": 0.1}
 
 
 # ---------------------------------------------------------------- math, per head
@@ -205,7 +210,7 @@ def test_linear_tokens_are_concatenated_per_layer() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["linear", "concat", "laya", "kcla", "aila-linear", "aila-attention"]
+    "name", ["linear", "concat", "laya", "kcla", "aila-linear", "aila-attention", "diff-means"]
 )
 def test_adapter_heads_ignore_padding(name: str) -> None:
     torch.manual_seed(0)

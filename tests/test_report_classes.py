@@ -115,12 +115,30 @@ def test_per_class_recall_and_confusion_equal_scikit_learn(word_run):
     for j in range(len(metrics["layer_names"])):
         want = recall_score(y, layer_pred[:, j], labels=present, average=None, zero_division=0)
         np.testing.assert_allclose(np.asarray(heat.z)[:, j], want, atol=1e-12)
+    _check_cluster_bootstrap(metrics, cache, test, y, layer_pred[:, -1])
     conf = figs["confusion"].figure.data[0]
     shown = np.union1d(y, pred)  # scikit-learn's default labels
     assert list(conf.x) == [names[c] for c in shown]
     np.testing.assert_allclose(
         np.asarray(conf.z), confusion_matrix(y, pred, normalize="true"), atol=1e-12
     )
+
+
+def _check_cluster_bootstrap(metrics, cache, test, y, pred) -> None:
+    """A word run's intervals resample test sentences with all their words: the last layer's
+    interval equals scikit-learn over resamples drawn that way (seed 0, 20 resamples)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    groups = np.asarray(cache.samples)[test]
+    ids, code = np.unique(groups, return_inverse=True)
+    assert metrics["bootstrap"] == {"resamples": 20, "by": "input", "n_units": len(ids)}
+    draws = np.random.default_rng(0).integers(0, len(ids), size=(20, len(ids)))
+    values = []
+    for d in draws:
+        rows = np.concatenate([np.flatnonzero(code == g) for g in d])  # whole sentences
+        values.append(balanced_accuracy_score(y[rows], pred[rows]))
+    got = metrics["heads"]["linear"]["per_layer"][-1]["balanced_accuracy_ci"]
+    assert got == pytest.approx(np.percentile(values, [2.5, 97.5]).tolist(), abs=1e-12)
 
 
 def test_text_view_words_and_colours_are_the_cache_rows_and_attribution_argmax(word_run):

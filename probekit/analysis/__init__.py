@@ -18,7 +18,9 @@ __getattr__, __dir__, __all__ = attach(
         "layer_map": "attribution",
         "MDLResult": "mdl",
         "PairedBootstrap": "stats",
+        "binary_scores": "stats",
         "bootstrap_interval": "stats",
+        "paired_binary": "stats",
         "paired_bootstrap": "stats",
     },
 )

@@ -79,6 +79,30 @@ class ProbeEstimator(EstimatorParams):
     ) -> tuple[nn.Module, dict[str, Any]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _fit_closed(
+        self,
+        x: Tensor,
+        norm: FeatureNorm,
+        y: Tensor,
+        s: TrainConfig,
+        variants: list[dict[str, Any]],
+        seed: int,
+        device: torch.device,
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """A closed-form head (``closed_form = True``), one layer at a time, in memory."""
+        from .closed import fit_closed_form
+
+        if s.val_size == 0 and len(variants) > 1:
+            raise ConfigError("a grid of configurations needs val_size > 0 to choose one")
+        p, norm = self.tokens_per_layer_, norm.to(device)
+
+        def block(layer: int, rows: np.ndarray) -> Tensor:
+            tokens = slice(layer * p, (layer + 1) * p)
+            part = x[torch.from_numpy(rows), tokens].to(device)  # (n, P, D)
+            return norm(part, tokens).reshape(len(rows), -1)
+
+        return fit_closed_form(self, block, x.shape[0], y, s, variants, seed, device)
+
     def _task_state(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -94,9 +118,13 @@ class ProbeEstimator(EstimatorParams):
             ConfigError: an unknown head or a parameter outside its allowed range.
         """
         try:
-            get_probe_class(self.head)
+            cls = get_probe_class(self.head)
         except ValueError as err:  # the registry's message lists the known heads
             raise ConfigError(str(err)) from None
+        if self._task not in cls.tasks:
+            raise ConfigError(
+                f"head {self.head!r} is for {' and '.join(cls.tasks)} only, not {self._task}"
+            )
         return recipe_for(self.head, {k: getattr(self, k) for k in OVERRIDABLE if hasattr(self, k)})
 
     def validate(self) -> Self:
@@ -270,6 +298,8 @@ class ProbeEstimator(EstimatorParams):
         norm = self._fit_norm(x)
         if self.head == "linear" and s.solver == "lbfgs":
             head, kwargs = self._fit_linear(x, norm, y_t, s, variants[0], seed, device)
+        elif get_probe_class(self.head).closed_form:
+            head, kwargs = self._fit_closed(x, norm, y_t, s, variants, seed, device)
         else:
             head, kwargs = self._fit_grid(
                 norm(x), y_t, self._n_outputs(), s, variants, seed, device

@@ -6,6 +6,7 @@
                                                         # [(N, D_l)] or a cache
     clf.predict(X); clf.predict_proba(X); clf.score(X, y)
     clf.layer_scores_        # (L,) validation balanced accuracy of every layer's probe
+    clf.decision_layers(X)   # (N, L) every layer's score (binary; per-layer heads)
     clf.layer_weights(X)     # (N, L) the head's own attribution (attention heads)
     clf.save("probe/"); ProbeClassifier.load("probe/")
 
@@ -291,6 +292,18 @@ class ProbeClassifier(ProbeEstimator):
         z = np.concatenate([o.logits.float().cpu().numpy() for o in self._outputs(X)])
         z = z.astype(np.float64)
         return z[:, 1] - z[:, 0] if z.shape[1] == 2 else z
+
+    def decision_layers(self, X: Any) -> np.ndarray:
+        """Per-layer class scores (heads with one probe per layer, e.g. ``"linear"``,
+        ``"diff-means"``): ``(N, L, C)`` logits; with two classes ``(N, L)``, each layer's
+        :meth:`decision_function` (its ``classes_[1]`` logit minus the other's)."""
+        outs = []
+        for o in self._outputs(X):
+            if o.layer_logits is None:
+                raise ConfigError(f"head {self.head!r} has no per-layer logits")
+            outs.append(o.layer_logits.float().cpu().numpy())
+        z = np.concatenate(outs).astype(np.float64)
+        return z[..., 1] - z[..., 0] if z.shape[-1] == 2 else z
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(N, C)``, columns in ``classes_`` order."""

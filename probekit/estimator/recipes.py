@@ -53,6 +53,8 @@ HEAD_DEFAULTS: dict[str, TrainConfig] = {
         patience=10,
         epochs=100,
     ),
+    # closed form (no optimiser): a validation split to choose the layer, then a refit on all
+    "diff-means": dataclasses.replace(_MINIBATCH, val_size=0.2, refit=True, patience=None),
     # ALF recipe (Ciernik et al.): AdamW, cosine to 1e-6, 40 epochs and >= 1000 steps, batch
     # 2048 with >= 5 batches, jitter, lr x wd grid on a stratified 80/20 split, refit on all.
     "alf": dataclasses.replace(

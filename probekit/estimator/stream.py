@@ -135,6 +135,17 @@ def fit_from_stream(
                 stacklevel=3,
             )
             s = dataclasses.replace(s, solver="adamw")
+        if get_probe_class(clf.head).closed_form:  # one layer's block at a time
+            from .closed import fit_closed_form
+
+            norm_dev = norm.to(device)
+
+            def block(layer: int, idx: np.ndarray) -> Tensor:
+                return _layer_block(rows, norm_dev, layer, idx, device)
+
+            head, kwargs = fit_closed_form(clf, block, rows.n, y_t, s, variants, seed, device)
+            clf._finish(norm.cpu(), head, kwargs, raw_mean)
+            return clf
         eval_rows = max(1, min(s.eval_batch_size, _chunk_rows(rows, budget)))
         s = dataclasses.replace(s, eval_batch_size=eval_rows)
         source = NormalisedRows(rows, norm, device)

@@ -11,7 +11,8 @@ Every head is an ``nn.Module`` subclass of :class:`ProbeHead`, registered by nam
 Registered names and classes (every head class ends in ``Head``): ``linear``
 (:class:`LinearHead`), ``concat`` (:class:`ConcatHead`), ``scalar-mix`` (:class:`ScalarMixHead`),
 ``alf`` (:class:`ALFHead`), ``laya`` (:class:`LAYAHead`), ``kcla`` (:class:`KCLAHead`),
-``aila-linear`` (:class:`AILALinearHead`), ``aila-attention`` (:class:`AILAAttentionHead`).
+``aila-linear`` (:class:`AILALinearHead`), ``aila-attention`` (:class:`AILAAttentionHead`),
+``diff-means`` (:class:`DiffMeansHead`, fitted in closed form).
 Each head's docstring gives its math, its tensor shapes and the paper it follows.
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "AILALinearHead",
     "ALFHead",
     "ConcatHead",
+    "DiffMeansHead",
     "GroupLinear",
     "KCLAHead",
     "LAYAHead",
@@ -41,10 +43,11 @@ __all__ = [
 ]
 
 # Importing the head modules registers them.
-from . import aila, alf, kcla, laya, linear  # noqa: F401
+from . import aila, alf, diffmeans, kcla, laya, linear  # noqa: F401
 from .aila import AILAAttentionHead, AILALinearHead
 from .alf import ALFHead
 from .check import check_probe
+from .diffmeans import DiffMeansHead
 from .kcla import KCLAHead
 from .laya import LAYAHead
 from .linear import ConcatHead, LinearHead, ScalarMixHead

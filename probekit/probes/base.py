@@ -54,9 +54,14 @@ class ProbeHead(nn.Module):
         input_norm: how the estimator prepares features before this head:
             ``"standardize"`` (train-split mean and std per token and feature) or ``"l2"``
             (each token L2-normalised) or ``"none"``.
+        closed_form: the head is fitted in closed form, one layer at a time, by
+            ``fit_layer(layer, x (N, P * D), y (N,))`` (``diff-means``), not by gradient steps.
+        tasks: the estimator tasks the head serves (``"classification"``, ``"regression"``).
     """
 
     input_norm: str = "standardize"
+    closed_form: bool = False
+    tasks: tuple[str, ...] = ("classification", "regression")
 
     def __init__(
         self,

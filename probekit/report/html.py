@@ -19,6 +19,7 @@ import numpy as np
 
 from ..runs.folder import read_config, read_metrics
 from ..runs.task import Task, get_task
+from .binary import binary_figures, binary_head_cells, binary_layer_cells
 from .classes import class_figures
 from .regression import regression_figures, regression_tables
 from .science import science_figures, science_tables
@@ -150,6 +151,7 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     head_layers = {h: _head_layers(Path(run_dir), h, metrics["layer_names"]) for h in arrays}
     task = get_task(metrics)
     figs = _layer_figure(metrics, task)
+    figs += [Figure(**f) for f in binary_figures(metrics)]  # binary runs: the AUROC curve
     if task.name == "regression":
         specs = regression_figures(metrics, summary, arrays, head_layers, cap, seed, chunk)
         return figs + [Figure(*spec) for spec in specs]
@@ -340,6 +342,7 @@ def _heads_table(metrics: dict[str, Any], summary: dict[str, Any] | None) -> str
             f"{_paired(e, 'vs_last_layer')}"
             # the linear head's selected layer is itself the "best layer" reference
             f"{'<td>(reference)</td>' if head == 'linear' else _paired(e, 'vs_best_layer')}"
+            f"{binary_head_cells(metrics, e)}"
             f"<td>{'' if agree is None else f'{agree:.2f}'}</td><td>{e.get('fit_seconds', '')}</td></tr>"
         )
     last = html.escape(str(base.get("last_layer", "last layer")))
@@ -348,6 +351,7 @@ def _heads_table(metrics: dict[str, Any], summary: dict[str, Any] | None) -> str
         "<table><tr><th>head</th><th>accuracy %</th><th>95% CI</th><th>balanced %</th>"
         f"<th>95% CI</th><th>vs last layer ({last}), pp</th>"
         f"<th>vs best layer ({chosen}, chosen on validation), pp</th>"
+        f"{binary_head_cells(metrics, None)}"
         "<th>weights vs ablation (Spearman, median)</th><th>fit s</th></tr>"
         + "".join(rows)
         + "</table>"
@@ -360,13 +364,13 @@ def _layer_table(metrics: dict[str, Any]) -> str:
         return "<p class='muted'>No per-layer linear probes in this run.</p>"
     rows = "".join(
         f"<tr><td>{html.escape(r['layer'])}</td><td>{_pct(r['accuracy'])}</td>"
-        f"<td>{_pct(r['balanced_accuracy'])}</td><td>{_ci(r['balanced_accuracy_ci'])}</td></tr>"
+        f"<td>{_pct(r['balanced_accuracy'])}</td><td>{_ci(r['balanced_accuracy_ci'])}</td>"
+        f"{binary_layer_cells(metrics, r)}</tr>"
         for r in linear["per_layer"]
     )
     return (
-        "<table><tr><th>layer</th><th>accuracy %</th><th>balanced %</th><th>95% CI</th></tr>"
-        + rows
-        + "</table>"
+        "<table><tr><th>layer</th><th>accuracy %</th><th>balanced %</th><th>95% CI</th>"
+        f"{binary_layer_cells(metrics, None)}</tr>" + rows + "</table>"
     )
 
 
@@ -404,6 +408,10 @@ def write_report(run_dir: str | Path) -> Path:
             "the fraction of resamples where the difference is &le; 0."
         )
     )
+    by_input = metrics.get("bootstrap", {}).get("by") == "input"
+    boot_unit = (
+        "test inputs, each with all its rows (a cluster bootstrap)" if by_input else "test samples"
+    )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rows = f"{len(cache)} samples"
     split_how = task.split_name
@@ -425,7 +433,7 @@ def write_report(run_dir: str | Path) -> Path:
 </table>
 <h2>Probe heads on the test split</h2>
 {heads_table}
-<p class="muted">Intervals: 95% percentile bootstrap over test samples ({cfg.bootstrap} resamples).{paired_note}</p>
+<p class="muted">Intervals: 95% percentile bootstrap over {boot_unit} ({cfg.bootstrap} resamples).{paired_note}</p>
 <h2>Per-layer linear probes</h2>
 {layer_table}
 {science_tables(metrics)}

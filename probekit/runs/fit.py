@@ -60,7 +60,11 @@ def fit_stage(
     ``metrics["random_init"]``. When the ``linear`` head is among the probes, every head gets
     ``paired``: its balanced accuracy minus that of the last layer's linear probe
     (``vs_last_layer``) and of the single layer chosen on a validation split of the train
-    samples (``vs_best_layer``), scored on the same resamples. Classification
+    samples (``vs_best_layer``), scored on the same resamples. Binary classification: every
+    head (and every layer of a per-layer head: ``linear``, ``diff-means``) also gets AUROC,
+    AUPRC and recall at 1% FPR of its score, with intervals, and the paired entries the same
+    differences. Word, token and span rows: every interval resamples test inputs, not rows
+    (``metrics["bootstrap"]["by"] == "input"``). Classification
     (``Task.per_class``): the linear head's ``per_class`` recall of every class per layer (and
     ``per_class_support``), and the best head's test ``confusion`` counts
     (:mod:`probekit.runs.classes`).
@@ -89,7 +93,9 @@ def fit_stage(
     groups = np.asarray(cache.samples) if cache.unit != "sample" else None  # split by input
     train, test = task.split(y, cfg.test_size, cfg.seed, groups)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
-    idx = bootstrap_indices(int(test.size), cfg.bootstrap, cfg.seed)  # (R, N_test), every score
+    # every score's resamples: of the test rows, or of the test inputs (a cluster bootstrap)
+    test_groups = None if groups is None else groups[test]
+    idx = bootstrap_indices(int(test.size), cfg.bootstrap, cfg.seed, test_groups)
     metrics: dict[str, Any] = {
         **header,
         "model": cache.manifest["model"].get("id"),
@@ -99,6 +105,11 @@ def fit_stage(
         "label_names": label_names,
         "layer_names": list(cache.layer_names),
         "poolings": list(cache.poolings),
+        "bootstrap": {
+            "resamples": int(cfg.bootstrap),
+            "by": "row" if test_groups is None else "input",
+            "n_units": int(test.size if test_groups is None else np.unique(test_groups).size),
+        },
         "heads": {},
     }
     fit = _HeadFit(task, cfg, y, train, test, idx, progress, budget if task.streams else None)
@@ -183,6 +194,36 @@ class _HeadFit:
             params["control"] = True
         return self.task.estimator_class()(head=head, **params)
 
+    def _score(
+        self, est: Any, X_test: Any, y_test: np.ndarray, pred: np.ndarray, layer_names: list[str]
+    ) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+        """A fitted head's test scores (``_score``: its binary score or ``None``), with
+        ``per_layer`` rows for a per-layer head (``linear``, ``diff-means``), whose ``(N, L)``
+        predictions and binary scores are also returned (else ``None``)."""
+        task, idx = self.task, self.idx
+        binary = task.name == "classification" and len(getattr(est, "classes_", ())) == 2
+        score = np.asarray(est.decision_function(X_test)) if binary else None
+        entry: dict[str, Any] = {**task.score(y_test, pred, idx, score)}
+        entry["_score"] = score
+        if getattr(est, "selected_layer_", None) is None:
+            return entry, None, None
+        layer_pred = np.asarray(est.predict_layers(X_test))  # (N_test, L)
+        layer_score = np.asarray(est.decision_layers(X_test)) if binary else None
+        entry["per_layer"] = [
+            {
+                "layer": name,
+                **task.score(
+                    y_test,
+                    layer_pred[:, j],
+                    idx,
+                    None if layer_score is None else layer_score[:, j],
+                ),
+            }
+            for j, name in enumerate(layer_names)
+        ]
+        entry["selected_layer"] = layer_names[int(est.selected_layer_)]
+        return entry, layer_pred, layer_score
+
     def run(
         self, cache: Any, X: Any, save_dir: Path | None, keys: np.ndarray | None
     ) -> tuple[dict[str, Any], dict[str, str]]:
@@ -212,7 +253,9 @@ class _HeadFit:
         layer_names = list(cache.layer_names)
         heads: dict[str, Any] = {}
         preds: dict[str, np.ndarray] = {}
+        scores: dict[str, np.ndarray | None] = {}
         baseline: dict[str, np.ndarray] = {}
+        baseline_scores: dict[str, np.ndarray | None] = {}
         names: dict[str, str] = {}
         # the per-layer linear probes come first: every head is compared with two of them
         for head in sorted(cfg.probes, key=lambda h: h != "linear"):
@@ -229,15 +272,12 @@ class _HeadFit:
             seconds = time.perf_counter() - t0
             if save_dir is not None:
                 est.save(save_dir / head)
-            pred = est.predict(X_test)
-            preds[head] = pred
-            entry = {"fit_seconds": round(seconds, 2), **task.score(y_test, pred, idx)}
+            preds[head] = pred = est.predict(X_test)
+            entry, layer_pred, layer_score = self._score(est, X_test, y_test, pred, layer_names)
+            scores[head] = entry.pop("_score")
+            entry = {"fit_seconds": round(seconds, 2), **entry}
             if head == "linear":
-                layer_pred = np.asarray(est.predict_layers(X_test))  # (N_test, L)
-                entry["per_layer"] = [
-                    {"layer": name, **task.score(y_test, layer_pred[:, j], idx)}
-                    for j, name in enumerate(layer_names)
-                ]
+                assert layer_pred is not None
                 if task.per_class:
                     entry.update(
                         per_class_recall(y_test, layer_pred, layer_names, cache.label_names)
@@ -260,13 +300,19 @@ class _HeadFit:
                         "last_layer": layer_pred[:, -1],
                         "best_layer": layer_pred[:, selected],
                     }
+                    baseline_scores = {
+                        "last_layer": None if layer_score is None else layer_score[:, -1],
+                        "best_layer": None if layer_score is None else layer_score[:, selected],
+                    }
                     names = {"last_layer": layer_names[-1], "best_layer": entry["selected_layer"]}
             heads[head] = entry
         self.predictions = preds
         if task.compare is not None:
             for head, pred in preds.items():  # paired: the same resamples score both
                 heads[head]["paired"] = {
-                    f"vs_{name}": task.compare(y_test, pred, ref, idx)
+                    f"vs_{name}": task.compare(
+                        y_test, pred, ref, idx, scores[head], baseline_scores.get(name)
+                    )
                     for name, ref in baseline.items()
                 }
         return {h: heads[h] for h in cfg.probes}, names

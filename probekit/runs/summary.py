@@ -21,7 +21,7 @@ def summary_table(run_dir: str | Path) -> str:
     lines = [
         f"run {run_dir}  ({metrics.get('model')} on {metrics.get('data')}, "
         f"{task.describe(metrics)}{metrics.get('n_train')} train / {metrics.get('n_test')} test)",
-        task.summary_header,
+        task.summary_header(metrics),
     ]
     best = task.best(heads)
     for head, e in heads.items():

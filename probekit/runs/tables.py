@@ -5,7 +5,11 @@ The columns after ``head`` and ``layer`` are the run's task's (:attr:`Task.csv_c
 intervals, the paired comparisons with the last layer's and the validation-chosen layer's
 linear probe; with a control task, each layer's control accuracy and selectivity (with its
 paired interval); with ``compare_random``, the random-init model's rows follow, their ``model``
-column saying ``random`` (``trained`` otherwise). Regression: R² and Spearman with their
+column saying ``random`` (``trained`` otherwise). Binary tasks fill AUROC, AUPRC and recall
+at 1% FPR with their intervals and their paired comparison with the last layer's linear probe
+(``vs_last_layer_auroc``...; empty cells otherwise). The per-class recall of the linear
+probes follows each head's rows as long rows: ``head, layer``, the ``class``, its ``recall``
+and ``support`` (test rows), every other cell empty. Regression: R² and Spearman with their
 intervals, and MSE.
 """
 
@@ -35,6 +39,8 @@ def write_metrics_csv(metrics: dict[str, Any], run_dir: Path) -> None:
                 rows = [("all", e)] + [(r["layer"], r) for r in e.get("per_layer", [])]
                 for layer, r in rows:
                     w.writerow([head, layer, *task.csv_row(r, model)])
+                if task.csv_extra is not None:
+                    w.writerows(task.csv_extra(head, e, model))
 
 
 def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:

@@ -8,13 +8,16 @@ metric names and its CSV row.
 
 * ``classification``: class labels, a stratified split, :class:`~probekit.ProbeClassifier`,
   accuracy and balanced accuracy with 95% bootstrap intervals; heads are compared with two
-  linear baselines by a paired bootstrap of balanced accuracy.
+  linear baselines by a paired bootstrap of balanced accuracy. Binary tasks add AUROC, AUPRC
+  (average precision) and recall at 1% FPR of each head's score (``decision_function``), with
+  intervals and the same paired comparisons (:func:`~probekit.analysis.stats.binary_scores`).
 * ``regression``: continuous targets (``CACHE/targets.json``), a random split,
   :class:`~probekit.ProbeRegressor`, R² and Spearman with 95% bootstrap intervals, and MSE.
 
-Every interval of a scorer comes from :mod:`probekit.analysis.stats` over one ``(R, N)``
-resample matrix (:func:`~probekit.analysis.stats.bootstrap_indices`) shared by every head and
-layer of a run.
+Every interval of a scorer comes from :mod:`probekit.analysis.stats` over one set of resamples
+(:func:`~probekit.analysis.stats.bootstrap_indices`) shared by every head and layer of a run:
+of the test rows, or of the test inputs (a cluster bootstrap) when rows are words, tokens or
+spans.
 """
 
 from __future__ import annotations
@@ -65,12 +68,14 @@ class Task:
             ``(N_test,)`` positions; with ``groups`` (a word cache's samples) every group lies
             wholly on one side.
         split_name: how the split is drawn, for the report (``"stratified"``, ``"random"``).
-        score: ``(y, pred, idx) -> dict``: the metrics of ``(N,)`` predictions of ``(N,)``
-            targets with their 95% intervals over the ``(R, N)`` resamples ``idx``.
+        score: ``(y, pred, idx, score) -> dict``: the metrics of ``(N,)`` predictions of
+            ``(N,)`` targets with their 95% intervals over the resamples ``idx``; ``score``:
+            the ``(N,)`` continuous score of a binary classifier (else ``None``).
         metrics: the metrics of ``score`` with an interval (``<name>_ci`` beside ``<name>``).
         headline: the metric heads and layers are ranked by.
-        compare: ``(y, pred_a, pred_b, idx) -> dict`` paired comparison of two heads' scores
-            on the same resamples, or ``None`` (no ``paired`` entries).
+        compare: ``(y, pred_a, pred_b, idx, score_a, score_b) -> dict`` paired comparison of
+            two heads on the same resamples (``score_*``: binary scores or ``None``), or
+            ``None`` (no ``paired`` entries).
         science: the measures of :mod:`probekit.runs.science` apply (control task, MDL, CKA,
             the random-init comparison).
         streams: the estimator takes ``memory_budget`` and reads rows from the cache when the
@@ -78,9 +83,11 @@ class Task:
         csv_columns: ``metrics.csv``'s columns after ``head`` and ``layer``.
         csv_row: ``(entry, model) -> cells`` for :attr:`csv_columns` (``model``: ``"trained"``
             or ``"random"``).
+        csv_extra: ``(head, entry, model) -> rows`` of more ``metrics.csv`` rows (each
+            ``[head, layer, *cells]``) after the head's, or ``None``.
         describe: ``metrics -> str`` said of the run in the summary's first line
             (``"regression of valence, "``).
-        summary_header: the summary's column header line.
+        summary_header: ``metrics -> str``: the summary's column header line.
         summary_row: ``(head, entry) -> str``: one head's summary line (also what
             ``probekit fit`` prints).
         layer_line: ``per-layer entry -> str``: the best layer's score in the summary.
@@ -94,20 +101,21 @@ class Task:
     targets: Callable[[Any, Any], tuple[np.ndarray, dict[str, Any], list[str]]]
     split: Callable[[np.ndarray, float, int, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
     split_name: str
-    score: Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, Any]]
+    score: Callable[[np.ndarray, np.ndarray, Any, np.ndarray | None], dict[str, Any]]
     metrics: tuple[str, ...]
     headline: str
-    compare: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, Any]] | None
+    compare: Callable[..., dict[str, Any]] | None
     science: bool
     streams: bool
     csv_columns: tuple[str, ...]
     csv_row: Callable[[dict[str, Any], str], list[str]]
     describe: Callable[[dict[str, Any]], str]
-    summary_header: str
+    summary_header: Callable[[dict[str, Any]], str]
     summary_row: Callable[[str, dict[str, Any]], str]
     layer_line: Callable[[dict[str, Any]], str]
     layer_plot: LayerPlot
     per_class: bool = False
+    csv_extra: Callable[[str, dict[str, Any], str], list[list[str]]] | None = None
 
     def estimator_class(self) -> type:
         """The estimator class (:class:`~probekit.ProbeClassifier` or
@@ -157,46 +165,77 @@ def _stratified(
     return stratified_split(y, test_size, seed, groups)
 
 
-def _class_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> dict[str, Any]:
+def _class_scores(
+    y: np.ndarray, pred: np.ndarray, idx: Any, score: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Accuracy and balanced accuracy with 95% intervals; with a binary ``score``, also
+    AUROC, AUPRC and recall at 1% FPR (:func:`probekit.analysis.stats.binary_intervals`)."""
     from ..analysis.stats import (
+        binary_intervals,
         percentile_interval,
         resampled_accuracy,
         resampled_balanced_accuracy,
     )
     from ..train.metrics import accuracy, balanced_accuracy
 
-    return {
+    out = {
         "accuracy": accuracy(y, pred),
         "accuracy_ci": percentile_interval(resampled_accuracy(y, pred, idx)),
         "balanced_accuracy": balanced_accuracy(y, pred),
         "balanced_accuracy_ci": percentile_interval(resampled_balanced_accuracy(y, pred, idx)),
     }
+    if score is not None:
+        out.update(binary_intervals(y, score, idx))
+    return out
 
 
 def _class_compare(
-    y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, idx: np.ndarray
+    y: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    idx: Any,
+    score_a: np.ndarray | None = None,
+    score_b: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Balanced accuracy of A minus B on the same resamples: ``difference`` (on the test
     samples themselves), ``ci`` (95% percentile interval) and ``p_le0`` (fraction of resamples
-    where A - B <= 0); see :func:`probekit.analysis.stats.paired_bootstrap`."""
-    from ..analysis.stats import paired_bootstrap
+    where A - B <= 0); see :func:`probekit.analysis.stats.paired_bootstrap`. With binary
+    scores, ``auroc``, ``auprc`` and ``recall_at_1fpr`` each give the same three of A minus B
+    (:func:`probekit.analysis.stats.paired_binary`), on the same resamples."""
+    from ..analysis.stats import paired_binary, paired_bootstrap
 
     res = paired_bootstrap(y, pred_a, pred_b, idx=idx)
-    return {"difference": res.difference, "ci": [res.lo, res.hi], "p_le0": res.p_not_better}
+    out: dict[str, Any] = {
+        "difference": res.difference,
+        "ci": [res.lo, res.hi],
+        "p_le0": res.p_not_better,
+    }
+    if score_a is not None and score_b is not None:
+        out.update(paired_binary(y, score_a, score_b, idx))
+    return out
 
 
 _PAIRED = tuple(f"vs_{ref}" for ref in ("last_layer", "best_layer"))
+_BINARY = ("auroc", "auprc", "recall_at_1fpr")  # analysis.stats.BINARY_METRICS (no import here)
+
+
+def _paired_cells(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return ["", "", "", ""]
+    return [_f4(c["difference"]), _f4(c["ci"][0]), _f4(c["ci"][1]), _f4(c["p_le0"])]
 
 
 def _class_csv_row(r: dict[str, Any], model: str) -> list[str]:
     cmp: list[str] = []
     for ref in _PAIRED:
-        c = r.get("paired", {}).get(ref)
-        cmp += (
-            [_f4(c["difference"]), _f4(c["ci"][0]), _f4(c["ci"][1]), _f4(c["p_le0"])]
-            if c
-            else ["", "", "", ""]
-        )
+        cmp += _paired_cells(r.get("paired", {}).get(ref))
+    binary: list[str] = []
+    for name in _BINARY:
+        ci = r.get(f"{name}_ci", ["", ""])
+        binary += [_num(r.get(name)), _num(ci[0]), _num(ci[1])]
+    last = r.get("paired", {}).get("vs_last_layer", {})
+    for name in _BINARY:
+        binary += _paired_cells(last.get(name))
     sel = r.get("selectivity_ci", ["", ""])
     return [
         *_with_ci(r, ("accuracy", "balanced_accuracy")),
@@ -206,12 +245,38 @@ def _class_csv_row(r: dict[str, Any], model: str) -> list[str]:
         _num(sel[0]),
         _num(sel[1]),
         model,
+        *binary,
+        "",
+        "",
+        "",
     ]
+
+
+def _class_csv_extra(head: str, e: dict[str, Any], model: str) -> list[list[str]]:
+    """Long rows of the per-class recall (``per_class``): ``[head, layer, ..., class, recall,
+    support]``, every other cell empty."""
+    table, support = e.get("per_class") or {}, e.get("per_class_support") or {}
+    blank = [""] * (len(CLASSIFICATION.csv_columns) - 3)
+    blank[CLASSIFICATION.csv_columns.index("model")] = model
+    return [
+        [head, layer, *blank, cls, _num(recall), str(support.get(cls, ""))]
+        for layer, recalls in table.items()
+        for cls, recall in recalls.items()
+    ]
+
+
+def _class_header(metrics: dict[str, Any]) -> str:
+    head = f"  {'head':<16s} {'balanced acc':>12s}  95% interval"
+    binary = any("auroc" in e for e in metrics.get("heads", {}).values())
+    return head + ("       AUROC   AUPRC  R@1%FPR" if binary else "")
 
 
 def _class_row(head: str, e: dict[str, Any]) -> str:
     lo, hi = e["balanced_accuracy_ci"]
-    return f"  {head:<16s} {e['balanced_accuracy']:>12.3f}  [{lo:.3f}, {hi:.3f}]"
+    line = f"  {head:<16s} {e['balanced_accuracy']:>12.3f}  [{lo:.3f}, {hi:.3f}]"
+    if "auroc" in e:
+        line += f"  {e['auroc']:>6.3f}  {e['auprc']:>6.3f}  {e['recall_at_1fpr']:>7.3f}"
+    return line
 
 
 def _class_layer(r: dict[str, Any]) -> str:
@@ -244,10 +309,15 @@ CLASSIFICATION = Task(
         "selectivity_lo",
         "selectivity_hi",
         "model",
+        *(f"{m}{s}" for m in _BINARY for s in ("", "_lo", "_hi")),
+        *(f"vs_last_layer_{m}{s}" for m in _BINARY for s in ("", "_lo", "_hi", "_p_le0")),
+        "class",
+        "recall",
+        "support",
     ),
     csv_row=_class_csv_row,
     describe=lambda metrics: "",
-    summary_header=f"  {'head':<16s} {'balanced acc':>12s}  95% interval",
+    summary_header=_class_header,
     summary_row=_class_row,
     layer_line=_class_layer,
     layer_plot=LayerPlot(
@@ -258,6 +328,7 @@ CLASSIFICATION = Task(
         chance=lambda metrics: 1.0 / len(metrics["label_names"]),
     ),
     per_class=True,
+    csv_extra=_class_csv_extra,
 )
 
 
@@ -287,7 +358,9 @@ def _random_split(
     return np.sort(train), np.sort(test)
 
 
-def _regression_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> dict[str, Any]:
+def _regression_scores(
+    y: np.ndarray, pred: np.ndarray, idx: Any, score: np.ndarray | None = None
+) -> dict[str, Any]:
     from sklearn.metrics import mean_squared_error, r2_score
 
     from ..analysis.stats import percentile_interval, resampled_r2, resampled_spearman
@@ -335,7 +408,7 @@ REGRESSION = Task(
     ),
     csv_row=lambda r, model: [*_with_ci(r, ("r2", "spearman")), f"{r['mse']:.6g}"],
     describe=lambda metrics: f"regression of {metrics.get('target_name')}, ",
-    summary_header=f"  {'head':<16s} {'R2':>7s}  95% interval     Spearman",
+    summary_header=lambda metrics: f"  {'head':<16s} {'R2':>7s}  95% interval     Spearman",
     summary_row=_regression_row,
     layer_line=_regression_layer,
     layer_plot=LayerPlot(
