@@ -220,7 +220,8 @@ def _check_binary(run_dir: Path, n_boot: int, seed: int) -> None:
                 )
     assert len(metrics["heads"]["diff-means"]["per_layer"]) == len(cache.layer_names)
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    long = {(r["layer"], r["class"]): r for r in rows if r["class"]}
+    assert "class" not in rows[0]
+    long = {(r["layer"], r["class"]): r for r in csv.DictReader((run_dir / "per_class.csv").open())}
     per_class = metrics["heads"]["linear"]["per_class"]
     assert len(long) == sum(len(v) for v in per_class.values())
     for layer, recalls in per_class.items():

@@ -113,9 +113,7 @@ def test_fit_control_and_mdl_write_metrics_and_report(word_cache, tmp_path):
     assert names == list(cache.layer_names)
     with open(out / "metrics.csv") as f:
         table = list(csv.DictReader(f))
-    layer_rows = [
-        r for r in table if r["head"] == "linear" and r["layer"] != "all" and not r["class"]
-    ]
+    layer_rows = [r for r in table if r["head"] == "linear" and r["layer"] != "all"]
     np.testing.assert_allclose(
         [float(r["selectivity"]) for r in layer_rows], [r["selectivity"] for r in rows], atol=1e-4
     )

@@ -7,7 +7,7 @@
       cache/                 the feature cache (reused when it is already complete)
       split.json             train / test sample positions (seeded; stratified for classification)
       probes/<head>/         model.safetensors + config.json for every head
-      metrics.json, metrics.csv
+      metrics.json, metrics.csv, per_class.csv (classification)
       attribution/<head>.safetensors + attribution.json
       figures/*.html (+ .png where a Chromium is found)
       report.html

@@ -83,8 +83,9 @@ class Task:
         csv_columns: ``metrics.csv``'s columns after ``head`` and ``layer``.
         csv_row: ``(entry, model) -> cells`` for :attr:`csv_columns` (``model``: ``"trained"``
             or ``"random"``).
-        csv_extra: ``(head, entry, model) -> rows`` of more ``metrics.csv`` rows (each
-            ``[head, layer, *cells]``) after the head's, or ``None``.
+        csv_extra: ``(head, entry, model) -> rows`` of ``per_class.csv`` (each ``[head,
+            layer, model, class, recall, support]``: a tidy table of its own, so that
+            ``metrics.csv`` keeps one row per head and layer), or ``None``.
         describe: ``metrics -> str`` said of the run in the summary's first line
             (``"regression of valence, "``).
         summary_header: ``metrics -> str``: the summary's column header line.
@@ -246,20 +247,15 @@ def _class_csv_row(r: dict[str, Any], model: str) -> list[str]:
         _num(sel[1]),
         model,
         *binary,
-        "",
-        "",
-        "",
     ]
 
 
 def _class_csv_extra(head: str, e: dict[str, Any], model: str) -> list[list[str]]:
-    """Long rows of the per-class recall (``per_class``): ``[head, layer, ..., class, recall,
-    support]``, every other cell empty."""
+    """Rows of the per-class recall (``per_class``): ``[head, layer, model, class, recall,
+    support]``."""
     table, support = e.get("per_class") or {}, e.get("per_class_support") or {}
-    blank = [""] * (len(CLASSIFICATION.csv_columns) - 3)
-    blank[CLASSIFICATION.csv_columns.index("model")] = model
     return [
-        [head, layer, *blank, cls, _num(recall), str(support.get(cls, ""))]
+        [head, layer, model, cls, _num(recall), str(support.get(cls, ""))]
         for layer, recalls in table.items()
         for cls, recall in recalls.items()
     ]
@@ -311,9 +307,6 @@ CLASSIFICATION = Task(
         "model",
         *(f"{m}{s}" for m in _BINARY for s in ("", "_lo", "_hi")),
         *(f"vs_last_layer_{m}{s}" for m in _BINARY for s in ("", "_lo", "_hi", "_p_le0")),
-        "class",
-        "recall",
-        "support",
     ),
     csv_row=_class_csv_row,
     describe=lambda metrics: "",
