@@ -24,6 +24,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -319,45 +320,49 @@ def extract(
     precision = resolve_precision(precision, device.type)  # "auto" -> "bf16" / "fp32"
     ranks = join_ranks(device)
     try:
+        job = _Job(model, data, specs, poolings, batch_size, ranks.device(device), precision, plan)
         return _extract_ranks(
-            model,
-            data,
-            Path(out),
-            specs,
-            poolings,
-            batch_size,
-            shard_size,
-            ranks.device(device),
-            store_dtype,
-            precision,
-            progress,
-            ranks,
-            plan,
-            component,
-            prompts,
+            job, Path(out), shard_size, store_dtype, progress, ranks, component, prompts
         )
     finally:
         ranks.close()
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What an extraction computes, as every stage below :func:`extract` needs it: the model and
+    data, the chosen layers and poolings, the batch size, this rank's device, the resolved
+    precision and, for a unit cache, its row plan."""
+
+    model: LoadedModel
+    data: Dataset
+    specs: list[LayerSpec]
+    poolings: list[str]
+    batch_size: int
+    device: torch.device
+    precision: str
+    plan: UnitPlan | None = None
+
+
 def _extract_ranks(
-    model: LoadedModel,
-    data: Dataset,
+    job: _Job,
     out: Path,
-    specs: list[LayerSpec],
-    poolings: list[str],
-    batch_size: int,
     shard_size: int,
-    device: torch.device,
     store_dtype: str,
-    precision: str,
     progress: bool,
     ranks: Ranks,
-    plan: UnitPlan | None = None,
     component: str = "resid",
     prompts: PromptPlan | None = None,
 ) -> FeatureCache:
     """The shards of this rank (all of them in one process); rank 0 creates and finalises."""
+    model, data, specs, poolings, device, plan = (
+        job.model,
+        job.data,
+        job.specs,
+        job.poolings,
+        job.device,
+        job.plan,
+    )
     model.to(device)
     dims = _layer_dims(model, data, specs, device)
     if plan is not None:  # span rows concatenate endpoints or pairs
@@ -373,7 +378,7 @@ def _extract_ranks(
         ],
         "poolings": poolings,
         "dtype": store_dtype,
-        "precision": precision,
+        "precision": job.precision,
         "preprocessing": model.info.get("preprocessing"),
         "dataset": {
             "name": data.name,
@@ -429,21 +434,7 @@ def _extract_ranks(
             if not writer.shard_ok(i)
         ]  # shard i belongs to rank i mod N
     ranks.agree(
-        lambda: _write_shards(
-            model,
-            data,
-            writer,
-            todo,
-            specs,
-            poolings,
-            batch_size,
-            device,
-            precision,
-            progress and ranks.rank == 0,
-            ranks,
-            plan,
-        ),
-        on=None,
+        lambda: _write_shards(job, writer, todo, progress and ranks.rank == 0, ranks), on=None
     )
     if not ranks.distributed:
         cache = writer.finalize()
@@ -490,18 +481,7 @@ def _warn_mixed_numerics(writer: CacheWriter) -> None:
 
 
 def _write_shards(
-    model: LoadedModel,
-    data: Dataset,
-    writer: CacheWriter,
-    todo: list[int],
-    specs: list[LayerSpec],
-    poolings: list[str],
-    batch_size: int,
-    device: torch.device,
-    precision: str,
-    progress: bool,
-    ranks: Ranks,
-    plan: UnitPlan | None = None,
+    job: _Job, writer: CacheWriter, todo: list[int], progress: bool, ranks: Ranks
 ) -> None:
     """Compute and write the shards ``todo`` (a writer thread writes while the next is computed).
 
@@ -510,6 +490,7 @@ def _write_shards(
     """
     if not todo:
         return
+    device = job.device
     recorded = writer.manifest.get("threads") if device.type == "cpu" else None
     ambient = torch.get_num_threads()
     with intra_op_threads(recorded if isinstance(recorded, int) else None) as threads:
@@ -517,23 +498,10 @@ def _write_shards(
             _check_threads(writer, todo, recorded, threads, ambient, ranks)
         numerics = {
             "device": device.type,
-            "precision": precision,
+            "precision": job.precision,
             "threads": threads if device.type == "cpu" else None,
         }
-        _compute_shards(
-            model,
-            data,
-            writer,
-            todo,
-            specs,
-            poolings,
-            batch_size,
-            device,
-            precision,
-            progress,
-            numerics,
-            plan,
-        )
+        _compute_shards(job, writer, todo, progress, numerics)
 
 
 def _check_threads(
@@ -561,24 +529,22 @@ def _check_threads(
 
 
 def _compute_shards(
-    model: LoadedModel,
-    data: Dataset,
-    writer: CacheWriter,
-    todo: list[int],
-    specs: list[LayerSpec],
-    poolings: list[str],
-    batch_size: int,
-    device: torch.device,
-    precision: str,
-    progress: bool,
-    numerics: dict[str, Any],
-    plan: UnitPlan | None = None,
+    job: _Job, writer: CacheWriter, todo: list[int], progress: bool, numerics: dict[str, Any]
 ) -> None:
     """Compute and write the shards ``todo``.
 
     Shard ``i`` holds the inputs ``i * shard_size ..``; in a sample cache those are its rows, in a
     unit cache its rows are their words (tokens), in order.
     """
+    model, data, specs, poolings, device, plan = (
+        job.model,
+        job.data,
+        job.specs,
+        job.poolings,
+        job.device,
+        job.plan,
+    )
+    batch_size = job.batch_size
     labels = torch.as_tensor(data.labels, dtype=torch.int64)
     size = writer.shard_size
 
@@ -593,7 +559,7 @@ def _compute_shards(
     try:
         with (
             torch.no_grad(),
-            precision_context(precision, device),
+            precision_context(job.precision, device),
             LayerRecorder(model.model, specs) as recorder,
             ThreadPoolExecutor(1, thread_name_prefix="probekit-prep") as prep,
         ):
