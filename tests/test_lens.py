@@ -198,3 +198,96 @@ def test_training_lowers_held_out_kl_and_round_trips(tiny_gemma, tmp_path):
     assert lens_divergence(model, held, again) == tuned
     with pytest.raises(ConfigError, match="holds no tuned lens"):
         TunedLens.load(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ in a run
+
+POS = ["good", "great", "nice", "happy", "fine", "kind"]
+NEG = ["bad", "awful", "sad", "grim", "mean", "cruel"]
+
+
+@pytest.fixture
+def word_csv(tmp_path):
+    path = tmp_path / "words.csv"
+    rows = [f"the {w} day {i},positive" for i in range(3) for w in POS] + [
+        f"the {w} day {i},negative" for i in range(3) for w in NEG
+    ]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _cfg(model, data, tmp_path, **kw):
+    from probekit.runs.config import RunConfig
+
+    return RunConfig(
+        name="lens",
+        model=model,
+        data=f"csv:{data}",
+        probes=["linear"],
+        out=str(tmp_path / "runs"),
+        bootstrap=20,
+        figures=[],
+        **kw,
+    )
+
+
+@pytest.mark.slow
+def test_run_logit_and_tuned_lens(tiny_gemma, word_csv, tmp_path, monkeypatch):
+    import json
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from probekit import FeatureCache
+    from probekit.pipeline import run
+    from probekit.runs import lens as lens_stage
+
+    monkeypatch.setattr(lens_stage, "TUNED_LENS_STEPS", 5)
+    model, ref = tiny_gemma
+    cfg = _cfg(model.spec, word_csv, tmp_path, label_words=" negative, positive", tuned_lens=True)
+    assert cfg.label_words == [" negative", " positive"]
+    (run_dir,) = run(cfg, progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    lens = metrics["logit_lens"]
+    assert lens["label_words"] == [" negative", " positive"] and lens["pooling"] == "last"
+    cache = FeatureCache.open(run_dir / "cache")
+    assert list(cache.label_names) == ["negative", "positive"]
+    test = np.asarray(json.loads((run_dir / "split.json").read_text())["test"])
+    x = cache.load(pooling="last")[test]  # (n, L+1, D)
+    y = np.asarray(cache.labels)[test]
+    cap = ref.config.final_logit_softcapping
+    with torch.no_grad():
+        for j, row in enumerate(lens["per_layer"]):
+            h = x[:, j] if j == x.shape[1] - 1 else ref.model.norm(x[:, j])
+            logits = torch.tanh(ref.lm_head(h) / cap) * cap
+            pred = logits[:, lens["token_ids"]].argmax(-1).numpy()
+            assert row["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    tuned = metrics["tuned_lens"]
+    assert tuned["info"]["steps"] == 5 and tuned["tuned"]["layers"] == model.layer_names
+    assert len(tuned["tuned"]["kl"]) == len(tuned["logit"]["kl"]) == len(model.layers)
+    saved = TunedLens.load(run_dir / "tuned-lens")
+    assert saved.metrics["tuned"] == tuned["tuned"]
+    report = (run_dir / "report.html").read_text()
+    assert "Where the model knows vs where it says" in report and "Tuned lens (Belrose" in report
+
+
+def test_run_lens_options_are_checked_before_extraction(
+    tiny_gemma, tiny_bert_dir, word_csv, tmp_path
+):
+    from probekit.pipeline import run
+
+    model, _ = tiny_gemma
+    bad = {
+        "needs a causal LM with its unembedding": (f"hf:{tiny_bert_dir}", " negative, positive"),
+        r"label_words has 3 words .* 2 classes \(negative, positive\)": (
+            model.spec,
+            " negative, positive, neutral",
+        ),
+        r"label word 'probekitish' is \d+ tokens": (model.spec, "negative,probekitish"),
+    }
+    for message, (spec, words) in bad.items():
+        cfg = _cfg(spec, word_csv, tmp_path, label_words=words)
+        with pytest.raises(ConfigError, match=message):
+            run(cfg, progress=False)
+        assert not (cfg.run_dir / "cache" / "manifest.json").exists()
+    with pytest.raises(ConfigError, match="must include last"):
+        _cfg(model.spec, word_csv, tmp_path, label_words="a,b", pooling="mean")

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models.lm_head import SoftcappedUnembedding
 
 __all__ = [
     "label_token_ids",
@@ -102,9 +103,13 @@ def normed_layers(model: Any, layer_names: Sequence[str]) -> list[bool]:
 
 def _head_rows(unembed: nn.Module, token_ids: Sequence[int] | None) -> nn.Module | None:
     """A linear map to the logits of ``token_ids`` only (rows of the unembedding matrix), when
-    the unembedding is linear (``nn.Linear``, a tied embedding); ``None`` otherwise."""
+    the unembedding is linear (``nn.Linear``, a tied embedding; softcapped or not); ``None``
+    otherwise."""
     if token_ids is None:
         return None
+    if isinstance(unembed, SoftcappedUnembedding):
+        inner = _head_rows(unembed.head, token_ids)
+        return None if inner is None else SoftcappedUnembedding(inner, unembed.cap)
     weight = getattr(unembed, "weight", None)
     if weight is None and hasattr(unembed, "embedding"):  # TiedUnembedding
         weight = getattr(unembed.embedding, "weight", None)
@@ -171,7 +176,8 @@ def logit_lens(
     Args:
         model: a :class:`~probekit.LoadedModel` with an unembedding.
         features: ``(N, L', D)`` states (a tensor or array), or a
-            :class:`~probekit.FeatureCache` (read ``batch_size`` rows at a time).
+            :class:`~probekit.FeatureCache` or :class:`~probekit.CacheSubset` (read
+            ``batch_size`` rows at a time).
         label_token_ids: the ``K`` token ids to score (:func:`label_token_ids`).
         layer_names: the ``L'`` model layers of ``features`` (default: the cache's, or the
             model's when ``L' == len(model.layers)``).
@@ -204,8 +210,12 @@ def logit_lens(
     head = _head_rows(model.unembed, label_token_ids)
     out = torch.empty(n, len(layer_names), len(label_token_ids))
     if cache is not None:
+        from ..cache import cache_subset
+
+        names = list(layer_names)
         blocks: Any = (
-            x for x, _ in cache.batches(batch_size, layers=list(layer_names), pooling=pooling)
+            cache_subset(cache, np.arange(s, min(n, s + batch_size))).load(names, pooling)
+            for s in range(0, n, batch_size)
         )
     else:
         blocks = (features[s : s + batch_size] for s in range(0, n, batch_size))
