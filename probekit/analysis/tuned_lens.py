@@ -61,8 +61,9 @@ def token_states(
     kept = 0
     for s in range(0, len(texts), batch_size):
         chunk = [str(t) for t in texts[s : s + batch_size]]
-        ids = model.preprocess(chunk)["input_ids"]
-        mask = model.preprocess(chunk)["attention_mask"].bool() & ~torch.isin(ids, special)
+        inputs = model.preprocess(chunk)  # as record() pads this batch
+        ids = inputs["input_ids"]
+        mask = inputs["attention_mask"].bool() & ~torch.isin(ids, special)
         states = record(model, chunk, pooling="tokens", batch_size=len(chunk))
         block = torch.stack([states[f"{n}.tokens"][mask] for n in names], dim=1)
         parts.append(block)
