@@ -25,13 +25,34 @@ TEXTS = [
 ]
 
 
+WORDS = (
+    "the a cat dog sat ran on under mat tree and then looked at saw big small red probe reads "
+    "hidden states of frozen model positive negative words good great nice happy fine kind bad "
+    "awful sad grim mean cruel day 0 1 2"
+).split()
+
+
+def _word_tokenizer(path: str) -> None:
+    """A whole-word tokenizer over :data:`WORDS` (48 ids): a small vocabulary keeps the tests'
+    (tokens, vocab) logits small."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[EOS]", "[BOS]", "[UNK]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]"
+    )
+    fast.save_pretrained(path)
+
+
 def _causal_dir(tmp_path_factory, minilm_tokenizer_dir, kind: str) -> str:
     import transformers as T
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
     small = {
-        "vocab_size": 30522,
         "hidden_size": 32,
         "intermediate_size": 48,
         "num_hidden_layers": 2,
@@ -39,16 +60,24 @@ def _causal_dir(tmp_path_factory, minilm_tokenizer_dir, kind: str) -> str:
         "num_key_value_heads": 1,
         "max_position_embeddings": 128,
     }
-    if kind == "gemma3":  # tied head, softcapped logits
-        cfg = T.Gemma3TextConfig(
-            head_dim=16, sliding_window=4, final_logit_softcapping=30.0, **small
-        )
-        model = T.Gemma3ForCausalLM(cfg)
-    else:  # untied lm_head.weight
-        model = T.LlamaForCausalLM(T.LlamaConfig(tie_word_embeddings=False, **small))
     path = str(tmp_path_factory.mktemp(kind))
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_tokenizer_dir).save_pretrained(path)
+    if kind == "gemma3":  # tied head, softcapped logits, a 48-token vocabulary
+        cfg = T.Gemma3TextConfig(
+            vocab_size=len(WORDS) + 4,
+            head_dim=16,
+            sliding_window=4,
+            final_logit_softcapping=30.0,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=2,
+            **small,
+        )
+        T.Gemma3ForCausalLM(cfg).save_pretrained(path)
+        _word_tokenizer(path)
+    else:  # untied lm_head.weight, MiniLM's WordPiece tokenizer (sub-words)
+        cfg = T.LlamaConfig(vocab_size=30522, tie_word_embeddings=False, **small)
+        T.LlamaForCausalLM(cfg).save_pretrained(path)
+        AutoTokenizer.from_pretrained(minilm_tokenizer_dir).save_pretrained(path)
     return path
 
 
@@ -92,7 +121,7 @@ def test_hf_causal_decoder_gets_its_lm_head(causal):
     last = logits[:, -1]  # left padding: the last token of every text
     h = hs[-1][:, -1]
     torch.testing.assert_close(lens_logits(model, h, normed=True), last, rtol=1e-5, atol=1e-5)
-    ids = [5, 17, 2000]
+    ids = [5, 17, 40]
     torch.testing.assert_close(
         lens_logits(model, h, normed=True, token_ids=ids), last[:, ids], rtol=1e-5, atol=1e-5
     )
@@ -102,7 +131,7 @@ def test_logit_lens_last_layer_is_the_models_logits_inner_layers_by_hand(causal)
     model, ref = causal
     inputs, hs = _hidden(model, TEXTS)
     feats = torch.stack([h[:, -1] for h in hs], dim=1)  # (N, L+1, D) last-token states
-    ids = [7, 1000, 2001, 5000]
+    ids = [7, 10, 21, 40]
     scores = logit_lens(model, feats, ids, batch_size=2)  # (N, L+1, K), two batches
     assert scores.shape == (len(TEXTS), len(hs), len(ids))
     with torch.no_grad():
@@ -117,8 +146,8 @@ def test_logit_lens_last_layer_is_the_models_logits_inner_layers_by_hand(causal)
     assert not torch.allclose(scores[:, 0], scores[:, -1])  # the layers differ
 
 
-def test_label_words_must_be_one_token(causal):
-    model, _ = causal
+def test_label_words_must_be_one_token(tiny_llama):
+    model, _ = tiny_llama
     words = parse_label_words(" positive, negative")
     assert words == [" positive", " negative"]
     ids = label_token_ids(model.tokenizer, words)
@@ -271,11 +300,11 @@ def test_run_logit_and_tuned_lens(tiny_gemma, word_csv, tmp_path, monkeypatch):
 
 
 def test_run_lens_options_are_checked_before_extraction(
-    tiny_gemma, tiny_bert_dir, word_csv, tmp_path
+    tiny_llama, tiny_bert_dir, word_csv, tmp_path
 ):
     from probekit.pipeline import run
 
-    model, _ = tiny_gemma
+    model, _ = tiny_llama
     bad = {
         "needs a causal LM with its unembedding": (f"hf:{tiny_bert_dir}", " negative, positive"),
         r"label_words has 3 words .* 2 classes \(negative, positive\)": (
