@@ -204,7 +204,6 @@ def test_identity_translators_are_the_logit_lens(causal):
     assert logit["top1"][0] == pytest.approx(agree)
 
 
-@pytest.mark.slow
 def test_training_lowers_held_out_kl_and_round_trips(tiny_gemma, tmp_path):
     model, _ = tiny_gemma
     rng = np.random.default_rng(0)

@@ -23,11 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
 
 from ..errors import ConfigError
 from ..models.lm_head import SoftcappedUnembedding
 
 __all__ = [
+    "RowsHead",
+    "head_rows",
     "label_token_ids",
     "lens_logits",
     "logit_lens",
@@ -101,14 +104,31 @@ def normed_layers(model: Any, layer_names: Sequence[str]) -> list[bool]:
     return out
 
 
-def _head_rows(unembed: nn.Module, token_ids: Sequence[int] | None) -> nn.Module | None:
-    """A linear map to the logits of ``token_ids`` only (rows of the unembedding matrix), when
-    the unembedding is linear (``nn.Linear``, a tied embedding; softcapped or not); ``None``
-    otherwise."""
-    if token_ids is None:
-        return None
+class RowsHead(nn.Module):
+    """Rows of a linear unembedding, stored in one dtype: ``(..., D) -> (..., K)`` float32
+    logits (the input is cast to the weight's dtype: a bfloat16 copy makes a CPU matmul about
+    three times faster where bf16 is native, without autocast re-casting the matrix on every
+    call)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        w: Tensor = self.weight  # type: ignore[assignment]
+        b: Tensor | None = self.bias  # type: ignore[assignment]
+        return F.linear(hidden.to(w.dtype), w, None if b is None else b.to(w.dtype)).float()
+
+
+def head_rows(
+    unembed: nn.Module, token_ids: Sequence[int] | None, dtype: torch.dtype | None = None
+) -> nn.Module | None:
+    """A :class:`RowsHead` over the rows ``token_ids`` of the unembedding matrix (``None``: every
+    row), in ``dtype`` (default the matrix's), when the unembedding is linear (``nn.Linear``, a
+    tied embedding; softcapped or not); ``None`` otherwise."""
     if isinstance(unembed, SoftcappedUnembedding):
-        inner = _head_rows(unembed.head, token_ids)
+        inner = head_rows(unembed.head, token_ids, dtype)
         return None if inner is None else SoftcappedUnembedding(inner, unembed.cap)
     weight = getattr(unembed, "weight", None)
     if weight is None and hasattr(unembed, "embedding"):  # TiedUnembedding
@@ -118,14 +138,16 @@ def _head_rows(unembed: nn.Module, token_ids: Sequence[int] | None) -> nn.Module
     bias = getattr(unembed, "bias", None)
     if not isinstance(unembed, nn.Linear) and bias is not None:
         return None
-    idx = torch.as_tensor(list(token_ids), device=weight.device)
-    head = nn.Linear(weight.shape[1], len(idx), bias=bias is not None)
-    head.to(weight.device, weight.dtype)
+    dtype = dtype or weight.dtype
     with torch.no_grad():
-        head.weight.copy_(weight[idx])
-        if bias is not None:
-            head.bias.copy_(bias[idx])
-    return head.requires_grad_(False)
+        if token_ids is None:
+            w = weight.detach().to(dtype, copy=True)
+            b = None if bias is None else bias.detach().clone()
+        else:
+            idx = torch.as_tensor(list(token_ids), device=weight.device)
+            w = weight.detach()[idx].to(dtype)
+            b = None if bias is None else bias.detach()[idx].clone()
+    return RowsHead(w, b)
 
 
 def lens_logits(
@@ -153,7 +175,9 @@ def lens_logits(
     with torch.no_grad():
         if not normed:
             h = model.final_norm(h)
-        head = _head if _head is not None else _head_rows(model.unembed, token_ids)
+        head = (
+            _head if _head is not None or token_ids is None else head_rows(model.unembed, token_ids)
+        )
         if head is not None:
             return head(h).float()
         logits = model.unembed(h)
@@ -207,7 +231,7 @@ def logit_lens(
                 )
             layer_names = [s.name for s in model.layers]
     normed = normed_layers(model, layer_names)
-    head = _head_rows(model.unembed, label_token_ids)
+    head = head_rows(model.unembed, label_token_ids)
     out = torch.empty(n, len(layer_names), len(label_token_ids))
     if cache is not None:
         from ..cache import cache_subset

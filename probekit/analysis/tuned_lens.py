@@ -11,7 +11,7 @@ needs no translator.
 
 * :func:`token_states`: every layer of every (non-special, non-pad) token of a few texts,
   recorded in memory: ``(T, L + 1, D)``.
-* :func:`fit_tuned_lens`: train a :class:`TunedLens` (AdamW, bf16 autocast where native).
+* :func:`fit_tuned_lens`: train a :class:`TunedLens` (AdamW; the unembedding in bf16 where native).
 * :func:`lens_divergence`: per-layer ``KL(p_final || p_lens)`` and top-1 agreement with the final
   layer of the tuned lens or the logit lens on held-out tokens, over the whole vocabulary.
 * :class:`TunedLens` saves as ``tuned-lens.safetensors`` + ``tuned-lens.json`` (no pickle).
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
 from ..errors import ConfigError
-from .lens import _head_rows, normed_layers, require_unembedding
+from .lens import head_rows, normed_layers, require_unembedding
 
 __all__ = ["TunedLens", "fit_tuned_lens", "kl_divergence", "lens_divergence", "token_states"]
 
@@ -188,18 +188,26 @@ def _as_states(model: Any, data: Any, max_tokens: int | None) -> Tensor:
 
 class _Reader:
     """The model's final norm and unembedding (all of it, or the rows of a few token ids),
-    applied to one layer's states."""
+    applied to one layer's states; with ``bf16`` precision the unembedding matrix is a bfloat16
+    copy (the norm and the translators stay float32)."""
 
-    def __init__(self, model: Any, token_ids: Tensor | None = None) -> None:
+    def __init__(self, model: Any, token_ids: Tensor | None = None, precision: str = "fp32"):
+        from .._utils.runtime import resolve_precision
+
         require_unembedding(model, "the tuned lens")
         self.model = model
         self.normed = normed_layers(model, [s.name for s in model.layers])
-        head = None if token_ids is None else _head_rows(model.unembed, token_ids.tolist())
-        if token_ids is not None and head is None:
-            raise ConfigError("train_vocab needs a linear unembedding")
-        self.head = head if head is not None else model.unembed
         param = next(model.final_norm.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
+        self.precision = resolve_precision(precision, self.device.type)
+        dtype = torch.bfloat16 if self.precision == "bf16" else None
+        ids = None if token_ids is None else token_ids.tolist()
+        head = None
+        if ids is not None or dtype is not None:
+            head = head_rows(model.unembed, ids, dtype)
+        if ids is not None and head is None:
+            raise ConfigError("train_vocab needs a linear unembedding")
+        self.head = head if head is not None else model.unembed
 
     def __call__(self, hidden: Tensor, layer: int) -> Tensor:
         h = hidden if self.normed[layer] else self.model.final_norm(hidden)
@@ -231,14 +239,12 @@ def lens_divergence(
         mean ``KL(p_final || p_lens)`` in nats and the fraction of tokens whose top-1 token
         agrees with the final layer's (the last layer: 0 and 1).
     """
-    from ..recording.extraction import precision_context
-
-    reader = _Reader(model)
+    reader = _Reader(model, precision=precision)
     n_layers = len(model.layers)
     kl = torch.zeros(n_layers, dtype=torch.float64)
     top1 = torch.zeros(n_layers, dtype=torch.float64)
     last = n_layers - 1
-    with torch.no_grad(), precision_context(precision, reader.device):
+    with torch.no_grad():
         for s in range(0, states.shape[0], batch_size):
             block = states[s : s + batch_size].to(reader.device)
             target = F.log_softmax(reader(block[:, last], last), dim=-1)
@@ -305,7 +311,9 @@ def fit_tuned_lens(
             on a CPU); ``None``: the whole vocabulary, the reference's objective. Scores are
             always over the whole vocabulary.
         max_tokens: at most this many training (and held-out) tokens recorded from texts.
-        precision: ``auto`` (bf16 autocast where native), ``bf16`` or ``fp32``.
+        precision: ``auto`` (bf16 where the device computes it natively), ``bf16`` or ``fp32``:
+            the unembedding matmul in bfloat16 (a bfloat16 copy of its matrix; the norm, the
+            translators and the KL stay float32).
         seed: seeds the token batches.
         progress: print the loss every 25 steps.
 
@@ -313,17 +321,15 @@ def fit_tuned_lens(
         the trained :class:`TunedLens` (on the model's device); ``lens.info`` says how it was
         trained and how long it took.
     """
-    from ..recording.extraction import precision_context
-
     require_unembedding(model, "the tuned lens")
     if steps < 0 or batch_tokens < 1:
         raise ConfigError(f"steps must be >= 0 and batch_tokens >= 1, got {steps}, {batch_tokens}")
     t0 = time.perf_counter()
     states = _as_states(model, train, max_tokens)
     record_s = time.perf_counter() - t0
-    full = _Reader(model)
+    full = _Reader(model, precision=precision)
     vocab = None if train_vocab is None else _train_vocab(full, states, train_vocab, 64)
-    reader = full if vocab is None else _Reader(model, vocab)
+    reader = full if vocab is None else _Reader(model, vocab, precision)
     n_layers = states.shape[1]
     lens = TunedLens([s.name for s in model.layers], states.shape[2]).to(reader.device)
     opt = torch.optim.AdamW(lens.parameters(), lr=lr, weight_decay=weight_decay)
@@ -334,13 +340,12 @@ def fit_tuned_lens(
     for step in range(steps):
         idx = torch.randint(states.shape[0], (min(batch_tokens, states.shape[0]),), generator=gen)
         block = states[idx].to(reader.device)
-        with torch.no_grad(), precision_context(precision, reader.device):
+        with torch.no_grad():
             target = F.log_softmax(reader(block[:, -1], n_layers - 1), dim=-1)
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for layer in range(n_layers - 1):  # one backward per layer: one (B, V) graph at a time
-            with precision_context(precision, reader.device):
-                logits = reader(lens.transform(block[:, layer], layer), layer)
+            logits = reader(lens.transform(block[:, layer], layer), layer)
             loss = kl_divergence(target, logits).mean()
             loss.backward()
             total += float(loss.detach())
@@ -359,7 +364,7 @@ def fit_tuned_lens(
         "weight_decay": weight_decay,
         "train_vocab": None if vocab is None else int(vocab.numel()),
         "train_tokens": int(states.shape[0]),
-        "precision": precision,
+        "precision": reader.precision,
         "seed": seed,
         "record_seconds": round(record_s, 2),
         "train_seconds": round(train_s, 2),
