@@ -1,4 +1,4 @@
-"""The whole flow, extract -> fit -> attribute -> report, from a config or the CLI.
+"""The whole flow, extract -> fit -> lenses -> attribute -> report, from a config or the CLI.
 
 ``probekit run [CONFIG]`` and :func:`run` make identical run folders (the options live in
 :mod:`probekit.runs.config`, the folder's layout in :mod:`probekit.runs.folder`). A config file
@@ -23,6 +23,7 @@ from .runs.config import DEFAULT_RUN_OPTIONS, RunConfig, load_config_dicts, run_
 from .runs.extract import extract_stage, validate_run
 from .runs.fit import fit_stage
 from .runs.folder import write_config
+from .runs.lens import lens_stage
 
 __all__ = ["resolve_configs", "run", "run_one"]
 
@@ -36,6 +37,7 @@ def run_one(cfg: RunConfig, progress: bool = True) -> Path:
     cache = extract_stage(cfg, progress=progress)
     random_cache = extract_stage(cfg, progress, random_init=True) if cfg.compare_random else None
     fit_stage(cache, cfg, progress=progress, random_cache=random_cache)
+    lens_stage(cache, cfg, progress=progress)  # label_words, tuned_lens
     attribute_stage(run_dir, seed=cfg.seed)
     write_figures(run_dir, formats=cfg.figures)
     write_report(run_dir)

@@ -224,3 +224,23 @@ def test_cache_root_follows_the_conventions(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "xdg" / "probekit"
     monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "pk"))
     assert cache_root() == tmp_path / "pk"
+
+
+@pytest.mark.slow
+def test_logit_lens_says_paris_at_the_last_layer(gemma):
+    """The logit lens over two one-token words: its last layer is the LM's own logits (the head
+    is checked against AutoModelForCausalLM above); the lens's inner layers are final_norm then
+    the head."""
+    from probekit.analysis.lens import label_token_ids, logit_lens
+
+    ids = label_token_ids(gemma.tokenizer, [" Paris", " London"])
+    inputs = gemma.preprocess(["The capital of France is"])
+    with torch.no_grad():
+        hs = gemma.model(**inputs, output_hidden_states=True).hidden_states
+        feats = torch.stack([h[:, -1] for h in hs], dim=1)  # (1, 19, 640)
+        scores = logit_lens(gemma, feats, ids)  # (1, 19, 2)
+        own = gemma.unembed(hs[-1][:, -1])[:, ids]
+        inner = gemma.unembed(gemma.final_norm(hs[9][:, -1]))[:, ids]
+    torch.testing.assert_close(scores[:, -1], own, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(scores[:, 9], inner, rtol=1e-5, atol=1e-4)
+    assert scores[0, -1].argmax() == 0  # " Paris"

@@ -122,7 +122,8 @@ class LoadedModel:
         inputs: ``inputs(batch) -> dict``: a text model's inputs from a tokenizer's batch
             (left-padded decoders also get ``position_ids``), for word- and token-level reads.
         unembed: a causal LM's unembedding (``lm_head``), where the model comes with one
-            (``bundled:gemma3-270m``), else ``None``: ``unembed(final_norm(h))`` are the
+            (``bundled:gemma3-270m``; an ``hf:`` causal decoder whose checkpoint has an LM
+            head, see :mod:`probekit.models.lm_head`), else ``None``: ``unembed(final_norm(h))`` are the
             next-token logits of a residual-stream state ``h`` (``(..., d) -> (..., vocab)``).
             The last layer (``hidden_states[L]``) is already normed: ``unembed`` of it gives
             the model's own logits. Moved with the model; not part of ``info``.
@@ -513,6 +514,7 @@ def _load_hf(
     tokenizer: Any = None
     limit: int | None = None
     positions = False
+    decoder = False
     try:
         if vision:
             from transformers import AutoImageProcessor
@@ -590,6 +592,17 @@ def _load_hf(
         _count_long=count_long,
     )
     holder["model"] = loaded
+    if kind == "text" and decoder and quantization is None:
+        from .lm_head import causal_lm_head
+
+        loaded.unembed, loaded.final_norm = causal_lm_head(
+            model,
+            config,
+            name,
+            revision=revision,
+            pretrained=weights == "pretrained",
+            checkpoint=checkpoint,
+        )
     return loaded
 
 

@@ -21,6 +21,7 @@ from ..runs.folder import read_config, read_metrics
 from ..runs.task import Task, get_task
 from .binary import binary_figures, binary_head_cells, binary_layer_cells
 from .classes import class_figures
+from .lens import lens_figures, lens_tables
 from .regression import regression_figures, regression_tables
 from .science import science_figures, science_tables
 from .text import text_view_figure
@@ -152,6 +153,7 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     task = get_task(metrics)
     figs = _layer_figure(metrics, task)
     figs += [Figure(**f) for f in binary_figures(metrics)]  # binary runs: the AUROC curve
+    figs += [Figure(**f) for f in lens_figures(metrics)]
     if task.name == "regression":
         specs = regression_figures(metrics, summary, arrays, head_layers, cap, seed, chunk)
         return figs + [Figure(*spec) for spec in specs]
@@ -437,6 +439,7 @@ def write_report(run_dir: str | Path) -> Path:
 <h2>Per-layer linear probes</h2>
 {layer_table}
 {science_tables(metrics)}
+{lens_tables(metrics)}
 <h2>Figures</h2>
 {"".join(parts)}
 </body></html>"""

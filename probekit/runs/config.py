@@ -108,6 +108,15 @@ def parse_json(value: Any) -> Any:
         raise ConfigError(f"not valid JSON: {value!r} ({err.msg})") from None
 
 
+def parse_words(value: Any) -> list[str] | None:
+    """``" negative, positive"`` -> ``[" negative", " positive"]``: split on commas, every space
+    kept (a leading space is part of most tokenisers' word tokens); a list is kept."""
+    if value is None:
+        return None
+    words = value.split(",") if isinstance(value, str) else [str(w) for w in value]
+    return [w for w in words if w.strip()] or None
+
+
 def parse_bool(value: Any) -> bool:
     """``true/false/yes/no/1/0`` (any case) or a bool."""
     if isinstance(value, bool):
@@ -236,6 +245,15 @@ class RunConfig:
         compare_random: also record and probe the model's architecture at a random init seeded
             with ``init_seed`` (its own cache, ``RUN/cache-random``), and draw both per-layer
             curves in one figure.
+        label_words: the logit lens (:func:`probekit.analysis.lens.logit_lens`): one word per
+            class, in the order of the data's class names (``label_names``), each a single token
+            of the model's tokenizer, spaces kept (``" negative, positive"``); the lens predicts
+            the class whose word gets the highest logit, per layer, on the test split
+            (``metrics["logit_lens"]``). Needs a causal LM with its unembedding
+            (``bundled:gemma3-270m``, ``hf:`` causal decoders with an LM head) and classification.
+        tuned_lens: train a tuned lens (:func:`probekit.analysis.tuned_lens.fit_tuned_lens`) on
+            the token rows of the train split's texts, score it and the logit lens on the test
+            split's (``metrics["tuned_lens"]``, ``RUN/tuned-lens/``).
         figures: image formats to export besides HTML (``png``, ``svg``, ``pdf``).
         out: the folder that holds run folders.
         cache: the feature cache folder (default ``RUN/cache``).
@@ -391,6 +409,18 @@ class RunConfig:
     compare_random: bool = option(
         False, "also probe the random-init model; both curves in the report", parse=parse_bool
     )
+    label_words: list[str] | None = option(
+        None,
+        "logit lens: one single-token word per class, in the order of the class names, spaces "
+        "kept (' negative, positive'); needs a causal LM with its unembedding",
+        parse=parse_words,
+    )
+    tuned_lens: bool = option(
+        False,
+        "train a tuned lens on the run's texts: per-layer KL and top-1 agreement with the final "
+        "layer, tuned vs logit lens",
+        parse=parse_bool,
+    )
     figures: list[str] = option(
         help="image formats besides HTML: png, svg, pdf (comma-separated)",
         parse=parse_list,
@@ -521,6 +551,18 @@ class RunConfig:
             )
         if self.control and "linear" not in self.probes:
             raise ConfigError("control needs the linear probe: add linear to probes")
+        if self.label_words is not None and self.task == "regression":
+            raise ConfigError("label_words (the logit lens) needs classes; drop it for regression")
+        if (
+            self.label_words is not None
+            and self.unit == "sample"
+            and self.pooling is not None
+            and "last" not in expand_poolings(self.pooling)
+        ):
+            raise ConfigError(
+                f"label_words reads the last token (next-token logits): pooling {self.pooling!r} "
+                "must include last"
+            )
         if self.random_init and self.compare_random:
             raise ConfigError(
                 "compare_random compares the trained model with its random init; "

@@ -79,6 +79,10 @@ def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool = Fal
         options.update(weights="random", seed=cfg.init_seed or 0)
         folder = cfg.random_cache_dir
     model = load_model(cfg.model, **options)
+    if not random_init:
+        from .lens import check_lens_options
+
+        check_lens_options(cfg, model, data.label_names)  # before the first forward
     cache = extract(model, data, folder, progress=progress, **cfg.stage_options("extract"))
     if cfg.task == "regression":
         write_targets(folder, data.targets, data.target_name, data.fingerprint)

@@ -8,6 +8,7 @@
       split.json             train / test sample positions (seeded; stratified for classification)
       probes/<head>/         model.safetensors + config.json for every head
       metrics.json, metrics.csv, per_class.csv (classification)
+      tuned-lens/            tuned-lens.safetensors + tuned-lens.json (tuned_lens runs)
       attribution/<head>.safetensors + attribution.json
       figures/*.html (+ .png where a Chromium is found)
       report.html
