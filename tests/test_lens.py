@@ -263,7 +263,7 @@ def _cfg(model, data, tmp_path, **kw):
 def test_run_logit_and_tuned_lens(tiny_gemma, word_csv, tmp_path, monkeypatch):
     import json
 
-    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     from probekit import FeatureCache
     from probekit.pipeline import run
@@ -289,6 +289,8 @@ def test_run_logit_and_tuned_lens(tiny_gemma, word_csv, tmp_path, monkeypatch):
             logits = torch.tanh(ref.lm_head(h) / cap) * cap
             pred = logits[:, lens["token_ids"]].argmax(-1).numpy()
             assert row["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+            margin = (logits[:, lens["token_ids"][1]] - logits[:, lens["token_ids"][0]]).numpy()
+            assert row["auroc"] == pytest.approx(roc_auc_score(y, margin), abs=1e-6)
     tuned = metrics["tuned_lens"]
     assert tuned["info"]["steps"] == 5 and tuned["tuned"]["layers"] == model.layer_names
     assert len(tuned["tuned"]["kl"]) == len(tuned["logit"]["kl"]) == len(model.layers)

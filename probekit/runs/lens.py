@@ -105,12 +105,17 @@ def lens_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, A
         y = np.asarray(cache.labels)[test]
         idx = bootstrap_indices(int(test.size), cfg.bootstrap, cfg.seed)  # the fit's resamples
         task = get_task(metrics)
+        # a binary task's lens score: the logit of the second label word minus the first's
+        margin = (scores[..., 1] - scores[..., 0]).numpy() if scores.shape[-1] == 2 else None
         out["logit_lens"] = {
             "label_words": list(cfg.label_words),
             "token_ids": ids,
             "pooling": pooling,
             "per_layer": [
-                {"layer": name, **task.score(y, pred[:, j], idx)}
+                {
+                    "layer": name,
+                    **task.score(y, pred[:, j], idx, None if margin is None else margin[:, j]),
+                }
                 for j, name in enumerate(cache.layer_names)
             ],
         }
