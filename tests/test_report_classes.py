@@ -317,7 +317,6 @@ def test_token_view_draws_the_sub_word_tokens_coloured_by_their_rows(
     assert n_colored == sum(len(cache.rows_of(int(ln[1:].split(" ")[0]))) for ln in lines)
 
 
-@pytest.mark.slow
 def test_span_view_draws_one_line_per_span_its_words_coloured(tiny_bert_dir, tmp_path):
     from probekit.data import sources
     from probekit.data.sources import register_data_source

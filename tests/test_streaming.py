@@ -126,7 +126,6 @@ WORD_ROWS = [
 ] * 3
 
 
-@pytest.mark.slow
 def test_word_data_streams_into_the_same_word_cache(tiny_bert_dir, tmp_path):
     """``hf:`` word data (a tokens column, a per-word tags column) read whole and as a stream:
     the same words, tags and fingerprint as ``jsonl:`` reads from the same lines, and the
