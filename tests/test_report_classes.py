@@ -141,6 +141,25 @@ def _check_cluster_bootstrap(metrics, cache, test, y, pred) -> None:
     assert got == pytest.approx(np.percentile(values, [2.5, 97.5]).tolist(), abs=1e-12)
 
 
+def _check_outlines(fig):
+    """Every layer's bars (and so its legend swatch) are outlined in its own colour; the red
+    outlines are one trace over exactly the mispredicted cells."""
+    wrong, cells = set(), set()
+    for trace in fig.data:
+        pairs = {(line, tuple(c[:2])) for line, c in zip(trace.y, trace.customdata, strict=True)}
+        if trace.name == "wrong prediction":
+            assert trace.marker.line.color == "#d62728" and trace.marker.color == "rgba(0,0,0,0)"
+            wrong = pairs
+            continue
+        assert trace.marker.line.color == trace.marker.color, trace.name  # one colour, a str
+        cells |= {
+            (line, tuple(c[:2]))
+            for line, c in zip(trace.y, trace.customdata, strict=True)
+            if c[3] is not None and c[4] is not None and c[3] != c[4]
+        }
+    assert wrong == cells
+
+
 def test_text_view_words_and_colours_are_the_cache_rows_and_attribution_argmax(word_run):
     from probekit.report.arrays import AttributionFile
     from probekit.report.html import build_figures, write_report
@@ -151,9 +170,12 @@ def test_text_view_words_and_colours_are_the_cache_rows_and_attribution_argmax(w
     f = AttributionFile(word_run / "attribution" / "laya.safetensors")
     weights, predictions = f["layer_weights"], f["predictions"]
     fig = {g.name: g for g in build_figures(word_run)}["text-layers"].figure
+    _check_outlines(fig)
     where = {int(r): i for i, r in enumerate(test)}
     seen: dict[int, dict[int, tuple]] = {}
     for trace in fig.data:
+        if trace.name == "wrong prediction":
+            continue
         for cell, text, line in zip(trace.customdata, trace.text, trace.y, strict=True):
             _, j, word, true, pred, layer, _ = cell
             s = int(line.split(" ")[0].removeprefix("#"))  # the row: "#<input>", "#<input> (2)"
@@ -219,3 +241,135 @@ def test_displays_equal_scikit_learn_on_random_predictions():
     assert {c[2] for c in cells} == {"sentence 0"} | {f"sentence 0 ({k})" for k in range(2, 6)}
     by_trace = {t.name: [c[2] for c in t.customdata] for t in view.figure_.data}
     assert by_trace["l1"] == [f"w{i:02d}" for i in range(1, 40, 3)]
+
+
+def load_spans(source, spec, options):
+    """Each sentence's noun phrases (DET [ADJ] NOUN) as NP spans and its verb as a VP span."""
+    from probekit.data import span_dataset
+
+    words, tags = _sentences(int(source))
+    spans = []
+    for ts in tags:
+        row, start = [], 0
+        for j, t in enumerate(ts):
+            if t == "NOUN":
+                row.append((start, j + 1, "NP"))
+            elif t == "VERB":
+                row.append((j, j + 1, "VP"))
+                start = j + 1
+        spans.append(row)
+    return span_dataset(words, spans, name="spantoy", spec=spec, options={"n": int(source)})
+
+
+def _unit_run(tiny_bert_dir, tmp_path, unit, data):
+    cfg = RunConfig(
+        name=unit,
+        model=f"hf:{tiny_bert_dir}",
+        data=data,
+        unit=unit,
+        probes=["linear"],
+        out=str(tmp_path / "runs"),
+        bootstrap=10,
+        figures=[],
+        device="cpu",
+        precision="fp32",
+    )
+    (run_dir,) = run(cfg, progress=False)
+    return run_dir
+
+
+def _view_cells(run_dir):
+    """The text view's cells by line, its layer traces skipped of the outline trace."""
+    from probekit.report.html import build_figures
+
+    fig = {g.name: g for g in build_figures(run_dir)}["text-layers"].figure
+    _check_outlines(fig)
+    lines: dict[str, dict[int, tuple]] = {}
+    for trace in fig.data:
+        if trace.name == "wrong prediction":
+            continue
+        for cell, text, line in zip(trace.customdata, trace.text, trace.y, strict=True):
+            assert text == cell[2]
+            lines.setdefault(line, {})[int(cell[1])] = (cell[2], cell[3], cell[4], cell[5])
+    return fig, lines
+
+
+@pytest.mark.slow
+def test_token_view_draws_the_sub_word_tokens_coloured_by_their_rows(
+    tiny_bert_dir, tmp_path, wordtoy_source
+):
+    from transformers import AutoTokenizer
+
+    from probekit.report.arrays import AttributionFile
+
+    run_dir = _unit_run(tiny_bert_dir, tmp_path, "token", "wordtoy:30")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    cache, test, _, _ = _test_rows(run_dir)
+    names, layers = metrics["label_names"], metrics["layer_names"]
+    f = AttributionFile(run_dir / "attribution" / "linear.safetensors")
+    drops, predictions = f["ablation"], f["predictions"]
+    fig, lines = _view_cells(run_dir)
+    assert "each token" in fig.layout.title.text
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    where = {int(r): i for i, r in enumerate(test)}
+    assert 0 < len(lines) <= 12
+    n_colored = 0
+    for line, cells in lines.items():
+        s = int(line.removeprefix("#").split(" ")[0])
+        enc = tok(cache.texts[s].split(" "), is_split_into_words=True)
+        real = [t for t, w in enumerate(enc.word_ids()) if w is not None]
+        # every sub-word token of the sentence, once, in order, specials left out
+        assert sorted(cells) == real
+        strings = tok.convert_ids_to_tokens(enc["input_ids"])
+        assert [cells[t][0] for t in real] == [strings[t] for t in real]
+        rows = {int(cache.positions[r]): r for r in cache.rows_of(s)}
+        for t, (_, true, pred, layer) in cells.items():
+            if t not in rows:
+                assert layer is None and true is None and strings[t] == "!"
+                continue
+            p = where[int(rows[t])]
+            assert layer == layers[int(np.argmax(drops[p]))]
+            assert true == names[int(cache.labels[rows[t]])]
+            assert pred == names[int(predictions[p])]
+            n_colored += 1
+    assert n_colored == sum(len(cache.rows_of(int(ln[1:].split(" ")[0]))) for ln in lines)
+
+
+def test_span_view_draws_one_line_per_span_its_words_coloured(tiny_bert_dir, tmp_path):
+    from probekit.data import sources
+    from probekit.data.sources import register_data_source
+    from probekit.report.arrays import AttributionFile
+
+    before = dict(sources._SOURCES)
+    register_data_source("spantoy", load_spans)
+    try:
+        run_dir = _unit_run(tiny_bert_dir, tmp_path, "span", "spantoy:30")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        cache, test, _, _ = _test_rows(run_dir)
+        f = AttributionFile(run_dir / "attribution" / "linear.safetensors")
+        drops, predictions = f["ablation"], f["predictions"]
+        fig, lines = _view_cells(run_dir)
+        data = load_spans("30", "spantoy:30", None)
+    finally:
+        sources._SOURCES.clear()
+        sources._SOURCES.update(before)
+    names, layers = metrics["label_names"], metrics["layer_names"]
+    assert "each span" in fig.layout.title.text
+    where = {int(r): i for i, r in enumerate(test)}
+    assert 0 < len(lines) <= 30
+    for line, cells in lines.items():
+        s, j = int(line.split(" ")[0][1:]), int(line.split(" ")[2])
+        ws = cache.texts[s].split(" ")
+        assert [cells[w][0] for w in range(len(ws))] == ws  # the whole sentence, in order
+        (row,) = [r for r in cache.rows_of(s) if int(cache.positions[r]) == j]
+        a, e = data.units.spans[s][j].tolist()
+        p = where[int(row)]
+        for w, (_, true, pred, layer) in cells.items():
+            if a <= w < e:
+                assert layer == layers[int(np.argmax(drops[p]))]
+                assert (true, pred) == (names[int(cache.labels[row])], names[int(predictions[p])])
+            else:
+                assert layer is None and true is None
+    # every span of the drawn sentences has its line (at most 30 lines)
+    drawn = {int(ln.split(" ")[0][1:]) for ln in lines}
+    assert len(lines) == min(30, sum(len(cache.rows_of(s)) for s in drawn))

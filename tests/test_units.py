@@ -106,6 +106,34 @@ def test_word_rows_equal_hidden_states_pooled_by_word_ids(minilm, words_data, tm
         assert len(cache) > sum(map(len, labelled))  # words split into several tokens
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pool_units_equals_a_naive_loop(dtype):
+    """The one-gather pooling against a per-row loop: words of 1-8 sub-words in a padded
+    batch, rows in any token order, bf16 layers pooled in float32."""
+    from probekit.recording.units import pool_units
+
+    rng = np.random.default_rng(0)
+    hidden = torch.randn(6, 30, 16).to(dtype)  # (B, T, D)
+    groups = []
+    for b in range(6):
+        t = int(rng.integers(0, 3))
+        while t < 22:
+            k = int(rng.integers(1, 9)) if rng.random() < 0.4 else 1
+            groups.append(b * 30 + np.arange(t, t + k))
+            t += k
+    groups = [groups[i] for i in rng.permutation(len(groups))]
+    flat = hidden.reshape(-1, 16).float()
+    for how in ("mean", "first", "last"):
+        pick = {"mean": lambda g: flat[g].mean(0), "first": lambda g: flat[g[0]]}
+        ref = torch.stack(
+            [pick.get(how, lambda g: flat[g[-1]])(torch.as_tensor(g)) for g in groups]
+        )
+        got = pool_units(hidden, groups, how)
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    assert pool_units(hidden, [], "mean").shape == (0, 16)
+
+
 def test_left_padding_maps_the_same_words(tiny_gpt2_dir, tmp_path):
     lm = load_model(tiny_gpt2_dir)
     data = word_dataset(WORDS, TAGS, name="words", spec="test:words")

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import DataError
 from .common import _encode_labels, _subset
 from .dataset import Dataset
+from .word_data import tagged_words
 
 _TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "image", "img")
 _LABEL_COLUMNS = ("label", "labels", "class", "target")
@@ -71,7 +72,9 @@ def _load_hf(
     column defaults to the first of ``text, sentence, content, review, document, image, img``,
     else the first string or image column; the label column to ``label, labels, class, target``.
     A ``ClassLabel`` column gives ``label_names``; other labels are mapped to sorted names. An
-    ``Image`` column makes image data (decoded lazily). The fingerprint uses the dataset's own
+    ``Image`` column makes image data (decoded lazily). A list-of-strings item column (e.g.
+    ``text_column="tokens"``) with a list label column (``"tags"``, ``"upos"``: strings, or a
+    list of ``ClassLabel``) makes word-level data (:func:`word_data`). The fingerprint uses the dataset's own
     ``_fingerprint`` plus the labels (and texts).
 
     The same data read as a stream: :func:`.hf_stream._load_hf_stream`.
@@ -102,12 +105,6 @@ def _load_hf(
     is_item = _is_item(datasets, features)
     item_col = _pick_column(columns, text_column, _TEXT_COLUMNS, "text", where, is_item)
     label_col = _pick_column(columns, label_column, _LABEL_COLUMNS, "label", where)
-    raw = list(ds[label_col])
-    labels, names = _class_labels(raw, features[label_col], label_col, where)
-    keep = _subset(labels, limit, seed)
-    if keep is not None:
-        ds = ds.select(keep.tolist())
-        labels = labels[keep]
     options = {
         "split": split,
         "text_column": item_col,
@@ -115,6 +112,22 @@ def _load_hf(
         "limit": limit,
         "seed": seed,
     }
+    if _is_word_column(features[item_col]):
+        return word_data(
+            list(ds[item_col]),
+            list(ds[label_col]),
+            features[label_col],
+            where=where,
+            name=display,
+            spec=spec,
+            options=options,
+        )
+    raw = list(ds[label_col])
+    labels, names = _class_labels(raw, features[label_col], label_col, where)
+    keep = _subset(labels, limit, seed)
+    if keep is not None:
+        ds = ds.select(keep.tolist())
+        labels = labels[keep]
     if isinstance(features[item_col], datasets.Image):
         fp = str(getattr(ds, "_fingerprint", ""))
 
@@ -173,13 +186,78 @@ def _saved_split(datasets: Any, local: Path, split: str | None) -> tuple[Any, st
 
 
 def _is_item(datasets: Any, features: Any) -> Callable[[str], bool]:
-    """Whether a column can hold the items: an ``Image`` or a string column."""
+    """Whether a column can hold the items: an ``Image``, a string or a list-of-strings column."""
 
     def is_item(c: str) -> bool:
         f = features[c]
-        return isinstance(f, datasets.Image) or getattr(f, "dtype", None) in (
-            "string",
-            "large_string",
-        )
+        return isinstance(f, datasets.Image) or _is_word_column(f) or _is_string(f)
 
     return is_item
+
+
+def _is_string(feature: Any) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def _list_item(feature: Any) -> Any | None:
+    """The element feature of a list column (``List``/``Sequence``/``LargeList``), else ``None``."""
+    if isinstance(feature, list) and len(feature) == 1:  # the old [Value(...)] spelling
+        return feature[0]
+    if type(feature).__name__ in ("List", "Sequence", "LargeList"):
+        return getattr(feature, "feature", None)
+    return None
+
+
+def _is_word_column(feature: Any) -> bool:
+    """A column of word lists: a list of strings per row."""
+    return _is_string(_list_item(feature))
+
+
+def word_data(
+    words: list[Any],
+    tags: list[Any],
+    tag_feature: Any,
+    *,
+    where: str,
+    name: str,
+    spec: str,
+    options: dict[str, Any],
+) -> Dataset:
+    """Word-level data of an ``hf:`` dataset (read whole or streamed): per row a list of words
+    and a list of as many tags (strings or ints, or ``ClassLabel`` indices; ``None`` / ``-1``:
+    unlabelled). The classes are the ``ClassLabel`` names, else the sorted distinct tags; a
+    ``limit`` subset is stratified by each row's most frequent tag, as for ``conllu:``.
+
+    Raises:
+        DataError: a label column that is not a list per row, rows whose tags do not match their
+            words one to one.
+    """
+    inner = _list_item(tag_feature)
+    if inner is None:
+        raise DataError(
+            f"{where}: the text column holds word lists, so the label column needs a list of "
+            f"tags per row (one per word); {options['label_column']!r} is {tag_feature}"
+        )
+    class_names = list(inner.names) if type(inner).__name__ == "ClassLabel" else None
+    out_words: list[list[str]] = []
+    out_tags: list[list[Any]] = []
+    for i, (ws, ts) in enumerate(zip(words, tags, strict=True)):
+        ws, ts = list(ws or []), list(ts or [])
+        if len(ws) != len(ts):
+            raise DataError(f"{where}: row {i} has {len(ws)} words but {len(ts)} tags")
+        out_words.append([str(w) for w in ws])
+        if class_names is not None:
+            out_tags.append([None if t is None or t < 0 else class_names[t] for t in ts])
+        else:
+            out_tags.append([None if t is None else str(t) for t in ts])
+    names = class_names or sorted({t for row in out_tags for t in row if t is not None})
+    return tagged_words(
+        out_words,
+        out_tags,
+        name=name,
+        spec=spec,
+        options=options,
+        label_names=names,
+        limit=options["limit"],
+        seed=options["seed"],
+    )

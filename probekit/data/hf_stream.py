@@ -3,6 +3,8 @@
 the whole dataset.
 
 Text data: one pass over the text and label columns; the texts and labels are kept in memory.
+Word data (a list-of-words column and a list-of-tags column): the same, into the word-level
+dataset the data read whole gives (:func:`.hf.word_data`).
 
 Image data: one pass over the label column (the labels are kept, ``(N,)`` int64); the images are
 read afterwards, in order, as extraction asks for them. Encoded rows arrive in Arrow chunks of
@@ -33,10 +35,12 @@ from .hf import (
     _TEXT_COLUMNS,
     _class_labels,
     _is_item,
+    _is_word_column,
     _load_hf,
     _pick_column,
     _saved_split,
     _saved_to_disk,
+    word_data,
 )
 from .sources import DataOptions
 
@@ -91,6 +95,15 @@ def _load_hf_stream(
         "limit": limit,
         "seed": seed,
     }
+    if _is_word_column(features[item_col]):  # word lists and their tags: one pass
+        words: list[Any] = []
+        tags: list[Any] = []
+        for row in ds.select_columns([item_col, label_col]):
+            words.append(row[item_col])
+            tags.append(row[label_col])
+        return word_data(
+            words, tags, features[label_col], where=where, name=display, spec=spec, options=options
+        )
     if not isinstance(features[item_col], datasets.Image):
         texts: list[str] = []
         raw: list[Any] = []

@@ -24,7 +24,7 @@ from .classes import class_figures
 from .lens import lens_figures, lens_tables
 from .regression import regression_figures, regression_tables
 from .science import science_figures, science_tables
-from .text import text_view_figure
+from .text import text_view_figure, text_view_spans
 
 __all__ = ["Figure", "build_figures", "write_figures", "write_report"]
 
@@ -172,8 +172,17 @@ def build_figures(run_dir: str | Path, max_samples: int | None = None) -> list[F
     best = _best_weight_head(metrics, arrays, task)
     viewed = best or task.best({h: metrics["heads"][h] for h in arrays if h in metrics["heads"]})
     if viewed is not None:
+        spans = text_view_spans(run["cfg"], cache) if cache.unit == "span" else None
         view = text_view_figure(
-            cache, test, viewed, arrays[viewed], head_layers[viewed], label_names, seed, chunk
+            cache,
+            test,
+            viewed,
+            arrays[viewed],
+            head_layers[viewed],
+            label_names,
+            seed,
+            chunk,
+            spans=spans,
         )
         if view is not None:
             figs.append(Figure(**view))

@@ -90,12 +90,14 @@ def extract_stage(cfg: RunConfig, progress: bool = True, random_init: bool = Fal
 
 
 def _labels_of(data: Any, unit: str) -> np.ndarray:
-    """The labels the rows will have: a word-level dataset's word labels (``-1``, unlabelled,
-    left out) for a unit cache, else the per-sample labels (for word data only a stand-in)."""
+    """The labels the rows will have: a word-level dataset's word labels (a span run: its span
+    labels; ``-1``, unlabelled, left out) for a unit cache, else the per-sample labels (for word
+    data only a stand-in)."""
     units = getattr(data, "units", None)
     if unit == "sample" or units is None:
         return np.asarray(data.labels)
-    labels = np.concatenate([np.asarray(lab) for lab in units.labels])
+    per_row = units.span_labels if unit == "span" else units.labels  # spans: their own tags
+    labels = np.concatenate([np.asarray(lab) for lab in per_row or []] or [np.zeros(0)])
     return labels[labels >= 0]
 
 

@@ -3,7 +3,9 @@
 For word-level (token) probing: one row per sentence (long ones wrap), a word a cell as wide as
 the word, coloured by a layer (one legend entry per layer, early to late along a sequential
 scale); hovering shows the word, its true and predicted class and the layer. Unscored words
-(no label) are grey; a mispredicted word has a red outline.
+(no label) are grey; a mispredicted word has a red outline, drawn by its own legend entry
+(``"wrong prediction"``) so that no layer's swatch carries it. The same display draws sub-word
+tokens (token rows) or one line per span, its words coloured and the rest grey (span rows).
 """
 
 from __future__ import annotations
@@ -49,11 +51,16 @@ class WordLayerDisplay(_FigureBundle):
         scores: ``S`` lists of the attribution at the chosen layer per word, or None.
         sentence_names: ``S`` row labels (default ``"sentence i"``).
         value_name: what the scores are (hover text).
+        positions: ``S`` lists of the position recorded for each word (``customdata[1]``;
+            default its index in the sentence), e.g. a token's index in the tokenizer's encoding.
+        none_name: the legend entry of the grey words (default ``"no label"``).
 
     Attributes:
         figure_: the plotly figure after :meth:`plot`: one bar trace per layer that colours a
-            word (named after it) and ``"no label"``; each bar's ``customdata`` is
-            ``[sentence, word position, word, true, predicted, layer, score]``.
+            word (named after it), one for ``none_name`` and, when a prediction is wrong, a
+            ``"wrong prediction"`` trace of red outlines over those words (no fill, no text);
+            each bar's ``customdata`` is ``[sentence, position, word, true, predicted, layer,
+            score]``.
     """
 
     def __init__(
@@ -66,6 +73,8 @@ class WordLayerDisplay(_FigureBundle):
         scores: Sequence[Sequence[float | None]] | None = None,
         sentence_names: Sequence[str] | None = None,
         value_name: str = "attribution",
+        positions: Sequence[Sequence[int]] | None = None,
+        none_name: str = "no label",
     ) -> None:
         self.words = [[str(w) for w in ws] for ws in words]
         self.layers = [[int(v) for v in ls] for ls in layers]
@@ -85,6 +94,14 @@ class WordLayerDisplay(_FigureBundle):
             else [f"sentence {i}" for i in range(len(self.words))]
         )
         self.value_name = value_name
+        if positions is not None and [len(r) for r in positions] != shapes:
+            raise ValueError("positions must give one entry per word of every sentence")
+        self.positions = (
+            [list(range(n)) for n in shapes]
+            if positions is None
+            else [[int(v) for v in r] for r in positions]
+        )
+        self.none_name = none_name
 
     def plot(
         self,
@@ -117,18 +134,24 @@ class WordLayerDisplay(_FigureBundle):
                 true = None if self.true is None else self.true[s][j]
                 pred = None if self.predicted is None else self.predicted[s][j]
                 score = None if self.scores is None else self.scores[s][j]
-                data = [s, j, w, true, pred, self.layer_names[layer] if layer >= 0 else None, score]
+                name = self.layer_names[layer] if layer >= 0 else None
+                data = [s, self.positions[s][j], w, true, pred, name, score]
                 wrong = true is not None and pred is not None and true != pred
                 cells.setdefault(layer, []).append((line, cursor, size - 0.6, w, data, wrong))
                 cursor += size
         fig = go.Figure()
+        hover = (
+            "<b>%{customdata[2]}</b><br>true %{customdata[3]}"
+            "<br>predicted %{customdata[4]}<br>layer %{customdata[5]}"
+            f"<br>{self.value_name} %{{customdata[6]:.3f}}<extra></extra>"
+        )
         for layer in sorted(cells, key=lambda v: (v < 0, v)):
             rows = cells[layer]
             colour = colours[layer] if layer >= 0 else _NONE
             fig.add_trace(
                 go.Bar(
                     orientation="h",
-                    name=self.layer_names[layer] if layer >= 0 else "no label",
+                    name=self.layer_names[layer] if layer >= 0 else self.none_name,
                     y=[r[0] for r in rows],
                     base=[r[1] for r in rows],
                     x=[r[2] for r in rows],
@@ -138,16 +161,22 @@ class WordLayerDisplay(_FigureBundle):
                     insidetextanchor="middle",
                     textangle=0,
                     textfont={"color": _ink(colour), "family": "monospace", "size": 12},
-                    marker={
-                        "color": colour,
-                        "line": {
-                            "color": [_WRONG if r[5] else colour for r in rows],
-                            "width": [2.5 if r[5] else 0.5 for r in rows],
-                        },
-                    },
-                    hovertemplate="<b>%{customdata[2]}</b><br>true %{customdata[3]}"
-                    "<br>predicted %{customdata[4]}<br>layer %{customdata[5]}"
-                    f"<br>{self.value_name} %{{customdata[6]:.3f}}<extra></extra>",
+                    marker={"color": colour, "line": {"color": colour, "width": 0.5}},
+                    hovertemplate=hover,
+                )
+            )
+        outlined = [r for rows in cells.values() for r in rows if r[5]]
+        if outlined:  # outlines over the mispredicted words, their own legend entry
+            fig.add_trace(
+                go.Bar(
+                    orientation="h",
+                    name="wrong prediction",
+                    y=[r[0] for r in outlined],
+                    base=[r[1] for r in outlined],
+                    x=[r[2] for r in outlined],
+                    customdata=[r[4] for r in outlined],
+                    marker={"color": "rgba(0,0,0,0)", "line": {"color": _WRONG, "width": 2.5}},
+                    hovertemplate=hover,
                 )
             )
         span = max([c[1] + c[2] for rows in cells.values() for c in rows] + [20.0])
