@@ -271,7 +271,14 @@ def test_run_logit_and_tuned_lens(tiny_gemma, word_csv, tmp_path, monkeypatch):
 
     monkeypatch.setattr(lens_stage, "TUNED_LENS_STEPS", 5)
     model, ref = tiny_gemma
-    cfg = _cfg(model.spec, word_csv, tmp_path, label_words=" negative, positive", tuned_lens=True)
+    cfg = _cfg(
+        model.spec,
+        word_csv,
+        tmp_path,
+        label_words=" negative, positive",
+        tuned_lens=True,
+        template="Word: {text}\\nSentiment:",  # a run option: the \\n becomes a newline
+    )
     assert cfg.label_words == [" negative", " positive"]
     (run_dir,) = run(cfg, progress=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -298,6 +305,11 @@ def test_run_logit_and_tuned_lens(tiny_gemma, word_csv, tmp_path, monkeypatch):
     assert saved.metrics["tuned"] == tuned["tuned"]
     report = (run_dir / "report.html").read_text()
     assert "Where the model knows vs where it says" in report and "Tuned lens (Belrose" in report
+    assert "Logit lens vs linear probe: AUROC" in report and "lens AUROC [95% CI]" in report
+    assert "template <code>&#x27;Word: {text}\\nSentiment:&#x27;</code> · read prompt" in report
+    assert FeatureCache.open(run_dir / "cache").manifest["prompt"]["template"] == (
+        "Word: {text}\nSentiment:"
+    )
 
 
 def test_run_lens_options_are_checked_before_extraction(

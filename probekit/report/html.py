@@ -306,14 +306,30 @@ def write_figures(
     return written
 
 
+def _prompt_row(m: dict[str, Any]) -> str:
+    """The info table's row of a cache's prompt and component (``""`` for plain caches)."""
+    parts = []
+    prompt = m.get("prompt")
+    if prompt:
+        if prompt.get("template") is not None:
+            parts.append(f"template <code>{html.escape(repr(prompt['template']))}</code>")
+        if prompt.get("chat_template"):
+            parts.append(f"chat template (sha256 {html.escape(prompt['chat_template'][:12])})")
+        parts.append(f"read {html.escape(str(prompt.get('read')))}")
+    if m.get("component", "resid") != "resid":
+        parts.append(f"component {html.escape(m['component'])}")
+    return f"<tr><td>prompt</td><td>{' · '.join(parts)}</td></tr>\n" if parts else ""
+
+
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 color:#222;padding:0 1em} h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:2em;
-border-bottom:1px solid #ddd;padding-bottom:.2em} table{border-collapse:collapse;margin:.6em 0}
+border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0;display:block;max-width:100%;overflow-x:auto}
 td,th{padding:.25em .55em;border-bottom:1px solid #eee;text-align:right} td{white-space:nowrap} th{background:#f6f6f6}
 td:first-child,th:first-child{text-align:left} .muted{color:#777;font-size:.9em} .best{font-weight:600}
 figure{margin:1.2em 0} figcaption{color:#555;font-size:.9em;margin-top:.2em}
-.info td{text-align:left}
+.info td{text-align:left;white-space:normal}
 code{background:#f3f3f3;padding:0 .3em;border-radius:3px}
 """
 
@@ -439,7 +455,7 @@ def write_report(run_dir: str | Path) -> Path:
 <tr><td>dataset</td><td>{html.escape(m["dataset"]["name"])}: {rows}; {classes}</td></tr>
 <tr><td>layers</td><td>{len(cache.layer_names)}: {html.escape(", ".join(f"{n} ({d})" for n, d in zip(cache.layer_names, cache.dims)))}</td></tr>
 <tr><td>poolings</td><td>{html.escape(", ".join(cache.poolings))} · dtype {m["dtype"]} · precision {m.get("precision")}</td></tr>
-<tr><td>split</td><td>{metrics["n_train"]} train / {metrics["n_test"]} test ({split_how}, seed {cfg.seed})</td></tr>
+{_prompt_row(m)}<tr><td>split</td><td>{metrics["n_train"]} train / {metrics["n_test"]} test ({split_how}, seed {cfg.seed})</td></tr>
 <tr><td>cache</td><td><code>{html.escape(str(cfg.cache_dir))}</code> · fingerprint {m["fingerprint"][:16]}</td></tr>
 </table>
 <h2>Probe heads on the test split</h2>

@@ -15,33 +15,46 @@ def _bands(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[floa
     return [r[f"{key}_ci"][0] for r in rows], [r[f"{key}_ci"][1] for r in rows]
 
 
-def _says_figure(metrics: dict[str, Any]) -> dict[str, Any] | None:
+def _says_figure(metrics: dict[str, Any], key: str = "balanced_accuracy") -> dict[str, Any] | None:
+    """The logit lens's per-layer ``key`` (``balanced_accuracy``, or ``auroc`` of a binary run:
+    the label words' logit margin as the score) beside the linear probe's."""
     from ..viz.science import LayerCurvesDisplay
 
     lens = metrics.get("logit_lens")
-    if not lens:
+    if not lens or key not in lens["per_layer"][0]:
         return None
     rows = lens["per_layer"]
     layers = [r["layer"] for r in rows]
-    key = "balanced_accuracy"
     curves = {"logit lens (says)": [r[key] for r in rows]}
     bands = {"logit lens (says)": _bands(rows, key)}
     probe = metrics["heads"].get("linear", {}).get("per_layer")
     if probe and [r["layer"] for r in probe] == layers:
         curves = {"linear probe (knows)": [r[key] for r in probe], **curves}
         bands["linear probe (knows)"] = _bands(probe, key)
-    chance = 1.0 / len(metrics["label_names"])
+    chance = 1.0 / len(metrics["label_names"]) if key != "auroc" else 0.5
     disp = LayerCurvesDisplay.from_arrays(
         layers,
         curves,
         bands,
-        y_title="balanced accuracy",
+        y_title="AUROC" if key == "auroc" else "balanced accuracy",
         reference=chance,
         reference_text=f"chance {chance:.2f}",
-        title="Where the model knows vs where it says",
+        title="Where the model knows vs where it says" + (": AUROC" if key == "auroc" else ""),
     )
     words = ", ".join(repr(w) for w in lens["label_words"])
     best = max(rows, key=lambda r: r[key])
+    if key == "auroc":
+        return {
+            "name": "logit-lens-auroc",
+            "title": "Logit lens vs linear probe: AUROC",
+            "caption": "Test AUROC per layer of the logit lens, scoring each row by the logit "
+            f"of {lens['label_words'][1]!r} minus that of {lens['label_words'][0]!r}, and of "
+            "the linear probe, 95% bootstrap bands; 0.5 = chance. The margin can rank the "
+            "classes at layers where the lens's argmax still names one word for every row. "
+            f"Lens best: {best['layer']} ({best[key]:.3f}).",
+            "figure": disp.figure_,
+            "key": False,
+        }
     return {
         "name": "logit-lens",
         "title": "Logit lens vs linear probe",
@@ -111,8 +124,8 @@ def _tuned_figures(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 def lens_figures(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The lens figures of a run (none without a lens stage), as dicts of
     :class:`probekit.report.Figure` fields."""
-    says = _says_figure(metrics)
-    return ([says] if says else []) + _tuned_figures(metrics)
+    says = [_says_figure(metrics), _says_figure(metrics, "auroc")]
+    return [f for f in says if f is not None] + _tuned_figures(metrics)
 
 
 def lens_tables(metrics: dict[str, Any]) -> str:
@@ -121,12 +134,18 @@ def lens_tables(metrics: dict[str, Any]) -> str:
     lens = metrics.get("logit_lens")
     if lens:
         probe = {r["layer"]: r for r in metrics["heads"].get("linear", {}).get("per_layer", [])}
+        binary = "auroc" in lens["per_layer"][0]
         body = "".join(
             f"<tr><td>{html.escape(r['layer'])}</td><td>{100 * r['accuracy']:.1f}</td>"
             f"<td>{100 * r['balanced_accuracy']:.1f}</td>"
             f"<td>[{100 * r['balanced_accuracy_ci'][0]:.1f}, "
             f"{100 * r['balanced_accuracy_ci'][1]:.1f}]</td>"
-            f"<td>{_pct(probe.get(r['layer'], {}).get('balanced_accuracy'))}</td></tr>"
+            + (
+                f"<td>{r['auroc']:.3f} [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}]</td>"
+                if binary
+                else ""
+            )
+            + f"<td>{_pct(probe.get(r['layer'], {}).get('balanced_accuracy'))}</td></tr>"
             for r in lens["per_layer"]
         )
         words = html.escape(", ".join(repr(w) for w in lens["label_words"]))
@@ -135,7 +154,10 @@ def lens_tables(metrics: dict[str, Any]) -> str:
             f"<p class='muted'>Label words {words} (token ids {lens['token_ids']}), read at the "
             f"{html.escape(lens['pooling'])} state of each test row.</p><table><tr><th>layer</th>"
             "<th>lens accuracy %</th><th>lens balanced %</th><th>95% CI</th>"
-            "<th>linear probe balanced %</th></tr>" + body + "</table>"
+            + ("<th>lens AUROC [95% CI]</th>" if binary else "")
+            + "<th>linear probe balanced %</th></tr>"
+            + body
+            + "</table>"
         )
     entry = metrics.get("tuned_lens")
     if entry:
