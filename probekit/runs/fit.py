@@ -43,6 +43,16 @@ def _load_features(cache: Any) -> Any:
     return cache.load(pooling=cache.poolings)
 
 
+def test_resamples(cache: Any, test: np.ndarray, cfg: RunConfig) -> Any:
+    """Every score's bootstrap resamples of a run's ``test`` rows: of the rows, or for a unit
+    cache of the test inputs with all their rows (a cluster bootstrap); the same for the fit and
+    the lens stage, so their intervals and paired comparisons share them."""
+    from ..analysis.stats import bootstrap_indices
+
+    groups = np.asarray(cache.samples)[test] if cache.unit != "sample" else None
+    return bootstrap_indices(int(test.size), cfg.bootstrap, cfg.seed, groups)
+
+
 def fit_stage(
     cache: Any, cfg: RunConfig, progress: bool = True, random_cache: Any = None
 ) -> dict[str, Any]:
@@ -71,7 +81,6 @@ def fit_stage(
 
     Writes ``split.json``, ``probes/<head>/``, ``metrics.json`` and ``metrics.csv``.
     """
-    from ..analysis.stats import bootstrap_indices
     from ..estimator.inputs import check_finite
     from .classes import confusion_counts
     from .science import control_keys_of, mdl_table, write_cka
@@ -93,9 +102,8 @@ def fit_stage(
     groups = np.asarray(cache.samples) if cache.unit != "sample" else None  # split by input
     train, test = task.split(y, cfg.test_size, cfg.seed, groups)
     write_split(run_dir, train.tolist(), test.tolist(), cfg.seed, cfg.test_size)
-    # every score's resamples: of the test rows, or of the test inputs (a cluster bootstrap)
     test_groups = None if groups is None else groups[test]
-    idx = bootstrap_indices(int(test.size), cfg.bootstrap, cfg.seed, test_groups)
+    idx = test_resamples(cache, test, cfg)
     metrics: dict[str, Any] = {
         **header,
         "model": cache.manifest["model"].get("id"),

@@ -81,8 +81,8 @@ def lens_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, A
     The model is loaded again (as the extraction loaded it); the split is ``split.json``'s.
     """
     from ..analysis.lens import logit_lens
-    from ..analysis.stats import bootstrap_indices
     from ..models.loading import load_model
+    from .fit import test_resamples
 
     out: dict[str, Any] = {}
     if cfg.label_words is None and not cfg.tuned_lens:
@@ -103,7 +103,7 @@ def lens_stage(cache: Any, cfg: RunConfig, progress: bool = True) -> dict[str, A
         scores = logit_lens(model, cache_subset(cache, test), ids, pooling=pooling)  # (n, L, K)
         pred = scores.argmax(-1).numpy()
         y = np.asarray(cache.labels)[test]
-        idx = bootstrap_indices(int(test.size), cfg.bootstrap, cfg.seed)  # the fit's resamples
+        idx = test_resamples(cache, test, cfg)  # the fit's resamples
         task = get_task(metrics)
         # a binary task's lens score: the logit of the second label word minus the first's
         margin = (scores[..., 1] - scores[..., 0]).numpy() if scores.shape[-1] == 2 else None
